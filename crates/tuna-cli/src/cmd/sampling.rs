@@ -1,0 +1,52 @@
+//! Generation flags shared by `chat` and `generate`; unset flags fall back to the model's
+//! `generation_config.json`.
+
+use clap::Args;
+use tuna_model::{GenerationConfig, SamplingParams};
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Softmax temperature; 0 means greedy [default: the model's generation_config]
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities add up to this
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep only this many most likely tokens (0 = all)
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Penalize tokens already in the text (>1 discourages repeats; transformers' definition)
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Random seed for sampling
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most tokens to generate
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Always take the most likely token
+    #[arg(long)]
+    pub greedy: bool,
+}
+
+impl SamplingArgs {
+    pub fn params(&self, defaults: &GenerationConfig) -> SamplingParams {
+        let mut p = SamplingParams::from_generation_config(defaults);
+        if let Some(t) = self.temperature {
+            p.temperature = t;
+        }
+        if let Some(t) = self.top_p {
+            p.top_p = t;
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = k;
+        }
+        if let Some(r) = self.repetition_penalty {
+            p.repetition_penalty = r;
+        }
+        p.seed = self.seed;
+        p.max_new_tokens = self.max_new_tokens;
+        p.greedy = p.greedy || self.greedy;
+        p
+    }
+}

@@ -1,0 +1,20 @@
+//! Qwen2 / Qwen3 models over `tuna-engine`: Hugging Face config and safetensors loading, LoRA
+//! adapters in PEFT's layout, forward with a KV cache, sampling and generation, the demo model.
+//!
+//! Free of I/O beyond reading and writing model files; no HTTP, no database.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod generate;
+pub mod lora;
+pub mod qwen;
+pub mod safetensors;
+pub mod tensor;
+
+pub use config::{Architecture, GenerationConfig, QwenConfig};
+pub use error::{Error, Result};
+pub use generate::{FinishReason, Generation, SamplingParams, generate};
+pub use lora::{LoraAdapter, LoraConfig, LoraTarget};
+pub use qwen::{KvCache, QwenModel};
+pub use tensor::Tensor;

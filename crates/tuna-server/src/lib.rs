@@ -1,0 +1,1 @@
+//! tuna-server
