@@ -11,6 +11,7 @@ pub mod lora;
 pub mod qwen;
 pub mod safetensors;
 pub mod tensor;
+pub mod train;
 
 pub use config::{Architecture, GenerationConfig, QwenConfig};
 pub use error::{Error, Result};
@@ -18,3 +19,4 @@ pub use generate::{FinishReason, Generation, SamplingParams, generate};
 pub use lora::{LoraAdapter, LoraConfig, LoraTarget};
 pub use qwen::{KvCache, QwenModel};
 pub use tensor::Tensor;
+pub use train::{BatchStats, Gradients, TrainBatch, TrainOptions};

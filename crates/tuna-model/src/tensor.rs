@@ -120,3 +120,19 @@ fn copy_typed(bytes: &[u8], dtype: DType) -> Bytes {
         }
     }
 }
+
+impl Tensor {
+    /// Mutable f32 elements for training, converting (once) to owned f32 storage.
+    pub fn f32_mut(&mut self) -> &mut [f32] {
+        if self.dtype != DType::F32 || !matches!(self.bytes, Bytes::OwnedF32(_)) {
+            let values = self.to_f32_vec();
+            self.dtype = DType::F32;
+            self.bytes = Bytes::OwnedF32(Arc::new(values));
+        }
+        match &mut self.bytes {
+            Bytes::OwnedF32(v) => Arc::make_mut(v).as_mut_slice(),
+            // The conversion above guarantees owned f32 storage.
+            _ => unreachable!("tensor storage was just converted to owned f32"),
+        }
+    }
+}
