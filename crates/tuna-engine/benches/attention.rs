@@ -12,7 +12,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::attention::{attention_backward, attention_cached, attention_forward};
-use tuna_engine::ops::lm_head_ce::{lm_head_ce_backward, lm_head_ce_forward};
+use tuna_engine::ops::lm_head_ce::{
+    lm_head_ce_backward, lm_head_ce_forward, lm_head_ce_forward_backward,
+};
 
 fn rand_vec(rng: &mut StdRng, n: usize, amp: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-amp..amp)).collect()
@@ -46,7 +48,19 @@ fn attention(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let mut out1 = vec![0.0; nh * hd];
     g.bench_function("cached_decode_tk512", |b| {
-        b.iter(|| attention_cached(&mut out1, &q[(bt - 1) * nh * hd..], &k, &v, 1, bt, nh, nkv, hd))
+        b.iter(|| {
+            attention_cached(
+                &mut out1,
+                &q[(bt - 1) * nh * hd..],
+                &k,
+                &v,
+                1,
+                bt,
+                nh,
+                nkv,
+                hd,
+            )
+        })
     });
     g.finish();
     black_box((&dq, &dk, &dv));
@@ -65,21 +79,65 @@ fn lm_head_ce(c: &mut Criterion) {
     let mut g = c.benchmark_group("lm_head_ce");
     g.sample_size(10);
     g.throughput(Throughput::Elements(n as u64));
-    for (name, weight) in [("bf16", WeightRef::BF16(&wbf)), ("f32", WeightRef::F32(&w32))] {
+    for (name, weight) in [
+        ("bf16", WeightRef::BF16(&wbf)),
+        ("f32", WeightRef::F32(&w32)),
+    ] {
         g.bench_function(format!("fwd_bwd_n256_{name}"), |b| {
             b.iter(|| {
                 lm_head_ce_forward(&mut losses, &mut lse, &hidden, weight, &targets, n, ch, v);
-                lm_head_ce_backward(&mut dh, None, &hidden, weight, &targets, &lse, 1.0 / n as f32, n, ch, v);
+                lm_head_ce_backward(
+                    &mut dh,
+                    None,
+                    &hidden,
+                    weight,
+                    &targets,
+                    &lse,
+                    1.0 / n as f32,
+                    n,
+                    ch,
+                    v,
+                );
             })
         });
     }
+    // LoRA: forward and dhidden fused into one pass over the head.
+    g.bench_function("fused_n256_bf16", |b| {
+        b.iter(|| {
+            let w = WeightRef::BF16(&wbf);
+            let s = 1.0 / n as f32;
+            lm_head_ce_forward_backward(
+                &mut losses,
+                &mut lse,
+                &mut dh,
+                &hidden,
+                w,
+                &targets,
+                s,
+                n,
+                ch,
+                v,
+            );
+        })
+    });
     // Full fine-tuning also produces the LM head's gradient.
     let mut dw = vec![0.0; v * ch];
     g.bench_function("fwd_bwd_n256_f32_dweight", |b| {
         b.iter(|| {
             let w = WeightRef::F32(&w32);
             lm_head_ce_forward(&mut losses, &mut lse, &hidden, w, &targets, n, ch, v);
-            lm_head_ce_backward(&mut dh, Some(&mut dw), &hidden, w, &targets, &lse, 1.0 / n as f32, n, ch, v);
+            lm_head_ce_backward(
+                &mut dh,
+                Some(&mut dw),
+                &hidden,
+                w,
+                &targets,
+                &lse,
+                1.0 / n as f32,
+                n,
+                ch,
+                v,
+            );
         })
     });
     g.finish();

@@ -12,10 +12,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::attention::{attention_backward, attention_forward};
-use tuna_engine::ops::lm_head_ce::{lm_head_ce_backward, lm_head_ce_forward};
+use tuna_engine::ops::lm_head_ce::{
+    lm_head_ce_backward, lm_head_ce_forward, lm_head_ce_forward_backward,
+};
 use tuna_engine::ops::rope::{RopeTable, rope_backward, rope_forward};
 
-const ATOL: f64 = 2e-5;
+const ATOL: f64 = 1e-6;
 const RTOL: f64 = 1e-3;
 const STEP: f64 = 1e-4;
 
@@ -427,6 +429,33 @@ fn lm_head_ce_backward_matches_finite_differences() {
             &mut rng,
             &|x| ce_ref(x, &wd, &targets, sc, n, c, v),
         );
+        // The fused single pass (forward + dhidden, online rescaled) against the same differences.
+        let (mut losses_f, mut lse_f, mut dh_f) = (vec![0.0; n], vec![0.0; n], vec![0.0; n * c]);
+        lm_head_ce_forward_backward(
+            &mut losses_f,
+            &mut lse_f,
+            &mut dh_f,
+            &hidden,
+            weight,
+            &targets,
+            scale,
+            n,
+            c,
+            v,
+        );
+        let got_f: f64 = losses_f.iter().map(|&l| l as f64).sum();
+        assert!(
+            (got_f - want).abs() < 1e-4,
+            "fused loss {got_f} vs f64 {want}"
+        );
+        check_grad(
+            &format!("{label} fused dhidden"),
+            &dh_f,
+            &hidden,
+            usize::MAX,
+            &mut rng,
+            &|x| ce_ref(x, &wd, &targets, sc, n, c, v),
+        );
         // dweight: random rows plus every target row (where the one-hot term lands).
         check_grad(&format!("{label} dweight"), &dw, &wf, 150, &mut rng, &|x| {
             ce_ref(&hd, x, &targets, sc, n, c, v)
@@ -483,6 +512,25 @@ fn lm_head_ce_backward_accumulates() {
         }
         (dh, dw)
     };
+    // The fused pass accumulates dhidden likewise.
+    let fused = |times: usize| {
+        let mut dh = vec![0.0; n * c];
+        for _ in 0..times {
+            let (mut l, mut s) = (vec![0.0; n], vec![0.0; n]);
+            let w = WeightRef::F32(&w);
+            lm_head_ce_forward_backward(
+                &mut l, &mut s, &mut dh, &hidden, w, &targets, 0.25, n, c, v,
+            );
+        }
+        dh
+    };
+    let (f1, f2) = (fused(1), fused(2));
+    for (a, b) in f1.iter().zip(&f2) {
+        assert!(
+            (2.0 * a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+            "fused dhidden: 2×{a} vs {b}"
+        );
+    }
     let (dh1, dw1) = run(1);
     let (dh2, dw2) = run(2);
     for (name, one, two) in [("dhidden", dh1, dh2), ("dweight", dw1, dw2)] {

@@ -80,7 +80,24 @@ pub fn adamw_update(
     }
 }
 
+/// Compiled twice (AVX-512 and baseline), picked at run time: sqrt and divide dominate.
 fn update_chunk(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: StepScalars) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { update_avx512(params, grads, m, v, s) };
+    }
+    update_body(params, grads, m, v, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn update_avx512(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: StepScalars) {
+    update_body(params, grads, m, v, s)
+}
+
+#[inline(always)]
+fn update_body(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: StepScalars) {
     for (((p, &g), m), v) in params
         .iter_mut()
         .zip(grads)

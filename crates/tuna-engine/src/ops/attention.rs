@@ -9,14 +9,17 @@
 //!
 //! The fast path works on blocks: the `g = nh / nkv` query heads that share a kv head, times a
 //! block of consecutive query positions, against the causal key prefix of that block. Scores and
-//! products are `sgemm` calls; rayon runs blocks in parallel. `*_naive` versions materialise the
-//! full score matrix and serve as oracles in the tests.
+//! products are `sgemm` calls; rayon runs blocks in parallel. The `*_naive` versions compute
+//! every score row directly with plain loops and serve as oracles in the tests.
 //!
 //! Not supported: sliding-window attention, attention sinks, dropout, non-causal masks.
+
+use std::cell::Cell;
 
 use rayon::prelude::*;
 
 use super::matmul::{Layout, sgemm};
+use super::swiglu::exp_fast;
 
 /// Target number of score rows (query heads × query positions) per block: large enough for
 /// `sgemm` to run near peak, small enough that a block's scores (rows × keys) stay modest.
@@ -32,10 +35,13 @@ fn softmax_scale(hd: usize) -> f32 {
     (1.0 / (hd as f64).sqrt()) as f32
 }
 
-/// Dot product with 16 independent accumulators, so the compiler can vectorise it.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
+// ---------------------------------------------------------------------------------------------
+// Row primitives. Each body is written over 16-lane arrays so LLVM vectorises it, and compiled
+// twice: for AVX-512 (picked at run time) and for the baseline target. `exp_fast` (Cephes expf,
+// ~2 ulp) replaces libm's scalar `expf`, which otherwise dominates the softmax.
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let mut ca = a.chunks_exact(16);
     let mut cb = b.chunks_exact(16);
@@ -49,6 +55,149 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max_body(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for ch in &mut chunks {
+        for l in 0..16 {
+            acc[l] = if ch[l] > acc[l] { ch[l] } else { acc[l] };
+        }
+    }
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for a in acc {
+        m = m.max(a);
+    }
+    m
+}
+
+/// `x ← s·exp(a·x − b)` in place; returns the sum of the new values.
+#[inline(always)]
+fn exp_affine_body(xs: &mut [f32], a: f32, b: f32, s: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = xs.chunks_exact_mut(16);
+    for ch in &mut chunks {
+        for l in 0..16 {
+            let e = s * exp_fast(ch[l] * a - b);
+            ch[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut tail = 0.0;
+    for x in chunks.into_remainder() {
+        let e = s * exp_fast(*x * a - b);
+        *x = e;
+        tail += e;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `ds ← s·p·(ds − d)` (softmax backward of one row, with the score scale folded in).
+#[inline(always)]
+fn softmax_grad_body(ds: &mut [f32], p: &[f32], d: f32, s: f32) {
+    for (x, &pv) in ds.iter_mut().zip(p) {
+        *x = s * pv * (*x - d);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_body(a, b)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn max(xs: &[f32]) -> f32 {
+        super::max_body(xs)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_affine(xs: &mut [f32], a: f32, b: f32, s: f32) -> f32 {
+        super::exp_affine_body(xs, a, b, s)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn softmax_grad(ds: &mut [f32], p: &[f32], d: f32, s: f32) {
+        super::softmax_grad_body(ds, p, d, s)
+    }
+}
+
+/// Whether the AVX-512 bodies may run (cached by std after the first query).
+#[inline]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Σ a·b.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { avx512::dot(a, b) };
+    }
+    dot_body(a, b)
+}
+
+/// Largest element (−∞ for an empty slice; NaNs are skipped).
+#[inline]
+pub(crate) fn row_max(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { avx512::max(xs) };
+    }
+    max_body(xs)
+}
+
+/// `x ← s·exp(a·x − b)` in place; returns the new sum.
+#[inline]
+pub(crate) fn exp_affine(xs: &mut [f32], a: f32, b: f32, s: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { avx512::exp_affine(xs, a, b, s) };
+    }
+    exp_affine_body(xs, a, b, s)
+}
+
+#[inline]
+fn softmax_grad(ds: &mut [f32], p: &[f32], d: f32, s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { avx512::softmax_grad(ds, p, d, s) };
+    }
+    softmax_grad_body(ds, p, d, s)
+}
+
+thread_local! {
+    /// Reused per-thread scratch. Taken out while in use (not borrowed), so a re-entrant call
+    /// (a rayon task stolen while `sgemm` waits) just allocates its own.
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with a scratch buffer of `len` elements (contents unspecified).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| s.set(buf));
+    r
 }
 
 /// x (bt, nkv, hd) → (nkv, bt, hd): each kv head's rows become contiguous, so any key prefix of
@@ -88,24 +237,27 @@ fn sequence_offsets(seq_lens: &[usize]) -> Vec<usize> {
     offs
 }
 
-/// Scores and row-wise softmax of one block, in place in `s`.
+/// Forward of one block: scores, row-wise softmax, and the probability-weighted values.
 ///
-/// qb (m, hd) with row `r = i·g + hh` = query position `pos0 + i` of group head `hh`;
-/// kp (kend, hd) the key prefix; s (m, kend) ← probabilities, zero where masked;
-/// lse (m) ← log-sum-exp of the visible scaled scores. Query position `p` sees keys `0..=p`.
+/// qb (m, hd) with row `r = i·g + hh` = query position `pos0 + i` of group head `hh`; kp, vp
+/// (kend, hd) the key/value prefix; ob (m, hd) ← output; lse (m) ← log-sum-exp of the visible
+/// scaled scores; s (m·kend) and sums (m) are scratch. Query position `p` sees keys `0..=p`.
 #[allow(clippy::too_many_arguments)]
-fn block_probs(
-    s: &mut [f32],
+fn block_forward(
+    ob: &mut [f32],
     lse: &mut [f32],
+    s: &mut [f32],
+    sums: &mut [f32],
     qb: &[f32],
     kp: &[f32],
-    m: usize,
+    vp: &[f32],
     g: usize,
     pos0: usize,
     kend: usize,
     hd: usize,
     scale: f32,
 ) {
+    let m = lse.len();
     sgemm(
         s,
         qb,
@@ -120,18 +272,30 @@ fn block_probs(
     for (r, row) in s.chunks_exact_mut(kend).enumerate() {
         let vis = (pos0 + r / g + 1).min(kend);
         let (live, masked) = row.split_at_mut(vis);
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
-        let mut sum = 0.0f32;
-        for x in live.iter_mut() {
-            *x = (*x * scale - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        for x in live.iter_mut() {
-            *x *= inv;
-        }
+        let max = row_max(live) * scale;
+        // Unnormalised exp(scale·s − max); the 1/sum is applied to the (m, hd) output instead
+        // of the (m, kend) probabilities.
+        let sum = exp_affine(live, scale, max, 1.0);
         masked.fill(0.0);
         lse[r] = max + sum.ln();
+        sums[r] = sum;
+    }
+    sgemm(
+        ob,
+        s,
+        Layout::Normal,
+        vp,
+        Layout::Normal,
+        m,
+        kend,
+        hd,
+        false,
+    );
+    for (row, &sum) in ob.chunks_exact_mut(hd).zip(sums.iter()) {
+        let inv = 1.0 / sum;
+        for x in row {
+            *x *= inv;
+        }
     }
 }
 
@@ -192,32 +356,24 @@ pub fn attention_forward(
     let results: Vec<(Block, Vec<f32>, Vec<f32>)> = blocks
         .par_iter()
         .map(|&b| {
-            let rows = b.q1 - b.q0;
-            let m = rows * g;
+            let m = (b.q1 - b.q0) * g;
             let kend = b.q1;
-            let mut qb = vec![0.0; m * hd];
-            for (i, dst) in qb.chunks_exact_mut(gw).enumerate() {
-                let t = b.off + b.q0 + i;
-                dst.copy_from_slice(&q[(t * nh + b.kvh * g) * hd..][..gw]);
-            }
             let base = (b.kvh * bt + b.off) * hd;
             let kp = &kt[base..base + kend * hd];
             let vp = &vt[base..base + kend * hd];
-            let mut s = vec![0.0; m * kend];
+            let mut ob = vec![0.0; m * hd];
             let mut lb = vec![0.0; m];
-            block_probs(&mut s, &mut lb, &qb, kp, m, g, b.q0, kend, hd, scale);
-            let mut ob = qb; // reuse the allocation: (m, hd) either way
-            sgemm(
-                &mut ob,
-                &s,
-                Layout::Normal,
-                vp,
-                Layout::Normal,
-                m,
-                kend,
-                hd,
-                false,
-            );
+            with_scratch(m * hd + m * kend + m, |buf| {
+                let (qb, rest) = buf.split_at_mut(m * hd);
+                let (s, sums) = rest.split_at_mut(m * kend);
+                for (i, dst) in qb.chunks_exact_mut(gw).enumerate() {
+                    let t = b.off + b.q0 + i;
+                    dst.copy_from_slice(&q[(t * nh + b.kvh * g) * hd..][..gw]);
+                }
+                block_forward(
+                    &mut ob, &mut lb, s, sums, qb, kp, vp, g, b.q0, kend, hd, scale,
+                );
+            });
             (b, ob, lb)
         })
         .collect();
@@ -346,110 +502,105 @@ pub fn attention_backward(
             let mut dv_acc = vec![0.0; kend_max * hd];
             let mut dqs = Vec::with_capacity(blocks.len());
             for &b in blocks {
-                let rows = b.q1 - b.q0;
-                let m = rows * g;
+                let m = (b.q1 - b.q0) * g;
                 let kend = b.q1;
                 let kp = &kt[base..base + kend * hd];
                 let vp = &vt[base..base + kend * hd];
-                let mut qb = vec![0.0; m * hd];
-                let mut dob = vec![0.0; m * hd];
-                let mut lb = vec![0.0; m];
-                let mut dd = vec![0.0; m];
-                for i in 0..rows {
-                    let t = b.off + b.q0 + i;
-                    let src = (t * nh + b.kvh * g) * hd;
-                    qb[i * gw..(i + 1) * gw].copy_from_slice(&q[src..src + gw]);
-                    dob[i * gw..(i + 1) * gw].copy_from_slice(&dout[src..src + gw]);
-                    lb[i * g..(i + 1) * g].copy_from_slice(&lse[t * nh + b.kvh * g..][..g]);
-                    for hh in 0..g {
-                        let o = src + hh * hd;
-                        // D = rowsum(dO ∘ O) = rowsum(P ∘ dP): the softmax Jacobian's shared term.
-                        dd[i * g + hh] = dot(&dout[o..o + hd], &out[o..o + hd]);
+                let mut dqb = vec![0.0; m * hd];
+                with_scratch(2 * m * hd + 2 * m + 2 * m * kend, |buf| {
+                    let (qb, rest) = buf.split_at_mut(m * hd);
+                    let (dob, rest) = rest.split_at_mut(m * hd);
+                    let (lb, rest) = rest.split_at_mut(m);
+                    let (dd, rest) = rest.split_at_mut(m);
+                    let (p, ds) = rest.split_at_mut(m * kend);
+                    for i in 0..b.q1 - b.q0 {
+                        let t = b.off + b.q0 + i;
+                        let src = (t * nh + b.kvh * g) * hd;
+                        qb[i * gw..(i + 1) * gw].copy_from_slice(&q[src..src + gw]);
+                        dob[i * gw..(i + 1) * gw].copy_from_slice(&dout[src..src + gw]);
+                        lb[i * g..(i + 1) * g].copy_from_slice(&lse[t * nh + b.kvh * g..][..g]);
+                        for hh in 0..g {
+                            let o = src + hh * hd;
+                            // D = rowsum(dO ∘ O) = rowsum(P ∘ dP), the softmax Jacobian's shared term.
+                            dd[i * g + hh] = dot(&dout[o..o + hd], &out[o..o + hd]);
+                        }
                     }
-                }
-                // P = exp(scale·S − lse), zero where masked.
-                let mut p = vec![0.0; m * kend];
-                sgemm(
-                    &mut p,
-                    &qb,
-                    Layout::Normal,
-                    kp,
-                    Layout::Transposed,
-                    m,
-                    hd,
-                    kend,
-                    false,
-                );
-                for (r, row) in p.chunks_exact_mut(kend).enumerate() {
-                    let vis = (b.q0 + r / g + 1).min(kend);
-                    let (live, masked) = row.split_at_mut(vis);
-                    let l = lb[r];
-                    for x in live.iter_mut() {
-                        *x = (*x * scale - l).exp();
+                    // P = exp(scale·S − lse), zero where masked.
+                    sgemm(
+                        p,
+                        qb,
+                        Layout::Normal,
+                        kp,
+                        Layout::Transposed,
+                        m,
+                        hd,
+                        kend,
+                        false,
+                    );
+                    for (r, row) in p.chunks_exact_mut(kend).enumerate() {
+                        let vis = (b.q0 + r / g + 1).min(kend);
+                        let (live, masked) = row.split_at_mut(vis);
+                        exp_affine(live, scale, lb[r], 1.0);
+                        masked.fill(0.0);
                     }
-                    masked.fill(0.0);
-                }
-                // dV[..kend] += Pᵀ · dO
-                let dvp = &mut dv_acc[..kend * hd];
-                sgemm(
-                    dvp,
-                    &p,
-                    Layout::Transposed,
-                    &dob,
-                    Layout::Normal,
-                    kend,
-                    m,
-                    hd,
-                    true,
-                );
-                // dP = dO · Vᵀ, then dS = scale · P ∘ (dP − D) in place.
-                let mut ds = vec![0.0; m * kend];
-                sgemm(
-                    &mut ds,
-                    &dob,
-                    Layout::Normal,
-                    vp,
-                    Layout::Transposed,
-                    m,
-                    hd,
-                    kend,
-                    false,
-                );
-                for (r, (dsr, pr)) in ds
-                    .chunks_exact_mut(kend)
-                    .zip(p.chunks_exact(kend))
-                    .enumerate()
-                {
-                    let d = dd[r];
-                    for (x, &pv) in dsr.iter_mut().zip(pr) {
-                        *x = scale * pv * (*x - d);
+                    // dV[..kend] += Pᵀ · dO
+                    let dvp = &mut dv_acc[..kend * hd];
+                    sgemm(
+                        dvp,
+                        p,
+                        Layout::Transposed,
+                        dob,
+                        Layout::Normal,
+                        kend,
+                        m,
+                        hd,
+                        true,
+                    );
+                    // dP = dO · Vᵀ, then dS = scale · P ∘ (dP − D) in place.
+                    sgemm(
+                        ds,
+                        dob,
+                        Layout::Normal,
+                        vp,
+                        Layout::Transposed,
+                        m,
+                        hd,
+                        kend,
+                        false,
+                    );
+                    for (r, (dsr, pr)) in ds
+                        .chunks_exact_mut(kend)
+                        .zip(p.chunks_exact(kend))
+                        .enumerate()
+                    {
+                        // Masked columns have P = 0, so they come out 0 too.
+                        softmax_grad(dsr, pr, dd[r], scale);
                     }
-                }
-                // dQ_block = dS · K;  dK[..kend] += dSᵀ · Q_block
-                let mut dqb = dob; // (m, hd), reused
-                sgemm(
-                    &mut dqb,
-                    &ds,
-                    Layout::Normal,
-                    kp,
-                    Layout::Normal,
-                    m,
-                    kend,
-                    hd,
-                    false,
-                );
-                let dkp = &mut dk_acc[..kend * hd];
-                sgemm(
-                    dkp,
-                    &ds,
-                    Layout::Transposed,
-                    &qb,
-                    Layout::Normal,
-                    kend,
-                    m,
-                    hd,
-                    true,
-                );
+                    // dQ_block = dS · K;  dK[..kend] += dSᵀ · Q_block
+                    sgemm(
+                        &mut dqb,
+                        ds,
+                        Layout::Normal,
+                        kp,
+                        Layout::Normal,
+                        m,
+                        kend,
+                        hd,
+                        false,
+                    );
+                    let dkp = &mut dk_acc[..kend * hd];
+                    sgemm(
+                        dkp,
+                        ds,
+                        Layout::Transposed,
+                        qb,
+                        Layout::Normal,
+                        kend,
+                        m,
+                        hd,
+                        true,
+                    );
+                });
                 dqs.push((b, dqb));
             }
             Grads {
@@ -509,7 +660,7 @@ pub fn attention_cached(
     hd: usize,
 ) {
     assert!(
-        nkv > 0 && nh % nkv == 0,
+        nkv > 0 && nh.is_multiple_of(nkv),
         "attention: nh {nh} must be a multiple of nkv {nkv}"
     );
     assert!(
@@ -549,23 +700,20 @@ pub fn attention_cached(
             let j = h / g;
             let qv = &q[idx * hd..(idx + 1) * hd];
             let vis = past + i + 1;
-            let mut s: Vec<f32> = (0..vis)
-                .map(|t| dot(qv, &k_cache[(t * nkv + j) * hd..][..hd]))
-                .collect();
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
-            let mut sum = 0.0f32;
-            for x in s.iter_mut() {
-                *x = (*x * scale - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (t, &pv) in s.iter().enumerate() {
-                let w = pv * inv;
-                for (d, &x) in o.iter_mut().zip(&v_cache[(t * nkv + j) * hd..][..hd]) {
-                    *d += w * x;
+            with_scratch(vis, |s| {
+                for (t, x) in s.iter_mut().enumerate() {
+                    *x = dot(qv, &k_cache[(t * nkv + j) * hd..][..hd]);
                 }
-            }
+                let max = row_max(s) * scale;
+                let inv = 1.0 / exp_affine(s, scale, max, 1.0);
+                o.fill(0.0);
+                for (t, &pv) in s.iter().enumerate() {
+                    let w = pv * inv;
+                    for (d, &x) in o.iter_mut().zip(&v_cache[(t * nkv + j) * hd..][..hd]) {
+                        *d += w * x;
+                    }
+                }
+            });
         });
         return;
     }
@@ -587,31 +735,34 @@ pub fn attention_cached(
     let results: Vec<(Block, Vec<f32>)> = blocks
         .par_iter()
         .map(|&b| {
-            let rows = b.q1 - b.q0;
-            let m = rows * g;
+            let m = (b.q1 - b.q0) * g;
             let kend = past + b.q1;
-            let mut qb = vec![0.0; m * hd];
-            for (i, dst) in qb.chunks_exact_mut(gw).enumerate() {
-                dst.copy_from_slice(&q[((b.q0 + i) * nh + b.kvh * g) * hd..][..gw]);
-            }
             let base = b.kvh * tk * hd;
             let kp = &kt[base..base + kend * hd];
             let vp = &vt[base..base + kend * hd];
-            let mut s = vec![0.0; m * kend];
-            let mut lb = vec![0.0; m];
-            block_probs(&mut s, &mut lb, &qb, kp, m, g, past + b.q0, kend, hd, scale);
-            let mut ob = qb;
-            sgemm(
-                &mut ob,
-                &s,
-                Layout::Normal,
-                vp,
-                Layout::Normal,
-                m,
-                kend,
-                hd,
-                false,
-            );
+            let mut ob = vec![0.0; m * hd];
+            with_scratch(m * hd + m * kend + 2 * m, |buf| {
+                let (qb, rest) = buf.split_at_mut(m * hd);
+                let (s, rest) = rest.split_at_mut(m * kend);
+                let (lb, sums) = rest.split_at_mut(m);
+                for (i, dst) in qb.chunks_exact_mut(gw).enumerate() {
+                    dst.copy_from_slice(&q[((b.q0 + i) * nh + b.kvh * g) * hd..][..gw]);
+                }
+                block_forward(
+                    &mut ob,
+                    lb,
+                    s,
+                    sums,
+                    qb,
+                    kp,
+                    vp,
+                    g,
+                    past + b.q0,
+                    kend,
+                    hd,
+                    scale,
+                );
+            });
             (b, ob)
         })
         .collect();
@@ -625,7 +776,7 @@ pub fn attention_cached(
 
 fn check_shapes(bt: usize, nh: usize, nkv: usize, hd: usize, q: &[f32], k: &[f32], v: &[f32]) {
     assert!(
-        nkv > 0 && nh % nkv == 0,
+        nkv > 0 && nh.is_multiple_of(nkv),
         "attention: nh {nh} must be a multiple of nkv {nkv}"
     );
     assert_eq!(
@@ -648,7 +799,7 @@ fn check_shapes(bt: usize, nh: usize, nkv: usize, hd: usize, q: &[f32], k: &[f32
     );
 }
 
-/// Oracle for [`attention_forward`]: materialises each (sequence, head) score matrix.
+/// Oracle for [`attention_forward`]: plain loops, one full score row per (token, head).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_naive(
     out: &mut [f32],
@@ -719,24 +870,21 @@ pub fn attention_backward_naive(
                 let row = ((off + i) * nh + h) * hd;
                 let qi = &q[row..row + hd];
                 let doi = &dout[row..row + hd];
-                let kv = |x: &'_ [f32], t: usize| -> std::ops::Range<usize> {
-                    let _ = x;
-                    ((off + t) * nkv + j) * hd..((off + t) * nkv + j + 1) * hd
-                };
+                let kv = |t: usize| ((off + t) * nkv + j) * hd..((off + t) * nkv + j + 1) * hd;
                 let s: Vec<f32> = (0..=i)
-                    .map(|t| qi.iter().zip(&k[kv(k, t)]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                    .map(|t| qi.iter().zip(&k[kv(t)]).map(|(a, b)| a * b).sum::<f32>() * scale)
                     .collect();
                 let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
                 let sum: f32 = e.iter().sum();
                 let p: Vec<f32> = e.iter().map(|x| x / sum).collect();
                 let dp: Vec<f32> = (0..=i)
-                    .map(|t| doi.iter().zip(&v[kv(v, t)]).map(|(a, b)| a * b).sum())
+                    .map(|t| doi.iter().zip(&v[kv(t)]).map(|(a, b)| a * b).sum())
                     .collect();
                 let d: f32 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
                 for t in 0..=i {
                     let ds = p[t] * (dp[t] - d) * scale;
-                    let r = kv(k, t);
+                    let r = kv(t);
                     for c in 0..hd {
                         dq[row + c] += ds * k[r.start + c];
                         dk[r.start + c] += ds * qi[c];

@@ -8,7 +8,7 @@ use crate::weight::WeightRef;
 /// out (bt, c) = table (v, c) rows `ids` (bt), widened to `f32`. Overwrites `out`.
 pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: WeightRef, c: usize) {
     debug_assert_eq!(out.len(), ids.len() * c);
-    debug_assert!(c > 0 && table.len() % c == 0);
+    debug_assert!(c > 0 && table.len().is_multiple_of(c));
     for (row, &id) in out.chunks_exact_mut(c).zip(ids) {
         let start = id as usize * c;
         debug_assert!(
@@ -25,7 +25,7 @@ pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: WeightRef, c: usiz
 /// to the matmuls.
 pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
     debug_assert_eq!(dout.len(), ids.len() * c);
-    debug_assert!(c > 0 && dtable.len() % c == 0);
+    debug_assert!(c > 0 && dtable.len().is_multiple_of(c));
     for (g, &id) in dout.chunks_exact(c).zip(ids) {
         let start = id as usize * c;
         debug_assert!(

@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::attention::{exp_affine, row_max, with_scratch};
 use super::matmul::{Layout, sgemm};
 use crate::weight::WeightRef;
 
@@ -19,34 +20,34 @@ const VOCAB_CHUNK: usize = 4096;
 /// Hidden rows per logits tile, bounding a tile at `ROW_TILE × VOCAB_CHUNK` floats (8 MB).
 const ROW_TILE: usize = 512;
 
-/// The chunk's weight rows (vc, c) as f32: borrowed when stored as f32, else widened into `buf`.
+/// Scratch elements a chunk needs: widened weights (unless stored as f32) and a logits tile.
+fn scratch_len(weight: &WeightRef, n: usize, c: usize) -> usize {
+    let widened = if matches!(weight, WeightRef::F32(_)) {
+        0
+    } else {
+        VOCAB_CHUNK * c
+    };
+    widened + ROW_TILE.min(n) * VOCAB_CHUNK
+}
+
+/// Splits `buf` into the chunk's weight rows (vc, c) as f32 — borrowed from `weight` when stored
+/// as f32, else widened into `buf` — and the rest of `buf`.
 fn chunk_weight<'a>(
-    buf: &'a mut Vec<f32>,
+    buf: &'a mut [f32],
     weight: &WeightRef<'a>,
     v0: usize,
     v1: usize,
     c: usize,
-) -> &'a [f32] {
+) -> (&'a [f32], &'a mut [f32]) {
     match weight {
-        WeightRef::F32(w) => &w[v0 * c..v1 * c],
+        WeightRef::F32(w) => (&w[v0 * c..v1 * c], buf),
         other => {
-            buf.resize((v1 - v0) * c, 0.0);
-            other.slice(v0 * c..v1 * c).widen_into(buf);
-            buf
+            let (wbuf, rest) = buf.split_at_mut(VOCAB_CHUNK * c);
+            let wbuf = &mut wbuf[..(v1 - v0) * c];
+            other.slice(v0 * c..v1 * c).widen_into(wbuf);
+            (wbuf, rest)
         }
     }
-}
-
-/// Per-row statistics of one vocabulary chunk.
-struct ChunkStats {
-    /// max (n): largest logit of the row within the chunk
-    max: Vec<f32>,
-    /// sum (n): Σ exp(logit − max) over the chunk
-    sum: Vec<f32>,
-    /// argmax (n): global vocabulary index of the first maximal logit
-    argmax: Vec<u32>,
-    /// (row, logit) for rows whose target falls in this chunk
-    target_logits: Vec<(usize, f32)>,
 }
 
 fn check(hidden: &[f32], weight: &WeightRef, targets: &[u32], n: usize, c: usize, v: usize) {
@@ -71,6 +72,164 @@ fn check(hidden: &[f32], weight: &WeightRef, targets: &[u32], n: usize, c: usize
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
         panic!("lm_head_ce: target {t} outside vocabulary of {v}");
     }
+}
+
+/// Running per-row statistics over a contiguous range of vocabulary chunks (an online
+/// log-sum-exp: merging two ranges rescales each side's sums to the larger maximum).
+struct Running {
+    /// max (n): largest logit so far; the reference point of `sum` and `grad`
+    max: Vec<f32>,
+    /// sum (n): Σ exp(logit − max)
+    sum: Vec<f32>,
+    /// argmax (n): lowest vocabulary index holding `max`
+    argmax: Vec<u32>,
+    /// target_logit (n): the target's logit, NaN until its chunk is seen
+    target_logit: Vec<f32>,
+    /// grad (n, c), fused pass only: Σ exp(logit_j − max) · weight_j
+    grad: Option<Vec<f32>>,
+}
+
+impl Running {
+    fn new(n: usize, c: usize, with_grad: bool) -> Running {
+        Running {
+            max: vec![f32::NEG_INFINITY; n],
+            sum: vec![0.0; n],
+            argmax: vec![0; n],
+            target_logit: vec![f32::NAN; n],
+            grad: with_grad.then(|| vec![0.0; n * c]),
+        }
+    }
+
+    /// Folds in vocabulary chunk `v0..v1` (wc (vc, c) its weight rows); `logits` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn add_chunk(
+        &mut self,
+        logits: &mut [f32],
+        hidden: &[f32],
+        wc: &[f32],
+        targets: &[u32],
+        v0: usize,
+        v1: usize,
+        n: usize,
+        c: usize,
+    ) {
+        let vc = v1 - v0;
+        for r0 in (0..n).step_by(ROW_TILE) {
+            let rows = ROW_TILE.min(n - r0);
+            let lg = &mut logits[..rows * vc];
+            let hid = &hidden[r0 * c..(r0 + rows) * c];
+            // logits (rows, vc) = hidden (rows, c) · wcᵀ
+            sgemm(
+                lg,
+                hid,
+                Layout::Normal,
+                wc,
+                Layout::Transposed,
+                rows,
+                c,
+                vc,
+                false,
+            );
+            for (i, row) in lg.chunks_exact_mut(vc).enumerate() {
+                let r = r0 + i;
+                let t = targets[r] as usize;
+                if (v0..v1).contains(&t) {
+                    self.target_logit[r] = row[t - v0];
+                }
+                let mc = row_max(row);
+                let old = self.max[r];
+                if mc > old {
+                    // Strictly larger only: on ties the earlier (lower) index stays, as in
+                    // torch.argmax. First index holding the chunk's maximum:
+                    self.argmax[r] = (v0 + row.iter().position(|&x| x == mc).unwrap_or(0)) as u32;
+                    self.max[r] = mc;
+                    // exp(−∞) = 0 on the first chunk.
+                    let f = (old - mc).exp();
+                    self.sum[r] *= f;
+                    if let Some(g) = self.grad.as_mut() {
+                        for x in &mut g[r * c..(r + 1) * c] {
+                            *x *= f;
+                        }
+                    }
+                }
+                self.sum[r] += exp_affine(row, 1.0, self.max[r], 1.0);
+            }
+            if let Some(g) = self.grad.as_mut() {
+                // grad (rows, c) += exp(logits − max) (rows, vc) · wc (vc, c)
+                let g = &mut g[r0 * c..(r0 + rows) * c];
+                sgemm(g, lg, Layout::Normal, wc, Layout::Normal, rows, vc, c, true);
+            }
+        }
+    }
+
+    /// Merges `later` (the chunks right after ours) into `self`.
+    fn merge(mut self, later: Running, c: usize) -> Running {
+        for r in 0..self.max.len() {
+            let m = self.max[r].max(later.max[r]);
+            let (fa, fb) = if m == f32::NEG_INFINITY {
+                (0.0, 0.0)
+            } else {
+                ((self.max[r] - m).exp(), (later.max[r] - m).exp())
+            };
+            self.sum[r] = self.sum[r] * fa + later.sum[r] * fb;
+            if later.max[r] > self.max[r] {
+                self.argmax[r] = later.argmax[r];
+            }
+            self.max[r] = m;
+            if !later.target_logit[r].is_nan() {
+                self.target_logit[r] = later.target_logit[r];
+            }
+            if let (Some(ga), Some(gb)) = (self.grad.as_mut(), later.grad.as_ref()) {
+                for (x, y) in ga[r * c..(r + 1) * c]
+                    .iter_mut()
+                    .zip(&gb[r * c..(r + 1) * c])
+                {
+                    *x = *x * fa + y * fb;
+                }
+            }
+        }
+        self
+    }
+}
+
+/// One pass over the vocabulary: the merged statistics of every chunk.
+fn run_chunks(
+    hidden: &[f32],
+    weight: &WeightRef,
+    targets: &[u32],
+    n: usize,
+    c: usize,
+    v: usize,
+    with_grad: bool,
+) -> Running {
+    (0..v.div_ceil(VOCAB_CHUNK))
+        .into_par_iter()
+        .fold(
+            || Running::new(n, c, with_grad),
+            |mut st, ci| {
+                let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
+                with_scratch(scratch_len(weight, n, c), |buf| {
+                    let (wc, logits) = chunk_weight(buf, weight, v0, v1, c);
+                    st.add_chunk(logits, hidden, wc, targets, v0, v1, n, c);
+                });
+                st
+            },
+        )
+        // rayon reduces adjacent ranges in order, so `merge` sees (earlier, later).
+        .reduce(|| Running::new(n, c, with_grad), |a, b| a.merge(b, c))
+}
+
+/// Writes losses and lse from the merged statistics; returns the number of correct argmaxes.
+fn finish(st: &Running, losses: &mut [f32], lse: &mut [f32], targets: &[u32]) -> usize {
+    let mut correct = 0;
+    for r in 0..targets.len() {
+        lse[r] = st.max[r] + st.sum[r].ln();
+        losses[r] = lse[r] - st.target_logit[r];
+        if st.argmax[r] == targets[r] {
+            correct += 1;
+        }
+    }
+    correct
 }
 
 /// hidden (n, c) are the final-norm outputs of the n labeled positions; weight (v, c) the LM head
@@ -100,86 +259,62 @@ pub fn lm_head_ce_forward(
         return 0;
     }
     assert!(v > 0, "lm_head_ce: empty vocabulary");
-    let nchunks = v.div_ceil(VOCAB_CHUNK);
-    let stats: Vec<ChunkStats> = (0..nchunks)
-        .into_par_iter()
-        .map(|ci| {
-            let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
-            let vc = v1 - v0;
-            let mut buf = Vec::new();
-            let wc = chunk_weight(&mut buf, &weight, v0, v1, c);
-            let mut st = ChunkStats {
-                max: vec![f32::NEG_INFINITY; n],
-                sum: vec![0.0; n],
-                argmax: vec![v0 as u32; n],
-                target_logits: Vec::new(),
-            };
-            let mut logits = vec![0.0; ROW_TILE.min(n) * vc];
-            for r0 in (0..n).step_by(ROW_TILE) {
-                let rows = ROW_TILE.min(n - r0);
-                let lg = &mut logits[..rows * vc];
-                // logits (rows, vc) = hidden (rows, c) · wcᵀ
-                sgemm(
-                    lg,
-                    &hidden[r0 * c..(r0 + rows) * c],
-                    Layout::Normal,
-                    wc,
-                    Layout::Transposed,
-                    rows,
-                    c,
-                    vc,
-                    false,
-                );
-                for (i, row) in lg.chunks_exact(vc).enumerate() {
-                    let r = r0 + i;
-                    let mut best = f32::NEG_INFINITY;
-                    let mut best_at = 0;
-                    for (j, &x) in row.iter().enumerate() {
-                        if x > best {
-                            best = x;
-                            best_at = j;
-                        }
-                    }
-                    st.max[r] = best;
-                    st.argmax[r] = (v0 + best_at) as u32;
-                    st.sum[r] = row.iter().map(|&x| (x - best).exp()).sum();
-                    let t = targets[r] as usize;
-                    if (v0..v1).contains(&t) {
-                        st.target_logits.push((r, row[t - v0]));
-                    }
-                }
-            }
-            st
-        })
-        .collect();
-    // Merge chunks in vocabulary order: a later chunk takes the argmax only when strictly larger,
-    // so ties resolve to the lowest index.
-    let mut correct = 0;
-    let mut target_logit = vec![0.0f32; n];
-    for st in &stats {
-        for &(r, x) in &st.target_logits {
-            target_logit[r] = x;
-        }
+    let st = run_chunks(hidden, &weight, targets, n, c, v, false);
+    finish(&st, losses, lse, targets)
+}
+
+/// Forward and the `dhidden` half of the backward in one pass over the LM head (for LoRA, where
+/// the head is frozen): equal to [`lm_head_ce_forward`] followed by [`lm_head_ce_backward`] with
+/// `dweight = None`, but computes two products per chunk instead of three.
+///
+/// The gradient's softmax needs the final log-sum-exp, which is unknown until every chunk is
+/// seen; as in flash attention, `Σ_j exp(logit_j − m)·weight_j` is accumulated against a running
+/// maximum `m` and rescaled whenever `m` grows, then divided by the final sum.
+/// Writes losses (n) and lse (n); accumulates dhidden (n, c) += scale·(softmax − onehot)·weight;
+/// returns the number of rows whose argmax == target.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_ce_forward_backward(
+    losses: &mut [f32],
+    lse: &mut [f32],
+    dhidden: &mut [f32],
+    hidden: &[f32],
+    weight: WeightRef,
+    targets: &[u32],
+    scale: f32,
+    n: usize,
+    c: usize,
+    v: usize,
+) -> usize {
+    check(hidden, &weight, targets, n, c, v);
+    assert_eq!(
+        losses.len(),
+        n,
+        "lm_head_ce: losses has {} elements",
+        losses.len()
+    );
+    assert_eq!(lse.len(), n, "lm_head_ce: lse has {} elements", lse.len());
+    assert_eq!(
+        dhidden.len(),
+        n * c,
+        "lm_head_ce: dhidden has {} elements",
+        dhidden.len()
+    );
+    if n == 0 {
+        return 0;
     }
-    for r in 0..n {
-        let mut m = f32::NEG_INFINITY;
-        let mut best_at = 0u32;
-        for st in &stats {
-            if st.max[r] > m {
-                m = st.max[r];
-                best_at = st.argmax[r];
-            }
+    assert!(v > 0, "lm_head_ce: empty vocabulary");
+    let st = run_chunks(hidden, &weight, targets, n, c, v, true);
+    let correct = finish(&st, losses, lse, targets);
+    let grad = st.grad.as_deref().unwrap_or(&[]);
+    dhidden.par_chunks_mut(c).enumerate().for_each(|(r, d)| {
+        let t = targets[r] as usize;
+        let mut wt = vec![0.0; c];
+        weight.slice(t * c..(t + 1) * c).widen_into(&mut wt);
+        let inv = scale / st.sum[r];
+        for ((x, &gv), &w) in d.iter_mut().zip(&grad[r * c..(r + 1) * c]).zip(&wt) {
+            *x += gv * inv - scale * w;
         }
-        let sum: f32 = stats
-            .iter()
-            .map(|st| st.sum[r] * (st.max[r] - m).exp())
-            .sum();
-        lse[r] = m + sum.ln();
-        losses[r] = lse[r] - target_logit[r];
-        if best_at == targets[r] {
-            correct += 1;
-        }
-    }
+    });
     correct
 }
 
@@ -238,64 +373,61 @@ pub fn lm_head_ce_backward(
             |mut acc, (ci, dw)| {
                 let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
                 let vc = v1 - v0;
-                let mut buf = Vec::new();
-                let wc = chunk_weight(&mut buf, &weight, v0, v1, c);
-                let mut dl = vec![0.0; ROW_TILE.min(n) * vc];
                 let mut dw = dw;
-                for r0 in (0..n).step_by(ROW_TILE) {
-                    let rows = ROW_TILE.min(n - r0);
-                    let hid = &hidden[r0 * c..(r0 + rows) * c];
-                    let dlt = &mut dl[..rows * vc];
-                    sgemm(
-                        dlt,
-                        hid,
-                        Layout::Normal,
-                        wc,
-                        Layout::Transposed,
-                        rows,
-                        c,
-                        vc,
-                        false,
-                    );
-                    // dlogits = scale · (softmax − onehot(target))
-                    for (i, row) in dlt.chunks_exact_mut(vc).enumerate() {
-                        let l = lse[r0 + i];
-                        for x in row.iter_mut() {
-                            *x = scale * (*x - l).exp();
-                        }
-                        let t = targets[r0 + i] as usize;
-                        if (v0..v1).contains(&t) {
-                            row[t - v0] -= scale;
-                        }
-                    }
-                    // dhidden (rows, c) += dlogits (rows, vc) · wc (vc, c)
-                    let acc_rows = &mut acc[r0 * c..(r0 + rows) * c];
-                    sgemm(
-                        acc_rows,
-                        dlt,
-                        Layout::Normal,
-                        wc,
-                        Layout::Normal,
-                        rows,
-                        vc,
-                        c,
-                        true,
-                    );
-                    // dweight (vc, c) += dlogitsᵀ (vc, rows) · hidden (rows, c)
-                    if let Some(dw) = dw.as_deref_mut() {
+                with_scratch(scratch_len(&weight, n, c), |buf| {
+                    let (wc, dl) = chunk_weight(buf, &weight, v0, v1, c);
+                    for r0 in (0..n).step_by(ROW_TILE) {
+                        let rows = ROW_TILE.min(n - r0);
+                        let hid = &hidden[r0 * c..(r0 + rows) * c];
+                        let dlt = &mut dl[..rows * vc];
                         sgemm(
-                            dw,
                             dlt,
-                            Layout::Transposed,
                             hid,
                             Layout::Normal,
-                            vc,
+                            wc,
+                            Layout::Transposed,
                             rows,
+                            c,
+                            vc,
+                            false,
+                        );
+                        // dlogits = scale · (softmax − onehot(target))
+                        for (i, row) in dlt.chunks_exact_mut(vc).enumerate() {
+                            exp_affine(row, 1.0, lse[r0 + i], scale);
+                            let t = targets[r0 + i] as usize;
+                            if (v0..v1).contains(&t) {
+                                row[t - v0] -= scale;
+                            }
+                        }
+                        // dhidden (rows, c) += dlogits (rows, vc) · wc (vc, c)
+                        let acc_rows = &mut acc[r0 * c..(r0 + rows) * c];
+                        sgemm(
+                            acc_rows,
+                            dlt,
+                            Layout::Normal,
+                            wc,
+                            Layout::Normal,
+                            rows,
+                            vc,
                             c,
                             true,
                         );
+                        // dweight (vc, c) += dlogitsᵀ (vc, rows) · hidden (rows, c)
+                        if let Some(dw) = dw.as_deref_mut() {
+                            sgemm(
+                                dw,
+                                dlt,
+                                Layout::Transposed,
+                                hid,
+                                Layout::Normal,
+                                vc,
+                                rows,
+                                c,
+                                true,
+                            );
+                        }
                     }
-                }
+                });
                 acc
             },
         )
@@ -478,13 +610,17 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         // v spans several chunks and ends in a partial one; n spans two row tiles.
         let (n, c, v) = (ROW_TILE + 37, 48, 2 * VOCAB_CHUNK + 1234);
-        let hidden = rand_vec(&mut rng, n * c, 1.0);
+        let mut hidden = rand_vec(&mut rng, n * c, 1.0);
         let w32 = rand_vec(&mut rng, v * c, 0.5);
         let wbf: Vec<bf16> = w32.iter().map(|&x| bf16::from_f32(x)).collect();
-        let mut targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
-        // Make a few rows predict their own target so accuracy counting is exercised.
-        for r in 0..n / 4 {
-            targets[r] = 0;
+        let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+        // A quarter of the rows point straight at their target's weight row, so that the
+        // target is (almost surely) the argmax and the accuracy count is exercised.
+        for (r, t) in targets.iter().enumerate().take(n / 4) {
+            let j = *t as usize;
+            for k in 0..c {
+                hidden[r * c + k] = 4.0 * w32[j * c + k];
+            }
         }
         for weight in [WeightRef::F32(&w32), WeightRef::BF16(&wbf)] {
             let (mut loss, mut lse) = (vec![0.0; n], vec![0.0; n]);
@@ -501,6 +637,11 @@ mod tests {
                 v,
             );
             assert_eq!(acc, acc_n, "{:?}", weight.dtype());
+            assert!(
+                acc >= n / 5,
+                "{:?}: only {acc} rows correct",
+                weight.dtype()
+            );
             let (dl, dlse) = (max_diff(&loss, &loss_n), max_diff(&lse, &lse_n));
             assert!(
                 dl < 2e-4 && dlse < 2e-4,
@@ -543,11 +684,36 @@ mod tests {
                 weight.dtype()
             );
             // Without dweight the dhidden result is the same.
-            let mut dh2 = dh0;
+            let mut dh2 = dh0.clone();
             lm_head_ce_backward(
                 &mut dh2, None, &hidden, weight, &targets, &lse, scale, n, c, v,
             );
             assert!(max_diff(&dh2, &dh) < 1e-6);
+            // The fused single pass gives the same losses, lse, accuracy and dhidden.
+            let (mut loss_f, mut lse_f, mut dh_f) = (vec![0.0; n], vec![0.0; n], dh0.clone());
+            let acc_f = lm_head_ce_forward_backward(
+                &mut loss_f,
+                &mut lse_f,
+                &mut dh_f,
+                &hidden,
+                weight,
+                &targets,
+                scale,
+                n,
+                c,
+                v,
+            );
+            assert_eq!(acc_f, acc);
+            let (dl, dlse, ddh) = (
+                max_diff(&loss_f, &loss),
+                max_diff(&lse_f, &lse),
+                max_diff(&dh_f, &dh),
+            );
+            assert!(
+                dl < 1e-5 && dlse < 1e-5,
+                "fused: loss diff {dl}, lse diff {dlse}"
+            );
+            assert!(ddh < 1e-6, "fused: dhidden diff {ddh}");
         }
     }
 }

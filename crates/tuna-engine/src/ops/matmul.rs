@@ -3,10 +3,10 @@
 //!
 //! Weights may be f32, bf16 or f16 (`WeightRef`); activations and accumulation are f32.
 //! Paths of `matmul_forward`, picked by dtype and batch rows `bt`:
-//! - many rows (prefill, training): f32 weights go straight to `sgemm`; half weights are widened
+//! - many rows (bt > 32: prefill, training): f32 weights go straight to `sgemm`; half weights are widened
 //!   a block of rows at a time into a reused f32 scratch buffer (bounded memory: the LM head is
 //!   151936×896) and each block is multiplied into its output columns.
-//! - few rows (decode): a GEMV that streams the weight once, converting half floats on the fly
+//! - few rows (bt ≤ 32: decode, short prompts): a GEMV that streams the weight once, converting half floats on the fly
 //!   (AVX-512 when the CPU has it, portable otherwise), parallel over output rows. It is memory
 //!   bound, so reading 2-byte weights directly halves its time.
 //!
@@ -164,10 +164,10 @@ fn parallelism(m: usize, k: usize, n: usize) -> Parallelism {
 // ----------------------------------------------------------------------------------------------
 // Linear layer
 
-/// Up to this many rows, half-float weights take the GEMV path (reads each weight once).
-const GEMV_MAX_BT_HALF: usize = 8;
-/// Up to this many rows, f32 weights take the GEMV path instead of gemm (measured faster).
-const GEMV_MAX_BT_F32: usize = 1;
+/// Up to this many rows `matmul_forward` uses the GEMV kernels (any dtype). gemm 0.19 is slow
+/// for a short `m` on this hardware: measured on the 2-core dev machine, the GEMV beat it by
+/// 1.3–6× for bt = 2..32 (f32 and bf16 weights), while at bt = 64 they were even.
+const GEMV_MAX_BT: usize = 32;
 /// Elements of widened weight per block in the half-weight gemm path (f32: 4 bytes each).
 const WIDEN_BLOCK_ELEMS: usize = 1 << 21;
 
@@ -230,7 +230,7 @@ pub fn matmul_forward(
         );
     }
     match weight {
-        WeightRef::F32(w) if bt > GEMV_MAX_BT_F32 => sgemm(
+        WeightRef::F32(w) if bt > GEMV_MAX_BT => sgemm(
             out,
             inp,
             Layout::Normal,
@@ -241,7 +241,7 @@ pub fn matmul_forward(
             oc,
             false,
         ),
-        WeightRef::BF16(_) | WeightRef::F16(_) if bt > GEMV_MAX_BT_HALF => {
+        WeightRef::BF16(_) | WeightRef::F16(_) if bt > GEMV_MAX_BT => {
             forward_widened(out, inp, weight, bt, c, oc, widen_block_rows(c, oc))
         }
         _ => gemv(out, inp, weight, bt, c, oc),
@@ -521,6 +521,8 @@ fn widen_f16_avx512(bits: &[u16], out: &mut [f32]) {
 /// Output rows of the weight per inner block when the batch is split into groups: keeps the
 /// block in L2 while each group re-reads it.
 const GEMV_SUB_ROWS: usize = 64;
+/// How far ahead (bytes) the GEMV kernels prefetch the weight stream; 4–12 KiB measured alike.
+const GEMV_PREFETCH_BYTES: usize = 8192;
 /// Below this many weight elements one thread does the whole GEMV (rayon costs a few µs).
 const GEMV_PAR_MIN: usize = 1 << 16;
 
@@ -534,20 +536,29 @@ fn gemv(out: &mut [f32], inp: &[f32], weight: WeightRef, bt: usize, c: usize, oc
         return;
     }
     // Compute the transpose (oc, bt) so each task owns contiguous output, then transpose back.
-    let mut out_t = vec![0.0f32; oc * bt];
-    gemv_t(&mut out_t, inp, weight, bt, c, oc);
-    for o in 0..oc {
-        for b in 0..bt {
-            out[b * oc + o] = out_t[o * bt + b];
+    with_scratch(oc * bt, |out_t| {
+        gemv_t(out_t, inp, weight, bt, c, oc);
+        for o in 0..oc {
+            for b in 0..bt {
+                out[b * oc + o] = out_t[o * bt + b];
+            }
         }
-    }
+    });
 }
 
 /// out_t (oc, bt) = weight (oc, c) · inp (bt, c)ᵀ.
 fn gemv_t(out_t: &mut [f32], inp: &[f32], weight: WeightRef, bt: usize, c: usize, oc: usize) {
+    // bf16 rows of even length take the pair kernel, which wants the inputs permuted once.
+    let permuted;
+    let x = if matches!(weight, WeightRef::BF16(_)) && c.is_multiple_of(2) && has_avx512() {
+        permuted = permute_pairs(inp, bt, c);
+        GemvInput::Bf16Pairs(&permuted)
+    } else {
+        GemvInput::Plain(inp)
+    };
     let threads = rayon::current_num_threads();
     if threads <= 1 || oc * c < GEMV_PAR_MIN || oc < 8 {
-        gemv_rows(out_t, inp, weight, bt, c, 0, oc);
+        gemv_rows(out_t, x, weight, bt, c, 0, oc);
         return;
     }
     // A few tasks per thread for balance, rows a multiple of 4 (the kernel's row group).
@@ -557,14 +568,58 @@ fn gemv_t(out_t: &mut [f32], inp: &[f32], weight: WeightRef, bt: usize, c: usize
         .enumerate()
         .for_each(|(i, o)| {
             let r0 = i * rows;
-            gemv_rows(o, inp, weight, bt, c, r0, r0 + o.len() / bt);
+            gemv_rows(o, x, weight, bt, c, r0, r0 + o.len() / bt);
         });
+}
+
+/// The GEMV's input rows (bt, c): as given, or permuted for `gemv_block_bf16_pairs_avx512`.
+#[derive(Clone, Copy)]
+enum GemvInput<'a> {
+    Plain(&'a [f32]),
+    Bf16Pairs(&'a [f32]),
+}
+
+/// Whether the AVX-512 GEMV kernels can run (std caches the CPUID answers).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512() -> bool {
+    false
+}
+
+/// Permutes each input row (c even) to match how `gemv_block_bf16_pairs_avx512` reads a bf16
+/// weight row: per 32 columns, the 16 even columns then the 16 odd ones; the last c mod 32
+/// columns likewise (their p even columns, then their p odd ones).
+fn permute_pairs(inp: &[f32], bt: usize, c: usize) -> Vec<f32> {
+    debug_assert!(c.is_multiple_of(2) && inp.len() == bt * c);
+    let mut out = vec![0.0f32; bt * c];
+    let full = c / 32 * 32;
+    let p = (c - full) / 2;
+    for (o, x) in out.chunks_exact_mut(c).zip(inp.chunks_exact(c)) {
+        for k in (0..full).step_by(32) {
+            for j in 0..16 {
+                o[k + j] = x[k + 2 * j];
+                o[k + 16 + j] = x[k + 2 * j + 1];
+            }
+        }
+        for j in 0..p {
+            o[full + j] = x[full + 2 * j];
+            o[full + p + j] = x[full + 2 * j + 1];
+        }
+    }
+    out
 }
 
 /// out_t (r1 - r0, bt) = weight rows r0..r1 · inp (bt, c)ᵀ, on one thread.
 fn gemv_rows(
     out_t: &mut [f32],
-    inp: &[f32],
+    inp: GemvInput,
     weight: WeightRef,
     bt: usize,
     c: usize,
@@ -580,13 +635,34 @@ fn gemv_rows(
         let mut b0 = 0;
         while b0 < bt {
             let nb = (bt - b0).min(4);
-            let x = &inp[b0 * c..(b0 + nb) * c];
-            match w {
-                WeightRef::F32(w) => gemv_block::<f32>(o, w, x, bt, b0, nb, c),
-                WeightRef::BF16(w) => {
-                    gemv_block::<Bf16Bits>(o, Bf16Bits::cast(w), x, bt, b0, nb, c)
+            match (w, inp) {
+                #[cfg(target_arch = "x86_64")]
+                (WeightRef::BF16(w), GemvInput::Bf16Pairs(x)) => {
+                    let x = &x[b0 * c..(b0 + nb) * c];
+                    let w = bytemuck_bf16(w);
+                    // SAFETY: `Bf16Pairs` is only built when the CPU has AVX-512F/BW/VL and
+                    // c is even (see `gemv_t`); lengths are asserted inside.
+                    unsafe {
+                        match nb {
+                            1 => gemv_block_bf16_pairs_avx512::<1>(o, w, x, bt, b0, c),
+                            2 => gemv_block_bf16_pairs_avx512::<2>(o, w, x, bt, b0, c),
+                            3 => gemv_block_bf16_pairs_avx512::<3>(o, w, x, bt, b0, c),
+                            _ => gemv_block_bf16_pairs_avx512::<4>(o, w, x, bt, b0, c),
+                        }
+                    }
                 }
-                WeightRef::F16(w) => gemv_block::<F16Bits>(o, F16Bits::cast(w), x, bt, b0, nb, c),
+                (w, GemvInput::Plain(x) | GemvInput::Bf16Pairs(x)) => {
+                    let x = &x[b0 * c..(b0 + nb) * c];
+                    match w {
+                        WeightRef::F32(w) => gemv_block::<f32>(o, w, x, bt, b0, nb, c),
+                        WeightRef::BF16(w) => {
+                            gemv_block::<Bf16Bits>(o, Bf16Bits::cast(w), x, bt, b0, nb, c)
+                        }
+                        WeightRef::F16(w) => {
+                            gemv_block::<F16Bits>(o, F16Bits::cast(w), x, bt, b0, nb, c)
+                        }
+                    }
+                }
             }
             b0 += nb;
         }
@@ -719,11 +795,7 @@ fn gemv_block<W: Elem>(
         out_t.len() == rows * bt && x.len() == nb * c && (1..=4).contains(&nb) && b0 + nb <= bt
     );
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("f16c")
-    {
+    if has_avx512() {
         // SAFETY: the CPU features were checked just above; lengths are checked inside.
         unsafe {
             match nb {
@@ -739,6 +811,7 @@ fn gemv_block<W: Elem>(
 }
 
 /// Portable fallback: one row at a time, 8 partial sums so LLVM can vectorise the dot.
+#[allow(clippy::needless_range_loop)] // lane/row indices read clearer in SIMD kernels
 fn gemv_block_portable<W: Elem>(
     out_t: &mut [f32],
     w: &[W],
@@ -775,6 +848,7 @@ fn gemv_block_portable<W: Elem>(
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and F16C.
+#[allow(clippy::needless_range_loop)] // lane/row indices read clearer in SIMD kernels
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn gemv_block_avx512<W: Elem, const NB: usize>(
@@ -792,11 +866,22 @@ unsafe fn gemv_block_avx512<W: Elem, const NB: usize>(
     let tail_mask: u16 = ((1u32 << (c - full)) - 1) as u16;
     let wp = w.as_ptr();
     let xp = x.as_ptr();
+    // Bytes of the 4-row region consumed per step (16 columns of 4 rows).
+    let step_bytes = 64 * std::mem::size_of::<W>();
     let mut r = 0;
     while r + 4 <= rows {
         let mut acc = [[_mm512_setzero_ps(); NB]; 4];
         let mut k = 0;
+        // Linear prefetch of the 4-row region, as in `gemv_block_bf16_pairs_avx512`.
+        let mut pfp = wp
+            .wrapping_add(r * c)
+            .cast::<i8>()
+            .wrapping_add(GEMV_PREFETCH_BYTES);
         while k < full {
+            for line in (0..step_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(line));
+            }
+            pfp = pfp.wrapping_add(step_bytes);
             // SAFETY: rows r..r+4 and columns k..k+16 lie inside `w` (r + 4 <= rows, k + 16 <=
             // c); columns k..k+16 of the NB input rows lie inside `x` (asserted above).
             unsafe {
@@ -860,6 +945,163 @@ unsafe fn gemv_block_avx512<W: Elem, const NB: usize>(
                     acc[j] = _mm512_fmadd_ps(
                         wv,
                         _mm512_maskz_loadu_ps(tail_mask, xp.add(j * c + k)),
+                        acc[j],
+                    );
+                }
+            }
+        }
+        for j in 0..NB {
+            out_t[r * bt + b0 + j] = _mm512_reduce_add_ps(acc[j]);
+        }
+        r += 1;
+    }
+}
+
+/// bf16 GEMV kernel for even c: a 64-byte load holds 32 bf16 = 16 (even, odd) pairs, i.e. 16
+/// u32 lanes. `lane << 16` is the even element as f32 and `lane & 0xffff0000` the odd one, so
+/// widening costs one shift and one AND per 32 weights (no cross-lane conversion). The inputs
+/// are permuted to match (`permute_pairs`): per 32 columns, 16 even then 16 odd.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL; `c` must be even.
+#[allow(clippy::needless_range_loop)] // lane/row indices read clearer in SIMD kernels
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn gemv_block_bf16_pairs_avx512<const NB: usize>(
+    out_t: &mut [f32],
+    w: &[u16],
+    x: &[f32],
+    bt: usize,
+    b0: usize,
+    c: usize,
+) {
+    use std::arch::x86_64::*;
+    let rows = w.len() / c;
+    assert!(
+        c.is_multiple_of(2)
+            && w.len() == rows * c
+            && out_t.len() >= rows * bt
+            && x.len() >= NB * c
+            && b0 + NB <= bt
+    );
+    let full = c / 32 * 32;
+    let p = (c - full) / 2;
+    let tail_mask: u16 = ((1u32 << p) - 1) as u16;
+    let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    // Even and odd elements of 32 bf16 at `q`, as two f32 vectors.
+    let split = |v: __m512i| {
+        (
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
+            _mm512_castsi512_ps(_mm512_and_si512(v, hi)),
+        )
+    };
+    let mut r = 0;
+    while r + 4 <= rows {
+        let mut acc = [[_mm512_setzero_ps(); NB]; 4];
+        let mut k = 0;
+        // The 4 rows are one contiguous region read at 4 cache lines per step: prefetch the
+        // region linearly, GEMV_PREFETCH_BYTES ahead (hardware prefetch alone left DRAM
+        // bandwidth unused: 2 cores streamed ~15 GB/s without, ~25 GB/s with).
+        let mut pfp = wp
+            .wrapping_add(r * c)
+            .cast::<i8>()
+            .wrapping_add(GEMV_PREFETCH_BYTES);
+        while k < full {
+            _mm_prefetch::<_MM_HINT_T0>(pfp);
+            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(128));
+            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(192));
+            pfp = pfp.wrapping_add(256);
+            // SAFETY: rows r..r+4 < rows and columns k..k+32 <= c lie inside `w`; the NB input
+            // rows' columns k..k+32 lie inside `x` (asserted above).
+            unsafe {
+                let wv = [
+                    split(_mm512_loadu_si512(wp.add(r * c + k).cast())),
+                    split(_mm512_loadu_si512(wp.add((r + 1) * c + k).cast())),
+                    split(_mm512_loadu_si512(wp.add((r + 2) * c + k).cast())),
+                    split(_mm512_loadu_si512(wp.add((r + 3) * c + k).cast())),
+                ];
+                for j in 0..NB {
+                    let xe = _mm512_loadu_ps(xp.add(j * c + k));
+                    let xo = _mm512_loadu_ps(xp.add(j * c + k + 16));
+                    for i in 0..4 {
+                        acc[i][j] = _mm512_fmadd_ps(wv[i].0, xe, acc[i][j]);
+                        acc[i][j] = _mm512_fmadd_ps(wv[i].1, xo, acc[i][j]);
+                    }
+                }
+            }
+            k += 32;
+        }
+        if p != 0 {
+            // SAFETY: as above; the mask selects the p remaining pairs (2p = c - full columns).
+            unsafe {
+                let wv = [
+                    split(_mm512_maskz_loadu_epi32(
+                        tail_mask,
+                        wp.add(r * c + k).cast(),
+                    )),
+                    split(_mm512_maskz_loadu_epi32(
+                        tail_mask,
+                        wp.add((r + 1) * c + k).cast(),
+                    )),
+                    split(_mm512_maskz_loadu_epi32(
+                        tail_mask,
+                        wp.add((r + 2) * c + k).cast(),
+                    )),
+                    split(_mm512_maskz_loadu_epi32(
+                        tail_mask,
+                        wp.add((r + 3) * c + k).cast(),
+                    )),
+                ];
+                for j in 0..NB {
+                    let xe = _mm512_maskz_loadu_ps(tail_mask, xp.add(j * c + k));
+                    let xo = _mm512_maskz_loadu_ps(tail_mask, xp.add(j * c + k + p));
+                    for i in 0..4 {
+                        acc[i][j] = _mm512_fmadd_ps(wv[i].0, xe, acc[i][j]);
+                        acc[i][j] = _mm512_fmadd_ps(wv[i].1, xo, acc[i][j]);
+                    }
+                }
+            }
+        }
+        for i in 0..4 {
+            for j in 0..NB {
+                out_t[(r + i) * bt + b0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+            }
+        }
+        r += 4;
+    }
+    while r < rows {
+        let mut acc = [_mm512_setzero_ps(); NB];
+        let mut k = 0;
+        while k < full {
+            // SAFETY: row r < rows, columns k..k+32 <= c, inside `w` and `x` (asserted above).
+            unsafe {
+                let (we, wo) = split(_mm512_loadu_si512(wp.add(r * c + k).cast()));
+                for j in 0..NB {
+                    acc[j] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xp.add(j * c + k)), acc[j]);
+                    acc[j] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xp.add(j * c + k + 16)), acc[j]);
+                }
+            }
+            k += 32;
+        }
+        if p != 0 {
+            // SAFETY: as above, with the mask selecting the p remaining pairs.
+            unsafe {
+                let (we, wo) = split(_mm512_maskz_loadu_epi32(
+                    tail_mask,
+                    wp.add(r * c + k).cast(),
+                ));
+                for j in 0..NB {
+                    acc[j] = _mm512_fmadd_ps(
+                        we,
+                        _mm512_maskz_loadu_ps(tail_mask, xp.add(j * c + k)),
+                        acc[j],
+                    );
+                    acc[j] = _mm512_fmadd_ps(
+                        wo,
+                        _mm512_maskz_loadu_ps(tail_mask, xp.add(j * c + k + p)),
                         acc[j],
                     );
                 }

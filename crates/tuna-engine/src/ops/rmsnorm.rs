@@ -268,7 +268,7 @@ mod tests {
         let (mut dx1, mut dw1) = (vec![0.0; n * c], vec![0.0; c]);
         rmsnorm_backward(&mut dx1, Some(&mut dw1), &dout, &inp, &w, &rstd, n, c);
         let (mut dx2, mut dw2) = (vec![0.0; n * c], vec![0.0; c]);
-        for i in 0..n {
+        for (i, &r) in rstd.iter().enumerate() {
             let s = i * c..(i + 1) * c;
             rmsnorm_backward_row(
                 &mut dx2[s.clone()],
@@ -276,7 +276,7 @@ mod tests {
                 &dout[s.clone()],
                 &inp[s],
                 &w,
-                rstd[i],
+                r,
             );
         }
         let d = dx1

@@ -23,7 +23,10 @@ pub struct RopeTable {
 impl RopeTable {
     /// Table for `head_dim` (even) and base `theta`, covering positions `0..max_pos`.
     pub fn new(head_dim: usize, theta: f64, max_pos: usize) -> RopeTable {
-        assert!(head_dim % 2 == 0, "rope: head_dim {head_dim} must be even");
+        assert!(
+            head_dim.is_multiple_of(2),
+            "rope: head_dim {head_dim} must be even"
+        );
         let half = head_dim / 2;
         // transformers: inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)), all
         // in f32. The exponent is an f32 quotient; the power is evaluated in f64 and rounded once,
