@@ -81,9 +81,14 @@ impl QwenConfig {
     }
 
     pub fn from_hf(hf: &HfConfig, path: &Path) -> Result<Self> {
-        let unsupported =
-            |reason: String| Error::Unsupported { path: path.to_path_buf(), reason };
-        let invalid = |reason: String| Error::InvalidConfig { path: path.to_path_buf(), reason };
+        let unsupported = |reason: String| Error::Unsupported {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let invalid = |reason: String| Error::InvalidConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
         let architecture = match hf.model_type.as_str() {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
@@ -97,22 +102,26 @@ impl QwenConfig {
         if let Some(act) = &hf.hidden_act
             && act != "silu"
         {
-            return Err(unsupported(format!("hidden_act `{act}`; only `silu` is supported")));
+            return Err(unsupported(format!(
+                "hidden_act `{act}`; only `silu` is supported"
+            )));
         }
         if hf.use_sliding_window {
-            return Err(unsupported("use_sliding_window=true (sliding-window attention)".into()));
+            return Err(unsupported(
+                "use_sliding_window=true (sliding-window attention)".into(),
+            ));
         }
         let rope_theta = resolve_rope_theta(hf).map_err(&unsupported)?;
         let num_heads = hf.num_attention_heads;
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(invalid(format!(
                 "num_attention_heads={num_heads} must be a positive multiple of num_key_value_heads={num_kv_heads}"
             )));
         }
         let head_dim = match hf.head_dim {
             Some(d) => d,
-            None if hf.hidden_size % num_heads == 0 => hf.hidden_size / num_heads,
+            None if hf.hidden_size.is_multiple_of(num_heads) => hf.hidden_size / num_heads,
             None => {
                 return Err(invalid(format!(
                     "hidden_size={} is not divisible by num_attention_heads={num_heads} and head_dim is not given",
@@ -120,8 +129,10 @@ impl QwenConfig {
                 )));
             }
         };
-        if head_dim % 2 != 0 {
-            return Err(invalid(format!("head_dim={head_dim} must be even for rotary embeddings")));
+        if !head_dim.is_multiple_of(2) {
+            return Err(invalid(format!(
+                "head_dim={head_dim} must be even for rotary embeddings"
+            )));
         }
         for (name, v) in [
             ("vocab_size", hf.vocab_size),
@@ -180,18 +191,31 @@ impl QwenConfig {
 }
 
 fn resolve_rope_theta(hf: &HfConfig) -> std::result::Result<f64, String> {
-    for scaling in [&hf.rope_scaling, &hf.rope_parameters].into_iter().flatten() {
-        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|t| t.as_str());
+    for scaling in [&hf.rope_scaling, &hf.rope_parameters]
+        .into_iter()
+        .flatten()
+    {
+        let kind = scaling
+            .get("rope_type")
+            .or_else(|| scaling.get("type"))
+            .and_then(|t| t.as_str());
         if let Some(kind) = kind
             && kind != "default"
         {
-            return Err(format!("rope scaling type `{kind}` (only the default rotary embedding is supported)"));
+            return Err(format!(
+                "rope scaling type `{kind}` (only the default rotary embedding is supported)"
+            ));
         }
     }
     if let Some(theta) = hf.rope_theta {
         return Ok(theta);
     }
-    if let Some(theta) = hf.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()) {
+    if let Some(theta) = hf
+        .rope_parameters
+        .as_ref()
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|t| t.as_f64())
+    {
         return Ok(theta);
     }
     Err("no rope_theta at the top level or in rope_parameters".into())
@@ -243,13 +267,19 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::MissingFile {
                 path: path.parent().unwrap_or(path).to_path_buf(),
-                file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                file: path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
             }
         } else {
             Error::io(path, e)
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -288,17 +318,23 @@ mod tests {
         assert_eq!((c.head_dim, c.qkv_bias, c.qk_norm), (16, true, false));
 
         j["use_sliding_window"] = true.into();
-        let err = QwenConfig::from_hf(&hf(j.clone()), Path::new("c")).unwrap_err().to_string();
+        let err = QwenConfig::from_hf(&hf(j.clone()), Path::new("c"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sliding"), "{err}");
 
         j["use_sliding_window"] = false.into();
         j["model_type"] = "llama".into();
-        let err = QwenConfig::from_hf(&hf(j.clone()), Path::new("c")).unwrap_err().to_string();
+        let err = QwenConfig::from_hf(&hf(j.clone()), Path::new("c"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("llama"), "{err}");
 
         j["model_type"] = "qwen2".into();
         j["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
-        let err = QwenConfig::from_hf(&hf(j), Path::new("c")).unwrap_err().to_string();
+        let err = QwenConfig::from_hf(&hf(j), Path::new("c"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("yarn"), "{err}");
     }
 
@@ -319,7 +355,8 @@ mod tests {
     fn generation_config_accepts_one_or_many_eos() {
         let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 5}"#).unwrap();
         assert_eq!(g.eos_token_id, vec![5]);
-        let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": [5, 7], "top_k": 20}"#).unwrap();
+        let g: GenerationConfig =
+            serde_json::from_str(r#"{"eos_token_id": [5, 7], "top_k": 20}"#).unwrap();
         assert_eq!((g.eos_token_id, g.top_k), (vec![5, 7], Some(20)));
     }
 }

@@ -113,7 +113,9 @@ pub fn write_demo_model(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = demo_config();
     let model = QwenModel::random(cfg.clone(), DType::F32, 0.02, SEED);
-    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(|e| Error::io(dir.join(name), e));
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes).map_err(|e| Error::io(dir.join(name), e))
+    };
     let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
     write("config.json", &pretty(&config_json(&cfg)))?;
     write("generation_config.json", &pretty(&generation_config_json()))?;
@@ -130,7 +132,8 @@ pub fn write_demo_model(dir: &Path) -> Result<()> {
 /// Saves every tensor of `model` under its Hugging Face name.
 pub fn save_model_weights(model: &QwenModel, path: &Path) -> Result<()> {
     let named = model.named_tensors();
-    let refs: Vec<(String, &crate::tensor::Tensor)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
+    let refs: Vec<(String, &crate::tensor::Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t)).collect();
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     crate::safetensors::save_tensors(path, &refs, Some(meta))

@@ -27,9 +27,18 @@ pub enum Error {
     #[error("{path}: missing tensor `{name}`")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
-    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, actual: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("{path}: tensor `{name}` has dtype {dtype}, only f32, bf16 and f16 are supported")]
-    UnsupportedDType { path: PathBuf, name: String, dtype: String },
+    UnsupportedDType {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     #[error("token id {id} is out of range for a vocabulary of {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("sequence of {len} tokens exceeds the context window of {max} tokens")]
@@ -44,6 +53,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -27,7 +27,15 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.7, top_p: 0.8, top_k: 20, repetition_penalty: 1.0, seed: 0, max_new_tokens: 512, greedy: false }
+        SamplingParams {
+            temperature: 0.7,
+            top_p: 0.8,
+            top_k: 20,
+            repetition_penalty: 1.0,
+            seed: 0,
+            max_new_tokens: 512,
+            greedy: false,
+        }
     }
 }
 
@@ -49,13 +57,19 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidSampling(m));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad(format!("`temperature` must be >= 0, got {}", self.temperature));
+            return bad(format!(
+                "`temperature` must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("`top_p` must be > 0 and <= 1, got {}", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return bad(format!("`repetition_penalty` must be > 0, got {}", self.repetition_penalty));
+            return bad(format!(
+                "`repetition_penalty` must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         if self.max_new_tokens == 0 {
             return bad("`max_new_tokens` must be at least 1".into());
@@ -98,7 +112,11 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = StdRng::seed_from_u64(params.seed);
-        Sampler { params, rng, probs: Vec::new() }
+        Sampler {
+            params,
+            rng,
+            probs: Vec::new(),
+        }
     }
 
     /// Picks the next token from `logits` (modified in place); `history` is prompt + generated tokens.
@@ -113,13 +131,24 @@ impl Sampler {
         let inv_t = 1.0 / p.temperature;
         // Candidates sorted by logit, descending; top-k then cuts the tail.
         self.probs.clear();
-        self.probs.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
-        let k = if p.top_k == 0 { self.probs.len() } else { p.top_k.min(self.probs.len()) };
+        self.probs.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        let k = if p.top_k == 0 {
+            self.probs.len()
+        } else {
+            p.top_k.min(self.probs.len())
+        };
         if k < self.probs.len() {
-            self.probs.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            self.probs
+                .select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
             self.probs.truncate(k);
         }
-        self.probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.probs
+            .sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let max = self.probs[0].1;
         let mut sum = 0.0f64;
         for e in &mut self.probs {
@@ -190,7 +219,10 @@ pub fn generate(
     }
     let max_ctx = model.config.max_position_embeddings;
     if prompt.len() >= max_ctx {
-        return Err(Error::ContextOverflow { len: prompt.len(), max: max_ctx });
+        return Err(Error::ContextOverflow {
+            len: prompt.len(),
+            max: max_ctx,
+        });
     }
     let budget = params.max_new_tokens.min(max_ctx - prompt.len());
     let mut cache = KvCache::new(&model.config, prompt.len() + budget);
@@ -216,7 +248,11 @@ pub fn generate(
         }
         logits = model.forward(&[next], &mut cache, adapter)?;
     }
-    Ok(Generation { tokens, finish_reason, prompt_tokens: prompt.len() })
+    Ok(Generation {
+        tokens,
+        finish_reason,
+        prompt_tokens: prompt.len(),
+    })
 }
 
 #[cfg(test)]
@@ -224,7 +260,15 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_p: f32, top_k: usize) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, repetition_penalty: 1.0, seed: 7, max_new_tokens: 4, greedy: false }
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty: 1.0,
+            seed: 7,
+            max_new_tokens: 4,
+            greedy: false,
+        }
     }
 
     #[test]
@@ -251,12 +295,19 @@ mod tests {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let mut s = Sampler::new(params(1.0, 1.0, 0));
         let n = 4000;
-        let ones = (0..n).filter(|_| s.sample(&mut logits.clone(), &[]) == 1).count();
+        let ones = (0..n)
+            .filter(|_| s.sample(&mut logits.clone(), &[]) == 1)
+            .count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.03, "{frac}");
         let draw = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params(1.0, 1.0, 0) });
-            (0..32).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params(1.0, 1.0, 0)
+            });
+            (0..32)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

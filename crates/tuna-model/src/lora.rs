@@ -99,13 +99,23 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig { r: 8, lora_alpha: 16.0, lora_dropout: 0.0, target_modules: LoraTarget::ALL.to_vec(), use_rslora: false }
+        LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: LoraTarget::ALL.to_vec(),
+            use_rslora: false,
+        }
     }
 }
 
 impl LoraConfig {
     pub fn scale(&self) -> f32 {
-        if self.use_rslora { self.lora_alpha / (self.r as f32).sqrt() } else { self.lora_alpha / self.r as f32 }
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f32).sqrt()
+        } else {
+            self.lora_alpha / self.r as f32
+        }
     }
 }
 
@@ -124,11 +134,31 @@ impl LoraLinear {
     /// `out (bt, out) += scale · (inp (bt, in) · Aᵀ) · Bᵀ`; `tmp` receives `inp · Aᵀ` (bt, r).
     pub fn forward_accumulate(&self, out: &mut [f32], tmp: &mut [f32], inp: &[f32], bt: usize) {
         let (r, i, o) = (self.rank, self.in_features, self.out_features);
-        sgemm(tmp, inp, Layout::Normal, &self.a, Layout::Transposed, bt, i, r, false);
+        sgemm(
+            tmp,
+            inp,
+            Layout::Normal,
+            &self.a,
+            Layout::Transposed,
+            bt,
+            i,
+            r,
+            false,
+        );
         if self.scale != 1.0 {
             tmp.iter_mut().for_each(|x| *x *= self.scale);
         }
-        sgemm(out, tmp, Layout::Normal, &self.b, Layout::Transposed, bt, r, o, true);
+        sgemm(
+            out,
+            tmp,
+            Layout::Normal,
+            &self.b,
+            Layout::Transposed,
+            bt,
+            r,
+            o,
+            true,
+        );
     }
 }
 
@@ -169,7 +199,10 @@ pub struct PeftConfigFile {
 
 /// PEFT's tensor name for one LoRA matrix (`which` is "lora_A" or "lora_B").
 pub fn peft_tensor_name(layer: usize, target: LoraTarget, which: &str) -> String {
-    format!("base_model.model.model.layers.{layer}.{}.{which}.weight", target.module_path())
+    format!(
+        "base_model.model.model.layers.{layer}.{}.{which}.weight",
+        target.module_path()
+    )
 }
 
 impl LoraAdapter {
@@ -186,26 +219,48 @@ impl LoraAdapter {
                     }
                     let (i, o) = target.dims(cfg);
                     let bound = 1.0 / (i as f32).sqrt();
-                    let a = (0..lora.r * i).map(|_| rng.random_range(-bound..bound)).collect();
-                    Some(LoraLinear { a, b: vec![0.0; o * lora.r], rank: lora.r, in_features: i, out_features: o, scale })
+                    let a = (0..lora.r * i)
+                        .map(|_| rng.random_range(-bound..bound))
+                        .collect();
+                    Some(LoraLinear {
+                        a,
+                        b: vec![0.0; o * lora.r],
+                        rank: lora.r,
+                        in_features: i,
+                        out_features: o,
+                        scale,
+                    })
                 })
             })
             .collect();
-        LoraAdapter { config: lora.clone(), layers }
+        LoraAdapter {
+            config: lora.clone(),
+            layers,
+        }
     }
 
     pub fn get(&self, layer: usize, target: LoraTarget) -> Option<&LoraLinear> {
-        self.layers.get(layer).and_then(|l| l[target.index()].as_ref())
+        self.layers
+            .get(layer)
+            .and_then(|l| l[target.index()].as_ref())
     }
 
     /// Number of trainable parameters.
     pub fn num_parameters(&self) -> usize {
-        self.layers.iter().flatten().flatten().map(|l| l.a.len() + l.b.len()).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|l| l.a.len() + l.b.len())
+            .sum()
     }
 
     /// Loads a PEFT adapter directory for a model of config `cfg`.
     pub fn load(dir: &Path, cfg: &QwenConfig) -> Result<Self> {
-        let err = |reason: String| Error::Adapter { path: dir.to_path_buf(), reason };
+        let err = |reason: String| Error::Adapter {
+            path: dir.to_path_buf(),
+            reason,
+        };
         let file: PeftConfigFile = crate::config::read_json(&dir.join("adapter_config.json"))?;
         if let Some(t) = &file.peft_type
             && t != "LORA"
@@ -223,7 +278,10 @@ impl LoraAdapter {
             target_modules,
             use_rslora: file.use_rslora,
         };
-        let weights = crate::safetensors::WeightFiles::open_files(dir, &[dir.join("adapter_model.safetensors")])?;
+        let weights = crate::safetensors::WeightFiles::open_files(
+            dir,
+            &[dir.join("adapter_model.safetensors")],
+        )?;
         let scale = config.scale();
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for layer in 0..cfg.num_layers {
@@ -237,14 +295,22 @@ impl LoraAdapter {
                 }
                 let a = weights.get_f32(&a_name, &[config.r, i])?;
                 let b = weights.get_f32(&b_name, &[o, config.r])?;
-                slots[target.index()] =
-                    Some(LoraLinear { a, b, rank: config.r, in_features: i, out_features: o, scale });
+                slots[target.index()] = Some(LoraLinear {
+                    a,
+                    b,
+                    rank: config.r,
+                    in_features: i,
+                    out_features: o,
+                    scale,
+                });
             }
             layers.push(slots);
         }
         let adapter = LoraAdapter { config, layers };
         if adapter.num_parameters() == 0 {
-            return Err(err("no LoRA tensors for this model's layers were found".into()));
+            return Err(err(
+                "no LoRA tensors for this model's layers were found".into()
+            ));
         }
         Ok(adapter)
     }
@@ -252,7 +318,12 @@ impl LoraAdapter {
     /// Writes `adapter_config.json` and `adapter_model.safetensors` exactly as PEFT lays them out.
     pub fn save(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut targets: Vec<&str> = self.config.target_modules.iter().map(|t| t.name()).collect();
+        let mut targets: Vec<&str> = self
+            .config
+            .target_modules
+            .iter()
+            .map(|t| t.name())
+            .collect();
         targets.sort();
         let config = serde_json::json!({
             "alpha_pattern": {},
@@ -277,7 +348,10 @@ impl LoraAdapter {
             "use_rslora": self.config.use_rslora,
         });
         let path = dir.join("adapter_config.json");
-        let text = serde_json::to_string_pretty(&config).map_err(|source| Error::Json { path: path.clone(), source })?;
+        let text = serde_json::to_string_pretty(&config).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         let mut tensors = Vec::new();
         for (l, slots) in self.layers.iter().enumerate() {
@@ -306,9 +380,20 @@ fn parse_targets(value: &serde_json::Value) -> std::result::Result<Vec<LoraTarge
         serde_json::Value::String(s) if s == "all-linear" => {
             return Ok(LoraTarget::ALL.to_vec());
         }
-        serde_json::Value::String(s) => return Err(format!("target_modules regex `{s}` is not supported; list module names")),
-        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-        other => return Err(format!("target_modules must be a list of names, got {other}")),
+        serde_json::Value::String(s) => {
+            return Err(format!(
+                "target_modules regex `{s}` is not supported; list module names"
+            ));
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        other => {
+            return Err(format!(
+                "target_modules must be a list of names, got {other}"
+            ));
+        }
     };
     let mut targets = Vec::new();
     for n in names {

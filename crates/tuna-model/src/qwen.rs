@@ -29,15 +29,38 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(w: &WeightFiles, p: &Prefix, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
+    fn load(
+        w: &WeightFiles,
+        p: &Prefix,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = w.get(&p.name("weight"), &[out_features, in_features])?;
-        let bias = if bias { Some(w.get_f32(&p.name("bias"), &[out_features])?) } else { None };
-        Ok(Linear { weight, bias, in_features, out_features })
+        let bias = if bias {
+            Some(w.get_f32(&p.name("bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            in_features,
+            out_features,
+        })
     }
 
     /// out (bt, out) = inp (bt, in) · Wᵀ + b
     pub fn forward(&self, out: &mut [f32], inp: &[f32], bt: usize) {
-        matmul::matmul_forward(out, inp, self.weight.weight(), self.bias.as_deref(), bt, self.in_features, self.out_features);
+        matmul::matmul_forward(
+            out,
+            inp,
+            self.weight.weight(),
+            self.bias.as_deref(),
+            bt,
+            self.in_features,
+            self.out_features,
+        );
     }
 }
 
@@ -106,16 +129,27 @@ impl QwenModel {
     pub fn from_weights(config: QwenConfig, w: &WeightFiles) -> Result<Self> {
         let cfg = &config;
         let (c, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (q, kv, i) = (cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size);
+        let (q, kv, i) = (
+            cfg.num_heads * hd,
+            cfg.num_kv_heads * hd,
+            cfg.intermediate_size,
+        );
         let model = Prefix::root().pp("model");
-        let embed_tokens = w.get(&model.pp("embed_tokens").name("weight"), &[cfg.vocab_size, c])?;
+        let embed_tokens = w.get(
+            &model.pp("embed_tokens").name("weight"),
+            &[cfg.vocab_size, c],
+        )?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = model.pp("layers").pp(l);
             let attn = p.pp("self_attn");
             let mlp = p.pp("mlp");
             let qk_norm = |name: &str| -> Result<Option<Vec<f32>>> {
-                if cfg.qk_norm { Ok(Some(w.get_f32(&attn.pp(name).name("weight"), &[hd])?)) } else { Ok(None) }
+                if cfg.qk_norm {
+                    Ok(Some(w.get_f32(&attn.pp(name).name("weight"), &[hd])?))
+                } else {
+                    Ok(None)
+                }
             };
             layers.push(DecoderLayer {
                 input_layernorm: w.get_f32(&p.pp("input_layernorm").name("weight"), &[c])?,
@@ -125,7 +159,8 @@ impl QwenModel {
                 o_proj: Linear::load(w, &attn.pp("o_proj"), q, c, cfg.o_bias)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
-                post_attention_layernorm: w.get_f32(&p.pp("post_attention_layernorm").name("weight"), &[c])?,
+                post_attention_layernorm: w
+                    .get_f32(&p.pp("post_attention_layernorm").name("weight"), &[c])?,
                 gate_proj: Linear::load(w, &mlp.pp("gate_proj"), c, i, false)?,
                 up_proj: Linear::load(w, &mlp.pp("up_proj"), c, i, false)?,
                 down_proj: Linear::load(w, &mlp.pp("down_proj"), i, c, false)?,
@@ -133,8 +168,18 @@ impl QwenModel {
         }
         let norm = w.get_f32(&model.pp("norm").name("weight"), &[c])?;
         // Tied checkpoints may still carry a copy of `lm_head.weight`; the config decides.
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(w.get("lm_head.weight", &[cfg.vocab_size, c])?) };
-        Ok(QwenModel { config, embed_tokens, layers, norm, lm_head })
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(w.get("lm_head.weight", &[cfg.vocab_size, c])?)
+        };
+        Ok(QwenModel {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 
     /// A model of `config` with seeded random weights stored as `dtype` (benchmarks, the demo model).
@@ -142,10 +187,15 @@ impl QwenModel {
     pub fn random(config: QwenConfig, dtype: DType, std: f32, seed: u64) -> Self {
         let cfg = &config;
         let (c, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (q, kv, i) = (cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size);
+        let (q, kv, i) = (
+            cfg.num_heads * hd,
+            cfg.num_kv_heads * hd,
+            cfg.intermediate_size,
+        );
         let mut seeds = StdRng::seed_from_u64(seed);
         let mut next_seed = move || seeds.random::<u64>();
-        let tensor = |rows: usize, cols: usize, seed: u64| random_tensor(rows, cols, dtype, std, seed);
+        let tensor =
+            |rows: usize, cols: usize, seed: u64| random_tensor(rows, cols, dtype, std, seed);
         let linear = |i: usize, o: usize, bias: bool, seed: u64| Linear {
             weight: tensor(o, i, seed),
             bias: bias.then(|| vec![0.0; o]),
@@ -169,7 +219,13 @@ impl QwenModel {
             })
             .collect();
         let lm_head = (!cfg.tie_word_embeddings).then(|| tensor(cfg.vocab_size, c, next_seed()));
-        QwenModel { config, embed_tokens, layers, norm: vec![1.0; c], lm_head }
+        QwenModel {
+            config,
+            embed_tokens,
+            layers,
+            norm: vec![1.0; c],
+            lm_head,
+        }
     }
 
     /// The LM head matrix (vocab, hidden): `lm_head` or the tied embedding.
@@ -182,11 +238,20 @@ impl QwenModel {
         let mut out = Vec::new();
         let model = Prefix::root().pp("model");
         let vec_t = |v: &Vec<f32>| Tensor::from_f32(vec![v.len()], v.clone());
-        out.push((model.pp("embed_tokens").name("weight"), self.embed_tokens.clone()));
+        out.push((
+            model.pp("embed_tokens").name("weight"),
+            self.embed_tokens.clone(),
+        ));
         for (l, layer) in self.layers.iter().enumerate() {
             let p = model.pp("layers").pp(l);
-            out.push((p.pp("input_layernorm").name("weight"), vec_t(&layer.input_layernorm)));
-            out.push((p.pp("post_attention_layernorm").name("weight"), vec_t(&layer.post_attention_layernorm)));
+            out.push((
+                p.pp("input_layernorm").name("weight"),
+                vec_t(&layer.input_layernorm),
+            ));
+            out.push((
+                p.pp("post_attention_layernorm").name("weight"),
+                vec_t(&layer.post_attention_layernorm),
+            ));
             if let Some(n) = &layer.q_norm {
                 out.push((p.pp("self_attn").pp("q_norm").name("weight"), vec_t(n)));
             }
@@ -210,35 +275,71 @@ impl QwenModel {
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        match ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            Some(&id) => Err(Error::TokenOutOfRange { id, vocab_size: self.config.vocab_size }),
+        match ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            Some(&id) => Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: self.config.vocab_size,
+            }),
             None => Ok(()),
         }
     }
 
     /// Runs `tokens` (the next tokens after what `cache` holds) through the model, appends their keys
     /// and values to the cache, and returns the logits (vocab) of the last token.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&LoraAdapter>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<f32>> {
         let hidden = self.forward_hidden(tokens, cache, adapter)?;
         let c = self.config.hidden_size;
         let last = &hidden[hidden.len() - c..];
         let mut logits = vec![0.0; self.config.vocab_size];
-        matmul::matmul_forward(&mut logits, last, self.lm_head_weight(), None, 1, c, self.config.vocab_size);
+        matmul::matmul_forward(
+            &mut logits,
+            last,
+            self.lm_head_weight(),
+            None,
+            1,
+            c,
+            self.config.vocab_size,
+        );
         Ok(logits)
     }
 
     /// Logits (t, vocab) of every position of `tokens`, from an empty cache (parity tests, evaluation).
-    pub fn forward_all_logits(&self, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Vec<f32>> {
+    pub fn forward_all_logits(
+        &self,
+        tokens: &[u32],
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<f32>> {
         let mut cache = KvCache::new(&self.config, tokens.len());
         let hidden = self.forward_hidden(tokens, &mut cache, adapter)?;
         let (c, v) = (self.config.hidden_size, self.config.vocab_size);
         let mut logits = vec![0.0; tokens.len() * v];
-        matmul::matmul_forward(&mut logits, &hidden, self.lm_head_weight(), None, tokens.len(), c, v);
+        matmul::matmul_forward(
+            &mut logits,
+            &hidden,
+            self.lm_head_weight(),
+            None,
+            tokens.len(),
+            c,
+            v,
+        );
         Ok(logits)
     }
 
     /// Final-norm hidden states (t, hidden) of `tokens`, appending to `cache`.
-    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&LoraAdapter>) -> Result<Vec<f32>> {
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         self.check_ids(tokens)?;
         let bt = tokens.len();
@@ -246,7 +347,13 @@ impl QwenModel {
         if past + bt > cache.capacity {
             cache.grow(past + bt, cfg.max_position_embeddings)?;
         }
-        let (c, hd, nh, nkv, im) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+        let (c, hd, nh, nkv, im) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+        );
         let (q_dim, kv_dim) = (nh * hd, nkv * hd);
         let positions: Vec<u32> = (past..past + bt).map(|p| p as u32).collect();
         cache.rope.ensure(past + bt);
@@ -267,24 +374,49 @@ impl QwenModel {
         let max_rank = adapter.map(|a| a.config.r).unwrap_or(0);
         let mut lora_tmp = vec![0.0; bt * max_rank];
 
-        let linear = |l: usize, target: LoraTarget, out: &mut [f32], inp: &[f32], tmp: &mut [f32]| {
-            let layer = &self.layers[l];
-            layer.linear(target).forward(out, inp, bt);
-            if let Some(lora) = adapter.and_then(|a| a.get(l, target)) {
-                lora.forward_accumulate(out, &mut tmp[..bt * lora.rank], inp, bt);
-            }
-        };
+        let linear =
+            |l: usize, target: LoraTarget, out: &mut [f32], inp: &[f32], tmp: &mut [f32]| {
+                let layer = &self.layers[l];
+                layer.linear(target).forward(out, inp, bt);
+                if let Some(lora) = adapter.and_then(|a| a.get(l, target)) {
+                    lora.forward_accumulate(out, &mut tmp[..bt * lora.rank], inp, bt);
+                }
+            };
 
         for (l, layer) in self.layers.iter().enumerate() {
-            rmsnorm::rmsnorm_forward(&mut h, &mut rstd[..bt], &x, &layer.input_layernorm, bt, c, cfg.rms_norm_eps);
+            rmsnorm::rmsnorm_forward(
+                &mut h,
+                &mut rstd[..bt],
+                &x,
+                &layer.input_layernorm,
+                bt,
+                c,
+                cfg.rms_norm_eps,
+            );
             linear(l, LoraTarget::QProj, &mut q, &h, &mut lora_tmp);
             linear(l, LoraTarget::KProj, &mut k, &h, &mut lora_tmp);
             linear(l, LoraTarget::VProj, &mut v, &h, &mut lora_tmp);
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                rmsnorm::rmsnorm_forward(&mut q_normed, &mut rstd[..bt * nh], &q, qn, bt * nh, hd, cfg.rms_norm_eps);
+                rmsnorm::rmsnorm_forward(
+                    &mut q_normed,
+                    &mut rstd[..bt * nh],
+                    &q,
+                    qn,
+                    bt * nh,
+                    hd,
+                    cfg.rms_norm_eps,
+                );
                 std::mem::swap(&mut q, &mut q_normed);
                 let mut k_normed = vec![0.0; bt * kv_dim];
-                rmsnorm::rmsnorm_forward(&mut k_normed, &mut rstd[..bt * nkv], &k, kn, bt * nkv, hd, cfg.rms_norm_eps);
+                rmsnorm::rmsnorm_forward(
+                    &mut k_normed,
+                    &mut rstd[..bt * nkv],
+                    &k,
+                    kn,
+                    bt * nkv,
+                    hd,
+                    cfg.rms_norm_eps,
+                );
                 k = k_normed;
             }
             rope::rope_forward(&mut q, &positions, &cache.rope, nh, hd);
@@ -308,7 +440,15 @@ impl QwenModel {
             linear(l, LoraTarget::OProj, &mut o, &att, &mut lora_tmp);
             residual::residual_forward(&mut x, &o);
 
-            rmsnorm::rmsnorm_forward(&mut h, &mut rstd[..bt], &x, &layer.post_attention_layernorm, bt, c, cfg.rms_norm_eps);
+            rmsnorm::rmsnorm_forward(
+                &mut h,
+                &mut rstd[..bt],
+                &x,
+                &layer.post_attention_layernorm,
+                bt,
+                c,
+                cfg.rms_norm_eps,
+            );
             linear(l, LoraTarget::GateProj, &mut gate, &h, &mut lora_tmp);
             linear(l, LoraTarget::UpProj, &mut up, &h, &mut lora_tmp);
             swiglu::swiglu_forward(&mut act, &gate, &up);
@@ -316,7 +456,15 @@ impl QwenModel {
             residual::residual_forward(&mut x, &o);
         }
         cache.len = past + bt;
-        rmsnorm::rmsnorm_forward(&mut h, &mut rstd[..bt], &x, &self.norm, bt, c, cfg.rms_norm_eps);
+        rmsnorm::rmsnorm_forward(
+            &mut h,
+            &mut rstd[..bt],
+            &x,
+            &self.norm,
+            bt,
+            c,
+            cfg.rms_norm_eps,
+        );
         Ok(h)
     }
 
@@ -330,10 +478,13 @@ fn random_tensor(rows: usize, cols: usize, dtype: DType, std: f32, seed: u64) ->
     let a = std * 3f32.sqrt();
     let chunk = 1 << 16;
     let mut data = vec![0.0f32; rows * cols];
-    data.par_chunks_mut(chunk).enumerate().for_each(|(i, part)| {
-        let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        part.iter_mut().for_each(|x| *x = rng.random_range(-a..a));
-    });
+    data.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, part)| {
+            let mut rng =
+                StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            part.iter_mut().for_each(|x| *x = rng.random_range(-a..a));
+        });
     Tensor::from_f32(vec![rows, cols], data).to_dtype(dtype)
 }
 
@@ -352,7 +503,9 @@ impl KvCache {
         let kv_dim = cfg.num_kv_heads * cfg.head_dim;
         let capacity = capacity.max(1);
         KvCache {
-            layers: (0..cfg.num_layers).map(|_| (vec![0.0; capacity * kv_dim], vec![0.0; capacity * kv_dim])).collect(),
+            layers: (0..cfg.num_layers)
+                .map(|_| (vec![0.0; capacity * kv_dim], vec![0.0; capacity * kv_dim]))
+                .collect(),
             len: 0,
             capacity,
             kv_dim,

@@ -37,11 +37,17 @@ impl WeightFiles {
             vec![single]
         } else if index.exists() {
             let json: serde_json::Value = crate::config::read_json(&index)?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Safetensors {
-                path: index.clone(),
-                reason: "no `weight_map` object".into(),
-            })?;
-            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Safetensors {
+                    path: index.clone(),
+                    reason: "no `weight_map` object".into(),
+                })?;
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             shards.sort();
             shards.dedup();
             shards.into_iter().map(|s| dir.join(s)).collect()
@@ -63,7 +69,10 @@ impl WeightFiles {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Error::MissingFile {
                         path: dir.to_path_buf(),
-                        file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                        file: path
+                            .file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
                     }
                 } else {
                     Error::io(path, e)
@@ -72,8 +81,10 @@ impl WeightFiles {
             // SAFETY: the file is opened read-only and we never write through the map; like every
             // mmap reader we rely on the checkpoint not being truncated while it is mapped.
             let mmap = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {
                 let dtype = match view.dtype() {
@@ -81,16 +92,33 @@ impl WeightFiles {
                     safetensors::Dtype::BF16 => DType::BF16,
                     safetensors::Dtype::F16 => DType::F16,
                     other => {
-                        return Err(Error::UnsupportedDType { path: path.clone(), name, dtype: format!("{other:?}") });
+                        return Err(Error::UnsupportedDType {
+                            path: path.clone(),
+                            name,
+                            dtype: format!("{other:?}"),
+                        });
                     }
                 };
                 let start = view.data().as_ptr() as usize - base;
                 let end = start + view.data().len();
-                entries.insert(name, Entry { file: i, dtype, shape: view.shape().to_vec(), start, end });
+                entries.insert(
+                    name,
+                    Entry {
+                        file: i,
+                        dtype,
+                        shape: view.shape().to_vec(),
+                        start,
+                        end,
+                    },
+                );
             }
             files.push((path.clone(), mmap));
         }
-        Ok(WeightFiles { files, entries, dir: dir.to_path_buf() })
+        Ok(WeightFiles {
+            files,
+            entries,
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -103,10 +131,10 @@ impl WeightFiles {
 
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor { path: self.dir.clone(), name: name.to_owned() })?;
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.dir.clone(),
+            name: name.to_owned(),
+        })?;
         if entry.shape != shape {
             return Err(Error::ShapeMismatch {
                 path: self.files[entry.file].0.clone(),
@@ -116,7 +144,13 @@ impl WeightFiles {
             });
         }
         let mmap = Arc::clone(&self.files[entry.file].1);
-        Ok(Tensor::from_mapped(entry.shape.clone(), entry.dtype, mmap, entry.start, entry.end))
+        Ok(Tensor::from_mapped(
+            entry.shape.clone(),
+            entry.dtype,
+            mmap,
+            entry.start,
+            entry.end,
+        ))
     }
 
     /// Like [`get`](Self::get), widened to an owned f32 vector (norm weights, biases).
@@ -130,7 +164,11 @@ impl WeightFiles {
         for e in self.entries.values() {
             bytes.entry(e.dtype.name()).or_insert((e.dtype, 0)).1 += e.end - e.start;
         }
-        bytes.into_values().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or(DType::F32)
+        bytes
+            .into_values()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d)
+            .unwrap_or(DType::F32)
     }
 }
 
@@ -145,7 +183,11 @@ impl Prefix {
 
     /// `self.name`
     pub fn pp(&self, name: impl std::fmt::Display) -> Prefix {
-        if self.0.is_empty() { Prefix(name.to_string()) } else { Prefix(format!("{}.{name}", self.0)) }
+        if self.0.is_empty() {
+            Prefix(name.to_string())
+        } else {
+            Prefix(format!("{}.{name}", self.0))
+        }
     }
 
     pub fn name(&self, leaf: &str) -> String {
@@ -171,11 +213,17 @@ pub fn save_tensors(
                 DType::BF16 => safetensors::Dtype::BF16,
                 DType::F16 => safetensors::Dtype::F16,
             };
-            let view = safetensors::tensor::TensorView::new(dtype, t.shape().to_vec(), t.raw_bytes())
-                .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+            let view =
+                safetensors::tensor::TensorView::new(dtype, t.shape().to_vec(), t.raw_bytes())
+                    .map_err(|e| Error::Safetensors {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }

@@ -13,7 +13,11 @@ enum Bytes {
     OwnedF32(Arc<Vec<f32>>),
     OwnedHalf(Arc<Vec<u16>>),
     /// A byte range of a memory-mapped safetensors file, aligned for its dtype.
-    Mapped { mmap: Arc<Mmap>, start: usize, end: usize },
+    Mapped {
+        mmap: Arc<Mmap>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl Bytes {
@@ -36,26 +40,54 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape {shape:?} vs {} elements", data.len());
-        Tensor { shape, dtype: DType::F32, bytes: Bytes::OwnedF32(Arc::new(data)) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor shape {shape:?} vs {} elements",
+            data.len()
+        );
+        Tensor {
+            shape,
+            dtype: DType::F32,
+            bytes: Bytes::OwnedF32(Arc::new(data)),
+        }
     }
 
     pub fn from_bf16(shape: Vec<usize>, data: Vec<bf16>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape {shape:?} vs {} elements", data.len());
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor shape {shape:?} vs {} elements",
+            data.len()
+        );
         let bits = data.iter().map(|x| x.to_bits()).collect();
-        Tensor { shape, dtype: DType::BF16, bytes: Bytes::OwnedHalf(Arc::new(bits)) }
+        Tensor {
+            shape,
+            dtype: DType::BF16,
+            bytes: Bytes::OwnedHalf(Arc::new(bits)),
+        }
     }
 
     /// Wraps `mmap[start..end]` without copying when it is aligned for `dtype`; copies otherwise.
-    pub(crate) fn from_mapped(shape: Vec<usize>, dtype: DType, mmap: Arc<Mmap>, start: usize, end: usize) -> Self {
-        let aligned = (mmap.as_ptr() as usize + start) % dtype.size_in_bytes() == 0;
+    pub(crate) fn from_mapped(
+        shape: Vec<usize>,
+        dtype: DType,
+        mmap: Arc<Mmap>,
+        start: usize,
+        end: usize,
+    ) -> Self {
+        let aligned = (mmap.as_ptr() as usize + start).is_multiple_of(dtype.size_in_bytes());
         let bytes = if aligned {
             Bytes::Mapped { mmap, start, end }
         } else {
             // Safetensors pads its header to 8 bytes, so this only happens with odd tensor offsets.
             copy_typed(&mmap[start..end], dtype)
         };
-        Tensor { shape, dtype, bytes }
+        Tensor {
+            shape,
+            dtype,
+            bytes,
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -96,10 +128,17 @@ impl Tensor {
         let values = self.to_f32_vec();
         match dtype {
             DType::F32 => Tensor::from_f32(self.shape.clone(), values),
-            DType::BF16 => Tensor::from_bf16(self.shape.clone(), values.iter().map(|&x| bf16::from_f32(x)).collect()),
+            DType::BF16 => Tensor::from_bf16(
+                self.shape.clone(),
+                values.iter().map(|&x| bf16::from_f32(x)).collect(),
+            ),
             DType::F16 => {
                 let bits = values.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
-                Tensor { shape: self.shape.clone(), dtype, bytes: Bytes::OwnedHalf(Arc::new(bits)) }
+                Tensor {
+                    shape: self.shape.clone(),
+                    dtype,
+                    bytes: Bytes::OwnedHalf(Arc::new(bits)),
+                }
             }
         }
     }
@@ -113,11 +152,17 @@ impl Tensor {
 fn copy_typed(bytes: &[u8], dtype: DType) -> Bytes {
     match dtype {
         DType::F32 => Bytes::OwnedF32(Arc::new(
-            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
         )),
-        DType::BF16 | DType::F16 => {
-            Bytes::OwnedHalf(Arc::new(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()))
-        }
+        DType::BF16 | DType::F16 => Bytes::OwnedHalf(Arc::new(
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        )),
     }
 }
 

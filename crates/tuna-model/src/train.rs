@@ -130,8 +130,17 @@ impl GradIndex {
             })
             .collect();
         let norm = take();
-        let lm_head = if model.lm_head.is_some() { take() } else { None };
-        GradIndex { embed, layers, norm, lm_head }
+        let lm_head = if model.lm_head.is_some() {
+            take()
+        } else {
+            None
+        };
+        GradIndex {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        }
     }
 
     fn lora(adapter: &LoraAdapter) -> Self {
@@ -150,7 +159,12 @@ impl GradIndex {
                 idx
             })
             .collect();
-        GradIndex { embed: None, layers, norm: None, lm_head: None }
+        GradIndex {
+            embed: None,
+            layers,
+            norm: None,
+            lm_head: None,
+        }
     }
 }
 
@@ -183,7 +197,9 @@ impl QwenModel {
                 out.push(n);
             }
             // LoraTarget::ALL order.
-            for lin in [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] {
+            for lin in [
+                q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
+            ] {
                 out.push(lin.weight.f32_mut());
                 if let Some(b) = &mut lin.bias {
                     out.push(b);
@@ -249,7 +265,9 @@ impl QwenModel {
         if let Some(h) = &self.lm_head {
             sizes.push(h.len());
         }
-        Gradients { tensors: sizes.into_iter().map(|n| vec![0.0; n]).collect() }
+        Gradients {
+            tensors: sizes.into_iter().map(|n| vec![0.0; n]).collect(),
+        }
     }
 
     /// Forward and backward on one packed micro-batch (see the module docs). With `adapter`, only
@@ -272,8 +290,15 @@ impl QwenModel {
     }
 
     /// Loss and accuracy of a batch without gradients (evaluation).
-    pub fn evaluate(&self, batch: &TrainBatch, adapter: Option<&LoraAdapter>) -> Result<BatchStats> {
-        let opts = TrainOptions { recompute_activations: true, dropout_seed: 0 };
+    pub fn evaluate(
+        &self,
+        batch: &TrainBatch,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<BatchStats> {
+        let opts = TrainOptions {
+            recompute_activations: true,
+            dropout_seed: 0,
+        };
         let pass = Pass::new(self, batch, adapter, &opts, false)?;
         pass.run(None)
     }
@@ -372,7 +397,10 @@ impl<'a> Pass<'a> {
     ) -> Result<Self> {
         let bt = batch.input_ids.len();
         let cfg = &model.config;
-        let bad = |m: String| Error::InvalidConfig { path: "batch".into(), reason: m };
+        let bad = |m: String| Error::InvalidConfig {
+            path: "batch".into(),
+            reason: m,
+        };
         if batch.targets.len() != bt || batch.position_ids.len() != bt {
             return Err(bad(format!(
                 "batch has {bt} ids, {} targets and {} positions",
@@ -381,22 +409,46 @@ impl<'a> Pass<'a> {
             )));
         }
         if batch.seq_lens.iter().sum::<usize>() != bt {
-            return Err(bad(format!("seq_lens {:?} do not sum to the batch length {bt}", batch.seq_lens)));
+            return Err(bad(format!(
+                "seq_lens {:?} do not sum to the batch length {bt}",
+                batch.seq_lens
+            )));
         }
-        if let Some(&id) = batch.input_ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab_size: cfg.vocab_size });
+        if let Some(&id) = batch
+            .input_ids
+            .iter()
+            .find(|&&id| id as usize >= cfg.vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: cfg.vocab_size,
+            });
         }
-        if let Some(&t) = batch.targets.iter().find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= cfg.vocab_size)) {
-            return Err(bad(format!("target {t} is neither -100 nor a token id below {}", cfg.vocab_size)));
+        if let Some(&t) = batch
+            .targets
+            .iter()
+            .find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= cfg.vocab_size))
+        {
+            return Err(bad(format!(
+                "target {t} is neither -100 nor a token id below {}",
+                cfg.vocab_size
+            )));
         }
         let max_pos = batch.position_ids.iter().copied().max().unwrap_or(0) as usize + 1;
         if max_pos > cfg.max_position_embeddings {
-            return Err(Error::ContextOverflow { len: max_pos, max: cfg.max_position_embeddings });
+            return Err(Error::ContextOverflow {
+                len: max_pos,
+                max: cfg.max_position_embeddings,
+            });
         }
         if let Some(a) = adapter
             && a.layers.len() != model.layers.len()
         {
-            return Err(bad(format!("adapter has {} layers, model {}", a.layers.len(), model.layers.len())));
+            return Err(bad(format!(
+                "adapter has {} layers, model {}",
+                a.layers.len(),
+                model.layers.len()
+            )));
         }
         Ok(Pass {
             model,
@@ -414,16 +466,28 @@ impl<'a> Pass<'a> {
     }
 
     /// y (bt, out) = x·Wᵀ + b [+ scale·(dropout(x)·Aᵀ)·Bᵀ], saving the LoRA branch's activations.
-    fn linear_forward(&self, l: usize, target: LoraTarget, y: &mut [f32], x: &[f32], acts: &mut LayerActs) {
+    fn linear_forward(
+        &self,
+        l: usize,
+        target: LoraTarget,
+        y: &mut [f32],
+        x: &[f32],
+        acts: &mut LayerActs,
+    ) {
         let bt = self.bt;
         self.model.layers[l].linear(target).forward(y, x, bt);
-        let Some(lora) = self.lora(l, target) else { return };
+        let Some(lora) = self.lora(l, target) else {
+            return;
+        };
         let p = self.adapter.map(|a| a.config.lora_dropout).unwrap_or(0.0);
         let keep = (self.training && p > 0.0).then(|| {
-            let seed = self.opts.dropout_seed ^ ((l as u64) << 8 | target.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let seed = self.opts.dropout_seed
+                ^ ((l as u64) << 8 | target.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut rng = StdRng::seed_from_u64(seed);
             let kept = 1.0 / (1.0 - p);
-            (0..x.len()).map(|_| if rng.random::<f32>() < p { 0.0 } else { kept }).collect::<Vec<f32>>()
+            (0..x.len())
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { kept })
+                .collect::<Vec<f32>>()
         });
         let dropped: Vec<f32>;
         let x_in = match &keep {
@@ -434,9 +498,29 @@ impl<'a> Pass<'a> {
             None => x,
         };
         let mut u = vec![0.0; bt * lora.rank];
-        sgemm(&mut u, x_in, Layout::Normal, &lora.a, Layout::Transposed, bt, lora.in_features, lora.rank, false);
+        sgemm(
+            &mut u,
+            x_in,
+            Layout::Normal,
+            &lora.a,
+            Layout::Transposed,
+            bt,
+            lora.in_features,
+            lora.rank,
+            false,
+        );
         let us: Vec<f32> = u.iter().map(|v| v * lora.scale).collect();
-        sgemm(y, &us, Layout::Normal, &lora.b, Layout::Transposed, bt, lora.rank, lora.out_features, true);
+        sgemm(
+            y,
+            &us,
+            Layout::Normal,
+            &lora.b,
+            Layout::Transposed,
+            bt,
+            lora.rank,
+            lora.out_features,
+            true,
+        );
         acts.lora[target.index()] = Some(LoraActs { keep, u });
     }
 
@@ -457,31 +541,105 @@ impl<'a> Pass<'a> {
         let lin = self.model.layers[l].linear(target);
         let t = target.index();
         let (dw, db) = split_two(&mut grads.tensors, index.weight[t], index.bias[t]);
-        matmul::matmul_backward(Some(dx), dw, db, dy, x, lin.weight.weight(), bt, lin.in_features, lin.out_features);
-        let (Some(lora), Some(a_idx), Some(la)) = (self.lora(l, target), index.lora_a[t], acts.lora[t].as_ref()) else {
+        matmul::matmul_backward(
+            Some(dx),
+            dw,
+            db,
+            dy,
+            x,
+            lin.weight.weight(),
+            bt,
+            lin.in_features,
+            lin.out_features,
+        );
+        let (Some(lora), Some(a_idx), Some(la)) =
+            (self.lora(l, target), index.lora_a[t], acts.lora[t].as_ref())
+        else {
             return;
         };
         let (r, i, o, s) = (lora.rank, lora.in_features, lora.out_features, lora.scale);
         let (da, db) = grads.tensors[a_idx..a_idx + 2].split_at_mut(1);
         // dB (o, r) += s · dyᵀ · u
         let us: Vec<f32> = la.u.iter().map(|v| v * s).collect();
-        sgemm(&mut db[0], dy, Layout::Transposed, &us, Layout::Normal, o, bt, r, true);
+        sgemm(
+            &mut db[0],
+            dy,
+            Layout::Transposed,
+            &us,
+            Layout::Normal,
+            o,
+            bt,
+            r,
+            true,
+        );
         // du (bt, r) = s · dy · B
         let mut du = vec![0.0; bt * r];
-        sgemm(&mut du, dy, Layout::Normal, &lora.b, Layout::Normal, bt, o, r, false);
+        sgemm(
+            &mut du,
+            dy,
+            Layout::Normal,
+            &lora.b,
+            Layout::Normal,
+            bt,
+            o,
+            r,
+            false,
+        );
         du.iter_mut().for_each(|v| *v *= s);
         // dA (r, i) += duᵀ · dropout(x); dx += (du · A) ⊙ keep
         match &la.keep {
             None => {
-                sgemm(&mut da[0], &du, Layout::Transposed, x, Layout::Normal, r, bt, i, true);
-                sgemm(dx, &du, Layout::Normal, &lora.a, Layout::Normal, bt, r, i, true);
+                sgemm(
+                    &mut da[0],
+                    &du,
+                    Layout::Transposed,
+                    x,
+                    Layout::Normal,
+                    r,
+                    bt,
+                    i,
+                    true,
+                );
+                sgemm(
+                    dx,
+                    &du,
+                    Layout::Normal,
+                    &lora.a,
+                    Layout::Normal,
+                    bt,
+                    r,
+                    i,
+                    true,
+                );
             }
             Some(keep) => {
                 let dropped: Vec<f32> = x.iter().zip(keep).map(|(a, b)| a * b).collect();
-                sgemm(&mut da[0], &du, Layout::Transposed, &dropped, Layout::Normal, r, bt, i, true);
+                sgemm(
+                    &mut da[0],
+                    &du,
+                    Layout::Transposed,
+                    &dropped,
+                    Layout::Normal,
+                    r,
+                    bt,
+                    i,
+                    true,
+                );
                 let mut dxd = vec![0.0; bt * i];
-                sgemm(&mut dxd, &du, Layout::Normal, &lora.a, Layout::Normal, bt, r, i, false);
-                dx.iter_mut().zip(dxd.iter().zip(keep)).for_each(|(d, (g, k))| *d += g * k);
+                sgemm(
+                    &mut dxd,
+                    &du,
+                    Layout::Normal,
+                    &lora.a,
+                    Layout::Normal,
+                    bt,
+                    r,
+                    i,
+                    false,
+                );
+                dx.iter_mut()
+                    .zip(dxd.iter().zip(keep))
+                    .for_each(|(d, (g, k))| *d += g * k);
             }
         }
     }
@@ -490,14 +648,28 @@ impl<'a> Pass<'a> {
     fn layer_forward(&self, l: usize, x_in: &[f32], acts: &mut LayerActs) -> Vec<f32> {
         let cfg = &self.model.config;
         let layer = &self.model.layers[l];
-        let (bt, c, hd, nh, nkv, im) =
-            (self.bt, cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+        let (bt, c, hd, nh, nkv, im) = (
+            self.bt,
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+        );
         let eps = cfg.rms_norm_eps;
         let positions = self.batch.position_ids;
 
         acts.h1 = vec![0.0; bt * c];
         acts.rstd1 = vec![0.0; bt];
-        rmsnorm::rmsnorm_forward(&mut acts.h1, &mut acts.rstd1, x_in, &layer.input_layernorm, bt, c, eps);
+        rmsnorm::rmsnorm_forward(
+            &mut acts.h1,
+            &mut acts.rstd1,
+            x_in,
+            &layer.input_layernorm,
+            bt,
+            c,
+            eps,
+        );
         let h1 = std::mem::take(&mut acts.h1);
         let mut q = vec![0.0; bt * nh * hd];
         let mut k = vec![0.0; bt * nkv * hd];
@@ -520,7 +692,17 @@ impl<'a> Pass<'a> {
         rope::rope_forward(&mut k, positions, &self.rope, nkv, hd);
         acts.att = vec![0.0; bt * nh * hd];
         acts.lse = vec![0.0; bt * nh];
-        attention::attention_forward(&mut acts.att, &mut acts.lse, &q, &k, &v, self.batch.seq_lens, nh, nkv, hd);
+        attention::attention_forward(
+            &mut acts.att,
+            &mut acts.lse,
+            &q,
+            &k,
+            &v,
+            self.batch.seq_lens,
+            nh,
+            nkv,
+            hd,
+        );
         (acts.q, acts.k, acts.v) = (q, k, v);
 
         let mut x = x_in.to_vec();
@@ -533,7 +715,15 @@ impl<'a> Pass<'a> {
 
         acts.h2 = vec![0.0; bt * c];
         acts.rstd2 = vec![0.0; bt];
-        rmsnorm::rmsnorm_forward(&mut acts.h2, &mut acts.rstd2, &x, &layer.post_attention_layernorm, bt, c, eps);
+        rmsnorm::rmsnorm_forward(
+            &mut acts.h2,
+            &mut acts.rstd2,
+            &x,
+            &layer.post_attention_layernorm,
+            bt,
+            c,
+            eps,
+        );
         let h2 = std::mem::take(&mut acts.h2);
         acts.gate = vec![0.0; bt * im];
         acts.up = vec![0.0; bt * im];
@@ -551,31 +741,92 @@ impl<'a> Pass<'a> {
     }
 
     /// Backward of one decoder layer: `dx` holds d(x_out) on entry and d(x_in) on return.
-    fn layer_backward(&self, l: usize, x_in: &[f32], acts: &LayerActs, dx: &mut [f32], grads: &mut Gradients, index: &GradIndex) {
+    fn layer_backward(
+        &self,
+        l: usize,
+        x_in: &[f32],
+        acts: &LayerActs,
+        dx: &mut [f32],
+        grads: &mut Gradients,
+        index: &GradIndex,
+    ) {
         let cfg = &self.model.config;
         let layer = &self.model.layers[l];
         let idx = &index.layers[l];
-        let (bt, c, hd, nh, nkv, im) =
-            (self.bt, cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+        let (bt, c, hd, nh, nkv, im) = (
+            self.bt,
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+        );
         let positions = self.batch.position_ids;
 
         // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid)
         let mut d_act = vec![0.0; bt * im];
-        self.linear_backward(l, LoraTarget::DownProj, &mut d_act, dx, &acts.act, acts, grads, idx);
+        self.linear_backward(
+            l,
+            LoraTarget::DownProj,
+            &mut d_act,
+            dx,
+            &acts.act,
+            acts,
+            grads,
+            idx,
+        );
         let mut d_gate = vec![0.0; bt * im];
         let mut d_up = vec![0.0; bt * im];
         swiglu::swiglu_backward(&mut d_gate, &mut d_up, &d_act, &acts.gate, &acts.up);
         drop(d_act);
         let mut d_h2 = vec![0.0; bt * c];
-        self.linear_backward(l, LoraTarget::GateProj, &mut d_h2, &d_gate, &acts.h2, acts, grads, idx);
-        self.linear_backward(l, LoraTarget::UpProj, &mut d_h2, &d_up, &acts.h2, acts, grads, idx);
+        self.linear_backward(
+            l,
+            LoraTarget::GateProj,
+            &mut d_h2,
+            &d_gate,
+            &acts.h2,
+            acts,
+            grads,
+            idx,
+        );
+        self.linear_backward(
+            l,
+            LoraTarget::UpProj,
+            &mut d_h2,
+            &d_up,
+            &acts.h2,
+            acts,
+            grads,
+            idx,
+        );
         drop((d_gate, d_up));
-        let dw = idx.post_attention_layernorm.map(|i| grads.tensors[i].as_mut_slice());
-        rmsnorm::rmsnorm_backward(dx, dw, &d_h2, &acts.x_mid, &layer.post_attention_layernorm, &acts.rstd2, bt, c);
+        let dw = idx
+            .post_attention_layernorm
+            .map(|i| grads.tensors[i].as_mut_slice());
+        rmsnorm::rmsnorm_backward(
+            dx,
+            dw,
+            &d_h2,
+            &acts.x_mid,
+            &layer.post_attention_layernorm,
+            &acts.rstd2,
+            bt,
+            c,
+        );
 
         // Attention: x_mid = x_in + o_proj(attention(rope(norm(q(h1))), rope(norm(k(h1))), v(h1)))
         let mut d_att = vec![0.0; bt * nh * hd];
-        self.linear_backward(l, LoraTarget::OProj, &mut d_att, dx, &acts.att, acts, grads, idx);
+        self.linear_backward(
+            l,
+            LoraTarget::OProj,
+            &mut d_att,
+            dx,
+            &acts.att,
+            acts,
+            grads,
+            idx,
+        );
         let mut dq = vec![0.0; bt * nh * hd];
         let mut dk = vec![0.0; bt * nkv * hd];
         let mut dv = vec![0.0; bt * nkv * hd];
@@ -601,17 +852,71 @@ impl<'a> Pass<'a> {
             let mut dq_raw = vec![0.0; dq.len()];
             let mut dk_raw = vec![0.0; dk.len()];
             let dw = idx.q_norm.map(|i| grads.tensors[i].as_mut_slice());
-            rmsnorm::rmsnorm_backward(&mut dq_raw, dw, &dq, &acts.q_raw, qn, &acts.rstd_q, bt * nh, hd);
+            rmsnorm::rmsnorm_backward(
+                &mut dq_raw,
+                dw,
+                &dq,
+                &acts.q_raw,
+                qn,
+                &acts.rstd_q,
+                bt * nh,
+                hd,
+            );
             let dw = idx.k_norm.map(|i| grads.tensors[i].as_mut_slice());
-            rmsnorm::rmsnorm_backward(&mut dk_raw, dw, &dk, &acts.k_raw, kn, &acts.rstd_k, bt * nkv, hd);
+            rmsnorm::rmsnorm_backward(
+                &mut dk_raw,
+                dw,
+                &dk,
+                &acts.k_raw,
+                kn,
+                &acts.rstd_k,
+                bt * nkv,
+                hd,
+            );
             (dq, dk) = (dq_raw, dk_raw);
         }
         let mut d_h1 = vec![0.0; bt * c];
-        self.linear_backward(l, LoraTarget::QProj, &mut d_h1, &dq, &acts.h1, acts, grads, idx);
-        self.linear_backward(l, LoraTarget::KProj, &mut d_h1, &dk, &acts.h1, acts, grads, idx);
-        self.linear_backward(l, LoraTarget::VProj, &mut d_h1, &dv, &acts.h1, acts, grads, idx);
+        self.linear_backward(
+            l,
+            LoraTarget::QProj,
+            &mut d_h1,
+            &dq,
+            &acts.h1,
+            acts,
+            grads,
+            idx,
+        );
+        self.linear_backward(
+            l,
+            LoraTarget::KProj,
+            &mut d_h1,
+            &dk,
+            &acts.h1,
+            acts,
+            grads,
+            idx,
+        );
+        self.linear_backward(
+            l,
+            LoraTarget::VProj,
+            &mut d_h1,
+            &dv,
+            &acts.h1,
+            acts,
+            grads,
+            idx,
+        );
         let dw = idx.input_layernorm.map(|i| grads.tensors[i].as_mut_slice());
-        rmsnorm::rmsnorm_backward(dx, dw, &d_h1, x_in, &layer.input_layernorm, &acts.rstd1, bt, c);
+        rmsnorm::rmsnorm_backward(
+            dx,
+            dw,
+            &d_h1,
+            x_in,
+            &layer.input_layernorm,
+            &acts.rstd1,
+            bt,
+            c,
+        );
     }
 
     fn run(&self, backward: Option<(&mut Gradients, &GradIndex, f32)>) -> Result<BatchStats> {
@@ -623,7 +928,12 @@ impl<'a> Pass<'a> {
         // Forward: layer inputs always, full activations unless recomputing.
         let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(n_layers + 1);
         let mut x = vec![0.0; bt * c];
-        embedding::embedding_forward(&mut x, self.batch.input_ids, self.model.embed_tokens.weight(), c);
+        embedding::embedding_forward(
+            &mut x,
+            self.batch.input_ids,
+            self.model.embed_tokens.weight(),
+            c,
+        );
         let mut saved: Vec<LayerActs> = Vec::new();
         for l in 0..n_layers {
             let mut acts = LayerActs::default();
@@ -635,10 +945,20 @@ impl<'a> Pass<'a> {
         }
         let mut hf = vec![0.0; bt * c];
         let mut rstdf = vec![0.0; bt];
-        rmsnorm::rmsnorm_forward(&mut hf, &mut rstdf, &x, &self.model.norm, bt, c, cfg.rms_norm_eps);
+        rmsnorm::rmsnorm_forward(
+            &mut hf,
+            &mut rstdf,
+            &x,
+            &self.model.norm,
+            bt,
+            c,
+            cfg.rms_norm_eps,
+        );
 
         // Loss on labelled rows only.
-        let rows: Vec<usize> = (0..bt).filter(|&t| self.batch.targets[t] != IGNORE_INDEX).collect();
+        let rows: Vec<usize> = (0..bt)
+            .filter(|&t| self.batch.targets[t] != IGNORE_INDEX)
+            .collect();
         let n = rows.len();
         let targets: Vec<u32> = rows.iter().map(|&t| self.batch.targets[t] as u32).collect();
         let mut hsel = vec![0.0; n * c];
@@ -648,18 +968,60 @@ impl<'a> Pass<'a> {
         let mut losses = vec![0.0; n];
         let mut lse = vec![0.0; n];
         let head = self.model.lm_head_weight();
-        let correct = if n > 0 { lm_head_ce::lm_head_ce_forward(&mut losses, &mut lse, &hsel, head, &targets, n, c, v) } else { 0 };
-        let stats = BatchStats { loss_sum: losses.iter().map(|&l| l as f64).sum(), tokens: n, correct };
-        let Some((grads, index, scale)) = backward else { return Ok(stats) };
+        // With a frozen head (LoRA), loss and d(hidden) come from one fused pass over the vocabulary.
+        let head_grad_idx = backward.as_ref().and_then(|(_, index, _)| {
+            if self.model.lm_head.is_some() {
+                index.lm_head
+            } else {
+                index.embed
+            }
+        });
+        let mut dhsel = vec![0.0; if backward.is_some() { n * c } else { 0 }];
+        let fused = backward.is_some() && head_grad_idx.is_none() && n > 0;
+        let correct = match (&backward, n) {
+            (_, 0) => 0,
+            (Some((_, _, scale)), _) if fused => lm_head_ce::lm_head_ce_forward_backward(
+                &mut losses,
+                &mut lse,
+                &mut dhsel,
+                &hsel,
+                head,
+                &targets,
+                *scale,
+                n,
+                c,
+                v,
+            ),
+            _ => lm_head_ce::lm_head_ce_forward(
+                &mut losses,
+                &mut lse,
+                &hsel,
+                head,
+                &targets,
+                n,
+                c,
+                v,
+            ),
+        };
+        let stats = BatchStats {
+            loss_sum: losses.iter().map(|&l| l as f64).sum(),
+            tokens: n,
+            correct,
+        };
+        let Some((grads, index, scale)) = backward else {
+            return Ok(stats);
+        };
         if n == 0 {
             return Ok(stats);
         }
 
         // Backward.
-        let head_grad_idx = if self.model.lm_head.is_some() { index.lm_head } else { index.embed };
-        let mut dhsel = vec![0.0; n * c];
-        let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
-        lm_head_ce::lm_head_ce_backward(&mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v);
+        if !fused {
+            let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
+            lm_head_ce::lm_head_ce_backward(
+                &mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v,
+            );
+        }
         drop(hsel);
         let mut dhf = vec![0.0; bt * c];
         for (j, &t) in rows.iter().enumerate() {
@@ -689,7 +1051,11 @@ impl<'a> Pass<'a> {
 }
 
 /// Two distinct optional elements of `v` borrowed mutably at once.
-fn split_two(v: &mut [Vec<f32>], a: Option<usize>, b: Option<usize>) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+fn split_two(
+    v: &mut [Vec<f32>],
+    a: Option<usize>,
+    b: Option<usize>,
+) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
     match (a, b) {
         (Some(i), Some(j)) => {
             assert_ne!(i, j, "one gradient buffer used twice");

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use tuna_model::{QwenModel, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -18,7 +20,10 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn load_err(dir: &Path) -> String {
-    QwenModel::load(dir).err().map(|e| e.to_string()).unwrap_or_else(|| "loaded".into())
+    QwenModel::load(dir)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "loaded".into())
 }
 
 #[test]
@@ -55,11 +60,15 @@ fn unsupported_architecture_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-qwen2"), tmp.path());
     let path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     cfg["model_type"] = "mistral".into();
     std::fs::write(&path, cfg.to_string()).unwrap();
     let err = load_err(tmp.path());
-    assert!(err.contains("mistral") && err.contains("unsupported"), "{err}");
+    assert!(
+        err.contains("mistral") && err.contains("unsupported"),
+        "{err}"
+    );
 }
 
 /// Rewrites `model.safetensors` with `edit` applied to its tensor list.
@@ -79,9 +88,14 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
 fn missing_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-qwen2"), tmp.path());
-    rewrite_weights(tmp.path(), |t| t.retain(|(n, _)| n != "model.layers.1.mlp.up_proj.weight"));
+    rewrite_weights(tmp.path(), |t| {
+        t.retain(|(n, _)| n != "model.layers.1.mlp.up_proj.weight")
+    });
     let err = load_err(tmp.path());
-    assert!(err.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"), "{err}");
+    assert!(
+        err.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -96,12 +110,20 @@ fn wrong_shape_names_tensor_and_both_shapes() {
         }
     });
     let err = load_err(tmp.path());
-    assert!(err.contains("model.layers.0.self_attn.k_proj.weight") && err.contains("[16, 64]") && err.contains("[32, 64]"), "{err}");
+    assert!(
+        err.contains("model.layers.0.self_attn.k_proj.weight")
+            && err.contains("[16, 64]")
+            && err.contains("[32, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn token_ids_beyond_the_vocabulary_are_rejected() {
     let model = QwenModel::load(&fixture("tiny-qwen2")).unwrap();
-    let err = model.forward_all_logits(&[1, 2, 100_000], None).unwrap_err().to_string();
+    let err = model
+        .forward_all_logits(&[1, 2, 100_000], None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("100000"), "{err}");
 }

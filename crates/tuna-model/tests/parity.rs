@@ -10,7 +10,9 @@ const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-qwen3-untied"];
 const LOGITS_TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 struct Reference {
@@ -23,19 +25,38 @@ fn reference(name: &str) -> Reference {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
     assert_eq!(ids.dtype(), safetensors::Dtype::I64);
-    let input_ids = ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let input_ids = ids
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
     let logits = st.tensor("logits").unwrap();
     assert_eq!(logits.dtype(), safetensors::Dtype::F32);
-    let logits = logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let logits = logits
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     Reference { input_ids, logits }
 }
 
 /// llm.c's `check_tensor`: print the first values and the max abs diff, then compare to a tolerance.
 fn check_tensor(label: &str, got: &[f32], want: &[f32], tolerance: f32) {
     assert_eq!(got.len(), want.len(), "{label}: length");
-    let max_diff = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
-    println!("{label}: got {:?} want {:?} max abs diff {max_diff:e}", &got[..3], &want[..3]);
-    assert!(max_diff <= tolerance, "{label}: max abs diff {max_diff:e} > {tolerance:e}");
+    let max_diff = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "{label}: got {:?} want {:?} max abs diff {max_diff:e}",
+        &got[..3],
+        &want[..3]
+    );
+    assert!(
+        max_diff <= tolerance,
+        "{label}: max abs diff {max_diff:e} > {tolerance:e}"
+    );
 }
 
 #[test]
@@ -57,10 +78,22 @@ fn incremental_decoding_matches_the_full_forward() {
         let mut cache = KvCache::new(&model.config, 4);
         // A prefill of 5 tokens, then one token at a time (the cache grows past its first capacity).
         let logits = model.forward(&r.input_ids[..5], &mut cache, None).unwrap();
-        check_tensor(&format!("{name} prefill"), &logits, &r.logits[4 * v..5 * v], LOGITS_TOLERANCE);
+        check_tensor(
+            &format!("{name} prefill"),
+            &logits,
+            &r.logits[4 * v..5 * v],
+            LOGITS_TOLERANCE,
+        );
         for t in 5..r.input_ids.len() {
-            let logits = model.forward(&r.input_ids[t..t + 1], &mut cache, None).unwrap();
-            check_tensor(&format!("{name} step {t}"), &logits, &r.logits[t * v..(t + 1) * v], LOGITS_TOLERANCE);
+            let logits = model
+                .forward(&r.input_ids[t..t + 1], &mut cache, None)
+                .unwrap();
+            check_tensor(
+                &format!("{name} step {t}"),
+                &logits,
+                &r.logits[t * v..(t + 1) * v],
+                LOGITS_TOLERANCE,
+            );
         }
         assert_eq!(cache.len(), r.input_ids.len());
     }
@@ -74,7 +107,12 @@ fn greedy_tokens_equal_transformers() {
         let greedy: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
         let ids = |key: &str| -> Vec<u32> {
-            greedy[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+            greedy[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
         };
         let params = SamplingParams {
             greedy: true,

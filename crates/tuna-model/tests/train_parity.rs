@@ -28,7 +28,13 @@ fn read_f32(path: &Path) -> HashMap<String, Vec<f32>> {
         .into_iter()
         .map(|(name, view)| {
             assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            (name, view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+            (
+                name,
+                view.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -42,15 +48,40 @@ struct Packed {
 }
 
 fn batch(dir: &Path) -> Packed {
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("batch.json")).unwrap()).unwrap();
-    let mut p = Packed { ids: vec![], targets: vec![], positions: vec![], lens: vec![] };
-    for (seq, labels) in json["sequences"].as_array().unwrap().iter().zip(json["labels"].as_array().unwrap()) {
-        let seq: Vec<u32> = seq.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let labels: Vec<i32> = labels.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("batch.json")).unwrap()).unwrap();
+    let mut p = Packed {
+        ids: vec![],
+        targets: vec![],
+        positions: vec![],
+        lens: vec![],
+    };
+    for (seq, labels) in json["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(json["labels"].as_array().unwrap())
+    {
+        let seq: Vec<u32> = seq
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let labels: Vec<i32> = labels
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap() as i32)
+            .collect();
         for t in 0..seq.len() {
             p.ids.push(seq[t]);
             p.positions.push(t as u32);
-            p.targets.push(if t + 1 < seq.len() { labels[t + 1] } else { -100 });
+            p.targets.push(if t + 1 < seq.len() {
+                labels[t + 1]
+            } else {
+                -100
+            });
         }
         p.lens.push(seq.len());
     }
@@ -60,15 +91,38 @@ fn batch(dir: &Path) -> Packed {
 fn check_relative(label: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{label}: length");
     let max_ref = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
-    let max_diff = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
-    assert!(max_diff / max_ref <= TOLERANCE, "{label}: max abs diff {max_diff:e} vs max |ref| {max_ref:e}");
+    let max_diff = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        max_diff / max_ref <= TOLERANCE,
+        "{label}: max abs diff {max_diff:e} vs max |ref| {max_ref:e}"
+    );
 }
 
-fn run(model: &QwenModel, p: &Packed, adapter: Option<&LoraAdapter>, grads: &mut Gradients, recompute: bool) -> f64 {
-    let b = TrainBatch { input_ids: &p.ids, targets: &p.targets, position_ids: &p.positions, seq_lens: &p.lens };
+fn run(
+    model: &QwenModel,
+    p: &Packed,
+    adapter: Option<&LoraAdapter>,
+    grads: &mut Gradients,
+    recompute: bool,
+) -> f64 {
+    let b = TrainBatch {
+        input_ids: &p.ids,
+        targets: &p.targets,
+        position_ids: &p.positions,
+        seq_lens: &p.lens,
+    };
     let tokens = p.targets.iter().filter(|&&t| t != -100).count();
-    let opts = TrainOptions { recompute_activations: recompute, dropout_seed: 0 };
-    let stats = model.forward_backward(&b, adapter, grads, 1.0 / tokens as f32, &opts).unwrap();
+    let opts = TrainOptions {
+        recompute_activations: recompute,
+        dropout_seed: 0,
+    };
+    let stats = model
+        .forward_backward(&b, adapter, grads, 1.0 / tokens as f32, &opts)
+        .unwrap();
     assert_eq!(stats.tokens, tokens);
     stats.loss_sum / tokens as f64
 }
@@ -86,7 +140,11 @@ fn lora_gradients_match_peft() {
             let loss = run(&model, &p, Some(&adapter), &mut grads, recompute);
             check_relative(&format!("{name} loss"), &[loss as f32], &expected["loss"]);
             for (pname, g) in adapter.parameter_names().iter().zip(&grads.tensors) {
-                check_relative(&format!("{name} {pname}"), g, &expected[&format!("{pname}.grad")]);
+                check_relative(
+                    &format!("{name} {pname}"),
+                    g,
+                    &expected[&format!("{pname}.grad")],
+                );
             }
         }
     }
