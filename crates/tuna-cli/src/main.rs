@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tuna", version, about = "Fine-tune Qwen2.5 / Qwen3 chat models on your own machine")]
+#[command(
+    name = "tuna",
+    version,
+    about = "Fine-tune Qwen2.5 / Qwen3 chat models on your own machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,15 +27,30 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Check datasets
     Data(cmd::data::DataArgs),
+    /// Fine-tune a model (LoRA or full) on a chat JSONL file
+    Train(Box<cmd::train::TrainArgs>),
+    /// Merge a LoRA adapter into its base model
+    Merge(cmd::merge::MergeArgs),
     /// Benchmarks on random-weight models of real shapes
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Serve the API, the web console and the job queue
+    Serve(cmd::serve::ServeArgs),
+    /// Train one queued job (started by `tuna serve`)
+    Worker(cmd::worker::WorkerArgs),
+    /// Manage users and API keys
+    #[command(subcommand)]
+    Users(cmd::users::UsersCommand),
+    /// Manage the base models a server offers
+    #[command(subcommand)]
+    Models(cmd::models::ModelsCommand),
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TUNA_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TUNA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -40,13 +59,33 @@ fn main() -> ExitCode {
         Command::Chat(args) => cmd::chat::run(args).map(|()| ExitCode::SUCCESS),
         Command::Generate(args) => cmd::generate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Data(args) => cmd::data::run(args),
+        Command::Train(args) => cmd::train::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Merge(args) => cmd::merge::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => cmd::bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => cmd::serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Worker(args) => cmd::worker::run(args),
+        Command::Users(args) => cmd::users::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Models(args) => cmd::models::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message before it already quotes
+/// (library errors often embed their source in their own message).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

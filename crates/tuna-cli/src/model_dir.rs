@@ -24,7 +24,8 @@ pub fn cache_dir() -> PathBuf {
 pub fn resolve(name_or_dir: &str) -> anyhow::Result<PathBuf> {
     if name_or_dir == DEMO_MODEL_NAME {
         let root = cache_dir();
-        return ensure_demo_model(&root).with_context(|| format!("creating the demo model under {}", root.display()));
+        return ensure_demo_model(&root)
+            .with_context(|| format!("creating the demo model under {}", root.display()));
     }
     let dir = PathBuf::from(name_or_dir);
     if !dir.is_dir() {

@@ -12,6 +12,8 @@ use tuna_model::{KvCache, QwenModel};
 pub enum BenchCommand {
     /// Prefill and decode speed of generation
     Generate(GenerateBenchArgs),
+    /// Training step speed (LoRA or full) on one example
+    Train(super::bench_train::TrainBenchArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -49,6 +51,7 @@ pub struct GenerateBenchArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Generate(args) => bench_generate(args),
+        BenchCommand::Train(args) => super::bench_train::run(args),
     }
 }
 
@@ -62,12 +65,17 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
     let cfg = crate::shapes::config(&args.shape)?;
-    anyhow::ensure!(args.prompt_len > 0 && args.new_tokens > 0, "--prompt-len and --new-tokens must be positive");
+    anyhow::ensure!(
+        args.prompt_len > 0 && args.new_tokens > 0,
+        "--prompt-len and --new-tokens must be positive"
+    );
     let build = Instant::now();
     let model = QwenModel::random(cfg.clone(), args.dtype.into(), 0.02, 1);
     let build_s = build.elapsed().as_secs_f64();
     let mut rng = StdRng::seed_from_u64(2);
-    let prompt: Vec<u32> = (0..args.prompt_len).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
+    let prompt: Vec<u32> = (0..args.prompt_len)
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
 
     // Warm-up: page in the weights and spin up the thread pool.
     let mut cache = KvCache::new(&cfg, args.prompt_len + args.new_tokens);
@@ -98,9 +106,20 @@ fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("shape {} ({:.0}M parameters), weights {}, {threads} threads", args.shape, cfg.num_parameters() as f64 / 1e6, DType::from(args.dtype).name());
-        println!("prefill  {:>4} tokens  {:>8.1} tokens/s", args.prompt_len, prefill_tps);
-        println!("decode   {:>4} tokens  {:>8.1} tokens/s", args.new_tokens, decode_tps);
+        println!(
+            "shape {} ({:.0}M parameters), weights {}, {threads} threads",
+            args.shape,
+            cfg.num_parameters() as f64 / 1e6,
+            DType::from(args.dtype).name()
+        );
+        println!(
+            "prefill  {:>4} tokens  {:>8.1} tokens/s",
+            args.prompt_len, prefill_tps
+        );
+        println!(
+            "decode   {:>4} tokens  {:>8.1} tokens/s",
+            args.new_tokens, decode_tps
+        );
         if let Some(rss) = rss {
             println!("peak RSS {rss:.0} MB");
         }

@@ -44,23 +44,32 @@ struct Session {
 impl Session {
     /// Streams the assistant's answer to `messages` to stdout and returns it.
     fn answer(&self, messages: &[Message]) -> anyhow::Result<String> {
-        let prompt = self.tokenizer.encode_prompt(messages, Some(self.thinking))?;
+        let prompt = self
+            .tokenizer
+            .encode_prompt(messages, Some(self.thinking))?;
         let mut stream = self.tokenizer.decode_stream();
         let mut text = String::new();
         let mut stdout = std::io::stdout().lock();
         let mut failure = None;
-        tuna_model::generate(&self.model, self.adapter.as_ref(), &prompt, &self.params, &self.eos, |id| {
-            match stream.step(id) {
-                Ok(Some(piece)) => {
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
-                    text.push_str(&piece);
+        tuna_model::generate(
+            &self.model,
+            self.adapter.as_ref(),
+            &prompt,
+            &self.params,
+            &self.eos,
+            |id| {
+                match stream.step(id) {
+                    Ok(Some(piece)) => {
+                        let _ = write!(stdout, "{piece}");
+                        let _ = stdout.flush();
+                        text.push_str(&piece);
+                    }
+                    Ok(None) => {}
+                    Err(e) => failure = Some(e),
                 }
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
-            }
-            std::ops::ControlFlow::Continue(())
-        })?;
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
         if let Some(e) = failure {
             return Err(e.into());
         }
@@ -71,16 +80,28 @@ impl Session {
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let dir = crate::model_dir::resolve(&args.model)?;
-    let model = QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let model =
+        QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     let adapter = match &args.adapter {
-        Some(a) => Some(LoraAdapter::load(a, &model.config).with_context(|| format!("loading adapter {}", a.display()))?),
+        Some(a) => Some(
+            LoraAdapter::load(a, &model.config)
+                .with_context(|| format!("loading adapter {}", a.display()))?,
+        ),
         None => None,
     };
-    let tokenizer = ChatTokenizer::from_model_dir(&dir).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    let tokenizer = ChatTokenizer::from_model_dir(&dir)
+        .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let gen_cfg = GenerationConfig::from_model_dir(&dir)?;
     let mut eos = gen_cfg.eos_token_id.clone();
     eos.extend(tokenizer.eos_token_ids());
-    let session = Session { model, adapter, tokenizer, params: args.sampling.params(&gen_cfg), eos, thinking: args.thinking };
+    let session = Session {
+        model,
+        adapter,
+        tokenizer,
+        params: args.sampling.params(&gen_cfg),
+        eos,
+        thinking: args.thinking,
+    };
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
@@ -91,7 +112,10 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         session.answer(&messages)?;
         return Ok(());
     }
-    eprintln!("Chatting with {} — one message per line, Ctrl-D to quit, /reset to start over.", args.model);
+    eprintln!(
+        "Chatting with {} — one message per line, Ctrl-D to quit, /reset to start over.",
+        args.model
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");

@@ -28,22 +28,33 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let dir = crate::model_dir::resolve(&args.model)?;
-    let model = QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let model =
+        QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     let adapter = match &args.adapter {
-        Some(a) => Some(LoraAdapter::load(a, &model.config).with_context(|| format!("loading adapter {}", a.display()))?),
+        Some(a) => Some(
+            LoraAdapter::load(a, &model.config)
+                .with_context(|| format!("loading adapter {}", a.display()))?,
+        ),
         None => None,
     };
     let gen_cfg = GenerationConfig::from_model_dir(&dir)?;
     let params = args.sampling.params(&gen_cfg);
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
-    let generation = tuna_model::generate(&model, adapter.as_ref(), &args.prompt_ids, &params, &gen_cfg.eos_token_id, |id| {
-        if !json {
-            let _ = write!(stdout, "{id} ");
-            let _ = stdout.flush();
-        }
-        std::ops::ControlFlow::Continue(())
-    })?;
+    let generation = tuna_model::generate(
+        &model,
+        adapter.as_ref(),
+        &args.prompt_ids,
+        &params,
+        &gen_cfg.eos_token_id,
+        |id| {
+            if !json {
+                let _ = write!(stdout, "{id} ");
+                let _ = stdout.flush();
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
     if json {
         println!("{}", serde_json::json!({ "ids": generation.tokens }));
     } else {

@@ -121,7 +121,9 @@ pub fn grad_norm(grads: &[&[f32]]) -> f32 {
             if g.len() < PAR_MIN {
                 sumsq_f64(g)
             } else {
-                g.par_chunks(CHUNK).map(sumsq_f64).sum()
+                // Collected, then summed in order: bit-reproducible whatever the scheduling.
+                let parts: Vec<f64> = g.par_chunks(CHUNK).map(sumsq_f64).collect();
+                parts.iter().sum()
             }
         })
         .sum();

@@ -202,21 +202,34 @@ fn run_chunks(
     v: usize,
     with_grad: bool,
 ) -> Running {
-    (0..v.div_ceil(VOCAB_CHUNK))
+    let nchunks = v.div_ceil(VOCAB_CHUNK);
+    let parts: Vec<Running> = chunk_groups(nchunks)
         .into_par_iter()
-        .fold(
-            || Running::new(n, c, with_grad),
-            |mut st, ci| {
+        .map(|group| {
+            let mut st = Running::new(n, c, with_grad);
+            for ci in group {
                 let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
                 with_scratch(scratch_len(weight, n, c), |buf| {
                     let (wc, logits) = chunk_weight(buf, weight, v0, v1, c);
                     st.add_chunk(logits, hidden, wc, targets, v0, v1, n, c);
                 });
-                st
-            },
-        )
-        // rayon reduces adjacent ranges in order, so `merge` sees (earlier, later).
-        .reduce(|| Running::new(n, c, with_grad), |a, b| a.merge(b, c))
+            }
+            st
+        })
+        .collect();
+    // Merged in vocabulary order, so the result does not depend on thread scheduling.
+    parts
+        .into_iter()
+        .reduce(|a, b| a.merge(b, c))
+        .unwrap_or_else(|| Running::new(n, c, with_grad))
+}
+
+/// Work groups over the vocabulary chunks: a fixed split (independent of the thread count and of
+/// work stealing), so sums are always added in the same order and runs are bit-reproducible.
+fn chunk_groups(nchunks: usize) -> Vec<std::ops::Range<usize>> {
+    const GROUPS: usize = 8;
+    let per = nchunks.div_ceil(GROUPS).max(1);
+    (0..nchunks).step_by(per).map(|g| g..(g + per).min(nchunks)).collect()
 }
 
 /// Writes losses and lse from the merged statistics; returns the number of correct argmaxes.
@@ -364,13 +377,18 @@ pub fn lm_head_ce_backward(
         }
         None => (0..nchunks).map(|_| None).collect(),
     };
-    // dhidden gathers from every chunk: each rayon split owns a private (n, c) sum.
-    let partial = dw_chunks
+    // dhidden gathers from every chunk: each fixed group of chunks owns a private (n, c) sum,
+    // and the sums are added in group order (bit-reproducible whatever the scheduling).
+    let mut dw_iter = dw_chunks.into_iter();
+    let groups: Vec<Vec<(usize, Option<&mut [f32]>)>> = chunk_groups(nchunks)
+        .into_iter()
+        .map(|g| g.map(|ci| (ci, dw_iter.next().flatten())).collect())
+        .collect();
+    let partials: Vec<Vec<f32>> = groups
         .into_par_iter()
-        .enumerate()
-        .fold(
-            || vec![0.0f32; n * c],
-            |mut acc, (ci, dw)| {
+        .map(|group| {
+            let mut acc = vec![0.0f32; n * c];
+            for (ci, dw) in group {
                 let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
                 let vc = v1 - v0;
                 let mut dw = dw;
@@ -428,15 +446,16 @@ pub fn lm_head_ce_backward(
                         }
                     }
                 });
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            for (x, y) in a.iter_mut().zip(&b) {
-                *x += y;
             }
-            a
-        });
+            acc
+        })
+        .collect();
+    let partial = partials.into_iter().reduce(|mut a, b| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
+        }
+        a
+    });
     if let Some(p) = partial {
         dhidden
             .par_chunks_mut(c)

@@ -144,28 +144,25 @@ pub fn rmsnorm_backward(
             .zip(rstd.par_chunks(k))
             .for_each(|(((dx, g), x), r)| rows(dx, None, g, x, r)),
         Some(dweight) => {
-            // Each task sums its rows' dweight privately; the partials are added at the end.
-            let partial = dinp
+            // Each chunk of rows sums its dweight privately; the partials are added in row order,
+            // so the result does not depend on work stealing.
+            let partials: Vec<Vec<f32>> = dinp
                 .par_chunks_mut(k * c)
                 .zip(dout.par_chunks(k * c))
                 .zip(inp.par_chunks(k * c))
                 .zip(rstd.par_chunks(k))
-                .fold(
-                    || vec![0.0f32; c],
-                    |mut dw, (((dx, g), x), r)| {
-                        rows(dx, Some(&mut dw), g, x, r);
-                        dw
-                    },
-                )
-                .reduce(
-                    || vec![0.0f32; c],
-                    |mut a, b| {
-                        for (x, y) in a.iter_mut().zip(&b) {
-                            *x += *y;
-                        }
-                        a
-                    },
-                );
+                .map(|(((dx, g), x), r)| {
+                    let mut dw = vec![0.0f32; c];
+                    rows(dx, Some(&mut dw), g, x, r);
+                    dw
+                })
+                .collect();
+            let mut partial = vec![0.0f32; c];
+            for p in &partials {
+                for (x, y) in partial.iter_mut().zip(p) {
+                    *x += *y;
+                }
+            }
             for (d, p) in dweight.iter_mut().zip(&partial) {
                 *d += *p;
             }

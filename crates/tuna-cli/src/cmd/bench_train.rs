@@ -1,0 +1,311 @@
+//! `tuna bench train`: training throughput on a random-weight model of a real shape.
+//!
+//! One example of `--seq-len` random tokens whose last half carries labels (the first half plays
+//! the prompt: no LM head or loss there), LoRA of rank 8 on all seven projections (or full
+//! fine-tuning), a few warm-up steps, then timed steps of forward + backward + clipping + AdamW.
+//! Reports tokens/s, the GFLOP/s of the matrix products the step actually does, the machine's f32
+//! matmul peak (a timed large sgemm) and the peak RSS. Numbers are printed, never asserted.
+
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tuna_engine::IGNORE_INDEX;
+use tuna_engine::ops::matmul::{Layout, sgemm};
+use tuna_model::train::{TrainBatch, TrainOptions};
+use tuna_model::{LoraAdapter, LoraConfig, LoraTarget, QwenConfig, QwenModel};
+use tuna_train::optim::{AdamW, AdamWSettings, clip_grad_norm};
+
+use super::bench::BenchDType;
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchMethod {
+    Lora,
+    Full,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Model shape: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    pub shape: String,
+    /// Tokens of the one training example (the last half is labelled)
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    #[arg(long, value_enum, default_value = "lora")]
+    pub method: BenchMethod,
+    /// LoRA rank (all seven projections)
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Dtype the frozen weights are stored in (compute is f32; full fine-tuning trains f32 weights)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: BenchDType,
+    /// Recompute activations in backward
+    #[arg(long)]
+    pub recompute: bool,
+    #[arg(long, default_value_t = 1)]
+    pub warmup_steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Floating-point operations of one training step's matrix products (element-wise work is left out).
+/// `t` positions, `tl` of them labelled; attention counted over the causal half only.
+fn step_flops(
+    cfg: &QwenConfig,
+    t: usize,
+    tl: usize,
+    lora_rank: Option<usize>,
+    recompute: bool,
+) -> f64 {
+    let (c, im, hd) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.head_dim as f64,
+    );
+    let (q, kv) = (cfg.num_heads as f64 * hd, cfg.num_kv_heads as f64 * hd);
+    let (t, tl, v) = (t as f64, tl as f64, cfg.vocab_size as f64);
+    let linear_params = c * q + 2.0 * c * kv + q * c + 3.0 * c * im;
+    let linear_fwd = 2.0 * t * linear_params;
+    // QKᵀ and P·V, each 2·hd multiply-adds per (query, key) pair with key ≤ query.
+    let attn_fwd = 2.0 * 2.0 * cfg.num_heads as f64 * hd * t * (t + 1.0) / 2.0;
+    let lora_fwd = lora_rank.map_or(0.0, |r| {
+        LoraTarget::ALL
+            .iter()
+            .map(|tg| {
+                let (i, o) = tg.dims(cfg);
+                2.0 * t * r as f64 * (i + o) as f64
+            })
+            .sum()
+    });
+    let layer_fwd = linear_fwd + attn_fwd + lora_fwd;
+    // Backward: dX through every linear (and dW too for full), twice the attention forward, LoRA's
+    // dA, dB and dX (twice its forward).
+    let layer_bwd =
+        linear_fwd * if lora_rank.is_some() { 1.0 } else { 2.0 } + 2.0 * attn_fwd + 2.0 * lora_fwd;
+    let layers =
+        cfg.num_layers as f64 * (layer_fwd * if recompute { 2.0 } else { 1.0 } + layer_bwd);
+    // LM head on labelled rows: forward, d hidden, and d weight when trained.
+    let head = 2.0 * tl * c * v * if lora_rank.is_some() { 2.0 } else { 3.0 };
+    layers + head
+}
+
+/// Best of a few timed `n`×`n`×`n` f32 products, in GFLOP/s.
+fn sgemm_peak_gflops(n: usize) -> f64 {
+    let mut rng = StdRng::seed_from_u64(3);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut c = vec![0.0f32; n * n];
+    sgemm(
+        &mut c,
+        &a,
+        Layout::Normal,
+        &b,
+        Layout::Normal,
+        n,
+        n,
+        n,
+        false,
+    ); // warm-up
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        sgemm(
+            &mut c,
+            &a,
+            Layout::Normal,
+            &b,
+            Layout::Normal,
+            n,
+            n,
+            n,
+            false,
+        );
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
+    let cfg = crate::shapes::config(&args.shape)?;
+    anyhow::ensure!(args.seq_len >= 4, "--seq-len must be at least 4");
+    anyhow::ensure!(args.steps > 0, "--steps must be positive");
+    let peak = sgemm_peak_gflops(2048);
+
+    let build = Instant::now();
+    let mut model = QwenModel::random(cfg.clone(), args.dtype.into(), 0.02, 1);
+    let lora = (args.method == BenchMethod::Lora).then(|| LoraConfig {
+        r: args.lora_rank,
+        lora_alpha: 2.0 * args.lora_rank as f32,
+        lora_dropout: 0.0,
+        target_modules: LoraTarget::ALL.to_vec(),
+        use_rslora: false,
+    });
+    let mut adapter = lora.as_ref().map(|l| LoraAdapter::new_random(&cfg, l, 1));
+    let mut grads = match &adapter {
+        Some(a) => a.gradients(),
+        None => {
+            let _ = model.full_parameters_mut();
+            model.full_gradients()
+        }
+    };
+    let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
+    let settings = AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut opt = AdamW::new(settings, &sizes, vec![true; sizes.len()]);
+    let build_s = build.elapsed().as_secs_f64();
+
+    // One example: random ids; positions of the second half predict their next token.
+    let t = args.seq_len;
+    let mut rng = StdRng::seed_from_u64(2);
+    let ids: Vec<u32> = (0..t)
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
+    let targets: Vec<i32> = (0..t)
+        .map(|i| {
+            if i >= t / 2 && i + 1 < t {
+                ids[i + 1] as i32
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect();
+    let labelled = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+    let positions: Vec<u32> = (0..t as u32).collect();
+    let seq_lens = [t];
+    let batch = TrainBatch {
+        input_ids: &ids,
+        targets: &targets,
+        position_ids: &positions,
+        seq_lens: &seq_lens,
+    };
+    let opts = TrainOptions {
+        recompute_activations: args.recompute,
+        dropout_seed: 0,
+    };
+
+    let mut times = Vec::new();
+    let mut loss = 0.0;
+    for i in 0..args.warmup_steps + args.steps {
+        let t0 = Instant::now();
+        grads.zero();
+        let stats = model.forward_backward(
+            &batch,
+            adapter.as_ref(),
+            &mut grads,
+            1.0 / labelled as f32,
+            &opts,
+        )?;
+        clip_grad_norm(&mut grads, Some(1.0));
+        let params = match &mut adapter {
+            Some(a) => a.parameters_mut(),
+            None => model.full_parameters_mut(),
+        };
+        opt.update(params, &grads, 1e-4);
+        loss = stats.loss_sum / stats.tokens.max(1) as f64;
+        if i >= args.warmup_steps {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = times.iter().sum::<f64>() / times.len() as f64;
+    let tokens_per_s = t as f64 / step_s;
+    let flops = step_flops(
+        &cfg,
+        t,
+        labelled,
+        lora.as_ref().map(|l| l.r),
+        args.recompute,
+    );
+    let gflops = flops / step_s / 1e9;
+    let rss = super::bench::peak_rss_mb();
+    let threads = rayon::current_num_threads();
+    let method = match args.method {
+        BenchMethod::Lora => format!("lora r={} (all 7 projections)", args.lora_rank),
+        BenchMethod::Full => "full".to_string(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "shape": args.shape, "method": method, "dtype": tuna_engine::DType::from(args.dtype).name(),
+                "threads": threads, "seq_len": t, "labelled_tokens": labelled, "recompute": args.recompute,
+                "parameters": cfg.num_parameters(), "trainable_parameters": sizes.iter().sum::<usize>(),
+                "step_s": step_s, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
+                "gflops": gflops, "peak_gflops": peak, "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
+            })
+        );
+    } else {
+        println!(
+            "shape {} ({:.0}M parameters), {method}, weights {}, {threads} threads{}",
+            args.shape,
+            cfg.num_parameters() as f64 / 1e6,
+            tuna_engine::DType::from(args.dtype).name(),
+            if args.recompute {
+                ", recomputed activations"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "one example of {t} tokens, the last half ({labelled} targets) labelled; {} timed steps after {} warm-up",
+            args.steps, args.warmup_steps
+        );
+        println!(
+            "step      {:>8.3} s   ({:.1} GFLOP of matrix products)",
+            step_s,
+            flops / 1e9
+        );
+        println!("training  {tokens_per_s:>8.1} tokens/s");
+        println!(
+            "achieved  {gflops:>8.1} GFLOP/s   (f32 sgemm peak of this machine: {peak:.1} GFLOP/s, {:.0}%)",
+            100.0 * gflops / peak
+        );
+        if let Some(rss) = rss {
+            println!("peak RSS  {rss:>8.0} MB");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_adds_up_for_one_position() {
+        let mut cfg = crate::shapes::config("qwen2.5-0.5b").unwrap();
+        cfg.num_layers = 1;
+        // One position, no label (no LM head): full = 3 × forward, LoRA = 2 × frozen linears
+        // (forward, d input) + 3 × attention and LoRA (forward, backward twice).
+        let lin =
+            2.0 * (896.0 * 896.0 + 2.0 * 896.0 * 128.0 + 896.0 * 896.0 + 3.0 * 896.0 * 4864.0);
+        let attn = 2.0 * 2.0 * 14.0 * 64.0;
+        let full = step_flops(&cfg, 1, 0, None, false);
+        assert!((full - 3.0 * (lin + attn)).abs() < 1.0, "{full}");
+        let lora_in_out = 896.0
+            + 896.0
+            + 2.0 * (896.0 + 128.0)
+            + 896.0
+            + 896.0
+            + 2.0 * (896.0 + 4864.0)
+            + 4864.0
+            + 896.0;
+        let lora = 2.0 * 8.0 * lora_in_out;
+        let got = step_flops(&cfg, 1, 0, Some(8), false);
+        assert!(
+            (got - (2.0 * lin + 3.0 * attn + 3.0 * lora)).abs() < 1.0,
+            "{got}"
+        );
+        // The LM head on labelled rows: forward and d hidden for LoRA, plus d weight for full.
+        let head = 2.0 * 896.0 * 151_936.0;
+        assert!((step_flops(&cfg, 1, 1, Some(8), false) - got - 2.0 * head).abs() < 1.0);
+        assert!((step_flops(&cfg, 1, 1, None, false) - full - 3.0 * head).abs() < 1.0);
+    }
+}

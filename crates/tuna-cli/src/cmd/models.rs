@@ -1,0 +1,93 @@
+//! `tuna models add DIR` / `tuna models list`: the base models a server offers (besides `demo`,
+//! which `tuna serve` registers on first start).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tuna_server::db::SqliteStore;
+use tuna_server::store::Store;
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Register a Hugging Face model directory (Qwen2.5 / Qwen3) as a base model
+    Add(AddArgs),
+    /// List the registered base models
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer files)
+    pub dir: PathBuf,
+    /// Name to use in the API (default: the directory's name, lowercased)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The server's data directory
+    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// The server's data directory
+    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
+    pub data_dir: PathBuf,
+}
+
+pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
+    let data_dir = match &cmd {
+        ModelsCommand::Add(a) => a.data_dir.clone(),
+        ModelsCommand::List(a) => a.data_dir.clone(),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let settings = tuna_server::Settings::new(&data_dir);
+        let store = SqliteStore::open(&settings.db_path())
+            .await
+            .context("opening the database")?;
+        match cmd {
+            ModelsCommand::Add(args) => {
+                let name = match args.name {
+                    Some(n) => n,
+                    None => default_name(&args.dir),
+                };
+                let row = tuna_server::models::add_model(&store, &name, &args.dir, "cli")
+                    .await
+                    .with_context(|| format!("adding {}", args.dir.display()))?;
+                println!("{}\t{}", row.name, row.path);
+            }
+            ModelsCommand::List(_) => {
+                let rows = store.list_models().await?;
+                if rows.is_empty() {
+                    eprintln!("No models yet: `tuna serve` registers `demo` on its first start.");
+                }
+                for m in rows {
+                    println!("{}\t{}\t{}", m.name, m.source, m.path);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The directory's last component, lowercased, other characters replaced by `-`.
+fn default_name(dir: &std::path::Path) -> String {
+    let base = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    base.file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,83 @@
+//! `tuna serve`: the HTTP API, the web console and the job queue over one data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tuna_server::Settings;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory: database, uploaded files, job directories, the demo model
+    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on
+    #[arg(long, env = "TUNA_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Training jobs that run at once on the CPU
+    #[arg(long, env = "TUNA_CPU_SLOTS", default_value_t = 1)]
+    pub cpu_slots: usize,
+    /// Largest accepted upload, in MiB
+    #[arg(long, env = "TUNA_MAX_UPLOAD_MIB", default_value_t = 512)]
+    pub max_upload_mib: u64,
+    /// Restarts of a job whose worker died before the job fails
+    #[arg(long, env = "TUNA_MAX_RETRIES", default_value_t = 2)]
+    pub max_retries: i64,
+    /// Price per million trained tokens, for cost estimates
+    #[arg(long, env = "TUNA_PRICE_PER_MILLION_TOKENS", default_value_t = 0.0)]
+    pub price_per_million_tokens: f64,
+    /// Currency of the price
+    #[arg(long, env = "TUNA_CURRENCY", default_value = "USD")]
+    pub currency: String,
+    /// Chat completions generating at once (more get HTTP 429)
+    #[arg(long, env = "TUNA_MAX_CONCURRENT_GENERATIONS", default_value_t = 2)]
+    pub max_concurrent_generations: usize,
+    /// JSON list of more base models, `[{"name": "...", "path": "/hf/dir"}]` (default: DATA_DIR/models.json)
+    #[arg(long, env = "TUNA_MODELS_FILE")]
+    pub models_file: Option<PathBuf>,
+    /// Effective CPU speed in GFLOP/s, to estimate training time before a model shape was measured
+    #[arg(long, env = "TUNA_CPU_GFLOPS", default_value_t = 100.0)]
+    pub cpu_gflops: f64,
+    /// Jobs allowed to wait in the queue (more get HTTP 429)
+    #[arg(long, env = "TUNA_MAX_QUEUED_JOBS", default_value_t = 1000)]
+    pub max_queued_jobs: usize,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Workers get the directory as an argument: make it independent of their working directory.
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let mut settings = Settings::new(&data_dir);
+    settings.cpu_slots = args.cpu_slots.max(1);
+    settings.max_upload_bytes = args.max_upload_mib.saturating_mul(1 << 20);
+    settings.max_retries = args.max_retries.max(0);
+    settings.price_per_million_tokens = args.price_per_million_tokens;
+    settings.currency = args.currency;
+    settings.max_concurrent_generations = args.max_concurrent_generations.max(1);
+    settings.cpu_gflops = args.cpu_gflops;
+    settings.max_queued_jobs = args.max_queued_jobs;
+    if let Some(f) = args.models_file {
+        settings.models_file = f;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let state = tuna_server::build_state(settings)
+            .await
+            .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+            format!("listening on {}\n---> HINT: another program uses the port; pass `--listen 127.0.0.1:8001`", args.listen)
+        })?;
+        let addr = listener.local_addr()?;
+        eprintln!("Tuna is serving http://{addr}/ (data directory {})", args.data_dir.display());
+        eprintln!("Create an API key with `tuna users create NAME --data-dir {}`", args.data_dir.display());
+        tuna_server::serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("Stopping: running jobs stop at their next step and resume at the next start");
+        })
+        .await
+        .context("serving")
+    })
+}

@@ -1,0 +1,22 @@
+//! `tuna worker`: trains one queued job; started by `tuna serve`, one process per running job.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The server's data directory
+    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
+    pub data_dir: PathBuf,
+    /// The job to train (`ftjob-…`)
+    #[arg(long)]
+    pub job: String,
+}
+
+/// The exit code tells the server what happened (0 done, 10 paused, 11 orphaned, else a crash).
+pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let code = tuna_server::worker::run(&args.data_dir, &args.job)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}

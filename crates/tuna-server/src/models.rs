@@ -1,0 +1,213 @@
+//! The base-model registry: the demo model (registered on first start as `demo`), models listed in
+//! the models file (`[{"name": "...", "path": "/hf/dir"}]`), and models added with
+//! `tuna models add DIR`. All of them end up as rows of the store's `models` table.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tuna_model::QwenConfig;
+use tuna_model::demo::{DEMO_MODEL_NAME, ensure_demo_model};
+
+use crate::ids;
+use crate::store::{ModelRow, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("`{}` is not a usable model directory: {reason}", path.display())]
+    BadDir { path: PathBuf, reason: String },
+    #[error("models file `{}`: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+    #[error(
+        "model name `{0}` must be 1-64 characters of letters, digits, `.`, `_` or `-`, and not start with `ft:`"
+    )]
+    BadName(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("creating the demo model: {0}")]
+    Demo(#[from] tuna_model::Error),
+}
+
+/// One entry of the models file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with("ft:")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Checks that `dir` holds a supported model with a tokenizer; returns its config.
+pub fn inspect_model_dir(dir: &Path) -> Result<QwenConfig, ModelError> {
+    let bad = |reason: String| ModelError::BadDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let cfg = QwenConfig::from_model_dir(dir).map_err(|e| bad(e.to_string()))?;
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        if !dir.join(file).is_file() {
+            return Err(bad(format!("`{file}` is missing")));
+        }
+    }
+    let single = dir.join("model.safetensors").is_file();
+    let sharded = dir.join("model.safetensors.index.json").is_file();
+    if !single && !sharded {
+        return Err(bad(
+            "no `model.safetensors` or `model.safetensors.index.json`".into(),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Registers `dir` as `name` (source `cli` or `config`) after checking it.
+pub async fn add_model(
+    store: &dyn Store,
+    name: &str,
+    dir: &Path,
+    source: &str,
+) -> Result<ModelRow, ModelError> {
+    if !valid_name(name) {
+        return Err(ModelError::BadName(name.to_string()));
+    }
+    let dir = std::fs::canonicalize(dir).map_err(|e| ModelError::BadDir {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let probe = dir.clone();
+    tokio::task::spawn_blocking(move || inspect_model_dir(&probe))
+        .await
+        .map_err(|e| ModelError::BadDir {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })??;
+    let row = ModelRow {
+        name: name.to_string(),
+        path: dir.to_string_lossy().into_owned(),
+        source: source.into(),
+        created_at: ids::now(),
+    };
+    store.upsert_model(&row).await?;
+    Ok(row)
+}
+
+/// Writes the demo model (once) under `root` and registers it as `demo`.
+pub async fn register_demo(store: &dyn Store, root: &Path) -> Result<ModelRow, ModelError> {
+    let root = root.to_path_buf();
+    let dir = tokio::task::spawn_blocking(move || ensure_demo_model(&root))
+        .await
+        .map_err(|e| ModelError::BadDir {
+            path: PathBuf::from(DEMO_MODEL_NAME),
+            reason: e.to_string(),
+        })??;
+    let existing = store.get_model(DEMO_MODEL_NAME).await?;
+    let path = dir.to_string_lossy().into_owned();
+    if let Some(row) = existing
+        && row.path == path
+    {
+        return Ok(row);
+    }
+    let row = ModelRow {
+        name: DEMO_MODEL_NAME.into(),
+        path,
+        source: "demo".into(),
+        created_at: ids::now(),
+    };
+    store.upsert_model(&row).await?;
+    Ok(row)
+}
+
+/// Reads the models file (a missing file is an empty list).
+pub fn read_models_file(path: &Path) -> Result<Vec<ModelEntry>, ModelError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ModelError::BadFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Registers every model of the models file; relative paths are relative to the file.
+pub async fn register_models_file(
+    store: &dyn Store,
+    path: &Path,
+) -> Result<Vec<ModelRow>, ModelError> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut rows = Vec::new();
+    for entry in read_models_file(path)? {
+        let dir = if entry.path.is_absolute() {
+            entry.path.clone()
+        } else {
+            base.join(&entry.path)
+        };
+        rows.push(add_model(store, &entry.name, &dir, "config").await?);
+    }
+    Ok(rows)
+}
+
+/// A key for the throughput table: models of the same shape train at the same speed.
+pub fn model_shape(cfg: &QwenConfig) -> String {
+    format!(
+        "{:?}:v{}:h{}:i{}:l{}:q{}:kv{}:d{}",
+        cfg.architecture,
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim
+    )
+    .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("qwen2.5-0.5b-instruct"));
+        assert!(!valid_name("ft:demo:x"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(""));
+    }
+
+    #[test]
+    fn shape_key_names_every_dimension() {
+        let key = model_shape(&tuna_model::demo::demo_config());
+        assert_eq!(key, "qwen3:v151936:h128:i384:l2:q4:kv2:d32");
+    }
+
+    #[test]
+    fn models_file_missing_is_empty_and_bad_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            read_models_file(&dir.path().join("none.json"))
+                .unwrap()
+                .is_empty()
+        );
+        let p = dir.path().join("m.json");
+        std::fs::write(&p, r#"[{"name": "a", "path": "/x", "extra": 1}]"#).unwrap();
+        assert!(read_models_file(&p).is_err());
+        std::fs::write(&p, r#"[{"name": "a", "path": "rel/dir"}]"#).unwrap();
+        assert_eq!(
+            read_models_file(&p).unwrap()[0].path,
+            PathBuf::from("rel/dir")
+        );
+    }
+}

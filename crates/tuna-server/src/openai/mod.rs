@@ -1,0 +1,3 @@
+//! OpenAI's wire format: request and response types, field for field.
+
+pub mod types;

@@ -1,0 +1,586 @@
+//! Wire types of the OpenAI-compatible API. Field names and nesting follow OpenAI's API reference
+//! (objects `file`, `fine_tuning.job`, `fine_tuning.job.event`, `fine_tuning.job.checkpoint`,
+//! `model`, `chat.completion`, `chat.completion.chunk`, `list`), so the official SDKs parse them.
+//! Tuna's additions are confined to one extra key per object (`check` on files, `tuna` on jobs,
+//! checkpoints and job requests), which the SDKs keep as extra fields.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `{"object": "list", "data": [...], "has_more": ...}`; `first_id`/`last_id` as the files list has them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct List<T> {
+    pub object: String,
+    pub data: Vec<T>,
+    pub has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_id: Option<String>,
+}
+
+impl<T> List<T> {
+    pub fn new(data: Vec<T>, has_more: bool) -> Self {
+        List {
+            object: "list".into(),
+            data,
+            has_more,
+            first_id: None,
+            last_id: None,
+        }
+    }
+}
+
+/// Query of the cursor-paginated lists.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PageQuery {
+    /// Id of the last object of the previous page.
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// The `file` object, plus Tuna's `check`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileObject {
+    pub id: String,
+    pub object: String,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub filename: String,
+    pub purpose: String,
+    /// `processed` (the check passed) or `error` (it found errors; see `check`).
+    pub status: String,
+    pub status_details: Option<String>,
+    pub expires_at: Option<i64>,
+    /// Tuna: the dataset check's full report (`ok`, `errors` with line numbers, `warnings`, `stats`).
+    pub check: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileDeleted {
+    pub id: String,
+    pub object: String,
+    pub deleted: bool,
+}
+
+/// `GET /v1/files` query.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FileListQuery {
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+    /// `asc` or `desc` (default) by creation time.
+    pub order: Option<String>,
+    pub purpose: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fine-tuning jobs
+
+/// `"auto"` or a value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AutoOr<T> {
+    Auto(Auto),
+    Value(T),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auto {
+    Auto,
+}
+
+impl<T: Copy> AutoOr<T> {
+    pub fn value(self) -> Option<T> {
+        match self {
+            AutoOr::Auto(_) => None,
+            AutoOr::Value(v) => Some(v),
+        }
+    }
+}
+
+/// Requested hyperparameters (`"auto"` or a number each).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HyperparametersRequest {
+    pub n_epochs: Option<AutoOr<i64>>,
+    pub batch_size: Option<AutoOr<i64>>,
+    pub learning_rate_multiplier: Option<AutoOr<f64>>,
+}
+
+/// Resolved hyperparameters, as recorded on the job.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    pub n_epochs: i64,
+    pub batch_size: i64,
+    pub learning_rate_multiplier: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SupervisedRequest {
+    pub hyperparameters: HyperparametersRequest,
+}
+
+/// `method` of a job request: only `supervised` is supported.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MethodRequest {
+    pub r#type: String,
+    #[serde(default)]
+    pub supervised: Option<SupervisedRequest>,
+    #[serde(default)]
+    pub dpo: Option<Value>,
+    #[serde(default)]
+    pub reinforcement: Option<Value>,
+}
+
+/// Tuna's own job settings, sent as one extra top-level object `"tuna": {...}`
+/// (with the SDK: `extra_body={"tuna": {...}}`). Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TunaJobRequest {
+    /// A display name for the task.
+    pub name: Option<String>,
+    /// `lora` (default) or `full`.
+    pub method: Option<String>,
+    /// LoRA settings (method `lora`).
+    pub lora: Option<LoraRequest>,
+    /// Longest example in tokens (longer ones are truncated). Default 1024, at most the model's context.
+    pub max_seq_len: Option<i64>,
+    /// Write a checkpoint every this many optimizer steps. Default: at the end of every epoch.
+    pub checkpoint_interval: Option<i64>,
+    /// Evaluate on the validation set every this many steps. Default: at every checkpoint.
+    pub eval_interval: Option<i64>,
+    /// Stop after this many optimizer steps (overrides `n_epochs`).
+    pub max_steps: Option<i64>,
+    /// Absolute peak learning rate; overrides `learning_rate_multiplier` × the method's base rate.
+    pub learning_rate: Option<f64>,
+    /// Warmup as a share of all steps. Default 0.03.
+    pub warmup_ratio: Option<f64>,
+    /// Share of the training examples held out for validation when there is no validation file.
+    pub validation_fraction: Option<f64>,
+    /// Held-out conversations answered at every checkpoint. Default 1.
+    pub sample_prompts: Option<i64>,
+    /// Longest sample answer in tokens. Default 64.
+    pub sample_max_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraRequest {
+    pub rank: Option<i64>,
+    pub alpha: Option<f64>,
+    pub dropout: Option<f64>,
+    /// Projections to adapt (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
+    /// `down_proj`), or `"all-linear"`.
+    pub target_modules: Option<Value>,
+}
+
+/// `POST /v1/fine_tuning/jobs` body (also the body of `POST /v1/tuna/estimates`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CreateJobRequest {
+    pub model: String,
+    pub training_file: String,
+    #[serde(default)]
+    pub validation_file: Option<String>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Deprecated by OpenAI in favour of `method`, still accepted.
+    #[serde(default)]
+    pub hyperparameters: Option<HyperparametersRequest>,
+    #[serde(default)]
+    pub method: Option<MethodRequest>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub integrations: Option<Value>,
+    #[serde(default)]
+    pub tuna: Option<TunaJobRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisedOut {
+    pub hyperparameters: Hyperparameters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodOut {
+    pub r#type: String,
+    pub supervised: SupervisedOut,
+}
+
+/// The `fine_tuning.job` object, plus Tuna's `tuna`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FineTuningJob {
+    pub object: String,
+    pub id: String,
+    pub created_at: i64,
+    pub error: Option<JobError>,
+    pub fine_tuned_model: Option<String>,
+    pub finished_at: Option<i64>,
+    pub hyperparameters: Hyperparameters,
+    pub model: String,
+    pub organization_id: String,
+    pub result_files: Vec<String>,
+    pub seed: i64,
+    pub status: String,
+    pub trained_tokens: Option<i64>,
+    pub training_file: String,
+    pub validation_file: Option<String>,
+    pub estimated_finish: Option<i64>,
+    pub integrations: Vec<Value>,
+    pub metadata: Option<Value>,
+    pub method: MethodOut,
+    pub user_provided_suffix: Option<String>,
+    pub tuna: TunaJob,
+}
+
+/// Tuna's view of a job: its settings, where it stands in the queue, progress and estimates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunaJob {
+    pub name: Option<String>,
+    /// `lora` or `full`.
+    pub method: String,
+    pub lora: Option<LoraOut>,
+    pub max_seq_len: i64,
+    pub checkpoint_interval: Option<i64>,
+    pub eval_interval: Option<i64>,
+    pub max_steps: Option<i64>,
+    /// The peak learning rate the run uses (multiplier × the method's base rate, or as given).
+    pub learning_rate: f64,
+    pub warmup_ratio: f64,
+    pub sample_prompts: i64,
+    pub sample_max_tokens: i64,
+    /// 1-based place among all queued jobs of the server; null unless queued.
+    pub queue_position: Option<i64>,
+    /// Unix time the job is expected to start; null unless queued.
+    pub estimated_start: Option<i64>,
+    pub progress: Progress,
+    /// Seconds spent running, over every run (pauses and restarts excluded).
+    pub elapsed_seconds: f64,
+    /// Seconds left, while running.
+    pub eta_seconds: Option<f64>,
+    /// The newest step's metrics (see `GET .../metrics` for the shape).
+    pub latest_metrics: Option<Value>,
+    /// Made before the start: tokens, duration and cost.
+    pub estimate: Option<Estimate>,
+    /// Times a dead worker was replaced.
+    pub retries: i64,
+    /// The slot the job runs or ran on (`cpu:0`).
+    pub device: Option<String>,
+    /// A pause was asked for and the worker has not stopped yet.
+    pub pause_requested: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraOut {
+    pub rank: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: i64,
+    pub total_steps: Option<i64>,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    pub total_epochs: i64,
+}
+
+/// An estimate before the start: trained tokens × epochs from the dataset check, duration from
+/// the measured throughput of this model shape on this device, cost from the configured price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Examples the training file contributes per epoch.
+    pub examples: i64,
+    /// Tokens the model reads per epoch (prompts and answers; what is billed).
+    pub tokens_per_epoch: i64,
+    /// Tokens that carry a label per epoch (assistant answers).
+    pub trained_tokens_per_epoch: i64,
+    pub n_epochs: i64,
+    pub batch_size: i64,
+    /// Optimizer steps of the run.
+    pub total_steps: i64,
+    /// Tokens processed over the whole run (`tokens_per_epoch` × epochs, or fewer with `max_steps`).
+    pub total_tokens: i64,
+    /// Training speed assumed, tokens per second.
+    pub tokens_per_second: f64,
+    /// `seed` (from the parameter count) or `measured` (from earlier jobs of this shape).
+    pub throughput_source: String,
+    pub duration_seconds: f64,
+    /// `price_per_million_tokens` × `total_tokens` / 1e6.
+    pub cost: f64,
+    pub price_per_million_tokens: f64,
+    pub currency: String,
+    pub device: String,
+}
+
+/// `POST /v1/tuna/estimates` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EstimateResponse {
+    pub object: String,
+    pub model: String,
+    pub training_file: String,
+    pub hyperparameters: Hyperparameters,
+    pub tuna: TunaJob,
+    pub estimate: Estimate,
+    /// Queue position and start time the job would get if created now.
+    pub queue_position: i64,
+    pub estimated_start: i64,
+}
+
+/// The `fine_tuning.job.event` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub object: String,
+    pub id: String,
+    pub created_at: i64,
+    pub level: String,
+    pub message: String,
+    pub r#type: String,
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventsQuery {
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+    /// `true`: a live Server-Sent Events stream instead of a page.
+    pub stream: Option<bool>,
+}
+
+/// OpenAI's checkpoint metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMetrics {
+    pub step: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub train_mean_token_accuracy: Option<f64>,
+    pub valid_loss: Option<f64>,
+    pub valid_mean_token_accuracy: Option<f64>,
+    pub full_valid_loss: Option<f64>,
+    pub full_valid_mean_token_accuracy: Option<f64>,
+}
+
+/// The `fine_tuning.job.checkpoint` object, plus Tuna's `tuna`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobCheckpoint {
+    pub object: String,
+    pub id: String,
+    pub created_at: i64,
+    pub fine_tuned_model_checkpoint: String,
+    pub fine_tuning_job_id: String,
+    pub metrics: CheckpointMetrics,
+    pub step_number: i64,
+    pub tuna: CheckpointTuna,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointTuna {
+    /// `lora` (a PEFT adapter) or `full` (a whole model).
+    pub kind: String,
+    pub epoch: Option<f64>,
+    /// The samples generated at this checkpoint: prompt messages, reference and generated answers.
+    pub samples: Vec<Value>,
+    /// `GET` this for a tar archive of the checkpoint's files.
+    pub download_url: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+/// The `model` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelObject {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub owned_by: String,
+    /// Tuna: `base`, `checkpoint` or `fine_tuned`; the job and step for the last two.
+    pub tuna: ModelTuna,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelTuna {
+    pub kind: String,
+    pub base_model: String,
+    pub job_id: Option<String>,
+    pub step: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat completions
+
+/// A message content: a string or a list of `{"type": "text", "text": ...}` parts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ContentPart {
+    pub r#type: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatMessage {
+    /// `system`, `developer` (treated as system), `user` or `assistant`.
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `stop`: one string or up to four.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+/// `chat_template_kwargs` (vLLM's extension): `enable_thinking` for Qwen3 templates.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ChatTemplateKwargs {
+    pub enable_thinking: Option<bool>,
+}
+
+/// `POST /v1/chat/completions` body. Unset sampling fields take the model's `generation_config.json`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatRequest {
+    /// A base model name or a checkpoint / fine-tuned model id.
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Deprecated by OpenAI in favour of `max_completion_tokens`; either is honoured.
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Only 1 is supported.
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// Tuna: top-k sampling (0 = off); default from the model.
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default)]
+    pub chat_template_kwargs: Option<ChatTemplateKwargs>,
+    /// Accepted and ignored (OpenAI fields without a meaning here).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub store: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: i64,
+    pub message: AssistantMessage,
+    pub logprobs: Option<Value>,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+/// The `chat.completion` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+    pub system_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: i64,
+    pub delta: Delta,
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<String>,
+}
+
+/// The `chat.completion.chunk` object (one per SSE `data:` line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    pub system_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}

@@ -1,0 +1,197 @@
+//! `/v1/models`: base models, fine-tuned models and every checkpoint of the user's jobs; and the
+//! resolution of a model id to what chat completions load.
+
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use tracing::instrument;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::inference::Target;
+use crate::openai::types::{List, ModelObject, ModelTuna};
+use crate::state::AppState;
+use crate::store::{CheckpointRow, Page, User};
+
+fn base_object(name: &str, created: i64) -> ModelObject {
+    ModelObject {
+        id: name.into(),
+        object: "model".into(),
+        created,
+        owned_by: "tuna".into(),
+        tuna: ModelTuna {
+            kind: "base".into(),
+            base_model: name.into(),
+            job_id: None,
+            step: None,
+        },
+    }
+}
+
+async fn checkpoint_object(
+    state: &AppState,
+    c: &CheckpointRow,
+    owner: &str,
+) -> ApiResult<ModelObject> {
+    let base = state
+        .store
+        .get_job(&c.user_id, &c.job_id)
+        .await?
+        .map(|j| j.model)
+        .unwrap_or_default();
+    Ok(ModelObject {
+        id: c.fine_tuned_model_checkpoint.clone(),
+        object: "model".into(),
+        created: c.created_at,
+        owned_by: owner.into(),
+        tuna: ModelTuna {
+            kind: "checkpoint".into(),
+            base_model: base,
+            job_id: Some(c.job_id.clone()),
+            step: Some(c.step),
+        },
+    })
+}
+
+/// `GET /v1/models`.
+#[instrument(skip_all, fields(user = %user.id))]
+pub async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<List<ModelObject>>> {
+    let mut data: Vec<ModelObject> = state
+        .store
+        .list_models()
+        .await?
+        .iter()
+        .map(|m| base_object(&m.name, m.created_at))
+        .collect();
+    for job in state.store.fine_tuned_jobs(&user.id).await? {
+        if let Some(id) = &job.fine_tuned_model {
+            data.push(ModelObject {
+                id: id.clone(),
+                object: "model".into(),
+                created: job.finished_at.unwrap_or(job.created_at),
+                owned_by: user.name.clone(),
+                tuna: ModelTuna {
+                    kind: "fine_tuned".into(),
+                    base_model: job.model.clone(),
+                    job_id: Some(job.id.clone()),
+                    step: Some(job.step),
+                },
+            });
+        }
+    }
+    let ckpts = state.store.user_checkpoints(&user.id).await?;
+    let jobs: std::collections::HashMap<String, String> = {
+        let mut m = std::collections::HashMap::new();
+        for c in &ckpts {
+            if !m.contains_key(&c.job_id)
+                && let Some(j) = state.store.get_job(&user.id, &c.job_id).await?
+            {
+                m.insert(c.job_id.clone(), j.model);
+            }
+        }
+        m
+    };
+    for c in &ckpts {
+        data.push(ModelObject {
+            id: c.fine_tuned_model_checkpoint.clone(),
+            object: "model".into(),
+            created: c.created_at,
+            owned_by: user.name.clone(),
+            tuna: ModelTuna {
+                kind: "checkpoint".into(),
+                base_model: jobs.get(&c.job_id).cloned().unwrap_or_default(),
+                job_id: Some(c.job_id.clone()),
+                step: Some(c.step),
+            },
+        });
+    }
+    Ok(Json(List::new(data, false)))
+}
+
+/// `GET /v1/models/{id}`.
+#[instrument(skip_all, fields(user = %user.id))]
+pub async fn get(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ModelObject>> {
+    if let Some(m) = state.store.get_model(&id).await? {
+        return Ok(Json(base_object(&m.name, m.created_at)));
+    }
+    if let Some(c) = state.store.checkpoint_by_model_id(&user.id, &id).await? {
+        return Ok(Json(checkpoint_object(&state, &c, &user.name).await?));
+    }
+    if let Some(job) = state.store.job_by_fine_tuned_model(&user.id, &id).await? {
+        return Ok(Json(ModelObject {
+            id,
+            object: "model".into(),
+            created: job.finished_at.unwrap_or(job.created_at),
+            owned_by: user.name.clone(),
+            tuna: ModelTuna {
+                kind: "fine_tuned".into(),
+                base_model: job.model.clone(),
+                job_id: Some(job.id.clone()),
+                step: Some(job.step),
+            },
+        }));
+    }
+    Err(ApiError::model_not_found(&id))
+}
+
+/// What chat completions load for `id`: a base model, a checkpoint (LoRA: base + adapter; full:
+/// the checkpoint's own weights), or a fine-tuned model (its job's last checkpoint).
+pub async fn resolve_target(state: &AppState, user: &User, id: &str) -> ApiResult<Target> {
+    if let Some(m) = state.store.get_model(id).await? {
+        return Ok(Target {
+            id: id.into(),
+            model_dir: PathBuf::from(m.path),
+            adapter_dir: None,
+        });
+    }
+    let ckpt = match state.store.checkpoint_by_model_id(&user.id, id).await? {
+        Some(c) => Some(c),
+        None => match state.store.job_by_fine_tuned_model(&user.id, id).await? {
+            Some(job) => state
+                .store
+                .list_checkpoints(
+                    &job.id,
+                    &Page {
+                        after: None,
+                        limit: 1,
+                    },
+                )
+                .await?
+                .and_then(|(rows, _)| rows.into_iter().next()),
+            None => None,
+        },
+    };
+    let Some(c) = ckpt else {
+        return Err(ApiError::model_not_found(id));
+    };
+    if c.kind == "full" {
+        return Ok(Target {
+            id: id.into(),
+            model_dir: PathBuf::from(&c.path),
+            adapter_dir: None,
+        });
+    }
+    let job = state
+        .store
+        .get_job(&user.id, &c.job_id)
+        .await?
+        .ok_or_else(|| ApiError::model_not_found(id))?;
+    let base = state
+        .store
+        .get_model(&job.model)
+        .await?
+        .ok_or_else(|| ApiError::model_not_found(&job.model))?;
+    Ok(Target {
+        id: id.into(),
+        model_dir: PathBuf::from(base.path),
+        adapter_dir: Some(PathBuf::from(&c.path)),
+    })
+}

@@ -1,0 +1,124 @@
+//! Server settings and the state every handler shares.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::blob::BlobStore;
+use crate::inference::Inference;
+use crate::queue::Scheduler;
+use crate::store::Store;
+
+/// Builds the command that runs one job's worker process: `(data_dir, job_id) -> Command`.
+pub type WorkerLauncher = Arc<dyn Fn(&Path, &str) -> std::process::Command + Send + Sync>;
+
+/// `tuna worker --data-dir D --job ID` with the running executable (`std::env::current_exe`).
+pub fn default_worker_launcher() -> WorkerLauncher {
+    Arc::new(|data_dir: &Path, job_id: &str| {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tuna"));
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("worker")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--job")
+            .arg(job_id);
+        cmd
+    })
+}
+
+/// Everything configurable about a server. `Settings::new(data_dir)` gives the defaults.
+#[derive(Clone)]
+pub struct Settings {
+    /// SQLite database, uploaded files, job directories and the demo model live here.
+    pub data_dir: PathBuf,
+    /// Training slots on the CPU: jobs that may run at once. Default 1.
+    pub cpu_slots: usize,
+    /// Largest accepted upload in bytes. Default 512 MiB.
+    pub max_upload_bytes: u64,
+    /// Times a job whose worker died is restarted (from its last checkpoint) before it fails. Default 2.
+    pub max_retries: i64,
+    /// Price per million trained tokens, for cost estimates. Default 0.
+    pub price_per_million_tokens: f64,
+    pub currency: String,
+    /// Chat completions generating at once; more get 429. Default 2.
+    pub max_concurrent_generations: usize,
+    /// Base models kept loaded for chat (least recently used evicted). Default 2.
+    pub model_cache_size: usize,
+    /// LoRA adapters kept loaded for chat. Default 8.
+    pub adapter_cache_size: usize,
+    /// Where the demo model is written (`<data_dir>/models` by default).
+    pub demo_model_root: PathBuf,
+    /// JSON file listing more base models: `[{"name": "...", "path": "/hf/dir"}]`
+    /// (`<data_dir>/models.json` by default; a missing file is fine).
+    pub models_file: PathBuf,
+    /// Effective CPU speed in GFLOP/s used to seed throughput estimates of unmeasured model shapes.
+    pub cpu_gflops: f64,
+    /// Jobs allowed to wait in the queue (all users); more get 429. Default 1000.
+    pub max_queued_jobs: usize,
+    /// Model whose tokenizer and template count tokens when a file is checked on upload. Default `demo`.
+    pub check_model: String,
+    /// How the server starts a worker process.
+    pub worker_launcher: WorkerLauncher,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("data_dir", &self.data_dir)
+            .field("cpu_slots", &self.cpu_slots)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("max_retries", &self.max_retries)
+            .field("price_per_million_tokens", &self.price_per_million_tokens)
+            .field(
+                "max_concurrent_generations",
+                &self.max_concurrent_generations,
+            )
+            .field("models_file", &self.models_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Settings {
+            cpu_slots: 1,
+            max_upload_bytes: 512 << 20,
+            max_retries: 2,
+            price_per_million_tokens: 0.0,
+            currency: "USD".into(),
+            max_concurrent_generations: 2,
+            model_cache_size: 2,
+            adapter_cache_size: 8,
+            demo_model_root: data_dir.join("models"),
+            models_file: data_dir.join("models.json"),
+            cpu_gflops: 100.0,
+            max_queued_jobs: 1000,
+            check_model: tuna_model::demo::DEMO_MODEL_NAME.into(),
+            worker_launcher: default_worker_launcher(),
+            data_dir,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("tuna.db")
+    }
+
+    pub fn blob_root(&self) -> PathBuf {
+        self.data_dir.join("blobs")
+    }
+
+    /// A job's working directory: checkpoints, `metrics.jsonl`, the worker's log.
+    pub fn job_dir(&self, job_id: &str) -> PathBuf {
+        self.data_dir.join("jobs").join(job_id)
+    }
+}
+
+/// Shared by every handler (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub settings: Arc<Settings>,
+    pub scheduler: Arc<Scheduler>,
+    pub inference: Arc<Inference>,
+}

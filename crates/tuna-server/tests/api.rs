@@ -1,0 +1,385 @@
+//! The router driven in-process (`tower::ServiceExt::oneshot`): status codes and the exact error
+//! JSON of each error kind (OpenAI's shape, all four keys present).
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tuna_server::{AppState, router};
+
+#[test]
+fn worker_process_entry() {
+    common::run_worker_if_asked();
+}
+
+struct Harness {
+    state: AppState,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tuna_server::build_state(common::settings(dir.path()))
+        .await
+        .unwrap();
+    let (_, key) = tuna_server::auth::create_user(&*state.store, "tester")
+        .await
+        .unwrap();
+    Harness {
+        state,
+        key,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        auth: bool,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if auth {
+            req = req.header("authorization", format!("Bearer {}", self.key));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string()))
+                .unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+fn error(message: &str, r#type: &str, param: Option<&str>, code: Option<&str>) -> Value {
+    json!({"error": {"message": message, "type": r#type, "param": param, "code": code}})
+}
+
+#[tokio::test]
+async fn missing_and_wrong_keys_are_401() {
+    let h = harness().await;
+    let (status, body) = h.call("GET", "/v1/files", None, false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body,
+        error(
+            "you didn't provide an API key; send it as `Authorization: Bearer <key>` (create one with `tuna users create NAME`)",
+            "authentication_error",
+            None,
+            Some("invalid_api_key")
+        )
+    );
+    let req = Request::builder()
+        .uri("/v1/models")
+        .header("authorization", "Bearer sk-tuna-wrong")
+        .body(Body::empty())
+        .unwrap();
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = h.call("GET", "/v1/models", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][0]["id"], "demo");
+    assert_eq!(body["data"][0]["object"], "model");
+}
+
+#[tokio::test]
+async fn unknown_objects_and_urls_are_404() {
+    let h = harness().await;
+    let (status, body) = h
+        .call("GET", "/v1/fine_tuning/jobs/ftjob-nope", None, true)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        error(
+            "fine-tuning job `ftjob-nope` not found",
+            "invalid_request_error",
+            None,
+            Some("job_not_found")
+        )
+    );
+    let (status, body) = h.call("GET", "/v1/files/file-nope", None, true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        error(
+            "file `file-nope` not found",
+            "invalid_request_error",
+            None,
+            Some("file_not_found")
+        )
+    );
+    let (status, body) = h.call("GET", "/v1/nothing/here", None, true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        error(
+            "unknown request URL: GET /v1/nothing/here",
+            "invalid_request_error",
+            None,
+            Some("unknown_url")
+        )
+    );
+    let job = r#"{"model": "nope", "training_file": "file-x"}"#;
+    let (status, body) = h
+        .call("POST", "/v1/fine_tuning/jobs", Some(job), true)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        error(
+            "model `nope` does not exist or you do not have access to it",
+            "invalid_request_error",
+            Some("model"),
+            Some("model_not_found")
+        )
+    );
+    let job = r#"{"model": "demo", "training_file": "file-x"}"#;
+    let (status, body) = h
+        .call("POST", "/v1/fine_tuning/jobs", Some(job), true)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        error(
+            "file `file-x` not found",
+            "invalid_request_error",
+            Some("training_file"),
+            Some("file_not_found")
+        )
+    );
+    let chat = r#"{"model": "ft:demo:someone::x:ckpt-step-1", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let (status, body) = h
+        .call("POST", "/v1/chat/completions", Some(chat), true)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_bodies_are_400_with_the_field() {
+    let h = harness().await;
+    let (status, body) = h
+        .call("POST", "/v1/fine_tuning/jobs", Some("{"), true)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the body is not valid JSON"),
+        "{body}"
+    );
+    assert_eq!(
+        (
+            body["error"]["param"].clone(),
+            body["error"]["code"].clone()
+        ),
+        (Value::Null, Value::Null)
+    );
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/fine_tuning/jobs",
+            Some(r#"{"training_file": "f"}"#),
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `model`"),
+        "{body}"
+    );
+    let bad = r#"{"model": "demo", "training_file": "f", "tuna": {"lora": {"rank": 0}}}"#;
+    let (status, body) = h
+        .call("POST", "/v1/fine_tuning/jobs", Some(bad), true)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        error(
+            "`tuna.lora.rank` must be between 1 and 1024, got 0",
+            "invalid_request_error",
+            Some("tuna.lora.rank"),
+            None
+        )
+    );
+    let unknown = r#"{"model": "demo", "training_file": "f", "tuna": {"lora_rank": 8}}"#;
+    let (status, body) = h
+        .call("POST", "/v1/fine_tuning/jobs", Some(unknown), true)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `lora_rank`"),
+        "{body}"
+    );
+    let chat =
+        r#"{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}"#;
+    let (status, body) = h
+        .call("POST", "/v1/chat/completions", Some(chat), true)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        error(
+            "`temperature` must be between 0 and 2, got 3",
+            "invalid_request_error",
+            Some("temperature"),
+            None
+        )
+    );
+    let (status, body) = h
+        .call("GET", "/v1/fine_tuning/jobs?limit=0", None, true)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "limit");
+    let (status, body) = h
+        .call(
+            "GET",
+            "/v1/fine_tuning/jobs?after=ftjob-unknown",
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "after");
+}
+
+#[tokio::test]
+async fn busy_generation_slots_are_429() {
+    let h = harness().await;
+    // Hold every permit: the next chat request must be refused at once, not queued.
+    let held: Vec<_> = (0..h.state.settings.max_concurrent_generations)
+        .map(|_| h.state.inference.try_permit().unwrap())
+        .collect();
+    let chat =
+        r#"{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#;
+    let (status, body) = h
+        .call("POST", "/v1/chat/completions", Some(chat), true)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body,
+        error(
+            "every generation slot is busy; retry shortly",
+            "rate_limit_error",
+            None,
+            Some("overloaded")
+        )
+    );
+    drop(held);
+    let (status, body) = h
+        .call("POST", "/v1/chat/completions", Some(chat), true)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["usage"]["completion_tokens"].as_i64().unwrap() <= 2);
+}
+
+#[tokio::test]
+async fn base_model_chat_honours_seed_stop_and_system() {
+    let h = harness().await;
+    let ask = |extra: Value| {
+        let mut b = json!({"model": "demo", "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Who are you?"}], "max_tokens": 12});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b.to_string()
+    };
+    let text = |b: &Value| {
+        b["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Same seed, same sample; temperature 0 ignores the seed.
+    let (_, a) = h
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&ask(json!({"seed": 5, "temperature": 1.0}))),
+            true,
+        )
+        .await;
+    let (_, b) = h
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&ask(json!({"seed": 5, "temperature": 1.0}))),
+            true,
+        )
+        .await;
+    assert_eq!(text(&a), text(&b));
+    let (_, g1) = h
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&ask(json!({"seed": 1, "temperature": 0}))),
+            true,
+        )
+        .await;
+    let (_, g2) = h
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&ask(json!({"seed": 2, "temperature": 0}))),
+            true,
+        )
+        .await;
+    assert_eq!(text(&g1), text(&g2));
+    assert_eq!(
+        g1["choices"][0]["finish_reason"], "length",
+        "the random demo model never says eos this early: {g1}"
+    );
+    // A stop sequence taken from the greedy answer cuts the answer right before it.
+    let full = text(&g1);
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 4, "{full:?}");
+    let cut: String = chars[2..4].iter().collect();
+    let (_, s) = h
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&ask(json!({"temperature": 0, "stop": [cut.clone()]}))),
+            true,
+        )
+        .await;
+    assert_eq!(s["choices"][0]["finish_reason"], "stop");
+    assert_eq!(text(&s), full[..full.find(&cut).unwrap()]);
+    // The system message reaches the prompt: a different one changes the prompt length.
+    let (_, other) = h
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&json!({"model": "demo", "messages": [{"role": "system", "content": "You are a very, very verbose assistant."}, {"role": "user", "content": "Who are you?"}], "max_tokens": 1}).to_string()),
+            true,
+        )
+        .await;
+    assert!(
+        other["usage"]["prompt_tokens"].as_i64().unwrap()
+            > g1["usage"]["prompt_tokens"].as_i64().unwrap()
+    );
+}

@@ -1,0 +1,600 @@
+//! The supervised fine-tuning recipe (torchtune's `lora_finetune_single_device`, read top to bottom).
+//!
+//! [`Trainer::new`] sets up, in order: the model (and, for LoRA, the adapter), the tokenizer, the
+//! data (tokenize → length policy → split → a plan of micro-batches per step for every epoch),
+//! the optimizer and the schedule; then it restores a checkpoint when resuming.
+//! [`Trainer::run`] is one loop; each optimizer step does:
+//!
+//! 1. pack the step's micro-batches (whole examples, block-diagonal attention, no padding);
+//! 2. forward + backward on each, accumulating gradients of `Σ token losses / N`, where `N` is the
+//!    number of trained tokens of the whole step (so the loss is the mean over the step's tokens,
+//!    not a mean of micro-batch means);
+//! 3. stop with [`Error::NonFinite`] if the loss or the gradient norm is NaN/inf, before any update;
+//! 4. clip the global gradient norm (`max_grad_norm`);
+//! 5. AdamW with the schedule's learning rate (f32 moments);
+//! 6. report [`StepMetrics`] (observer + `metrics.jsonl`), evaluate and checkpoint when due.
+//!
+//! Supported: LoRA (PEFT checkpoints) and full fine-tuning (HF checkpoints), gradient accumulation,
+//! batches in examples or tokens, linear / cosine / constant schedules with warmup, exact resume.
+//! Not supported: multi-device training, mixed precision (compute and optimizer state are f32).
+//!
+//! Errors: invalid config ([`Error::Config`]), unreadable data or model, a non-finite loss
+//! ([`Error::NonFinite`]), a checkpoint that does not match the run ([`Error::Resume`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tuna_data::tokenize::ChatTokenizer;
+use tuna_model::train::{BatchStats, Gradients, TrainOptions};
+use tuna_model::{GenerationConfig, LoraAdapter, QwenConfig, QwenModel};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{Method, TrainConfig};
+use crate::data::{Dataset, MicroBatch, Plan};
+use crate::error::{Error, Result};
+use crate::metrics::{
+    CheckpointInfo, EvalMetrics, MetricsWriter, Sample, StepMetrics, TrainObserver,
+};
+use crate::optim::{AdamW, AdamWSettings, clip_grad_norm, decays};
+use crate::schedule::Schedule;
+
+/// What a finished (or stopped) run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainSummary {
+    /// Optimizer steps done, including those before a resume.
+    pub steps: usize,
+    pub total_steps: usize,
+    /// The observer asked to stop before the last step.
+    pub stopped: bool,
+    pub resumed_from: Option<PathBuf>,
+    /// Loss of the last step.
+    pub train_loss: Option<f64>,
+    /// The last validation pass.
+    pub eval: Option<EvalMetrics>,
+    /// Checkpoints written by this call, oldest first.
+    pub checkpoints: Vec<CheckpointInfo>,
+    pub elapsed_s: f64,
+    /// Tokens processed and trained on by this call.
+    pub tokens: usize,
+    pub trained_tokens: usize,
+}
+
+/// The model, data and optimizer state of one run. See the module docs for the loop.
+pub struct Trainer {
+    cfg: TrainConfig,
+    model: QwenModel,
+    /// `Some` for LoRA, `None` for full fine-tuning.
+    adapter: Option<LoraAdapter>,
+    /// Needed only for the per-checkpoint samples (tests may run without one).
+    tokenizer: Option<ChatTokenizer>,
+    eos_token_ids: Vec<u32>,
+    data: Dataset,
+    plan: Plan,
+    schedule: Schedule,
+    optimizer: AdamW,
+    param_names: Vec<String>,
+    grads: Gradients,
+    /// Optimizer steps done.
+    step: usize,
+    resumed_from: Option<PathBuf>,
+    last_loss: Option<f64>,
+    last_lr: f32,
+}
+
+impl Trainer {
+    /// Sets up a run from its config: loads the model and tokenizer from `model_dir`, reads and
+    /// tokenizes the data, and restores the newest checkpoint when `resume` is set.
+    pub fn new(mut cfg: TrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        let model_cfg = QwenConfig::from_model_dir(&cfg.model_dir)?;
+        if cfg.max_seq_len > model_cfg.max_position_embeddings {
+            tracing::info!(
+                "max_seq_len {} lowered to the model's max_position_embeddings {}",
+                cfg.max_seq_len,
+                model_cfg.max_position_embeddings
+            );
+            cfg.max_seq_len = model_cfg.max_position_embeddings;
+        }
+        let tokenizer = ChatTokenizer::from_model_dir(&cfg.model_dir)?;
+        let data = Dataset::load(&cfg, &tokenizer)?;
+        let resume = resume_checkpoint(&cfg)?;
+        // A full fine-tuning checkpoint is a whole model: load it instead of the base.
+        let model = match (&resume, cfg.method) {
+            (Some(dir), Method::Full) => QwenModel::load(dir)?,
+            _ => QwenModel::load(&cfg.model_dir)?,
+        };
+        Self::setup(cfg, model, Some(tokenizer), data, resume)
+    }
+
+    /// Sets up a run over a loaded model and already tokenized data (tests, benchmarks, callers
+    /// with their own data path). `cfg.train_file` is only recorded; `cfg.model_dir` is still
+    /// where full checkpoints copy `config.json` and tokenizer files from.
+    pub fn from_parts(
+        cfg: TrainConfig,
+        model: QwenModel,
+        tokenizer: Option<ChatTokenizer>,
+        data: Dataset,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let resume = resume_checkpoint(&cfg)?;
+        let model = match (&resume, cfg.method) {
+            (Some(dir), Method::Full) => QwenModel::load(dir)?,
+            _ => model,
+        };
+        Self::setup(cfg, model, tokenizer, data, resume)
+    }
+
+    fn setup(
+        cfg: TrainConfig,
+        mut model: QwenModel,
+        tokenizer: Option<ChatTokenizer>,
+        data: Dataset,
+        resume: Option<PathBuf>,
+    ) -> Result<Self> {
+        if data.train.is_empty() {
+            return Err(Error::Dataset {
+                path: cfg.train_file.clone(),
+                reason: "no training example".into(),
+            });
+        }
+        // Model: the adapter (fresh, or the checkpoint's), or every weight as trainable f32.
+        let adapter = match (cfg.method, &resume, &cfg.init_adapter) {
+            (Method::Lora, Some(dir), _) | (Method::Lora, None, Some(dir)) => {
+                Some(LoraAdapter::load(dir, &model.config)?)
+            }
+            (Method::Lora, None, None) => Some(LoraAdapter::new_random(
+                &model.config,
+                &cfg.lora.to_lora_config(),
+                cfg.seed,
+            )),
+            (Method::Full, ..) => None,
+        };
+        let (param_names, grads) = match &adapter {
+            Some(a) => (a.parameter_names(), a.gradients()),
+            None => {
+                // Widen the weights to owned f32 now, so the first step does not pay for it.
+                let _ = model.full_parameters_mut();
+                (model.full_parameter_names(), model.full_gradients())
+            }
+        };
+
+        // Data plan and schedule.
+        let plan = Plan::new(&data, &cfg);
+        let total_steps = plan.total_steps();
+        let schedule = Schedule::new(
+            cfg.lr_schedule,
+            cfg.lr(),
+            total_steps,
+            cfg.warmup_steps,
+            cfg.warmup_ratio,
+        );
+
+        // Optimizer.
+        let settings = AdamWSettings {
+            beta1: cfg.adam_beta1,
+            beta2: cfg.adam_beta2,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+        };
+        let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
+        let decay = match cfg.method {
+            // PEFT and torchtune decay every LoRA matrix.
+            Method::Lora => vec![true; sizes.len()],
+            Method::Full => param_names.iter().map(|n| decays(n)).collect(),
+        };
+        let optimizer = AdamW::new(settings, &sizes, decay);
+
+        let eos_token_ids = {
+            let mut eos = GenerationConfig::from_model_dir(&cfg.model_dir)
+                .map(|g| g.eos_token_id)
+                .unwrap_or_default();
+            if let Some(t) = &tokenizer {
+                eos.extend(t.eos_token_ids());
+            }
+            eos.sort_unstable();
+            eos.dedup();
+            eos
+        };
+
+        let mut trainer = Trainer {
+            cfg,
+            model,
+            adapter,
+            tokenizer,
+            eos_token_ids,
+            data,
+            plan,
+            schedule,
+            optimizer,
+            param_names,
+            grads,
+            step: 0,
+            resumed_from: None,
+            last_loss: None,
+            last_lr: 0.0,
+        };
+        if let Some(dir) = resume {
+            trainer.restore(&dir)?;
+            trainer.resumed_from = Some(dir);
+        }
+        Ok(trainer)
+    }
+
+    /// Checks that `dir` belongs to this run and loads its optimizer state and position.
+    fn restore(&mut self, dir: &Path) -> Result<()> {
+        let bad = |reason: String| Error::Resume {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let state: TrainerState = checkpoint::read_json(&dir.join(checkpoint::TRAINER_STATE))?;
+        if state.version != checkpoint::STATE_VERSION {
+            return Err(bad(format!(
+                "trainer_state.json version {} (this build reads {})",
+                state.version,
+                checkpoint::STATE_VERSION
+            )));
+        }
+        if state.method != self.cfg.method {
+            return Err(bad(format!(
+                "it is a `{}` checkpoint and this run is `{}`",
+                state.method.as_str(),
+                self.cfg.method.as_str()
+            )));
+        }
+        if state.step > self.plan.total_steps() {
+            return Err(bad(format!(
+                "it is at step {} but this run has only {} steps",
+                state.step,
+                self.plan.total_steps()
+            )));
+        }
+        if state.seed != self.cfg.seed
+            || state.train_examples != self.data.train.len()
+            || state.data_fingerprint != self.plan.fingerprint(state.step)
+        {
+            return Err(bad(
+                "the training data, seed or batching settings changed since the checkpoint, so its steps cannot be replayed"
+                    .into(),
+            ));
+        }
+        if state.total_steps != self.plan.total_steps() {
+            tracing::warn!(
+                "resuming a run of {} steps as a run of {} steps: the learning-rate schedule changes",
+                state.total_steps,
+                self.plan.total_steps()
+            );
+        }
+        checkpoint::load_optimizer(
+            &dir.join(checkpoint::OPTIMIZER_STATE),
+            &self.param_names,
+            &mut self.optimizer,
+        )?;
+        if self.optimizer.step as usize != state.step {
+            return Err(bad(format!(
+                "optimizer.safetensors is at step {}, trainer_state.json at {}",
+                self.optimizer.step, state.step
+            )));
+        }
+        self.step = state.step;
+        self.last_loss = state.train_loss;
+        self.last_lr = state.last_lr;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.plan.total_steps()
+    }
+
+    /// Optimizer steps already done (non-zero after a resume).
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    pub fn model(&self) -> &QwenModel {
+        &self.model
+    }
+
+    pub fn adapter(&self) -> Option<&LoraAdapter> {
+        self.adapter.as_ref()
+    }
+
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// Trainable parameters: the adapter's, or the whole model's.
+    pub fn trainable_parameters(&self) -> usize {
+        self.grads.tensors.iter().map(Vec::len).sum()
+    }
+
+    /// Trains to the last step (or until the observer breaks), checkpointing and evaluating on the way.
+    pub fn run(&mut self, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+        let out_dir = self.cfg.out_dir.clone();
+        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        // A run that starts from step 0 must not mix its checkpoints with another run's.
+        let continuing = self.step > 0 || self.resumed_from.is_some();
+        if !continuing && !checkpoint::list_checkpoints(&out_dir)?.is_empty() {
+            return Err(Error::Config(format!(
+                "{} already holds checkpoints; continue the run (`--resume`, or `resume: true` in a config) or choose another output directory",
+                out_dir.display()
+            )));
+        }
+        checkpoint::write_json(&out_dir.join("train_config.json"), &self.cfg)?;
+        let mut metrics = MetricsWriter::open(
+            &out_dir.join("metrics.jsonl"),
+            continuing.then_some(self.step),
+        )?;
+
+        let total_steps = self.plan.total_steps();
+        let start = Instant::now();
+        let first_step = self.step;
+        let mut summary = TrainSummary {
+            steps: self.step,
+            total_steps,
+            stopped: false,
+            resumed_from: self.resumed_from.clone(),
+            train_loss: self.last_loss,
+            eval: None,
+            checkpoints: Vec::new(),
+            elapsed_s: 0.0,
+            tokens: 0,
+            trained_tokens: 0,
+        };
+
+        while self.step < total_steps {
+            let step = self.step; // 0-based index of this step
+            let step_start = Instant::now();
+
+            // 1. The step's micro-batches; the loss is normalised by all their trained tokens.
+            let batches = self.plan.batches(step, &self.data);
+            let trained: usize = batches.iter().map(|b| b.trained_tokens).sum();
+            let tokens: usize = batches.iter().map(MicroBatch::tokens).sum();
+            let scale = 1.0 / trained as f32;
+
+            // 2. Forward + backward, accumulating gradients.
+            self.grads.zero();
+            let mut stats = BatchStats::default();
+            for (i, batch) in batches.iter().enumerate() {
+                let opts = TrainOptions {
+                    recompute_activations: self.cfg.recompute_activations,
+                    dropout_seed: dropout_seed(self.cfg.seed, step, i),
+                };
+                let s = self.model.forward_backward(
+                    &batch.as_train_batch(),
+                    self.adapter.as_ref(),
+                    &mut self.grads,
+                    scale,
+                    &opts,
+                )?;
+                stats.add(&s);
+            }
+            let loss = stats.loss_sum / stats.tokens.max(1) as f64;
+
+            // 3. + 4. Stop on NaN/inf before touching the weights; clip.
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    step: step + 1,
+                    what: "loss",
+                    value: loss,
+                });
+            }
+            let grad_norm = clip_grad_norm(&mut self.grads, self.cfg.max_grad_norm);
+            if !grad_norm.is_finite() {
+                return Err(Error::NonFinite {
+                    step: step + 1,
+                    what: "gradient norm",
+                    value: grad_norm as f64,
+                });
+            }
+
+            // 5. AdamW at the schedule's learning rate.
+            let lr = self.schedule.lr(step);
+            let params = match &mut self.adapter {
+                Some(a) => a.parameters_mut(),
+                None => self.model.full_parameters_mut(),
+            };
+            self.optimizer.update(params, &self.grads, lr);
+            self.step += 1;
+            self.last_loss = Some(loss);
+            self.last_lr = lr;
+
+            // 6. Metrics, evaluation, checkpoints.
+            let step_s = step_start.elapsed().as_secs_f64();
+            let elapsed_s = start.elapsed().as_secs_f64();
+            let done_here = self.step - first_step;
+            let m = StepMetrics {
+                step: self.step,
+                total_steps,
+                epoch: self.plan.epoch_after(self.step),
+                loss,
+                token_accuracy: stats.correct as f64 / stats.tokens.max(1) as f64,
+                lr,
+                grad_norm,
+                tokens_per_sec: tokens as f64 / step_s.max(1e-9),
+                tokens,
+                trained_tokens: trained,
+                elapsed_s,
+                eta_s: elapsed_s / done_here as f64 * (total_steps - self.step) as f64,
+            };
+            summary.tokens += tokens;
+            summary.trained_tokens += trained;
+            metrics.step(&m)?;
+            let stop = observer.on_step(&m).is_break();
+
+            let last = self.step == total_steps;
+            let save = last
+                || stop
+                || match self.cfg.save_every {
+                    Some(k) => self.step.is_multiple_of(k),
+                    None => self.plan.ends_epoch(step),
+                };
+            let eval_due = match self.cfg.eval_every {
+                Some(k) => self.step.is_multiple_of(k) || last,
+                None => save,
+            };
+            let mut eval_loss = None;
+            if eval_due && !self.data.validation.is_empty() {
+                let e = self.evaluate()?;
+                metrics.eval(&e)?;
+                observer.on_eval(&e);
+                eval_loss = Some(e.loss);
+                summary.eval = Some(e);
+            }
+            if save {
+                let info = self.save_checkpoint(last || stop, eval_loss)?;
+                metrics.checkpoint(&info)?;
+                observer.on_checkpoint(&info);
+                summary.checkpoints.push(info);
+            }
+            if stop {
+                summary.stopped = !last;
+                break;
+            }
+        }
+        summary.steps = self.step;
+        summary.train_loss = self.last_loss;
+        summary.elapsed_s = start.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// Loss and token accuracy over the whole validation set with the current weights.
+    pub fn evaluate(&self) -> Result<EvalMetrics> {
+        let start = Instant::now();
+        let mut stats = BatchStats::default();
+        for batch in self.plan.validation_batches(&self.data) {
+            stats.add(
+                &self
+                    .model
+                    .evaluate(&batch.as_train_batch(), self.adapter.as_ref())?,
+            );
+        }
+        let loss = stats.loss_sum / stats.tokens.max(1) as f64;
+        Ok(EvalMetrics {
+            step: self.step,
+            epoch: self.plan.epoch_after(self.step),
+            loss,
+            perplexity: loss.exp(),
+            token_accuracy: stats.correct as f64 / stats.tokens.max(1) as f64,
+            trained_tokens: stats.tokens,
+            examples: self.data.validation.len(),
+            elapsed_s: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Greedy answers to the sample prompts with the current weights (empty without a tokenizer).
+    pub fn samples(&self) -> Result<Vec<Sample>> {
+        let Some(tokenizer) = &self.tokenizer else {
+            return Ok(Vec::new());
+        };
+        crate::sample::generate_samples(
+            &self.model,
+            self.adapter.as_ref(),
+            tokenizer,
+            &self.eos_token_ids,
+            &self.data.samples,
+            self.cfg.sample_max_tokens,
+        )
+    }
+
+    /// Writes `out_dir/checkpoint-<step>/` (see [`crate::checkpoint`]) and returns what it holds.
+    fn save_checkpoint(&self, is_final: bool, eval_loss: Option<f64>) -> Result<CheckpointInfo> {
+        let dir = checkpoint::checkpoint_dir(&self.cfg.out_dir, self.step);
+        let tmp = checkpoint::fresh_tmp_dir(&dir)?;
+        let base_model = self.cfg.model_dir.display().to_string();
+        match &self.adapter {
+            Some(a) => a.save(&tmp, &base_model)?,
+            None => checkpoint::save_full_model(&self.model, &self.cfg.model_dir, &tmp)?,
+        }
+        checkpoint::save_optimizer(
+            &tmp.join(checkpoint::OPTIMIZER_STATE),
+            &self.param_names,
+            &self.optimizer,
+        )?;
+        let state = TrainerState {
+            version: checkpoint::STATE_VERSION,
+            step: self.step,
+            total_steps: self.plan.total_steps(),
+            epoch: self.plan.epoch_after(self.step),
+            method: self.cfg.method,
+            seed: self.cfg.seed,
+            train_examples: self.data.train.len(),
+            data_fingerprint: self.plan.fingerprint(self.step),
+            base_model,
+            train_loss: self.last_loss,
+            eval_loss,
+            last_lr: self.last_lr,
+            config: self.cfg.clone(),
+        };
+        checkpoint::write_json(&tmp.join(checkpoint::TRAINER_STATE), &state)?;
+        // A sample that cannot be generated (e.g. a prompt longer than the context) must not
+        // cost the checkpoint.
+        let samples = self.samples().unwrap_or_else(|e| {
+            tracing::warn!("step {}: no samples for this checkpoint: {e}", self.step);
+            Vec::new()
+        });
+        if !samples.is_empty() {
+            checkpoint::write_json(&tmp.join(checkpoint::SAMPLE_FILE), &samples)?;
+        }
+        checkpoint::commit_dir(&tmp, &dir)?;
+        if let Some(keep) = self.cfg.save_total_limit {
+            checkpoint::prune_checkpoints(&self.cfg.out_dir, keep)?;
+        }
+        Ok(CheckpointInfo {
+            step: self.step,
+            epoch: state.epoch,
+            path: dir,
+            train_loss: self.last_loss,
+            eval_loss,
+            samples,
+            is_final,
+        })
+    }
+}
+
+/// The checkpoint to resume from: `resume_from`, else the newest in `out_dir` when `resume` is set.
+fn resume_checkpoint(cfg: &TrainConfig) -> Result<Option<PathBuf>> {
+    if let Some(dir) = &cfg.resume_from {
+        if !dir.join(checkpoint::TRAINER_STATE).is_file() {
+            return Err(Error::Resume {
+                path: dir.clone(),
+                reason: "no trainer_state.json (not a Tuna checkpoint)".into(),
+            });
+        }
+        return Ok(Some(dir.clone()));
+    }
+    if !cfg.resume {
+        return Ok(None);
+    }
+    let latest = checkpoint::latest_checkpoint(&cfg.out_dir)?;
+    if latest.is_none() {
+        tracing::warn!(
+            "no checkpoint in {} to resume from; starting from step 0",
+            cfg.out_dir.display()
+        );
+    }
+    Ok(latest)
+}
+
+/// A distinct dropout stream per (seed, step, micro-batch), so a resumed run draws the same masks.
+fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    // splitmix64 finaliser over the combined counters.
+    let mut z = seed ^ ((step as u64) << 20) ^ micro as u64;
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Runs a whole config with an observer that ignores everything (convenience for callers and tests).
+pub fn train(cfg: TrainConfig) -> Result<TrainSummary> {
+    Trainer::new(cfg)?.run(&mut ())
+}
