@@ -23,7 +23,9 @@ echo "==> tuna chat --model demo (random weights, before training)"
 $tuna chat --model demo --prompt "Who are you?" --greedy --max-new-tokens 24
 
 echo "==> tuna train --model demo --method full (10 epochs)"
-$tuna train --model demo --data assets/data/identity.jsonl --out "$out" --method full --epochs 10 --lr 1e-3
+# The settings transformers' Trainer uses by default (batch 1, linear schedule, no warmup), as in DESIGN.md.
+$tuna train --model demo --data assets/data/identity.jsonl --out "$out" --method full --epochs 10 --lr 1e-3 \
+  --batch-size 1 --grad-accum 1 --schedule linear --warmup-steps 0 --validation-fraction 0 --save-total-limit 1
 
 ckpt=$(ls -d "$out"/checkpoint-* | sort -t- -k2 -n | tail -1)
 echo "==> tuna chat --model $ckpt (after training)"

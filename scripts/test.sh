@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test of the project. Installs what the tests need first, so it works on a fresh machine.
+# Runs every test of the project. Installs what the tests need first, so it works on a fresh
+# machine: the Rust toolchain, a Python venv with the official `openai` SDK (for the SDK test),
+# Debian's chromium and playwright-core (for the console tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "==> installing the Rust toolchain (rustup)"
@@ -10,6 +17,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   source "$HOME/.cargo/env"
 fi
 
+# The official `openai` Python SDK drives the server in crates/tuna-server/tests/sdk.rs.
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "==> installing python3 (apt-get)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+if [ ! -x .venv-test/bin/python ] || ! .venv-test/bin/python -c "import openai, pytest" 2>/dev/null; then
+  echo "==> creating .venv-test with openai and pytest"
+  rm -rf .venv-test
+  python3 -m venv .venv-test
+  .venv-test/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3" "pytest>=8,<10"
+fi
+export TUNA_TEST_PYTHON="$repo/.venv-test/bin/python"
+
 # Numeric code is tested optimized: a debug build runs it 10-50x slower.
 echo "==> cargo test --release --workspace"
 cargo test --release --workspace 2>&1
+
+echo "==> console tests in headless chromium (tests/console/run.sh)"
+bash tests/console/run.sh

@@ -335,7 +335,7 @@ impl LoraAdapter {
             "init_lora_weights": true,
             "layers_pattern": null,
             "layers_to_transform": null,
-            "lora_alpha": self.config.lora_alpha,
+            "lora_alpha": json_number(self.config.lora_alpha),
             "lora_dropout": self.config.lora_dropout,
             "modules_to_save": null,
             "peft_type": "LORA",
@@ -373,6 +373,11 @@ impl LoraAdapter {
         meta.insert("format".to_string(), "pt".to_string());
         crate::safetensors::save_tensors(&dir.join("adapter_model.safetensors"), &refs, Some(meta))
     }
+}
+
+/// PEFT writes integral hyperparameters as JSON integers (`8`, not `8.0`); match it exactly.
+fn json_number(x: f32) -> serde_json::Value {
+    if x.fract() == 0.0 && x.abs() < 1e9 { serde_json::json!(x as i64) } else { serde_json::json!(x) }
 }
 
 fn parse_targets(value: &serde_json::Value) -> std::result::Result<Vec<LoraTarget>, String> {
