@@ -13,7 +13,9 @@ fn tuna(cache: &Path, args: &[&str]) -> Output {
 }
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -24,7 +26,10 @@ fn text(bytes: &[u8]) -> String {
 fn data_check_exit_codes_and_reports() {
     let cache = tempfile::tempdir().unwrap();
     let good = repo("assets/data/identity.jsonl");
-    let out = tuna(cache.path(), &["data", "check", good.to_str().unwrap(), "--json"]);
+    let out = tuna(
+        cache.path(),
+        &["data", "check", good.to_str().unwrap(), "--json"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
@@ -40,7 +45,10 @@ fn data_check_exit_codes_and_reports() {
     let out = tuna(cache.path(), &["data", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("bad.jsonl:2:") && stdout.contains("unknown_role"), "{stdout}");
+    assert!(
+        stdout.contains("bad.jsonl:2:") && stdout.contains("unknown_role"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -49,7 +57,12 @@ fn generate_prints_transformers_greedy_ids() {
     let dir = repo("crates/tuna-model/tests/fixtures/tiny-qwen3");
     let greedy: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
-    let prompt: Vec<String> = greedy["prompt_ids"].as_array().unwrap().iter().map(|x| x.to_string()).collect();
+    let prompt: Vec<String> = greedy["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
     let out = tuna(
         cache.path(),
         &[
@@ -72,10 +85,16 @@ fn generate_prints_transformers_greedy_ids() {
 #[test]
 fn missing_model_fails_with_a_hint() {
     let cache = tempfile::tempdir().unwrap();
-    let out = tuna(cache.path(), &["chat", "--model", "/no/such/model", "--prompt", "hi"]);
+    let out = tuna(
+        cache.path(),
+        &["chat", "--model", "/no/such/model", "--prompt", "hi"],
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("/no/such/model") && stderr.contains("HINT"), "{stderr}");
+    assert!(
+        stderr.contains("/no/such/model") && stderr.contains("HINT"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -86,34 +105,82 @@ fn train_two_steps_then_chat_with_the_adapter_and_merge() {
     let out = tuna(
         cache.path(),
         &[
-            "train", "--model", "demo", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(),
-            "--method", "lora", "--max-steps", "2", "--grad-accum", "1", "--max-seq-len", "64", "--json",
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--method",
+            "lora",
+            "--max-steps",
+            "2",
+            "--grad-accum",
+            "1",
+            "--max-seq-len",
+            "64",
+            "--json",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let ckpt = run.join("checkpoint-2");
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
-        assert!(ckpt.join(file).exists(), "{file} missing in {}", ckpt.display());
+        assert!(
+            ckpt.join(file).exists(),
+            "{file} missing in {}",
+            ckpt.display()
+        );
     }
-    let steps = text(&out.stdout).lines().filter(|l| l.contains("\"loss\"")).count();
+    let steps = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"loss\""))
+        .count();
     assert!(steps >= 2, "{}", text(&out.stdout));
 
     let out = tuna(
         cache.path(),
-        &["chat", "--model", "demo", "--adapter", ckpt.to_str().unwrap(), "--prompt", "Who are you?", "--greedy",
-          "--max-new-tokens", "8"],
+        &[
+            "chat",
+            "--model",
+            "demo",
+            "--adapter",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            "Who are you?",
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     let merged = cache.path().join("merged");
     let out = tuna(
         cache.path(),
-        &["merge", "--model", "demo", "--adapter", ckpt.to_str().unwrap(), "--out", merged.to_str().unwrap()],
+        &[
+            "merge",
+            "--model",
+            "demo",
+            "--adapter",
+            ckpt.to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The merged directory is a model of its own: greedy answers equal base + adapter.
     let ask = |model: &str, adapter: Option<&Path>| {
-        let mut args = vec!["chat", "--model", model, "--prompt", "Who are you?", "--greedy", "--max-new-tokens", "8"];
+        let mut args = vec![
+            "chat",
+            "--model",
+            model,
+            "--prompt",
+            "Who are you?",
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+        ];
         if let Some(a) = adapter {
             args.extend(["--adapter", a.to_str().unwrap()]);
         }
@@ -121,5 +188,8 @@ fn train_two_steps_then_chat_with_the_adapter_and_merge() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         text(&out.stdout)
     };
-    assert_eq!(ask(merged.to_str().unwrap(), None), ask("demo", Some(&ckpt)));
+    assert_eq!(
+        ask(merged.to_str().unwrap(), None),
+        ask("demo", Some(&ckpt))
+    );
 }

@@ -38,7 +38,11 @@ fn default_trained() -> bool {
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into(), trained: true }
+        Self {
+            role,
+            content: content.into(),
+            trained: true,
+        }
     }
 }
 
@@ -52,6 +56,9 @@ pub struct Conversation {
 impl Conversation {
     /// The system prompt, when the conversation starts with one.
     pub fn system_prompt(&self) -> Option<&str> {
-        self.messages.first().filter(|m| m.role == Role::System).map(|m| m.content.as_str())
+        self.messages
+            .first()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
     }
 }

@@ -12,7 +12,7 @@ pub mod pack;
 pub mod template;
 pub mod tokenize;
 
+pub use check::{CheckOptions, CheckReport, TokenCounter, check_file, check_reader};
 pub use conversation::{Conversation, Message, Role};
 pub use error::{Error, Result};
-pub use check::{CheckOptions, CheckReport, TokenCounter, check_file, check_reader};
 pub use jsonl::read_conversations;

@@ -377,7 +377,11 @@ impl LoraAdapter {
 
 /// PEFT writes integral hyperparameters as JSON integers (`8`, not `8.0`); match it exactly.
 fn json_number(x: f32) -> serde_json::Value {
-    if x.fract() == 0.0 && x.abs() < 1e9 { serde_json::json!(x as i64) } else { serde_json::json!(x) }
+    if x.fract() == 0.0 && x.abs() < 1e9 {
+        serde_json::json!(x as i64)
+    } else {
+        serde_json::json!(x)
+    }
 }
 
 fn parse_targets(value: &serde_json::Value) -> std::result::Result<Vec<LoraTarget>, String> {

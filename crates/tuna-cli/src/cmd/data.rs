@@ -250,7 +250,7 @@ fn render(name: &str, report: &CheckReport, model: Option<&Path>, args: &CheckAr
         let model = args.model.as_deref().unwrap_or("demo");
         let _ = writeln!(
             out,
-            "Next: fine-tune on it, e.g. `tuna train --model {model} --data {quoted}`"
+            "Next: fine-tune on it, e.g. `tuna train --model {model} --data {quoted} --out runs/first`"
         );
     }
     out

@@ -229,7 +229,10 @@ fn run_chunks(
 fn chunk_groups(nchunks: usize) -> Vec<std::ops::Range<usize>> {
     const GROUPS: usize = 8;
     let per = nchunks.div_ceil(GROUPS).max(1);
-    (0..nchunks).step_by(per).map(|g| g..(g + per).min(nchunks)).collect()
+    (0..nchunks)
+        .step_by(per)
+        .map(|g| g..(g + per).min(nchunks))
+        .collect()
 }
 
 /// Writes losses and lse from the merged statistics; returns the number of correct argmaxes.
