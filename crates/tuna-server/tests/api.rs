@@ -383,3 +383,17 @@ async fn base_model_chat_honours_seed_stop_and_system() {
             > g1["usage"]["prompt_tokens"].as_i64().unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_model_reports_its_generation_defaults() {
+    let h = harness().await;
+    let (status, body) = h.call("GET", "/v1/models/demo", None, true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The demo model's generation_config.json: temperature 0.7, top_p 0.8.
+    assert_eq!(
+        body["tuna"]["generation"],
+        json!({"temperature": 0.7, "top_p": 0.8, "max_tokens": 512})
+    );
+    let (status, body) = h.call("GET", "/v1/models/no-such-model", None, true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

@@ -224,6 +224,9 @@ fn run_chunks(
         .unwrap_or_else(|| Running::new(n, c, with_grad))
 }
 
+/// A vocabulary chunk's index and, with full fine-tuning, its rows of the head's gradient.
+type ChunkGrad<'a> = (usize, Option<&'a mut [f32]>);
+
 /// Work groups over the vocabulary chunks: a fixed split (independent of the thread count and of
 /// work stealing), so sums are always added in the same order and runs are bit-reproducible.
 fn chunk_groups(nchunks: usize) -> Vec<std::ops::Range<usize>> {
@@ -383,7 +386,7 @@ pub fn lm_head_ce_backward(
     // dhidden gathers from every chunk: each fixed group of chunks owns a private (n, c) sum,
     // and the sums are added in group order (bit-reproducible whatever the scheduling).
     let mut dw_iter = dw_chunks.into_iter();
-    let groups: Vec<Vec<(usize, Option<&mut [f32]>)>> = chunk_groups(nchunks)
+    let groups: Vec<Vec<ChunkGrad<'_>>> = chunk_groups(nchunks)
         .into_iter()
         .map(|g| g.map(|ci| (ci, dw_iter.next().flatten())).collect())
         .collect();

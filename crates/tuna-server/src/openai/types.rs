@@ -422,6 +422,18 @@ pub struct ModelTuna {
     pub base_model: String,
     pub job_id: Option<String>,
     pub step: Option<i64>,
+    /// The sampling defaults chat completions use for this model (its base model's
+    /// `generation_config.json`); only on `GET /v1/models/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationDefaults>,
+}
+
+/// Sampling defaults of a model, as the effect-test dialog shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: usize,
 }
 
 // ---------------------------------------------------------------------------------------------

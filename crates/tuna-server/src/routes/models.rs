@@ -10,9 +10,10 @@ use tracing::instrument;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::inference::Target;
-use crate::openai::types::{List, ModelObject, ModelTuna};
+use crate::openai::types::{GenerationDefaults, List, ModelObject, ModelTuna};
 use crate::state::AppState;
 use crate::store::{CheckpointRow, Page, User};
+use crate::validate::DEFAULT_MAX_TOKENS;
 
 fn base_object(name: &str, created: i64) -> ModelObject {
     ModelObject {
@@ -25,6 +26,7 @@ fn base_object(name: &str, created: i64) -> ModelObject {
             base_model: name.into(),
             job_id: None,
             step: None,
+            generation: None,
         },
     }
 }
@@ -50,6 +52,7 @@ async fn checkpoint_object(
             base_model: base,
             job_id: Some(c.job_id.clone()),
             step: Some(c.step),
+            generation: None,
         },
     })
 }
@@ -79,6 +82,7 @@ pub async fn list(
                     base_model: job.model.clone(),
                     job_id: Some(job.id.clone()),
                     step: Some(job.step),
+                    generation: None,
                 },
             });
         }
@@ -106,6 +110,7 @@ pub async fn list(
                 base_model: jobs.get(&c.job_id).cloned().unwrap_or_default(),
                 job_id: Some(c.job_id.clone()),
                 step: Some(c.step),
+                generation: None,
             },
         });
     }
@@ -119,14 +124,42 @@ pub async fn get(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ModelObject>> {
+    let mut object = find(&state, &user, id).await?;
+    object.tuna.generation = generation_defaults(&state, &object.tuna.base_model).await?;
+    Ok(Json(object))
+}
+
+/// The sampling defaults of base model `name` (`None` when it is not registered).
+async fn generation_defaults(
+    state: &AppState,
+    name: &str,
+) -> ApiResult<Option<GenerationDefaults>> {
+    let Some(m) = state.store.get_model(name).await? else {
+        return Ok(None);
+    };
+    let dir = PathBuf::from(m.path);
+    let config =
+        tokio::task::spawn_blocking(move || tuna_model::GenerationConfig::from_model_dir(&dir))
+            .await
+            .map_err(|e| ApiError::internal(format!("reading generation_config.json: {e}")))?
+            .map_err(|e| ApiError::internal(format!("reading generation_config.json: {e}")))?;
+    let p = tuna_model::SamplingParams::from_generation_config(&config);
+    Ok(Some(GenerationDefaults {
+        temperature: p.temperature,
+        top_p: p.top_p,
+        max_tokens: DEFAULT_MAX_TOKENS,
+    }))
+}
+
+async fn find(state: &AppState, user: &User, id: String) -> ApiResult<ModelObject> {
     if let Some(m) = state.store.get_model(&id).await? {
-        return Ok(Json(base_object(&m.name, m.created_at)));
+        return Ok(base_object(&m.name, m.created_at));
     }
     if let Some(c) = state.store.checkpoint_by_model_id(&user.id, &id).await? {
-        return Ok(Json(checkpoint_object(&state, &c, &user.name).await?));
+        return checkpoint_object(state, &c, &user.name).await;
     }
     if let Some(job) = state.store.job_by_fine_tuned_model(&user.id, &id).await? {
-        return Ok(Json(ModelObject {
+        return Ok(ModelObject {
             id,
             object: "model".into(),
             created: job.finished_at.unwrap_or(job.created_at),
@@ -136,8 +169,9 @@ pub async fn get(
                 base_model: job.model.clone(),
                 job_id: Some(job.id.clone()),
                 step: Some(job.step),
+                generation: None,
             },
-        }));
+        });
     }
     Err(ApiError::model_not_found(&id))
 }
