@@ -131,7 +131,8 @@ pub struct TrainConfig {
     pub gradient_accumulation_steps: usize,
     /// Longest example, in tokens. Default 2048.
     pub max_seq_len: usize,
-    /// What happens to longer examples: `truncate` (default; OpenAI's behaviour) or `drop`.
+    /// What happens to longer examples: `drop` (default, as `tuna data check` reports) or `truncate`
+    /// (the server's jobs truncate, as OpenAI does).
     pub length_policy: LengthPolicy,
     /// Seeds the split, the shuffle of every epoch, LoRA initialisation and dropout. Default 42.
     pub seed: u64,
@@ -179,7 +180,7 @@ impl Default for TrainConfig {
             batch_size: BatchSize::Examples(1),
             gradient_accumulation_steps: 8,
             max_seq_len: 2048,
-            length_policy: LengthPolicy::Truncate,
+            length_policy: LengthPolicy::Drop,
             seed: 42,
             eval_every: None,
             save_every: None,

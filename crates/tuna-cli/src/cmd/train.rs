@@ -95,7 +95,7 @@ pub struct TrainArgs {
     /// Longest example in tokens [default: 2048]
     #[arg(long)]
     pub max_seq_len: Option<usize>,
-    /// What happens to longer examples [default: truncate]
+    /// What happens to longer examples: left out (as `tuna data check` reports) or cut [default: drop]
     #[arg(long, value_enum)]
     pub length_policy: Option<LengthPolicyArg>,
     /// LoRA rank [default: 16]
