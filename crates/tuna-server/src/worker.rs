@@ -392,6 +392,26 @@ fn metrics_row(m: &StepMetrics, eval: Option<&EvalMetrics>) -> serde_json::Value
     row
 }
 
+/// Stores a step's metrics row (with its evaluation, when there is one for that step) as the
+/// job's latest progress and as its row in the per-step metrics.
+async fn record_metrics(
+    store: &dyn Store,
+    job_id: &str,
+    m: &StepMetrics,
+    eval: Option<&EvalMetrics>,
+) -> Result<(), WorkerError> {
+    let row = metrics_row(m, eval).to_string();
+    let progress = JobProgress {
+        step: m.step as i64,
+        total_steps: m.total_steps as i64,
+        epoch: m.epoch as f64,
+        latest_metrics: row.clone(),
+    };
+    store.update_progress(job_id, &progress).await?;
+    store.upsert_metrics(job_id, m.step as i64, &row).await?;
+    Ok(())
+}
+
 impl Reporter {
     async fn handle(&mut self, msg: Msg) -> Result<(), WorkerError> {
         let job = &self.job;
@@ -422,17 +442,7 @@ impl Reporter {
                 self.store.add_event(&NewEvent::info(job, msg)).await?;
             }
             Msg::Step(m) => {
-                let row = metrics_row(&m, None);
-                let progress = JobProgress {
-                    step: m.step as i64,
-                    total_steps: m.total_steps as i64,
-                    epoch: m.epoch as f64,
-                    latest_metrics: row.to_string(),
-                };
-                self.store.update_progress(&job.id, &progress).await?;
-                self.store
-                    .upsert_metrics(&job.id, m.step as i64, &row.to_string())
-                    .await?;
+                record_metrics(&*self.store, &job.id, &m, None).await?;
                 let data = serde_json::json!({
                     "step": m.step,
                     "train_loss": m.loss,
@@ -455,17 +465,7 @@ impl Reporter {
             }
             Msg::Eval(e) => {
                 if let Some(m) = self.last_step.as_ref().filter(|m| m.step == e.step) {
-                    let row = metrics_row(m, Some(&e));
-                    let progress = JobProgress {
-                        step: m.step as i64,
-                        total_steps: m.total_steps as i64,
-                        epoch: m.epoch as f64,
-                        latest_metrics: row.to_string(),
-                    };
-                    self.store.update_progress(&job.id, &progress).await?;
-                    self.store
-                        .upsert_metrics(&job.id, m.step as i64, &row.to_string())
-                        .await?;
+                    record_metrics(&*self.store, &job.id, m, Some(&e)).await?;
                 }
                 let data = serde_json::json!({
                     "step": e.step,
