@@ -2,6 +2,8 @@
 //! An S3-compatible implementation (e.g. `object_store`) can fill the same trait later; the
 //! check and the workers read through [`BlobStore::local_path`], which such a store would serve
 //! from a local cache.
+//!
+//! Local blobs are private: directories 0700, files 0600 ([`crate::perms`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -109,9 +111,18 @@ fn parent(p: &Path) -> &Path {
 impl BlobStore for LocalBlobStore {
     async fn writer(&self, key: &str) -> io::Result<Box<dyn BlobWriter>> {
         let dest = self.path(key)?;
-        tokio::fs::create_dir_all(parent(&dest)).await?;
+        let dir = parent(&dest).to_path_buf();
+        tokio::task::spawn_blocking(move || crate::perms::private_dir(&dir))
+            .await
+            .map_err(io::Error::other)??;
         let tmp = dest.with_extension("partial");
-        let file = tokio::fs::File::create(&tmp).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::perms::PRIVATE_FILE_MODE)
+            .open(&tmp)
+            .await?;
         Ok(Box::new(LocalWriter {
             file: Some(file),
             tmp,
@@ -153,6 +164,12 @@ mod tests {
             "visible before finish"
         );
         assert_eq!(w.finish().await.unwrap(), 11);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.path().join("files/a")), 0o600);
+            assert_eq!(mode(&dir.path().join("files")), 0o700);
+        }
         let mut s = String::new();
         store
             .open("files/a")

@@ -6,17 +6,26 @@
 //! | bad JSON, failed validation  | 400  | `invalid_request_error` | null or a stable tag; `param` = field |
 //! | missing or bad API key       | 401  | `authentication_error`  | `invalid_api_key`                    |
 //! | unknown model/job/file/...   | 404  | `invalid_request_error` | `model_not_found`, `job_not_found`…  |
-//! | upload over the size limit   | 413  | `invalid_request_error` | `file_too_large`                     |
-//! | queue full, semaphore busy   | 429  | `rate_limit_error`      | `overloaded`                         |
+//! | known URL, wrong method      | 405  | `invalid_request_error` | `method_not_allowed`                 |
+//! | body not received in time    | 408  | `invalid_request_error` | `request_timeout`                    |
+//! | body or upload over its limit| 413  | `invalid_request_error` | `request_too_large`, `file_too_large`, `field_too_large` |
+//! | no generation slot in time   | 429  | `rate_limit_error`      | `overloaded`, `too_many_streams`     |
 //! | internal (DB, I/O, worker)   | 500  | `server_error`          | null; the message is generic         |
+//! | the server is shutting down  | 503  | `server_error`          | `server_shutting_down`               |
 //!
 //! A 500 never echoes its cause: the full error rides on the response as an [`InternalError`]
 //! extension and [`log_internal_errors`] logs it (axum's error-handling example).
+//!
+//! Values a client sent are quoted through [`clip`], and every message and `param` is cut to a
+//! bound in [`ApiError::body`], so no error answer grows with the request (issue 9: a 200 MB form
+//! field was echoed back whole).
+
+use std::borrow::Cow;
 
 use axum::Json;
 use axum::extract::Request;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, QueryRejection};
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -44,15 +53,46 @@ pub enum ApiError {
         code: &'static str,
         param: Option<String>,
     },
-    /// 413: an upload is larger than the configured limit.
+    /// 405: the URL exists, but not with this method.
     #[error("{0}")]
-    TooLarge(String),
-    /// 429: every generation slot is busy, or the queue is full.
+    MethodNotAllowed(String),
+    /// 408: the request body stopped arriving.
     #[error("{0}")]
-    Overloaded(String),
+    Timeout(String),
+    /// 413: a body, an upload or a form field is larger than its limit; `param` names the field.
+    #[error("{message}")]
+    TooLarge {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
+    /// 429: every generation slot stayed busy, the queue is full, too many open streams.
+    #[error("{message}")]
+    Overloaded { message: String, code: &'static str },
     /// 500: logged in full, answered with a generic message.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 503: the server is shutting down; retry after it restarts.
+    #[error("{0}")]
+    ShuttingDown(String),
+}
+
+/// Longest `message` in an error answer, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 2000;
+/// Longest client value quoted inside a message, in characters.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `value` cut to `max` characters, with how much was left out: for quoting client input.
+pub fn clip_to(value: &str, max: usize) -> Cow<'_, str> {
+    match value.char_indices().nth(max) {
+        None => Cow::Borrowed(value),
+        Some((cut, _)) => Cow::Owned(format!("{}… ({} bytes in all)", &value[..cut], value.len())),
+    }
+}
+
+/// A client value cut to [`MAX_QUOTED_CHARS`] for an error message.
+pub fn clip(value: &str) -> Cow<'_, str> {
+    clip_to(value, MAX_QUOTED_CHARS)
 }
 
 impl ApiError {
@@ -84,7 +124,27 @@ impl ApiError {
         }
     }
 
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        ApiError::Overloaded {
+            message: message.into(),
+            code: "overloaded",
+        }
+    }
+
+    pub fn file_too_large(limit: u64) -> Self {
+        ApiError::TooLarge {
+            message: format!("the file is larger than the limit of {limit} bytes"),
+            param: Some("file".into()),
+            code: "file_too_large",
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        ApiError::ShuttingDown("the server is shutting down; retry once it is back".into())
+    }
+
     pub fn job_not_found(id: &str) -> Self {
+        let id = clip(id);
         ApiError::NotFound {
             message: format!("fine-tuning job `{id}` not found"),
             code: "job_not_found",
@@ -93,6 +153,7 @@ impl ApiError {
     }
 
     pub fn file_not_found(id: &str, param: Option<&str>) -> Self {
+        let id = clip(id);
         ApiError::NotFound {
             message: format!("file `{id}` not found"),
             code: "file_not_found",
@@ -101,6 +162,7 @@ impl ApiError {
     }
 
     pub fn model_not_found(id: &str) -> Self {
+        let id = clip(id);
         ApiError::NotFound {
             message: format!("model `{id}` does not exist or you do not have access to it"),
             code: "model_not_found",
@@ -109,6 +171,7 @@ impl ApiError {
     }
 
     pub fn checkpoint_not_found(id: &str) -> Self {
+        let id = clip(id);
         ApiError::NotFound {
             message: format!("checkpoint `{id}` not found"),
             code: "checkpoint_not_found",
@@ -125,9 +188,12 @@ impl ApiError {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -160,17 +226,33 @@ impl ApiError {
                 param.clone(),
                 Some(code.to_string()),
             ),
-            ApiError::TooLarge(m) => (
+            ApiError::MethodNotAllowed(m) => (
                 m.clone(),
                 "invalid_request_error",
-                Some("file".into()),
-                Some("file_too_large".into()),
+                None,
+                Some("method_not_allowed".into()),
             ),
-            ApiError::Overloaded(m) => (
+            ApiError::Timeout(m) => (
                 m.clone(),
+                "invalid_request_error",
+                None,
+                Some("request_timeout".into()),
+            ),
+            ApiError::TooLarge {
+                message,
+                param,
+                code,
+            } => (
+                message.clone(),
+                "invalid_request_error",
+                param.clone(),
+                Some(code.to_string()),
+            ),
+            ApiError::Overloaded { message, code } => (
+                message.clone(),
                 "rate_limit_error",
                 None,
-                Some("overloaded".into()),
+                Some(code.to_string()),
             ),
             ApiError::Internal(_) => (
                 "the server had an error while processing your request".into(),
@@ -178,12 +260,18 @@ impl ApiError {
                 None,
                 None,
             ),
+            ApiError::ShuttingDown(m) => (
+                m.clone(),
+                "server_error",
+                None,
+                Some("server_shutting_down".into()),
+            ),
         };
         ErrorBody {
             error: ErrorObject {
-                message,
+                message: clip_to(&message, MAX_MESSAGE_CHARS).into_owned(),
                 r#type: r#type.to_string(),
-                param,
+                param: param.map(|p| clip_to(&p, 200).into_owned()),
                 code,
             },
         }
@@ -250,31 +338,134 @@ impl From<tokio::task::JoinError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        // serde's message names the field path and position (`missing field `model` at line 1 column 2`).
-        let message = match &rejection {
-            JsonRejection::JsonDataError(e) => format!(
-                "invalid request body: {}",
-                std::error::Error::source(e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.body_text())
+        match &rejection {
+            JsonRejection::JsonDataError(e) => json_data_error(e),
+            JsonRejection::JsonSyntaxError(e) => ApiError::InvalidRequest {
+                message: format!(
+                    "the body is not valid JSON: {}",
+                    std::error::Error::source(e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| e.body_text())
+                ),
+                param: None,
+                code: None,
+            },
+            JsonRejection::MissingJsonContentType(_) => ApiError::invalid(
+                "expected a JSON body with `Content-Type: application/json`",
+                None,
             ),
-            JsonRejection::JsonSyntaxError(e) => format!(
-                "the body is not valid JSON: {}",
-                std::error::Error::source(e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.body_text())
-            ),
-            JsonRejection::MissingJsonContentType(_) => {
-                "expected a JSON body with `Content-Type: application/json`".to_string()
+            JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(e)) => {
+                body_read_error(e)
             }
-            other => other.body_text(),
-        };
-        ApiError::InvalidRequest {
-            message,
-            param: None,
-            code: None,
+            other => ApiError::invalid(other.body_text(), None),
         }
     }
+}
+
+/// A body that could not be read: over the size limit (413), stalled (408), or cut off (400).
+pub fn body_read_error(e: &FailedToBufferBody) -> ApiError {
+    match e {
+        FailedToBufferBody::LengthLimitError(_) => ApiError::TooLarge {
+            message: format!(
+                "the request body is larger than the limit of {} bytes",
+                crate::MAX_JSON_BODY_BYTES
+            ),
+            param: None,
+            code: "request_too_large",
+        },
+        FailedToBufferBody::UnknownBodyError(e) if caused_by_timeout(e) => request_timeout(),
+        other => ApiError::invalid(
+            format!("the request body could not be read: {}", other.body_text()),
+            None,
+        ),
+    }
+}
+
+/// 408 for a request body that stopped arriving ([`crate::http::BODY_IDLE_TIMEOUT`]).
+pub fn request_timeout() -> ApiError {
+    ApiError::Timeout(format!(
+        "the request body stopped arriving for {} seconds",
+        crate::http::BODY_IDLE_TIMEOUT.as_secs()
+    ))
+}
+
+/// Whether `e` or one of its causes is the body-read timeout. Some wrappers (multer's) do not
+/// expose their cause, so the timeout's message is looked for too.
+pub fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    // `tower_http::timeout::TimeoutError`'s `Display`.
+    let timeout_text = "data was not received within the designated timeout";
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() || err.to_string().contains(timeout_text) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A JSON value of the wrong type or shape: the message and `param` name the field by its path
+/// (`hyperparameters.n_epochs`, `messages[0].content`), from `serde_path_to_error`, which axum's
+/// `Json` runs the deserializer through.
+fn json_data_error(e: &axum::extract::rejection::JsonDataError) -> ApiError {
+    // axum boxes the error once more: walk the causes.
+    let mut cause = std::error::Error::source(e);
+    let found = loop {
+        match cause {
+            None => break None,
+            Some(c) => match c.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+                Some(found) => break Some(found),
+                None => cause = c.source(),
+            },
+        }
+    };
+    let Some(err) = found else {
+        return ApiError::invalid(format!("invalid request body: {}", e.body_text()), None);
+    };
+    let inner = strip_position(&err.inner().to_string());
+    let path = err.path().to_string();
+    let mut param = (path != ".").then_some(path);
+    // serde names a missing field in its message, at the path of the object that lacks it.
+    if let Some(field) = inner
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        param = Some(match param {
+            Some(p) => format!("{p}.{field}"),
+            None => field.to_string(),
+        });
+    }
+    let message = match &param {
+        Some(p) => format!("invalid `{p}`: {inner}"),
+        None => format!("invalid request body: {inner}"),
+    };
+    ApiError::InvalidRequest {
+        message,
+        param,
+        code: None,
+    }
+}
+
+/// serde_json's message without its ` at line 1 column 42` tail.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i)
+            if message[i + 9..]
+                .split(" column ")
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            message[..i].to_string()
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// The answer to a known URL asked with a method it does not take (axum's default is an empty 405).
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "invalid method for URL ({method} {})",
+        clip_to(uri.path(), 200)
+    ))
 }
 
 impl From<QueryRejection> for ApiError {
@@ -314,9 +505,11 @@ mod tests {
             ApiError::invalid("bad", "model"),
             ApiError::Unauthorized("no key".into()),
             ApiError::job_not_found("ftjob-x"),
-            ApiError::TooLarge("big".into()),
-            ApiError::Overloaded("busy".into()),
+            ApiError::file_too_large(10),
+            ApiError::overloaded("busy"),
             ApiError::Internal("disk on fire at /secret/path".into()),
+            ApiError::MethodNotAllowed("no".into()),
+            ApiError::shutting_down(),
         ];
         for e in errors {
             let v = serde_json::to_value(e.body()).unwrap();
@@ -331,7 +524,7 @@ mod tests {
             "internal details must not leak"
         );
         assert_eq!(
-            ApiError::Overloaded("x".into()).status(),
+            ApiError::overloaded("x").status(),
             StatusCode::TOO_MANY_REQUESTS
         );
         assert_eq!(
@@ -342,5 +535,29 @@ mod tests {
                 .as_deref(),
             Some("invalid_api_key")
         );
+    }
+
+    #[test]
+    fn quoted_values_and_messages_are_bounded() {
+        let long = "x".repeat(10_000);
+        let clipped = clip(&long);
+        assert!(clipped.chars().count() < 100, "{clipped}");
+        assert!(clipped.ends_with("(10000 bytes in all)"), "{clipped}");
+        assert_eq!(clip("short"), "short");
+        // Cut on a character boundary.
+        assert_eq!(clip_to("ééé", 2), "éé… (6 bytes in all)");
+        let body = ApiError::invalid(long.clone(), None).body();
+        assert!(body.error.message.len() < MAX_MESSAGE_CHARS + 40);
+        let nf = ApiError::job_not_found(&long).body();
+        assert!(nf.error.message.len() < 200, "{}", nf.error.message);
+    }
+
+    #[test]
+    fn positions_are_stripped_from_serde_messages() {
+        assert_eq!(
+            strip_position("invalid type: string \"a\", expected i64 at line 1 column 42"),
+            "invalid type: string \"a\", expected i64"
+        );
+        assert_eq!(strip_position("no position here"), "no position here");
     }
 }

@@ -1,17 +1,24 @@
 //! Chat generation for the API: a bounded cache of loaded base models, LoRA adapters and
-//! tokenizers; a semaphore that caps concurrent generations (busy → 429); and the generation
-//! loop with stop sequences. Everything here that touches a model runs on blocking threads
-//! (`spawn_blocking`), never on the async runtime.
+//! tokenizers; generation slots shared fairly between users ([`crate::slots`]); and the
+//! generation loop with stop sequences. Everything here that touches a model runs on blocking
+//! threads (`spawn_blocking`), never on the async runtime.
+//!
+//! A generation stops early, checked at every token ([`StopSignals`]), when its client has gone
+//! (the request future was dropped), when it reaches the server's time limit per request, or
+//! when the server shuts down and its grace period has passed: a slot is never held for nobody.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tuna_data::tokenize::ChatTokenizer;
 use tuna_model::{FinishReason, GenerationConfig, LoraAdapter, QwenModel};
 
 use crate::error::ApiError;
+use crate::slots::{FairSlots, SlotPermit};
 use crate::validate::ValidChatRequest;
 
 /// What a chat request runs on: a base model directory and, for LoRA checkpoints, an adapter.
@@ -60,8 +67,24 @@ impl<V> Lru<V> {
     }
 }
 
+/// How generation slots are shared and how long a request may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationLimits {
+    /// Generations running at once.
+    pub slots: usize,
+    /// Slots one user may hold at once.
+    pub per_user: usize,
+    /// How long a request waits for a slot before 429.
+    pub max_wait: Duration,
+    /// Longest generation; then it ends with `finish_reason: "length"`.
+    pub max_time: Duration,
+}
+
 pub struct Inference {
-    permits: Arc<Semaphore>,
+    slots: Arc<FairSlots>,
+    limits: GenerationLimits,
+    /// Cancelled when the server's shutdown grace period is over: every generation stops.
+    abort: CancellationToken,
     models: Mutex<Lru<LoadedModel>>,
     adapters: Mutex<Lru<LoraAdapter>>,
     tokenizers: Mutex<Lru<ChatTokenizer>>,
@@ -105,20 +128,53 @@ fn data_error(e: tuna_data::Error) -> InferError {
 }
 
 impl Inference {
-    pub fn new(max_concurrent: usize, model_cache: usize, adapter_cache: usize) -> Self {
+    pub fn new(limits: GenerationLimits, model_cache: usize, adapter_cache: usize) -> Self {
         Inference {
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            slots: FairSlots::new(limits.slots, limits.per_user),
+            limits,
+            abort: CancellationToken::new(),
             models: Mutex::new(Lru::new(model_cache)),
             adapters: Mutex::new(Lru::new(adapter_cache)),
             tokenizers: Mutex::new(Lru::new(4)),
         }
     }
 
-    /// A generation slot, or 429 straight away when all are busy (TGI's `try_acquire_owned`).
-    pub fn try_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Overloaded("every generation slot is busy; retry shortly".into())
-        })
+    pub fn limits(&self) -> GenerationLimits {
+        self.limits
+    }
+
+    pub fn slots(&self) -> &Arc<FairSlots> {
+        &self.slots
+    }
+
+    /// A generation slot for `user`: waits its turn (fairly) for at most the configured time,
+    /// then 429; 503 once `shutdown` fires.
+    pub async fn permit(
+        &self,
+        user: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<SlotPermit, ApiError> {
+        self.slots
+            .acquire(user, self.limits.max_wait, shutdown)
+            .await
+    }
+
+    /// What stops a generation starting now; its client-gone flag is set by the returned guard's drop.
+    pub fn stop_signals(&self) -> (StopSignals, CancelOnDrop) {
+        let client_gone = Arc::new(AtomicBool::new(false));
+        (
+            StopSignals {
+                client_gone: client_gone.clone(),
+                deadline: Instant::now() + self.limits.max_time,
+                abort: self.abort.clone(),
+            },
+            CancelOnDrop(client_gone),
+        )
+    }
+
+    /// Stops every generation at its next token (the end of the shutdown grace period).
+    pub fn abort_all(&self) {
+        self.abort.cancel();
     }
 
     /// The tokenizer of a model directory (cached). Blocking.
@@ -196,13 +252,74 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why a generation was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// Nobody waits for the answer any more.
+    ClientGone,
+    /// The server's time limit per request: the answer so far, `finish_reason: "length"`.
+    TimeLimit,
+    /// The server is shutting down and its grace period is over.
+    ShuttingDown,
+}
+
+/// Checked at every generated token.
+#[derive(Debug, Clone)]
+pub struct StopSignals {
+    client_gone: Arc<AtomicBool>,
+    deadline: Instant,
+    abort: CancellationToken,
+}
+
+impl StopSignals {
+    pub fn check(&self) -> Option<Interrupt> {
+        if self.client_gone.load(Ordering::Relaxed) {
+            Some(Interrupt::ClientGone)
+        } else if self.abort.is_cancelled() {
+            Some(Interrupt::ShuttingDown)
+        } else if Instant::now() >= self.deadline {
+            Some(Interrupt::TimeLimit)
+        } else {
+            None
+        }
+    }
+
+    /// Completes when the server's shutdown grace period is over.
+    pub async fn aborted(&self) {
+        self.abort.cancelled().await
+    }
+
+    /// Waits for `fut` (a send to a slow reader) unless the generation must stop first.
+    pub async fn race<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, Interrupt> {
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        tokio::select! {
+            v = fut => Ok(v),
+            () = tokio::time::sleep_until(deadline) => Err(Interrupt::TimeLimit),
+            () = self.abort.cancelled() => Err(Interrupt::ShuttingDown),
+        }
+    }
+}
+
+/// Held by the request (its future or its response stream): dropped when the client goes away,
+/// which stops the generation at its next token.
+#[derive(Debug)]
+pub struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// How a generation ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    /// `stop` (eos or a stop sequence) or `length`.
+    /// `stop` (eos or a stop sequence) or `length` (max_tokens, context or the time limit).
     pub finish_reason: &'static str,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Set when the generation was cut short.
+    pub interrupted: Option<Interrupt>,
 }
 
 /// Holds back text that may be the start of a stop sequence, and cuts at the first one.
@@ -269,14 +386,16 @@ pub fn encode(loaded: &LoadedModel, req: &ValidChatRequest) -> Result<Vec<u32>, 
 }
 
 /// Generates the answer to `req` and passes visible text to `emit` as it comes; `emit` returns
-/// `Break` when nobody listens any more. Blocking.
+/// `Break(why)` when the answer cannot be delivered any more. `stop` is checked at every token.
+/// Blocking.
 pub fn generate(
     loaded: &LoadedModel,
     adapter: Option<&LoraAdapter>,
     req: &ValidChatRequest,
     prompt: &[u32],
     seed: u64,
-    mut emit: impl FnMut(&str) -> ControlFlow<()>,
+    stop: &StopSignals,
+    mut emit: impl FnMut(&str) -> ControlFlow<Interrupt>,
 ) -> Result<Outcome, InferError> {
     let params = req.sampling(&loaded.generation, seed);
     if prompt.len() >= loaded.model.config.max_position_embeddings {
@@ -289,9 +408,23 @@ pub fn generate(
     let mut decoder = loaded.tokenizer.decode_stream();
     let mut filter = StopFilter::new(req.stop.clone());
     let mut stopped = false;
+    let mut interrupted = stop.check();
+    if interrupted.is_some() {
+        // Gone or out of time before the first token (e.g. while the model loaded).
+        return Ok(Outcome {
+            finish_reason: "length",
+            prompt_tokens: prompt.len(),
+            completion_tokens: 0,
+            interrupted,
+        });
+    }
     let mut failure = None;
     let generation =
         tuna_model::generate(&loaded.model, adapter, prompt, &params, &loaded.eos, |id| {
+            if let Some(why) = stop.check() {
+                interrupted = Some(why);
+                return ControlFlow::Break(());
+            }
             let piece = match decoder.step(id) {
                 Ok(Some(p)) => p,
                 Ok(None) => return ControlFlow::Continue(()),
@@ -301,7 +434,10 @@ pub fn generate(
                 }
             };
             let (text, hit) = filter.push(&piece);
-            if !text.is_empty() && emit(&text).is_break() {
+            if !text.is_empty()
+                && let ControlFlow::Break(why) = emit(&text)
+            {
+                interrupted = Some(why);
                 return ControlFlow::Break(());
             }
             if hit {
@@ -314,20 +450,24 @@ pub fn generate(
     if let Some(e) = failure {
         return Err(InferError::Internal(format!("decoding: {e}")));
     }
-    if !stopped {
+    if !stopped && !matches!(interrupted, Some(Interrupt::ClientGone)) {
         let rest = filter.finish();
-        if !rest.is_empty() {
-            let _ = emit(&rest);
+        if !rest.is_empty()
+            && let ControlFlow::Break(why) = emit(&rest)
+        {
+            interrupted = Some(why);
         }
     }
     let finish_reason = match generation.finish_reason {
-        FinishReason::Length if !stopped => "length",
-        _ => "stop",
+        _ if stopped => "stop",
+        FinishReason::Stop => "stop",
+        _ => "length",
     };
     Ok(Outcome {
         finish_reason,
         prompt_tokens: generation.prompt_tokens,
         completion_tokens: generation.tokens.len(),
+        interrupted,
     })
 }
 

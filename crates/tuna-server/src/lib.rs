@@ -5,7 +5,15 @@
 //! Layout: [`router`] lists every route; `routes/` holds the handlers; `openai/types.rs` the wire
 //! types; `validate.rs` turns requests into `Valid*` values; `error.rs` the one error type;
 //! `db.rs` all SQL; `queue.rs` the scheduler; `worker.rs` the worker process; `inference.rs`
-//! chat generation. The API is described route by route in `docs/api.md`.
+//! chat generation and `slots.rs` its fair share of slots; `http.rs` the listener (timeouts,
+//! connection cap, drain); `sse.rs` the limits of event streams; `perms.rs` private files. The
+//! API is described route by route in `docs/api.md`.
+//!
+//! Shutdown (SIGINT or SIGTERM in `tuna serve`, [`shutdown_signal`]): [`AppState::shutdown`] is
+//! cancelled; the listener closes, every connection finishes its request in progress and closes,
+//! event streams end with an error event, chat generations get [`Settings::shutdown_grace`] to
+//! finish and are then ended (503, or an error event in a stream), and the scheduler stops the
+//! workers; then [`serve`] returns.
 //!
 //! Not supported: several servers sharing one database (the scheduler assumes it owns the
 //! slots), GPUs, DPO / reinforcement methods, `n > 1`, tools and logprobs in chat completions.
@@ -18,12 +26,16 @@ pub mod console;
 pub mod db;
 pub mod error;
 pub mod estimate;
+pub mod http;
 pub mod ids;
 pub mod inference;
 pub mod models;
 pub mod openai;
+pub mod perms;
 pub mod queue;
 pub mod routes;
+pub mod slots;
+pub mod sse;
 pub mod state;
 pub mod store;
 pub mod validate;
@@ -45,8 +57,14 @@ use crate::error::ApiError;
 use crate::inference::Inference;
 use crate::queue::Scheduler;
 use crate::routes::{chat, files, jobs, models as model_routes, tuna};
+use crate::sse::StreamSlots;
 pub use crate::state::{AppState, Settings, WorkerLauncher};
 use crate::store::Store;
+
+/// Largest JSON request body (axum's default, stated): larger bodies get 413.
+pub const MAX_JSON_BODY_BYTES: usize = 2 << 20;
+/// How long connections may still take after the shutdown grace period before they are dropped.
+const DRAIN_SLACK: Duration = Duration::from_secs(5);
 
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
@@ -85,13 +103,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tuna/status", get(tuna::status))
         .route("/v1/tuna/throughput", get(tuna::throughput))
         .merge(console::routes())
+        // After every route: it applies to the routes already added.
+        .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::NotFound {
-                message: format!("unknown request URL: {method} {}", uri.path()),
+                message: format!(
+                    "unknown request URL: {method} {}",
+                    error::clip_to(uri.path(), 200)
+                ),
                 code: "unknown_url",
                 param: None,
             }
         })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
         .layer(axum::middleware::from_fn(error::log_internal_errors))
         .with_state(state)
 }
@@ -112,59 +136,111 @@ pub enum StartError {
 }
 
 /// Opens the store (migrating it), registers the demo model and the models file, and puts jobs
-/// that were running when the server last stopped back in the queue.
+/// that were running when the server last stopped back in the queue. The data directory and
+/// the database are made private (0700, 0600) first.
 pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
-        path: settings.data_dir.clone(),
-        source,
-    })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.db_path()).await?);
+    let data_dir_error = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::DataDir { path, source }
+    };
+    perms::private_dir(&settings.data_dir).map_err(data_dir_error(&settings.data_dir))?;
+    let db_path = settings.db_path();
+    perms::private_sqlite(&db_path).map_err(data_dir_error(&db_path))?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path).await?);
     models::register_demo(&*store, &settings.demo_model_root).await?;
     models::register_models_file(&*store, &settings.models_file).await?;
     let settings = Arc::new(settings);
     let scheduler = Scheduler::new(store.clone(), settings.clone());
     scheduler.recover().await?;
     let inference = Arc::new(Inference::new(
-        settings.max_concurrent_generations,
+        settings.generation_limits(),
         settings.model_cache_size,
         settings.adapter_cache_size,
     ));
     Ok(AppState {
         store,
         blobs: Arc::new(LocalBlobStore::new(settings.blob_root())),
+        streams: StreamSlots::new(settings.max_event_streams_per_user),
+        shutdown: tokio_util::sync::CancellationToken::new(),
         settings,
         scheduler,
         inference,
     })
 }
 
-/// Serves `state` on `listener` until `shutdown` completes; then stops the workers at their next
-/// step (their jobs stay queued for the next start). Open streams get a few seconds to finish.
+/// What a serving process does first: files it (and its workers) create are private (umask
+/// 077), and its open-file limit is raised to the hard limit (room for connections).
+pub fn prepare_server_process() {
+    perms::restrict_new_files();
+    http::raise_open_file_limit();
+}
+
+/// Completes on SIGINT or SIGTERM; returns the signal's name.
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Serves `state` on `listener` until `signal` completes (or [`AppState::shutdown`] is cancelled
+/// otherwise), then shuts down as the crate docs describe and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let settings = state.settings.clone();
     let scheduler = state.scheduler.clone();
+    let inference = state.inference.clone();
     let loop_handle = scheduler.start();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stop_signal = stop.clone();
-    let graceful = async move {
-        shutdown.await;
-        stop_signal.notify_waiters();
+    let opts = http::ListenOptions {
+        max_connections: http::connection_cap(settings.max_connections),
+        header_read_timeout: settings.header_read_timeout,
+        drain_timeout: settings.shutdown_grace + DRAIN_SLACK,
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(graceful);
-    let force = async {
-        stop.notified().await;
-        // Event and chat streams may stay open: don't wait for them forever.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    tracing::info!(
+        max_connections = opts.max_connections,
+        "serving on {}",
+        listener.local_addr()?
+    );
+    let trigger = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = signal => shutdown.cancel(),
+                () = shutdown.cancelled() => {}
+            }
+        })
+    };
+    let http = http::serve_http(listener, router(state), opts, shutdown.clone());
+    let generations = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(settings.shutdown_grace).await;
+        inference.abort_all();
+    };
+    let workers = async {
+        shutdown.cancelled().await;
+        loop_handle.abort();
+        scheduler.shutdown(Duration::from_secs(60)).await;
     };
     tokio::select! {
-        r = server => r?,
-        () = force => {}
+        ((), ()) = async { tokio::join!(http, workers) } => {}
+        // The grace period only matters while requests are still open.
+        () = async { generations.await; std::future::pending::<()>().await } => {}
     }
-    loop_handle.abort();
-    scheduler.shutdown(Duration::from_secs(60)).await;
+    trigger.abort();
     Ok(())
 }
 

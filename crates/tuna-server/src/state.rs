@@ -2,10 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::blob::BlobStore;
-use crate::inference::Inference;
+use crate::inference::{GenerationLimits, Inference};
 use crate::queue::Scheduler;
+use crate::sse::StreamSlots;
 use crate::store::Store;
 
 /// Builds the command that runs one job's worker process: `(data_dir, job_id) -> Command`.
@@ -39,8 +43,27 @@ pub struct Settings {
     /// Price per million trained tokens, for cost estimates. Default 0.
     pub price_per_million_tokens: f64,
     pub currency: String,
-    /// Chat completions generating at once; more get 429. Default 2.
+    /// Chat completions generating at once; more wait for a slot. Default 2.
     pub max_concurrent_generations: usize,
+    /// Generation slots one user may hold at once. `None` (the default): one less than
+    /// `max_concurrent_generations` (at least 1), so one user never holds every slot.
+    pub max_generations_per_user: Option<usize>,
+    /// How long a chat request waits for a slot before 429. Default 30 s.
+    pub generation_queue_timeout: Duration,
+    /// Longest time one chat completion generates; then it ends with `finish_reason: "length"`.
+    /// Default 300 s.
+    pub max_generation_time: Duration,
+    /// Open event streams (`GET .../events?stream=true`) per user; more get 429. Default 8.
+    pub max_event_streams_per_user: usize,
+    /// Open HTTP connections; at the cap the oldest idle one is closed for a new one. The cap is
+    /// also kept below the process's open-file limit. Default 4096.
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this time of opening or of its last
+    /// response (also the idle keep-alive timeout). Default 15 s.
+    pub header_read_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long in-flight requests may still finish before they are ended
+    /// (a chat gets 503, or an error event in its stream). Default 10 s.
+    pub shutdown_grace: Duration,
     /// Base models kept loaded for chat (least recently used evicted). Default 2.
     pub model_cache_size: usize,
     /// LoRA adapters kept loaded for chat. Default 8.
@@ -87,6 +110,13 @@ impl Settings {
             price_per_million_tokens: 0.0,
             currency: "USD".into(),
             max_concurrent_generations: 2,
+            max_generations_per_user: None,
+            generation_queue_timeout: Duration::from_secs(30),
+            max_generation_time: Duration::from_secs(300),
+            max_event_streams_per_user: 8,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(10),
             model_cache_size: 2,
             adapter_cache_size: 8,
             demo_model_root: data_dir.join("models"),
@@ -107,6 +137,20 @@ impl Settings {
         self.data_dir.join("blobs")
     }
 
+    /// How chat generation is shared and bounded.
+    pub fn generation_limits(&self) -> GenerationLimits {
+        let slots = self.max_concurrent_generations.max(1);
+        GenerationLimits {
+            slots,
+            per_user: self
+                .max_generations_per_user
+                .unwrap_or(slots.saturating_sub(1))
+                .clamp(1, slots),
+            max_wait: self.generation_queue_timeout,
+            max_time: self.max_generation_time,
+        }
+    }
+
     /// A job's working directory: checkpoints, `metrics.jsonl`, the worker's log.
     pub fn job_dir(&self, job_id: &str) -> PathBuf {
         self.data_dir.join("jobs").join(job_id)
@@ -121,4 +165,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub scheduler: Arc<Scheduler>,
     pub inference: Arc<Inference>,
+    /// Open event streams per user.
+    pub streams: Arc<StreamSlots>,
+    /// Cancelled on SIGINT/SIGTERM (or when a test stops the server): the server takes no new
+    /// work, the HTTP side drains its requests and the scheduler stops its workers.
+    pub shutdown: CancellationToken,
 }

@@ -21,10 +21,14 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+async fn harness_with(configure: impl FnOnce(&mut tuna_server::Settings)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let state = tuna_server::build_state(common::settings(dir.path()))
-        .await
-        .unwrap();
+    let mut settings = common::settings(dir.path());
+    configure(&mut settings);
+    let state = tuna_server::build_state(settings).await.unwrap();
     let (_, key) = tuna_server::auth::create_user(&*state.store, "tester")
         .await
         .unwrap();
@@ -269,26 +273,35 @@ async fn malformed_and_invalid_bodies_are_400_with_the_field() {
 }
 
 #[tokio::test]
-async fn busy_generation_slots_are_429() {
-    let h = harness().await;
-    // Hold every permit: the next chat request must be refused at once, not queued.
-    let held: Vec<_> = (0..h.state.settings.max_concurrent_generations)
-        .map(|_| h.state.inference.try_permit().unwrap())
-        .collect();
+async fn busy_generation_slots_are_429_after_a_bounded_wait() {
+    let h =
+        harness_with(|s| s.generation_queue_timeout = std::time::Duration::from_millis(300)).await;
+    // Other users hold every slot: the request waits its turn for the bounded time, then 429.
+    let slots = h.state.inference.slots().clone();
+    let none = tokio_util::sync::CancellationToken::new();
+    let mut held = Vec::new();
+    for i in 0..slots.total() {
+        held.push(
+            slots
+                .acquire(&format!("other-{i}"), std::time::Duration::ZERO, &none)
+                .await
+                .unwrap(),
+        );
+    }
     let chat =
         r#"{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#;
     let (status, body) = h
         .call("POST", "/v1/chat/completions", Some(chat), true)
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        body,
-        error(
-            "every generation slot is busy; retry shortly",
-            "rate_limit_error",
-            None,
-            Some("overloaded")
-        )
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("every generation slot stayed busy for 0.3 s"),
+        "{body}"
     );
     drop(held);
     let (status, body) = h
@@ -297,6 +310,7 @@ async fn busy_generation_slots_are_429() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert!(body["usage"]["completion_tokens"].as_i64().unwrap() <= 2);
+    assert_eq!(slots.in_use(), 0);
 }
 
 #[tokio::test]

@@ -405,7 +405,11 @@ async fn full_fine_tuning_checkpoints_are_whole_models() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_holding_the_only_slot_makes_others_wait_with_429() {
-    let t = TestServer::start_with(|s| s.max_concurrent_generations = 1).await;
+    let t = TestServer::start_with(|s| {
+        s.max_concurrent_generations = 1;
+        s.generation_queue_timeout = Duration::from_millis(300);
+    })
+    .await;
     let c = t.user("chat").await;
     let long = json!({"model": "demo", "messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 3000, "stream": true, "temperature": 1.0, "seed": 1});
     let mut first = c
@@ -422,8 +426,8 @@ async fn a_stream_holding_the_only_slot_makes_others_wait_with_429() {
         String::from_utf8_lossy(&chunk).starts_with("data: "),
         "{chunk:?}"
     );
-    // While the first answer is being generated (its reader is paused, so generation stalls on
-    // the full channel and keeps the slot), another request is refused at once.
+    // While the first answer is being generated, another request waits its bounded time for
+    // the slot, then is refused.
     let second = c.post("/v1/chat/completions", &json!({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await;
     assert_eq!(second.status, 429, "{:?}", second.body);
     assert_eq!(second.body["error"]["type"], "rate_limit_error");

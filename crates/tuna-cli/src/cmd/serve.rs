@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -30,9 +31,30 @@ pub struct ServeArgs {
     /// Currency of the price
     #[arg(long, env = "TUNA_CURRENCY", default_value = "USD")]
     pub currency: String,
-    /// Chat completions generating at once (more get HTTP 429)
+    /// Chat completions generating at once (more wait their turn, then get HTTP 429)
     #[arg(long, env = "TUNA_MAX_CONCURRENT_GENERATIONS", default_value_t = 2)]
     pub max_concurrent_generations: usize,
+    /// Generation slots one user may hold at once (default: one less than all, at least 1)
+    #[arg(long, env = "TUNA_MAX_GENERATIONS_PER_USER")]
+    pub max_generations_per_user: Option<usize>,
+    /// Seconds a chat request waits for a generation slot before HTTP 429
+    #[arg(long, env = "TUNA_GENERATION_QUEUE_SECONDS", default_value_t = 30)]
+    pub generation_queue_seconds: u64,
+    /// Longest generation in seconds; then the answer ends with `finish_reason: "length"`
+    #[arg(long, env = "TUNA_MAX_GENERATION_SECONDS", default_value_t = 300)]
+    pub max_generation_seconds: u64,
+    /// Open event streams per user (more get HTTP 429)
+    #[arg(long, env = "TUNA_MAX_EVENT_STREAMS_PER_USER", default_value_t = 8)]
+    pub max_event_streams_per_user: usize,
+    /// Open HTTP connections (kept below the open-file limit)
+    #[arg(long, env = "TUNA_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers, or stay idle between requests
+    #[arg(long, env = "TUNA_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 15)]
+    pub header_read_timeout_seconds: u64,
+    /// On SIGINT/SIGTERM, seconds in-flight requests may still take before they are ended
+    #[arg(long, env = "TUNA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
     /// JSON list of more base models, `[{"name": "...", "path": "/hf/dir"}]` (default: DATA_DIR/models.json)
     #[arg(long, env = "TUNA_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
@@ -45,8 +67,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // First: the data directory (created next) and every file below it are private.
+    tuna_server::prepare_server_process();
     // Workers get the directory as an argument: make it independent of their working directory.
-    std::fs::create_dir_all(&args.data_dir)
+    tuna_server::perms::private_dir(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
@@ -57,6 +81,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.price_per_million_tokens = args.price_per_million_tokens;
     settings.currency = args.currency;
     settings.max_concurrent_generations = args.max_concurrent_generations.max(1);
+    settings.max_generations_per_user = args.max_generations_per_user;
+    settings.generation_queue_timeout = Duration::from_secs(args.generation_queue_seconds);
+    settings.max_generation_time = Duration::from_secs(args.max_generation_seconds.max(1));
+    settings.max_event_streams_per_user = args.max_event_streams_per_user.max(1);
+    settings.max_connections = args.max_connections;
+    settings.header_read_timeout = Duration::from_secs(args.header_read_timeout_seconds.max(1));
+    settings.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
     settings.cpu_gflops = args.cpu_gflops;
     settings.max_queued_jobs = args.max_queued_jobs;
     if let Some(f) = args.models_file {
@@ -74,8 +105,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("Tuna is serving http://{addr}/ (data directory {})", args.data_dir.display());
         eprintln!("Create an API key with `tuna users create NAME --data-dir {}`", args.data_dir.display());
         tuna_server::serve(listener, state, async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("Stopping: running jobs stop at their next step and resume at the next start");
+            let signal = tuna_server::shutdown_signal().await;
+            eprintln!("{signal}: stopping; running jobs stop at their next step and resume at the next start");
         })
         .await
         .context("serving")

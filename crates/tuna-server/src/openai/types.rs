@@ -82,11 +82,46 @@ pub struct FileListQuery {
 // Fine-tuning jobs
 
 /// `"auto"` or a value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AutoOr<T> {
     Auto(Auto),
     Value(T),
+}
+
+/// What a value of the type is called in error messages.
+pub trait Expecting {
+    const EXPECTING: &'static str;
+}
+
+impl Expecting for i64 {
+    const EXPECTING: &'static str = "an integer";
+}
+
+impl Expecting for f64 {
+    const EXPECTING: &'static str = "a number";
+}
+
+/// By hand, so a wrong value is named (`expected "auto" or an integer, got "many"`) instead of
+/// serde's "did not match any variant of untagged enum AutoOr".
+impl<'de, T: serde::de::DeserializeOwned + Expecting> Deserialize<'de> for AutoOr<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        if v.as_str() == Some("auto") {
+            return Ok(AutoOr::Auto(Auto::Auto));
+        }
+        T::deserialize(&v).map(AutoOr::Value).map_err(|_| {
+            let got = match &v {
+                Value::String(s) => format!("\"{}\"", crate::error::clip(s)),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => "null".into(),
+                Value::Array(_) => "a list".into(),
+                Value::Object(_) => "an object".into(),
+            };
+            serde::de::Error::custom(format!("expected \"auto\" or {}, got {got}", T::EXPECTING))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,7 +476,7 @@ pub struct GenerationDefaults {
 
 /// A message content: a string or a list of `{"type": "text", "text": ...}` parts.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of content parts")]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
@@ -466,7 +501,7 @@ pub struct ChatMessage {
 
 /// `stop`: one string or up to four.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum Stop {
     One(String),
     Many(Vec<String>),

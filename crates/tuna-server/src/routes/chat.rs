@@ -2,6 +2,11 @@
 //! on the fly), streamed (`stream: true`, OpenAI's chunk format ending in `data: [DONE]`) or
 //! not. The model is loaded and the prompt encoded before the response starts, so those errors
 //! get their proper status; an error during a stream is sent as the last `data:` event.
+//!
+//! The request waits its turn for a generation slot ([`crate::slots`]). The generation stops at
+//! the next token when the client goes away (the handler future, or the response stream, is
+//! dropped and with it the [`crate::inference::CancelOnDrop`] guard), at the server's time limit (the answer so far,
+//! `finish_reason: "length"`), or when the server shuts down (`503`, or an error event).
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -17,10 +22,13 @@ use tracing::instrument;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::ids;
-use crate::inference::{self, InferError, Outcome};
+use crate::inference::{self, InferError, Interrupt, Outcome};
 use crate::openai::types::*;
 use crate::state::AppState;
 use crate::validate::validate_chat;
+
+/// How long the end of a stream waits for a client that stopped reading.
+const LAST_PIECE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 enum Piece {
     Text(String),
@@ -44,7 +52,9 @@ pub async fn completions(
 ) -> ApiResult<Response> {
     let v = validate_chat(req)?;
     let target = super::models::resolve_target(&state, &user, &v.model).await?;
-    let permit = state.inference.try_permit()?;
+    let permit = state.inference.permit(&user.id, &state.shutdown).await?;
+    // The time limit counts from here: waiting for the slot is bounded on its own.
+    let (stop, client_gone) = state.inference.stop_signals();
     let id = ids::new_id(ids::CHAT);
     let created = ids::now();
     let seed = v.seed.unwrap_or_else(rand::random);
@@ -52,19 +62,31 @@ pub async fn completions(
     let inference = state.inference.clone();
 
     if !v.stream {
+        // Dropped with this future when the client disconnects: the generation stops at once.
+        let _client_gone = client_gone;
         let (text, outcome) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let (loaded, adapter) = inference.load(&target)?;
             let prompt = inference::encode(&loaded, &v)?;
             let mut text = String::new();
-            let outcome =
-                inference::generate(&loaded, adapter.as_deref(), &v, &prompt, seed, |piece| {
+            let outcome = inference::generate(
+                &loaded,
+                adapter.as_deref(),
+                &v,
+                &prompt,
+                seed,
+                &stop,
+                |piece| {
                     text.push_str(piece);
                     ControlFlow::Continue(())
-                })?;
+                },
+            )?;
             Ok::<_, InferError>((text, outcome))
         })
         .await??;
+        if outcome.interrupted == Some(Interrupt::ShuttingDown) {
+            return Err(ApiError::shutting_down());
+        }
         let body = ChatCompletion {
             id,
             object: "chat.completion".into(),
@@ -89,8 +111,8 @@ pub async fn completions(
     let include_usage = v.include_usage;
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), InferError>>();
     let (tx, rx) = mpsc::channel::<Piece>(64);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         let prepared = inference
             .load(&target)
             .and_then(|(loaded, adapter)| Ok((inference::encode(&loaded, &v)?, loaded, adapter)));
@@ -106,21 +128,42 @@ pub async fn completions(
                 return;
             }
         };
-        // A closed channel means the client went away: stop generating.
-        let result = inference::generate(&loaded, adapter.as_deref(), &v, &prompt, seed, |piece| {
-            if tx.blocking_send(Piece::Text(piece.to_string())).is_err() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
+        // A closed channel means the client went away; a full one that stays full (a client that
+        // stopped reading) ends at the time limit.
+        let send = |piece: Piece| match runtime.block_on(stop.race(tx.send(piece))) {
+            Ok(Ok(())) => ControlFlow::Continue(()),
+            Ok(Err(_)) => ControlFlow::Break(Interrupt::ClientGone),
+            Err(why) => ControlFlow::Break(why),
+        };
+        let result = inference::generate(
+            &loaded,
+            adapter.as_deref(),
+            &v,
+            &prompt,
+            seed,
+            &stop,
+            |piece| send(Piece::Text(piece.to_string())),
+        );
+        let last = match result {
+            Ok(o) if o.interrupted == Some(Interrupt::ClientGone) => return,
+            Ok(o) if o.interrupted == Some(Interrupt::ShuttingDown) => {
+                Piece::Failed(ApiError::shutting_down())
             }
-        });
-        let _ = tx.blocking_send(match result {
             Ok(o) => Piece::Done(o),
             Err(e) => {
                 if let InferError::Internal(detail) = &e {
                     tracing::error!(error = %detail, "generation failed mid-stream");
                 }
                 Piece::Failed(e.into())
+            }
+        };
+        // The slot is free from here; the last piece waits for a slow reader, but boundedly.
+        drop(permit);
+        let _ = runtime.block_on(async {
+            tokio::select! {
+                r = tx.send(last) => r.is_ok(),
+                () = tokio::time::sleep(LAST_PIECE_WAIT) => false,
+                () = stop.aborted() => false,
             }
         });
     });
@@ -194,7 +237,13 @@ pub async fn completions(
         };
         futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>))
     });
-    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(body);
+    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(first) })
+        .chain(body)
+        .map(move |e| {
+            // Lives as long as the response stream: dropped when the client goes away.
+            let _alive = &client_gone;
+            e
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -1,5 +1,10 @@
 //! `/v1/files`: uploads (multipart, streamed to the blob store, size-limited) with the dataset
-//! check run on upload and its full report kept with the file; list, get, content, delete.
+//! check run on upload and its report kept with the file; list, get, content, delete.
+//!
+//! Every part of an upload is bounded: the file by `max_upload_bytes`, `purpose` and any other
+//! field by [`MAX_FIELD_BYTES`] (read chunk by chunk and refused as soon as it is over, never
+//! buffered whole nor quoted back), the file name by [`MAX_FILENAME_BYTES`]. Reports are bounded
+//! by [`crate::checker`]: a file shows its stored issues, a list a few per file.
 
 use axum::Json;
 use axum::body::Body;
@@ -11,14 +16,22 @@ use tracing::instrument;
 
 use crate::auth::AuthUser;
 use crate::blob::BlobWriter;
-use crate::checker::{CHECK_MAX_SEQ_LEN, check_dataset};
-use crate::error::{ApiError, ApiQuery, ApiResult};
+use crate::checker::{
+    CHECK_MAX_SEQ_LEN, LISTED_ISSUES, STORED_ISSUES, bounded_report, check_dataset,
+};
+use crate::error::{ApiError, ApiQuery, ApiResult, clip};
 use crate::ids;
 use crate::openai::types::{FileDeleted, FileListQuery, FileObject, List};
 use crate::state::AppState;
 use crate::store::FileRow;
 
-pub fn render_file(f: &FileRow) -> FileObject {
+/// Longest multipart field other than `file` (`purpose` is at most a few words).
+pub const MAX_FIELD_BYTES: usize = 1024;
+/// Longest accepted file name, in bytes (the usual file-system limit).
+pub const MAX_FILENAME_BYTES: usize = 255;
+
+/// A file as the API shows it, with at most `max_issues` errors and warnings of its report.
+pub fn render_file_with(f: &FileRow, max_issues: usize) -> FileObject {
     FileObject {
         id: f.id.clone(),
         object: "file".into(),
@@ -32,15 +45,42 @@ pub fn render_file(f: &FileRow) -> FileObject {
         check: f
             .check_report
             .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok()),
+            .and_then(|s| bounded_report(s, max_issues)),
     }
+}
+
+/// A file as the API shows it, with its stored report.
+pub fn render_file(f: &FileRow) -> FileObject {
+    render_file_with(f, STORED_ISSUES)
+}
+
+/// Reads a small multipart field chunk by chunk, refusing it once it passes [`MAX_FIELD_BYTES`].
+async fn small_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    name: &str,
+    limit: u64,
+) -> ApiResult<String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        if bytes.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::TooLarge {
+                message: format!("the form field `{name}` is longer than {MAX_FIELD_BYTES} bytes"),
+                param: Some(name.to_string()),
+                code: "field_too_large",
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        ApiError::invalid_param(format!("the form field `{name}` is not UTF-8 text"), name)
+    })
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(format!(
-            "the file is larger than the limit of {limit} bytes"
-        ))
+        ApiError::file_too_large(limit)
+    } else if crate::error::caused_by_timeout(&e) {
+        crate::error::request_timeout()
     } else {
         ApiError::invalid(format!("invalid multipart body: {}", e.body_text()), "file")
     }
@@ -70,11 +110,15 @@ pub async fn upload(
         .map_err(|e| multipart_error(e, limit))?
     {
         match field.name() {
-            Some("purpose") => {
-                purpose = Some(field.text().await.map_err(|e| multipart_error(e, limit))?)
-            }
+            Some("purpose") => purpose = Some(small_field(&mut field, "purpose", limit).await?),
             Some("file") if stored.is_none() => {
                 let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
+                if filename.len() > MAX_FILENAME_BYTES {
+                    return Err(ApiError::invalid_param(
+                        format!("the file name is longer than {MAX_FILENAME_BYTES} bytes"),
+                        "file",
+                    ));
+                }
                 let mut writer: Box<dyn BlobWriter> = state.blobs.writer(&key).await?;
                 let mut size = 0u64;
                 loop {
@@ -89,9 +133,7 @@ pub async fn upload(
                     size += chunk.len() as u64;
                     if size > limit {
                         writer.abort().await;
-                        return Err(ApiError::TooLarge(format!(
-                            "the file is larger than the limit of {limit} bytes"
-                        )));
+                        return Err(ApiError::file_too_large(limit));
                     }
                     if let Err(e) = writer.write(&chunk).await {
                         writer.abort().await;
@@ -101,7 +143,14 @@ pub async fn upload(
                 writer.finish().await?;
                 stored = Some((filename, size));
             }
-            _ => {} // other fields are ignored, as OpenAI does
+            // Other fields are ignored, as OpenAI does; read through boundedly.
+            Some(other) => {
+                let name = clip(other).into_owned();
+                small_field(&mut field, &name, limit).await?;
+            }
+            None => {
+                small_field(&mut field, "(unnamed)", limit).await?;
+            }
         }
     }
     let Some((filename, bytes)) = stored else {
@@ -114,7 +163,7 @@ pub async fn upload(
     if purpose != "fine-tune" {
         state.blobs.delete(&key).await?;
         return Err(ApiError::invalid(
-            format!("`purpose` must be `fine-tune`, got `{purpose}`"),
+            format!("`purpose` must be `fine-tune`, got `{}`", clip(&purpose)),
             "purpose",
         ));
     }
@@ -195,7 +244,10 @@ pub async fn list(
         .list_files(&user.id, q.purpose.as_deref(), ascending, &page)
         .await?
         .ok_or_else(|| super::bad_cursor(&q.after))?;
-    let data: Vec<FileObject> = rows.iter().map(render_file).collect();
+    let data: Vec<FileObject> = rows
+        .iter()
+        .map(|f| render_file_with(f, LISTED_ISSUES))
+        .collect();
     let mut list = List::new(data, has_more);
     list.first_id = list.data.first().map(|f| f.id.clone());
     list.last_id = list.data.last().map(|f| f.id.clone());

@@ -351,7 +351,7 @@ pub async fn create(
         .filter(|e| e.status == "queued")
         .count();
     if queued >= state.settings.max_queued_jobs {
-        return Err(ApiError::Overloaded(format!(
+        return Err(ApiError::overloaded(format!(
             "the queue is full ({queued} jobs waiting); retry later"
         )));
     }
@@ -613,7 +613,9 @@ pub async fn events(
 ) -> ApiResult<Response> {
     owned(&state, &user, &id).await?;
     if q.stream == Some(true) {
+        let permit = state.streams.acquire(&user.id)?;
         let stream = event_stream(state.store.clone(), id);
+        let stream = crate::sse::guarded(stream, permit, state.shutdown.clone());
         return Ok(Sse::new(stream)
             .keep_alive(KeepAlive::default())
             .into_response());
@@ -635,6 +637,8 @@ struct EventFeed {
     /// The job is final: drain once more, then `[DONE]`.
     draining: bool,
     done: bool,
+    /// Polls in a row that found nothing (idle streams poll less often).
+    empty_polls: u32,
 }
 
 fn event_stream(
@@ -648,6 +652,7 @@ fn event_stream(
         buf: VecDeque::new(),
         draining: false,
         done: false,
+        empty_polls: 0,
     };
     stream::unfold(feed, |mut f| async move {
         loop {
@@ -675,6 +680,7 @@ fn event_stream(
             if let Some(last) = rows.last() {
                 f.last_seq = last.seq;
                 f.buf.extend(rows);
+                f.empty_polls = 0;
                 continue;
             }
             if f.draining {
@@ -687,7 +693,8 @@ fn event_stream(
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 f.draining = true;
             } else {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(crate::sse::idle_poll_interval(f.empty_polls)).await;
+                f.empty_polls = f.empty_polls.saturating_add(1);
             }
         }
     })
