@@ -16,17 +16,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tuna_server::{RunningServer, Settings};
 
+mod common;
+use common::arg;
+
 /// Chats user A keeps going at once (twice the server's 2 slots).
 const A_CONCURRENCY: usize = 4;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -11,14 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tuna_server::{RunningServer, Settings};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 /// User + system CPU time of this process.
 fn cpu_time() -> Duration {

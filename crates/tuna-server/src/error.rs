@@ -66,15 +66,19 @@ pub enum ApiError {
         param: Option<String>,
         code: &'static str,
     },
-    /// 429: every generation slot stayed busy, the queue is full, too many open streams.
-    #[error("{message}")]
-    Overloaded { message: String, code: &'static str },
+    /// 429: every generation slot stayed busy, or the queue is full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// 429: the user has the most event streams open that they may.
+    #[error("{0}")]
+    TooManyStreams(String),
     /// 500: logged in full, answered with a generic message.
     #[error("internal error: {0}")]
     Internal(String),
-    /// 503: the server is shutting down; retry after it restarts.
-    #[error("{0}")]
-    ShuttingDown(String),
+    /// 503: the server is shutting down (`server_shutting_down`) or has no room for another
+    /// connection (`too_many_connections`); retry later.
+    #[error("{message}")]
+    Unavailable { message: String, code: &'static str },
 }
 
 /// Longest `message` in an error answer, in characters.
@@ -125,10 +129,7 @@ impl ApiError {
     }
 
     pub fn overloaded(message: impl Into<String>) -> Self {
-        ApiError::Overloaded {
-            message: message.into(),
-            code: "overloaded",
-        }
+        ApiError::Overloaded(message.into())
     }
 
     pub fn file_too_large(limit: u64) -> Self {
@@ -140,7 +141,10 @@ impl ApiError {
     }
 
     pub fn shutting_down() -> Self {
-        ApiError::ShuttingDown("the server is shutting down; retry once it is back".into())
+        ApiError::Unavailable {
+            message: "the server is shutting down; retry once it is back".into(),
+            code: "server_shutting_down",
+        }
     }
 
     pub fn job_not_found(id: &str) -> Self {
@@ -191,9 +195,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -248,11 +252,17 @@ impl ApiError {
                 param.clone(),
                 Some(code.to_string()),
             ),
-            ApiError::Overloaded { message, code } => (
-                message.clone(),
+            ApiError::Overloaded(m) => (
+                m.clone(),
                 "rate_limit_error",
                 None,
-                Some(code.to_string()),
+                Some("overloaded".into()),
+            ),
+            ApiError::TooManyStreams(m) => (
+                m.clone(),
+                "rate_limit_error",
+                None,
+                Some("too_many_streams".into()),
             ),
             ApiError::Internal(_) => (
                 "the server had an error while processing your request".into(),
@@ -260,11 +270,11 @@ impl ApiError {
                 None,
                 None,
             ),
-            ApiError::ShuttingDown(m) => (
-                m.clone(),
+            ApiError::Unavailable { message, code } => (
+                message.clone(),
                 "server_error",
                 None,
-                Some("server_shutting_down".into()),
+                Some(code.to_string()),
             ),
         };
         ErrorBody {
@@ -381,12 +391,9 @@ pub fn body_read_error(e: &FailedToBufferBody) -> ApiError {
     }
 }
 
-/// 408 for a request body that stopped arriving ([`crate::http::BODY_IDLE_TIMEOUT`]).
+/// 408 for a request body that stopped arriving (`Settings::body_read_timeout`).
 pub fn request_timeout() -> ApiError {
-    ApiError::Timeout(format!(
-        "the request body stopped arriving for {} seconds",
-        crate::http::BODY_IDLE_TIMEOUT.as_secs()
-    ))
+    ApiError::Timeout("the request body stopped arriving before it was complete".into())
 }
 
 /// Whether `e` or one of its causes is the body-read timeout. Some wrappers (multer's) do not

@@ -5,7 +5,7 @@
 //! - Every connection must send a request's headers within `header_read_timeout` of opening or
 //!   of its previous response (hyper starts the timer whenever it waits for a request head, so it
 //!   is also the idle keep-alive timeout). A request body must keep arriving: at most
-//!   [`BODY_IDLE_TIMEOUT`] between two pieces (then 408).
+//!   `body_read_timeout` between two pieces (then 408).
 //! - At most `max_connections` connections are open, kept below the open-file limit. At the cap
 //!   a new connection closes the oldest connection that has no request in progress (one still
 //!   sending its headers, or idle between requests), so connections that never finish their
@@ -34,10 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
-use crate::error::{ErrorBody, ErrorObject};
+use crate::error::ApiError;
 
-/// Longest pause between two pieces of a request body.
-pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open files kept for the database, uploads, worker pipes and logs when the connection cap is
 /// derived from the open-file limit.
 const RESERVED_FDS: u64 = 128;
@@ -47,6 +45,8 @@ const MIN_CONNECTIONS: usize = 16;
 pub struct ListenOptions {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub body_read_timeout: Duration,
     /// After shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
 }
@@ -235,11 +235,12 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let body_timeout = opts.body_read_timeout;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let request = Busy::enter(&busy);
         let app = app.clone();
         async move {
-            let req = req.map(|body| Body::new(TimeoutBody::new(BODY_IDLE_TIMEOUT, body)));
+            let req = req.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
             let resp = match app.oneshot(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
@@ -279,15 +280,11 @@ async fn serve_connection(
 
 /// Answers 503 on a connection over the cap when no open connection can make room.
 fn refuse(stream: &TcpStream) {
-    let body = ErrorBody {
-        error: ErrorObject {
-            message: "the server has too many open connections; retry shortly".into(),
-            r#type: "server_error".into(),
-            param: None,
-            code: Some("too_many_connections".into()),
-        },
+    let error = ApiError::Unavailable {
+        message: "the server has too many open connections; retry shortly".into(),
+        code: "too_many_connections",
     };
-    let body = serde_json::to_string(&body).unwrap_or_default();
+    let body = serde_json::to_string(&error.body()).unwrap_or_default();
     let resp = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()

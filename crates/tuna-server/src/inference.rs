@@ -284,11 +284,6 @@ impl StopSignals {
         }
     }
 
-    /// Completes when the server's shutdown grace period is over.
-    pub async fn aborted(&self) {
-        self.abort.cancelled().await
-    }
-
     /// Waits for `fut` (a send to a slow reader) unless the generation must stop first.
     pub async fn race<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, Interrupt> {
         let deadline = tokio::time::Instant::from_std(self.deadline);

@@ -208,6 +208,7 @@ pub async fn serve(
     let opts = http::ListenOptions {
         max_connections: http::connection_cap(settings.max_connections),
         header_read_timeout: settings.header_read_timeout,
+        body_read_timeout: settings.body_read_timeout,
         drain_timeout: settings.shutdown_grace + DRAIN_SLACK,
     };
     tracing::info!(

@@ -76,13 +76,10 @@ impl StreamSlots {
         let mut open = self.lock();
         let n = open.entry(user.to_string()).or_default();
         if *n >= self.per_user {
-            return Err(ApiError::Overloaded {
-                message: format!(
-                    "you have {} event streams open, the most allowed; close one first",
-                    self.per_user
-                ),
-                code: "too_many_streams",
-            });
+            return Err(ApiError::TooManyStreams(format!(
+                "you have {} event streams open, the most allowed; close one first",
+                self.per_user
+            )));
         }
         *n += 1;
         Ok(StreamPermit {

@@ -61,6 +61,8 @@ pub struct Settings {
     /// A connection must send a request's headers within this time of opening or of its last
     /// response (also the idle keep-alive timeout). Default 15 s.
     pub header_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body; then 408. Default 30 s.
+    pub body_read_timeout: Duration,
     /// On SIGINT/SIGTERM, how long in-flight requests may still finish before they are ended
     /// (a chat gets 503, or an error event in its stream). Default 10 s.
     pub shutdown_grace: Duration,
@@ -116,6 +118,7 @@ impl Settings {
             max_event_streams_per_user: 8,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             model_cache_size: 2,
             adapter_cache_size: 8,

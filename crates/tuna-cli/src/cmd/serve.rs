@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Seconds a connection may take to send a request's headers, or stay idle between requests
     #[arg(long, env = "TUNA_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 15)]
     pub header_read_timeout_seconds: u64,
+    /// Seconds a request body may pause before HTTP 408
+    #[arg(long, env = "TUNA_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_read_timeout_seconds: u64,
     /// On SIGINT/SIGTERM, seconds in-flight requests may still take before they are ended
     #[arg(long, env = "TUNA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -87,6 +90,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.max_event_streams_per_user = args.max_event_streams_per_user.max(1);
     settings.max_connections = args.max_connections;
     settings.header_read_timeout = Duration::from_secs(args.header_read_timeout_seconds.max(1));
+    settings.body_read_timeout = Duration::from_secs(args.body_read_timeout_seconds.max(1));
     settings.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
     settings.cpu_gflops = args.cpu_gflops;
     settings.max_queued_jobs = args.max_queued_jobs;

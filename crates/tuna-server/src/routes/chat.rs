@@ -157,15 +157,10 @@ pub async fn completions(
                 Piece::Failed(e.into())
             }
         };
-        // The slot is free from here; the last piece waits for a slow reader, but boundedly.
+        // The slot is free from here; the last piece (also the shutdown's error event) waits for
+        // a slow reader, but boundedly.
         drop(permit);
-        let _ = runtime.block_on(async {
-            tokio::select! {
-                r = tx.send(last) => r.is_ok(),
-                () = tokio::time::sleep(LAST_PIECE_WAIT) => false,
-                () = stop.aborted() => false,
-            }
-        });
+        let _ = runtime.block_on(tokio::time::timeout(LAST_PIECE_WAIT, tx.send(last)));
     });
     match ready_rx.await {
         Ok(Ok(())) => {}

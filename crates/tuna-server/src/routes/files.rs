@@ -23,12 +23,14 @@ use crate::error::{ApiError, ApiQuery, ApiResult, clip};
 use crate::ids;
 use crate::openai::types::{FileDeleted, FileListQuery, FileObject, List};
 use crate::state::AppState;
-use crate::store::FileRow;
+use crate::store::{FileRow, Page};
 
 /// Longest multipart field other than `file` (`purpose` is at most a few words).
 pub const MAX_FIELD_BYTES: usize = 1024;
 /// Longest accepted file name, in bytes (the usual file-system limit).
 pub const MAX_FILENAME_BYTES: usize = 255;
+/// Files read from the store at once while a list is built.
+const LIST_BATCH: i64 = 100;
 
 /// A file as the API shows it, with at most `max_issues` errors and warnings of its report.
 pub fn render_file_with(f: &FileRow, max_issues: usize) -> FileObject {
@@ -234,20 +236,40 @@ pub async fn list(
         Some("asc") => true,
         Some(o) => {
             return Err(ApiError::invalid(
-                format!("`order` must be `asc` or `desc`, got `{o}`"),
+                format!("`order` must be `asc` or `desc`, got `{}`", clip(o)),
                 "order",
             ));
         }
     };
-    let (rows, has_more) = state
-        .store
-        .list_files(&user.id, q.purpose.as_deref(), ascending, &page)
-        .await?
-        .ok_or_else(|| super::bad_cursor(&q.after))?;
-    let data: Vec<FileObject> = rows
-        .iter()
-        .map(|f| render_file_with(f, LISTED_ISSUES))
-        .collect();
+    // Read in batches, each row's stored report trimmed before the next batch is read: a page
+    // of 10,000 files never holds 10,000 full reports at once.
+    let mut data: Vec<FileObject> = Vec::new();
+    let mut after = page.after.clone();
+    let mut has_more;
+    loop {
+        let batch = Page {
+            after: after.clone(),
+            limit: (page.limit - data.len() as i64).min(LIST_BATCH),
+        };
+        let listed = state
+            .store
+            .list_files(&user.id, q.purpose.as_deref(), ascending, &batch)
+            .await?;
+        let Some((rows, more)) = listed else {
+            if data.is_empty() {
+                return Err(super::bad_cursor(&q.after));
+            }
+            // The last file of the previous batch was deleted meanwhile: end the page there.
+            has_more = true;
+            break;
+        };
+        has_more = more;
+        after = rows.last().map(|f| f.id.clone());
+        data.extend(rows.iter().map(|f| render_file_with(f, LISTED_ISSUES)));
+        if !more || data.len() as i64 >= page.limit {
+            break;
+        }
+    }
     let mut list = List::new(data, has_more);
     list.first_id = list.data.first().map(|f| f.id.clone());
     list.last_id = list.data.last().map(|f| f.id.clone());

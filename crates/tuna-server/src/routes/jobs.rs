@@ -351,7 +351,7 @@ pub async fn create(
         .filter(|e| e.status == "queued")
         .count();
     if queued >= state.settings.max_queued_jobs {
-        return Err(ApiError::overloaded(format!(
+        return Err(ApiError::Overloaded(format!(
             "the queue is full ({queued} jobs waiting); retry later"
         )));
     }
