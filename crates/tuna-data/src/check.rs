@@ -16,6 +16,7 @@
 
 mod issue;
 mod line;
+mod preference;
 mod stats;
 
 use std::io::{BufRead, Read};
@@ -25,11 +26,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use issue::{Code, Issue};
-pub use stats::{Bucket, HISTOGRAM_EDGES, RoleCounts, Stats, Summary, TokenStats};
+pub use stats::{Bucket, HISTOGRAM_EDGES, PairTokenStats, RoleCounts, Stats, Summary, TokenStats};
 
 use crate::conversation::Conversation;
 use crate::error::{Error, Result};
-use crate::jsonl::{Chunk, LineChunks, LineSpan};
+use crate::jsonl::{Chunk, Json, LineChunks, LineSpan};
+pub(crate) use line::Row;
 use line::{LineKind, LineOutcome};
 use stats::{SeenMap, TokenAcc};
 
@@ -69,6 +71,54 @@ pub struct TokenCount {
     pub trained_within_limit: Option<usize>,
 }
 
+/// What each line of a dataset holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// A conversation for supervised fine-tuning: `{"messages": [...]}`.
+    #[default]
+    Chat,
+    /// A preference pair for DPO (OpenAI's preference fine-tuning format):
+    /// `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`.
+    Preference,
+}
+
+impl DataFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataFormat::Chat => "chat",
+            DataFormat::Preference => "preference",
+        }
+    }
+
+    /// The format of the first line of `chunk` that parses as a JSON object: preference when it
+    /// has `input`, `preferred_output` or `non_preferred_output` and no `messages`, chat otherwise
+    /// (also when no line parses: the chat checks then explain what is wrong).
+    fn detect(chunk: &Chunk) -> DataFormat {
+        for &span in chunk.lines.iter().take(1000) {
+            let Some(bytes) = chunk.bytes(span) else {
+                continue;
+            };
+            let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                continue;
+            };
+            let Ok(value @ Json::Obj(_)) = Json::parse(text.trim_end_matches('\r')) else {
+                continue;
+            };
+            let has = |k: &str| value.get(k).is_some();
+            let preference = !has("messages")
+                && (has("input") || has("preferred_output") || has("non_preferred_output"));
+            return if preference {
+                DataFormat::Preference
+            } else {
+                DataFormat::Chat
+            };
+        }
+        DataFormat::Chat
+    }
+}
+
 /// What happens to an example with more tokens than the maximum sequence length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +133,9 @@ pub enum Overflow {
 /// How to check.
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
+    /// The format every line must follow; `None` (the default) recognises it from the first line
+    /// that is a JSON object ([`Stats::format`] says which was used).
+    pub format: Option<DataFormat>,
     /// Longest accepted line in bytes (without its newline). Default 4 MiB.
     pub max_line_bytes: usize,
     /// Maximum sequence length in tokens, used with a token counter. Default 2048.
@@ -101,6 +154,7 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     fn default() -> Self {
         Self {
+            format: None,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_seq_len: 2048,
             overflow: Overflow::Drop,
@@ -154,19 +208,24 @@ pub fn check_reader(
     })
 }
 
-/// The pipeline. With `sink`, valid conversations are collected in order; with `stop_at_error`,
-/// checking stops after the chunk holding the first error.
+/// The pipeline. With `sink`, valid rows are collected in order; with `stop_at_error`, checking
+/// stops after the chunk holding the first error.
 pub(crate) fn run_check<R: Read>(
     reader: R,
     opts: &CheckOptions,
     counter: Option<&dyn TokenCounter>,
-    mut sink: Option<&mut Vec<Conversation>>,
+    mut sink: Option<&mut Vec<Row>>,
     stop_at_error: bool,
 ) -> std::io::Result<CheckReport> {
     let mut chunks = LineChunks::new(reader, opts.chunk_bytes, opts.max_line_bytes);
     let keep = sink.is_some();
-    let mut acc = Accumulator::new(opts, counter.is_some());
     let mut current = chunks.next_chunk()?;
+    let format = opts.format.unwrap_or_else(|| {
+        current
+            .as_ref()
+            .map_or(DataFormat::Chat, DataFormat::detect)
+    });
+    let mut acc = Accumulator::new(opts, format, counter.is_some());
     if let Some((code, message)) = line::sniff_binary(chunks.head()) {
         // Binary data or UTF-16: every "line" would be noise, so report the file once and stop.
         acc.stats.lines = 1;
@@ -190,7 +249,7 @@ pub(crate) fn run_check<R: Read>(
         let mut read = Ok(None);
         rayon::in_place_scope(|s| {
             if let Some(chunk) = &current {
-                s.spawn(|_| outcomes = check_chunk(chunk, opts, counter, keep));
+                s.spawn(|_| outcomes = check_chunk(chunk, format, opts, counter, keep));
             }
             if let Some((chunk, outs)) = checked.take() {
                 for (i, out) in outs.into_iter().enumerate() {
@@ -217,6 +276,7 @@ pub(crate) fn run_check<R: Read>(
 /// Checks the lines of one chunk in parallel, results in line order.
 fn check_chunk(
     chunk: &Chunk,
+    format: DataFormat,
     opts: &CheckOptions,
     counter: Option<&dyn TokenCounter>,
     keep: bool,
@@ -229,7 +289,7 @@ fn check_chunk(
         .map(|(i, &span)| {
             let line = chunk.first_line + i as u64;
             match (span, chunk.bytes(span)) {
-                (_, Some(bytes)) => line::check_line(line, bytes, opts, counter, keep),
+                (_, Some(bytes)) => line::check_line(line, bytes, format, opts, counter, keep),
                 (LineSpan::TooLong { len }, None) => too_long(line, len, opts),
                 (LineSpan::Text { .. }, None) => unreachable!("text spans always have bytes"),
             }
@@ -266,12 +326,13 @@ struct Accumulator<'o> {
 }
 
 impl<'o> Accumulator<'o> {
-    fn new(opts: &'o CheckOptions, with_tokens: bool) -> Self {
+    fn new(opts: &'o CheckOptions, format: DataFormat, with_tokens: bool) -> Self {
         Self {
             opts,
             errors: Vec::new(),
             warnings: Vec::new(),
             stats: Stats {
+                format,
                 duplicates_exact: true,
                 ..Stats::default()
             },
@@ -303,7 +364,7 @@ impl<'o> Accumulator<'o> {
         }
     }
 
-    fn merge(&mut self, line: u64, mut out: LineOutcome, sink: Option<&mut Vec<Conversation>>) {
+    fn merge(&mut self, line: u64, mut out: LineOutcome, sink: Option<&mut Vec<Row>>) {
         self.stats.lines += 1;
         if !matches!(out.kind, LineKind::Blank) && !self.seen_content {
             self.seen_content = true;
@@ -352,7 +413,13 @@ impl<'o> Accumulator<'o> {
                     line,
                     message_index: None,
                     code: Code::DuplicateExample,
-                    message: format!("the same conversation as line {first} (a repeated example weighs more in training)"),
+                    message: format!(
+                        "the same {} as line {first} (a repeated example weighs more in training)",
+                        match self.stats.format {
+                            DataFormat::Chat => "conversation",
+                            DataFormat::Preference => "preference pair",
+                        }
+                    ),
                 });
             }
             None if self.seen.len() < self.opts.max_tracked_examples => {
@@ -360,19 +427,27 @@ impl<'o> Accumulator<'o> {
             }
             None => self.stats.duplicates_exact = false,
         }
-        if let (Some(acc), Some(tc)) = (&mut self.tokens, &ex.tokens) {
-            acc.add(tc, self.opts);
+        if let Some(acc) = &mut self.tokens {
+            if let Some(tc) = &ex.tokens {
+                acc.add(tc, self.opts);
+            }
+            if let Some((chosen, rejected)) = &ex.pair_tokens {
+                acc.add_pair(chosen, rejected, self.opts);
+            }
         }
-        if let (Some(sink), Some(conv)) = (sink, ex.conversation) {
-            sink.push(conv);
+        if let (Some(sink), Some(row)) = (sink, ex.row) {
+            sink.push(row);
         }
     }
 
     fn finish(mut self) -> CheckReport {
         if !self.stopped && self.stats.examples == 0 && self.stats.error_count == 0 {
             let message = if self.stats.lines == 0 {
-                "the file is empty; each line must be one conversation: {\"messages\": [...]}"
-                    .to_string()
+                match self.stats.format {
+                    DataFormat::Chat => "the file is empty; each line must be one conversation: {\"messages\": [...]}",
+                    DataFormat::Preference => "the file is empty; each line must be one preference pair: {\"input\": {\"messages\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]}",
+                }
+                .to_string()
             } else {
                 "the file has only blank lines, no conversation".to_string()
             };

@@ -62,3 +62,42 @@ impl Conversation {
             .map(|m| m.content.as_str())
     }
 }
+
+/// A checked preference pair (OpenAI's preference fine-tuning format, used for DPO): a prompt and
+/// two answers to its last user message, the preferred one and the non-preferred one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceExample {
+    /// `input.messages`: an optional system message first, then user/assistant turns ending with a
+    /// user message. Its assistant messages are context: they are never trained.
+    pub input: Vec<Message>,
+    /// The content of `preferred_output[0]` (an assistant message).
+    pub preferred: String,
+    /// The content of `non_preferred_output[0]`.
+    pub non_preferred: String,
+}
+
+impl PreferenceExample {
+    /// The prompt followed by the preferred answer, the only trained message.
+    pub fn chosen(&self) -> Conversation {
+        self.with_answer(&self.preferred)
+    }
+
+    /// The prompt followed by the non-preferred answer, the only trained message.
+    pub fn rejected(&self) -> Conversation {
+        self.with_answer(&self.non_preferred)
+    }
+
+    fn with_answer(&self, answer: &str) -> Conversation {
+        let mut messages: Vec<Message> = self
+            .input
+            .iter()
+            .map(|m| Message {
+                // Other roles keep `true`: they are never trained anyway.
+                trained: m.role != Role::Assistant,
+                ..m.clone()
+            })
+            .collect();
+        messages.push(Message::new(Role::Assistant, answer));
+        Conversation { messages }
+    }
+}

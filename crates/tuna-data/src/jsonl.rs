@@ -16,29 +16,54 @@ use std::path::Path;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::check::{self, CheckOptions};
-use crate::conversation::Conversation;
+use crate::check::{self, CheckOptions, DataFormat, Row};
+use crate::conversation::{Conversation, PreferenceExample};
 use crate::error::{Error, Result};
 
-/// Reads a dataset for training and returns its conversations in file order (blank lines skipped).
+/// Reads a chat dataset for training and returns its conversations in file order (blank lines
+/// skipped).
 ///
 /// Fails on the first invalid line with an error naming the file, the 1-based line, the stable
 /// error code and what is wrong; `tuna data check FILE` lists every problem at once. Warnings
 /// (duplicates, ignored fields, ...) do not fail. Token limits are not applied here: truncating
 /// or dropping long examples is the trainer's job, because only it knows the sequence length.
 pub fn read_conversations(path: &Path) -> Result<Vec<Conversation>> {
+    Ok(read_rows(path, DataFormat::Chat)?
+        .into_iter()
+        .filter_map(|row| match row {
+            Row::Chat(c) => Some(c),
+            Row::Preference(_) => None,
+        })
+        .collect())
+}
+
+/// Reads a preference dataset (OpenAI's preference format, for DPO) for training: its pairs in
+/// file order. Fails like [`read_conversations`].
+pub fn read_preference_pairs(path: &Path) -> Result<Vec<PreferenceExample>> {
+    Ok(read_rows(path, DataFormat::Preference)?
+        .into_iter()
+        .filter_map(|row| match row {
+            Row::Preference(p) => Some(p),
+            Row::Chat(_) => None,
+        })
+        .collect())
+}
+
+/// Every valid line of `path` read as `format`, or the first error.
+fn read_rows(path: &Path, format: DataFormat) -> Result<Vec<Row>> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let opts = CheckOptions::default();
-    let mut conversations = Vec::new();
+    let opts = CheckOptions {
+        format: Some(format),
+        ..CheckOptions::default()
+    };
+    let mut rows = Vec::new();
     let report =
-        check::run_check(file, &opts, None, Some(&mut conversations), true).map_err(|source| {
-            Error::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+        check::run_check(file, &opts, None, Some(&mut rows), true).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
     if let Some(first) = report.errors.first() {
         return Err(Error::InvalidDataset {
@@ -48,7 +73,7 @@ pub fn read_conversations(path: &Path) -> Result<Vec<Conversation>> {
             message: first.message.clone(),
         });
     }
-    Ok(conversations)
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------------------------

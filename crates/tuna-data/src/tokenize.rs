@@ -15,7 +15,7 @@ use tokenizers::{
     Tokenizer,
 };
 
-use crate::conversation::{Conversation, Message};
+use crate::conversation::{Conversation, Message, PreferenceExample};
 use crate::error::{Error, Result};
 use crate::mask::{self, IGNORE_INDEX, RenderedChat};
 use crate::template::ChatTemplate;
@@ -50,6 +50,32 @@ impl TokenizedExample {
 
     pub fn is_empty(&self) -> bool {
         self.input_ids.is_empty()
+    }
+}
+
+/// A tokenized preference pair: the prompt followed by the preferred answer, and by the
+/// non-preferred one. Each is rendered and labelled exactly as a chat example whose only trained
+/// message is that answer ([`ChatTokenizer::encode_example`]), so both start with the same prompt
+/// tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPair {
+    pub chosen: TokenizedExample,
+    pub rejected: TokenizedExample,
+}
+
+impl TokenizedPair {
+    /// Tokens of both sequences.
+    pub fn len(&self) -> usize {
+        self.chosen.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chosen.is_empty() && self.rejected.is_empty()
+    }
+
+    /// Trained tokens of both sequences.
+    pub fn trained_tokens(&self) -> usize {
+        self.chosen.trained_tokens() + self.rejected.trained_tokens()
     }
 }
 
@@ -209,6 +235,22 @@ impl ChatTokenizer {
     /// results in input order.
     pub fn encode_examples(&self, convs: &[Conversation]) -> Vec<Result<TokenizedExample>> {
         convs.par_iter().map(|c| self.encode_example(c)).collect()
+    }
+
+    /// A preference pair as two training examples (see [`TokenizedPair`]).
+    pub fn encode_preference(&self, pair: &PreferenceExample) -> Result<TokenizedPair> {
+        Ok(TokenizedPair {
+            chosen: self.encode_example(&pair.chosen())?,
+            rejected: self.encode_example(&pair.rejected())?,
+        })
+    }
+
+    /// [`encode_preference`](Self::encode_preference) over many pairs in parallel, in input order.
+    pub fn encode_preferences(&self, pairs: &[PreferenceExample]) -> Vec<Result<TokenizedPair>> {
+        pairs
+            .par_iter()
+            .map(|p| self.encode_preference(p))
+            .collect()
     }
 
     /// Incremental detokenizer for streaming generated ids; special tokens are skipped.

@@ -10,8 +10,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use tuna_data::check::{Code, Issue, Overflow, TokenCount};
 use tuna_data::{
-    CheckOptions, CheckReport, Conversation, Role, TokenCounter, check_file, check_reader,
-    read_conversations,
+    CheckOptions, CheckReport, Conversation, DataFormat, Role, TokenCounter, check_file,
+    check_reader, read_conversations, read_preference_pairs,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -164,6 +164,40 @@ fn every_error_code_at_its_line_and_message() {
                 (2, Some(2), ToolCallsNotSupported),
             ],
         ),
+        // Preference (DPO) files, recognised from their first line.
+        (
+            "missing_input.jsonl",
+            &[
+                (2, None, MissingInput),
+                (3, None, MissingInput),
+                (4, None, MissingInput),
+            ],
+        ),
+        (
+            "invalid_input.jsonl",
+            &[
+                (2, None, InvalidInput),
+                (3, None, InvalidInput),
+                (4, None, InvalidInput),
+            ],
+        ),
+        (
+            "input_not_ending_with_user.jsonl",
+            &[(2, Some(1), InputNotEndingWithUser)],
+        ),
+        ("missing_output.jsonl", &[(2, None, MissingOutput)]),
+        (
+            "invalid_output.jsonl",
+            &[
+                (2, None, InvalidOutput),
+                (2, None, InvalidOutput),
+                (3, None, InvalidOutput),
+                (3, None, InvalidOutput),
+                (4, None, InvalidOutput),
+            ],
+        ),
+        ("empty_output.jsonl", &[(2, None, EmptyOutput)]),
+        ("identical_outputs.jsonl", &[(2, None, IdenticalOutputs)]),
     ];
     let mut seen = BTreeSet::new();
     for (name, errors) in cases {
@@ -302,6 +336,14 @@ fn every_warning_code_at_its_line() {
         (
             "warn_duplicate_example.jsonl",
             &[(3, None, DuplicateExample)],
+        ),
+        (
+            "warn_preference.jsonl",
+            &[
+                (2, None, UnknownField),
+                (2, Some(0), UnknownField),
+                (3, None, DuplicateExample),
+            ],
         ),
     ];
     let mut seen = BTreeSet::new();
@@ -578,6 +620,139 @@ fn read_conversations_fails_with_file_and_line() {
     assert!(err.contains("no_such_file.jsonl"), "{err}");
 }
 
+#[test]
+fn preference_messages_name_the_field_and_a_hint() {
+    let r = check("missing_input.jsonl");
+    assert_eq!(r.stats.format, DataFormat::Preference);
+    assert!(message(&r, MissingInput, 0).contains("this line is chat data"));
+    assert!(message(&r, MissingInput, 1).contains("TRL / LLaMA-Factory"));
+    let r = check("invalid_input.jsonl");
+    assert!(message(&r, InvalidInput, 0).contains("it is a list of messages"));
+    assert!(message(&r, InvalidInput, 1).contains("`input` has no `messages`"));
+    assert!(message(&r, InvalidInput, 2).contains("`input.messages` is empty"));
+    let r = check("input_not_ending_with_user.jsonl");
+    assert!(
+        message(&r, InputNotEndingWithUser, 0)
+            .starts_with("`input.messages` ends with an assistant message (`input.messages[1]`)")
+    );
+    let r = check("invalid_output.jsonl");
+    let m: Vec<String> = (0..5).map(|i| message(&r, InvalidOutput, i)).collect();
+    assert!(
+        m[0].contains("found a string") && m[0].contains("write the answer as"),
+        "{m:?}"
+    );
+    assert!(m[1].contains("`non_preferred_output` is empty"), "{m:?}");
+    assert!(
+        m[2].contains("`preferred_output[0].role` is \"user\""),
+        "{m:?}"
+    );
+    assert!(m[3].contains("holds 2 messages"), "{m:?}");
+    assert!(m[4].contains("wrap it in a list"), "{m:?}");
+    assert!(
+        message(&check("empty_output.jsonl"), EmptyOutput, 0)
+            .starts_with("`non_preferred_output[0].content` is empty")
+    );
+    assert!(
+        message(&check("warn_preference.jsonl"), DuplicateExample, 0)
+            .contains("same preference pair as line 1")
+    );
+    // Told the format, a chat file fails on every line, and a preference file read as chat data
+    // says what it is.
+    let opts = CheckOptions {
+        format: Some(DataFormat::Preference),
+        ..CheckOptions::default()
+    };
+    let r = check_with("good.jsonl", &opts);
+    assert_eq!((r.stats.invalid_lines, r.stats.examples), (4, 0));
+    let opts = CheckOptions {
+        format: Some(DataFormat::Chat),
+        ..CheckOptions::default()
+    };
+    let r = check_with("preference_good.jsonl", &opts);
+    assert!(message(&r, MissingMessages, 0).contains("--objective dpo"));
+}
+
+#[test]
+fn preference_files_pass_with_their_stats() {
+    let r = check("preference_good.jsonl");
+    assert_issues("preference_good.jsonl", &r, &[], &[]);
+    let s = &r.stats;
+    assert_eq!(s.format, DataFormat::Preference);
+    assert_eq!((s.lines, s.examples), (4, 4));
+    // The inputs' messages plus each pair's preferred answer (trained); the inputs' assistant
+    // message is context.
+    assert_eq!(
+        (
+            s.messages.system,
+            s.messages.user,
+            s.messages.assistant,
+            s.messages.assistant_trained
+        ),
+        (1, 5, 5, 4)
+    );
+    assert_eq!(
+        (
+            s.turns,
+            s.multi_turn_examples,
+            s.max_turns,
+            s.examples_with_system
+        ),
+        (5, 1, 2, 1)
+    );
+
+    let pairs = read_preference_pairs(&fixture("preference_good.jsonl")).unwrap();
+    assert_eq!(pairs.len(), 4);
+    assert_eq!(pairs[1].input[0].content, "Be brief.");
+    assert_eq!(
+        (pairs[2].preferred.as_str(), pairs[2].non_preferred.as_str()),
+        ("4", "5")
+    );
+    assert!(
+        !pairs[2].input[1].trained,
+        "the input's answers are context"
+    );
+    let err = read_preference_pairs(&fixture("invalid_output.jsonl"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid_output.jsonl:2: invalid_output"),
+        "{err}"
+    );
+    let err = read_conversations(&fixture("preference_good.jsonl"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(":1: missing_messages") && err.contains("preference (DPO) data"),
+        "{err}"
+    );
+
+    // The shipped preference datasets (assets/data; numbers counted independently in Python).
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/data");
+    for (name, pairs, system, user, assistant, multi_turn, duplicates) in [
+        ("identity_pref.jsonl", 91, 0, 91, 91, 0, 0),
+        ("dpo_en_demo.jsonl", 300, 80, 563, 263 + 300, 106, 5),
+        ("dpo_zh_demo.jsonl", 300, 64, 300, 300, 0, 11),
+    ] {
+        let r = check_file(&assets.join(name), &CheckOptions::default(), None).unwrap();
+        assert!(r.ok, "{name}: {:#?}", r.errors);
+        let s = &r.stats;
+        assert_eq!(s.format, DataFormat::Preference, "{name}");
+        assert_eq!(
+            (
+                s.examples,
+                s.messages.system,
+                s.messages.user,
+                s.messages.assistant,
+                s.multi_turn_examples,
+                s.duplicates
+            ),
+            (pairs, system, user, assistant, multi_turn, duplicates),
+            "{name}"
+        );
+        assert_eq!(s.warning_count, duplicates, "{name}: {:#?}", r.warnings);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Token statistics with a fake counter
 
@@ -685,6 +860,88 @@ fn token_stats_percentiles_and_overflow_drop() {
         "{}",
         r.warnings[0].message
     );
+}
+
+/// Preference pairs `{"input": [user: p], outputs c / r}`: a sequence has p + answer tokens, the
+/// answer trained (at the end, as rendered).
+struct PairCounter;
+
+impl TokenCounter for PairCounter {
+    fn count(&self, conv: &Conversation) -> Result<(usize, usize), String> {
+        let num = |i: usize| {
+            conv.messages[i]
+                .content
+                .parse::<usize>()
+                .map_err(|e| e.to_string())
+        };
+        let (p, a) = (num(0)?, num(conv.messages.len() - 1)?);
+        Ok((p + a, a))
+    }
+
+    fn count_with_limit(&self, conv: &Conversation, max_len: usize) -> Result<TokenCount, String> {
+        let (total, trained) = self.count(conv)?;
+        Ok(TokenCount {
+            total,
+            trained,
+            trained_within_limit: Some(max_len.saturating_sub(total - trained).min(trained)),
+        })
+    }
+}
+
+#[test]
+fn preference_token_stats_count_both_sequences_and_limit_the_longer() {
+    // (prompt, chosen, rejected) tokens.
+    let pairs = [(10, 5, 20), (30, 40, 2), (50, 6, 8), (2, 3, 4)];
+    let text: String = pairs
+        .iter()
+        .map(|(p, c, r)| {
+            format!(r#"{{"input": {{"messages": [{{"role": "user", "content": "{p}"}}]}}, "preferred_output": [{{"role": "assistant", "content": "{c}"}}], "non_preferred_output": [{{"role": "assistant", "content": "{r}"}}]}}"#) + "\n"
+        })
+        .collect();
+    // max 60: pair 2 (70 and 32 tokens) is over by its chosen sequence only.
+    let opts = CheckOptions {
+        max_seq_len: 60,
+        ..CheckOptions::default()
+    };
+    let r = check_reader(text.as_bytes(), &opts, Some(&PairCounter)).unwrap();
+    assert!(r.ok, "{:#?}", r.errors);
+    assert_issues("pairs", &r, &[], &[(2, None, TooManyTokens)]);
+    assert!(
+        r.warnings[0]
+            .message
+            .contains("70 tokens (prompt + preferred output) and 32")
+    );
+    let t = r.stats.tokens.as_ref().unwrap();
+    let p = t.pairs.as_ref().unwrap();
+    assert_eq!((p.prompt.min, p.prompt.max), (2, 50));
+    assert!((p.prompt.mean - 23.0).abs() < 1e-12);
+    assert_eq!(
+        (p.chosen.min, p.chosen.max, p.rejected.min, p.rejected.max),
+        (3, 40, 2, 20)
+    );
+    // Totals per pair: both sequences.
+    let totals: Vec<u64> = pairs.iter().map(|&(p, c, r)| 2 * p + c + r).collect();
+    assert_eq!(t.total.max, *totals.iter().max().unwrap());
+    assert_eq!((t.over_max_seq_len, t.dropped), (1, 1));
+    assert_eq!(t.epoch_tokens, totals.iter().sum::<u64>() - totals[1]);
+    assert_eq!(t.epoch_trained_tokens, (5 + 20) + (6 + 8) + (3 + 4));
+    // Histogram by the longer sequence: 35, 70, 58, 6 → 0-63: 3, 64-127: 1.
+    assert_eq!((t.histogram[0].count, t.histogram[1].count), (3, 1));
+
+    // Truncated, both sequences keep their first 60 tokens: 60 + 32 tokens, 30 + 2 trained.
+    let opts = CheckOptions {
+        overflow: Overflow::Truncate,
+        ..opts
+    };
+    let r = check_reader(text.as_bytes(), &opts, Some(&PairCounter)).unwrap();
+    let t = r.stats.tokens.as_ref().unwrap();
+    assert_eq!((t.dropped, t.truncated), (0, 1));
+    assert_eq!(
+        t.epoch_tokens,
+        totals.iter().sum::<u64>() - totals[1] + 60 + 32
+    );
+    assert_eq!(t.epoch_trained_tokens, 25 + 14 + 7 + 30 + 2);
+    assert!(t.epoch_trained_tokens_exact);
 }
 
 #[test]

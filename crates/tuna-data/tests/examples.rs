@@ -282,3 +282,64 @@ fn split_is_disjoint_and_complete() {
         }
     }
 }
+
+/// Preference pairs on the real Qwen2.5 and Qwen3 templates, over every pair of the shipped DPO
+/// demos (system prompts, multi-turn inputs, Chinese): both sequences start with the prompt as
+/// generation renders it (`add_generation_prompt`), labels start right after it and cover the
+/// whole answer as the template renders it (Qwen3: with its empty think block) up to and including
+/// `<|im_end|>`; only the template's newline after it stays unlabelled. That is TRL's completion
+/// (the full render after the common prefix with the prompt render) minus that newline.
+#[test]
+fn preference_pairs_label_exactly_the_rendered_answer() {
+    for model in ["qwen2.5", "qwen3"] {
+        let tok = ChatTokenizer::from_model_dir(&std::path::Path::new(ASSETS).join(model))
+            .expect("tokenizer");
+        let im_end = tok.token_to_id("<|im_end|>").expect("im_end");
+        let newline = tok.encode("\n").expect("newline");
+        for file in ["dpo_en_demo.jsonl", "dpo_zh_demo.jsonl"] {
+            let path = std::path::Path::new(ASSETS).join("data").join(file);
+            let pairs = tuna_data::read_preference_pairs(&path).expect("pairs");
+            assert_eq!(pairs.len(), 300);
+            for (i, (pair, enc)) in pairs.iter().zip(tok.encode_preferences(&pairs)).enumerate() {
+                let enc = enc.expect("encodes");
+                let prompt = tok.encode_prompt(&pair.input, None).expect("prompt");
+                for (which, ex, answer) in [
+                    ("chosen", &enc.chosen, &pair.preferred),
+                    ("rejected", &enc.rejected, &pair.non_preferred),
+                ] {
+                    let at = format!("{model} {file} pair {i} {which}");
+                    assert_eq!(&ex.input_ids[..prompt.len()], &prompt[..], "{at}: prompt");
+                    let first = ex.labels.iter().position(|&l| l != IGNORE_INDEX);
+                    assert_eq!(first, Some(prompt.len()), "{at}: first label");
+                    let n = ex.input_ids.len();
+                    assert_eq!(
+                        ex.input_ids[n - 1..],
+                        newline[..],
+                        "{at}: ends with a newline"
+                    );
+                    assert_eq!(ex.labels[n - 1], IGNORE_INDEX, "{at}: newline unlabelled");
+                    assert_eq!(ex.labels[n - 2], im_end as i32, "{at}: <|im_end|> labelled");
+                    assert!(
+                        ex.labels[prompt.len()..n - 1]
+                            .iter()
+                            .all(|&l| l != IGNORE_INDEX),
+                        "{at}: the answer is labelled throughout"
+                    );
+                    let text = tok
+                        .decode(&ex.input_ids[prompt.len()..n - 2], false)
+                        .expect("decode");
+                    let think = if model == "qwen3" {
+                        "<think>\n\n</think>\n\n"
+                    } else {
+                        ""
+                    };
+                    assert_eq!(
+                        text,
+                        format!("{think}{}", answer.trim()),
+                        "{at}: answer text"
+                    );
+                }
+            }
+        }
+    }
+}

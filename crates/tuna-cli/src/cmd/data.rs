@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
+use tuna_data::DataFormat;
 use tuna_data::check::{
     Code, DEFAULT_MAX_LINE_BYTES, Issue, Overflow, Stats, Summary, TokenCount, TokenStats,
 };
@@ -30,10 +31,24 @@ pub enum DataCommand {
     Check(CheckArgs),
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatArg {
+    /// Recognise it from the first line
+    Auto,
+    /// Chat data for supervised fine-tuning: {"messages": [...]}
+    Chat,
+    /// Preference pairs for DPO: {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}
+    Preference,
+}
+
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// The dataset: one {"messages": [{"role": ..., "content": ...}, ...]} per line (`-` reads stdin)
+    /// The dataset: one {"messages": [{"role": ..., "content": ...}, ...]} per line, or one
+    /// preference pair per line (`-` reads stdin)
     pub file: PathBuf,
+    /// What each line holds
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: FormatArg,
     /// Count tokens with this model's chat template and tokenizer: a Hugging Face directory, or `demo`
     #[arg(long, env = "TUNA_MODEL")]
     pub model: Option<String>,
@@ -101,6 +116,11 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let opts = CheckOptions {
+        format: match args.format {
+            FormatArg::Auto => None,
+            FormatArg::Chat => Some(DataFormat::Chat),
+            FormatArg::Preference => Some(DataFormat::Preference),
+        },
         max_line_bytes: args.max_line_bytes,
         max_seq_len: args.max_seq_len,
         overflow: if args.truncate {
@@ -154,9 +174,16 @@ fn render(name: &str, report: &CheckReport, model: Option<&Path>, args: &CheckAr
         }
     };
 
+    let preference = s.format == DataFormat::Preference;
+    let unit = if preference {
+        "preference pairs"
+    } else {
+        "examples"
+    };
     let _ = writeln!(
         out,
-        "{name}: {} lines, {} examples, {} errors, {} warnings",
+        "{name} ({} data): {} lines, {} {unit}, {} errors, {} warnings",
+        s.format.as_str(),
         n(s.lines),
         n(s.examples),
         n(s.error_count),
@@ -219,6 +246,7 @@ fn render(name: &str, report: &CheckReport, model: Option<&Path>, args: &CheckAr
         );
         if s.errors_by_code.contains_key(&Code::UnknownRole)
             || s.errors_by_code.contains_key(&Code::MissingMessages)
+            || s.errors_by_code.contains_key(&Code::MissingInput)
         {
             let _ = writeln!(
                 out,
@@ -229,7 +257,7 @@ fn render(name: &str, report: &CheckReport, model: Option<&Path>, args: &CheckAr
         let dropped = s.tokens.as_ref().map_or(0, |t| t.dropped);
         let _ = writeln!(
             out,
-            "READY: {} examples can be trained on{}.",
+            "READY: {} {unit} can be trained on{}.",
             n(s.examples - dropped),
             if dropped > 0 {
                 format!(
@@ -248,9 +276,10 @@ fn render(name: &str, report: &CheckReport, model: Option<&Path>, args: &CheckAr
             );
         }
         let model = args.model.as_deref().unwrap_or("demo");
+        let objective = if preference { " --objective dpo" } else { "" };
         let _ = writeln!(
             out,
-            "Next: fine-tune on it, e.g. `tuna train --model {model} --data {quoted} --out runs/first`"
+            "Next: fine-tune on it, e.g. `tuna train --model {model} --data {quoted}{objective} --out runs/first`"
         );
     }
     out
@@ -337,11 +366,17 @@ fn write_tokens(out: &mut String, t: &TokenStats) {
             n(s.max)
         )
     };
-    let _ = writeln!(out, "  {:<20} {}", "per example", summary(&t.total));
+    if let Some(p) = &t.pairs {
+        let _ = writeln!(out, "  {:<20} {}", "prompt per pair", summary(&p.prompt));
+        let _ = writeln!(out, "  {:<20} {}", "preferred answer", summary(&p.chosen));
+        let _ = writeln!(out, "  {:<20} {}", "non-preferred", summary(&p.rejected));
+    }
+    let unit = if t.pairs.is_some() { "pair" } else { "example" };
+    let _ = writeln!(out, "  {:<20} {}", format!("per {unit}"), summary(&t.total));
     let _ = writeln!(
         out,
         "  {:<20} {}",
-        "trained per example",
+        format!("trained per {unit}"),
         summary(&t.trained)
     );
     let fate = match t.overflow {
@@ -350,7 +385,7 @@ fn write_tokens(out: &mut String, t: &TokenStats) {
     };
     let _ = writeln!(
         out,
-        "  {:<20} {} examples{}",
+        "  {:<20} {} {unit}s{}",
         format!("over {} tokens", n(t.max_seq_len as u64)),
         n(t.over_max_seq_len),
         if t.over_max_seq_len > 0 {
@@ -385,7 +420,15 @@ fn write_tokens(out: &mut String, t: &TokenStats) {
         .max()
         .unwrap_or(1)
         .max(1);
-    let _ = writeln!(out, "  tokens per example:");
+    let _ = writeln!(
+        out,
+        "  tokens per {unit}{}:",
+        if t.pairs.is_some() {
+            " (its longer sequence)"
+        } else {
+            ""
+        }
+    );
     for b in &t.histogram[first..=last] {
         let range = match b.max {
             Some(hi) => format!("{}–{}", b.min, hi - 1),
@@ -442,6 +485,7 @@ mod tests {
             tuna_data::check_reader(text.as_bytes(), &CheckOptions::default(), None).unwrap();
         let args = CheckArgs {
             file: "d.jsonl".into(),
+            format: FormatArg::Auto,
             model: None,
             max_seq_len: 2048,
             truncate: false,

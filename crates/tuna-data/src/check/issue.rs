@@ -45,6 +45,21 @@ pub enum Code {
     ToolCallsNotSupported,
     /// The token counter (chat template + tokenizer) failed on this example.
     TokenizationFailed,
+    // --- errors: one line of a preference (DPO) file
+    /// No `input` (the prompt of a preference pair).
+    MissingInput,
+    /// `input` is not an object with a non-empty `messages` list.
+    InvalidInput,
+    /// The last message of `input.messages` is not a user message: the outputs answer it.
+    InputNotEndingWithUser,
+    /// No `preferred_output` or no `non_preferred_output`.
+    MissingOutput,
+    /// An output is not a list holding exactly one assistant message.
+    InvalidOutput,
+    /// An output's assistant message has no text.
+    EmptyOutput,
+    /// The preferred and the non-preferred output are the same text: the pair teaches nothing.
+    IdenticalOutputs,
     // --- warnings
     BlankLine,
     ByteOrderMark,
@@ -63,7 +78,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in declaration order.
-    pub const ALL: [Code; 34] = [
+    pub const ALL: [Code; 41] = [
         Code::EmptyFile,
         Code::JsonArray,
         Code::BinaryFile,
@@ -90,6 +105,13 @@ impl Code {
         Code::InvalidWeight,
         Code::ToolCallsNotSupported,
         Code::TokenizationFailed,
+        Code::MissingInput,
+        Code::InvalidInput,
+        Code::InputNotEndingWithUser,
+        Code::MissingOutput,
+        Code::InvalidOutput,
+        Code::EmptyOutput,
+        Code::IdenticalOutputs,
         Code::BlankLine,
         Code::ByteOrderMark,
         Code::UnknownField,
@@ -143,6 +165,13 @@ impl Code {
             Code::InvalidWeight => "invalid_weight",
             Code::ToolCallsNotSupported => "tool_calls_not_supported",
             Code::TokenizationFailed => "tokenization_failed",
+            Code::MissingInput => "missing_input",
+            Code::InvalidInput => "invalid_input",
+            Code::InputNotEndingWithUser => "input_not_ending_with_user",
+            Code::MissingOutput => "missing_output",
+            Code::InvalidOutput => "invalid_output",
+            Code::EmptyOutput => "empty_output",
+            Code::IdenticalOutputs => "identical_outputs",
             Code::BlankLine => "blank_line",
             Code::ByteOrderMark => "byte_order_mark",
             Code::UnknownField => "unknown_field",
@@ -167,7 +196,9 @@ impl std::fmt::Display for Code {
 pub struct Issue {
     /// 1-based line number; 0 for a problem of the whole file (e.g. `empty_file`).
     pub line: u64,
-    /// The message (0-based index into `messages`) the problem is in, if it is in one.
+    /// The message (0-based index into `messages`; into `input.messages` in a preference file) the
+    /// problem is in, if it is in one. Problems of a preference file's outputs have none: their
+    /// message names the output.
     pub message_index: Option<usize>,
     pub code: Code,
     pub message: String,

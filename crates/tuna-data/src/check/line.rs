@@ -11,18 +11,18 @@ use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 
 use super::issue::{Code, Issue};
-use super::{CheckOptions, Overflow, TokenCount, TokenCounter};
-use crate::conversation::{Conversation, Message, Role};
+use super::{CheckOptions, DataFormat, Overflow, TokenCount, TokenCounter};
+use crate::conversation::{Conversation, Message, PreferenceExample, Role};
 use crate::jsonl::Json;
 
 /// How many characters of a bad value a message quotes.
-const PREVIEW: usize = 60;
+pub(crate) const PREVIEW: usize = 60;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Fixed seeds: a conversation hashes the same in every run. aHash rather than std's SipHash:
 /// hashing every content byte is a visible share of a check, and these hashes guard nothing.
-static HASH_STATE: ahash::RandomState = ahash::RandomState::with_seeds(
+pub(crate) static HASH_STATE: ahash::RandomState = ahash::RandomState::with_seeds(
     0x243F_6A88_85A3_08D3,
     0x1319_8A2E_0370_7344,
     0xA409_3822_299F_31D0,
@@ -60,20 +60,48 @@ pub(crate) struct Example {
     pub turns: u32,
     /// Hash of the normalized conversation (roles, weights, contents trimmed), for duplicates.
     pub hash: u64,
+    /// Tokens of a chat example.
     pub tokens: Option<TokenCount>,
-    /// Kept only when the caller collects conversations (training) or counts tokens.
-    pub conversation: Option<Conversation>,
+    /// Tokens of a preference pair: (prompt + preferred, prompt + non-preferred).
+    pub pair_tokens: Option<(TokenCount, TokenCount)>,
+    /// Kept only when the caller collects the rows (training).
+    pub row: Option<Row>,
+}
+
+/// A valid line, as training reads it.
+#[derive(Debug)]
+pub(crate) enum Row {
+    Chat(Conversation),
+    Preference(PreferenceExample),
+}
+
+impl Example {
+    /// An example with nothing counted yet.
+    pub fn empty() -> Self {
+        Example {
+            system: 0,
+            user: 0,
+            assistant: 0,
+            assistant_trained: 0,
+            turns: 0,
+            hash: 0,
+            tokens: None,
+            pair_tokens: None,
+            row: None,
+        }
+    }
 }
 
 /// Collects the issues of one line.
-struct Report {
+pub(crate) struct Report {
     line: u64,
     issues: Vec<Issue>,
-    errors: usize,
+    /// Errors pushed so far.
+    pub errors: usize,
 }
 
 impl Report {
-    fn push(&mut self, message_index: Option<usize>, code: Code, message: String) {
+    pub fn push(&mut self, message_index: Option<usize>, code: Code, message: String) {
         if code.is_error() {
             self.errors += 1;
         }
@@ -86,10 +114,12 @@ impl Report {
     }
 }
 
-/// Checks one line. `raw` excludes the `\n`; `keep_conversation` asks for the parsed conversation.
+/// Checks one line of a file in `format`. `raw` excludes the `\n`; `keep_conversation` asks for
+/// the parsed row.
 pub(crate) fn check_line(
     line: u64,
     raw: &[u8],
+    format: DataFormat,
     opts: &CheckOptions,
     counter: Option<&dyn TokenCounter>,
     keep_conversation: bool,
@@ -100,7 +130,15 @@ pub(crate) fn check_line(
         issues: Vec::new(),
         errors: 0,
     };
-    let kind = check_bytes(&mut r, &mut out, raw, opts, counter, keep_conversation);
+    let kind = check_bytes(
+        &mut r,
+        &mut out,
+        raw,
+        format,
+        opts,
+        counter,
+        keep_conversation,
+    );
     out.kind = kind;
     out.issues = r.issues;
     out
@@ -110,6 +148,7 @@ fn check_bytes(
     r: &mut Report,
     out: &mut LineOutcome,
     raw: &[u8],
+    format: DataFormat,
     opts: &CheckOptions,
     counter: Option<&dyn TokenCounter>,
     keep_conversation: bool,
@@ -186,7 +225,12 @@ fn check_bytes(
             return LineKind::Invalid;
         }
     };
-    check_row(r, value, opts, counter, keep_conversation)
+    match format {
+        DataFormat::Chat => check_row(r, value, opts, counter, keep_conversation),
+        DataFormat::Preference => {
+            super::preference::check_pair(r, value, opts, counter, keep_conversation)
+        }
+    }
 }
 
 /// Recognises files that are not UTF-8 text at all from their first bytes.
@@ -280,7 +324,7 @@ fn json_error_message(text: &str, e: &serde_json::Error) -> String {
 
 /// Reports each key that appears twice in one object, once, at its second occurrence; `path`
 /// names the object in the message (empty for the line itself).
-fn check_duplicate_keys(
+pub(crate) fn check_duplicate_keys(
     r: &mut Report,
     fields: &[(Cow<'_, str>, Json<'_>)],
     index: Option<usize>,
@@ -413,44 +457,11 @@ fn check_row(
     };
 
     let errors_before = r.errors;
-    let mut parsed: Vec<Option<Parsed<'_>>> = Vec::with_capacity(items.len());
-    let mut all_roles_known = true;
-    for (i, item) in items.iter().enumerate() {
-        let p = check_message(r, i, item);
-        all_roles_known &= p.as_ref().is_some_and(|p| p.role.is_some());
-        parsed.push(p);
-    }
+    let (parsed, all_roles_known) = check_message_list(r, items, MessageAt::chat);
     let roles: Vec<Option<Role>> = parsed
         .iter()
         .map(|p| p.as_ref().and_then(|p| p.role))
         .collect();
-
-    // Order rules, judged on the messages whose role is known.
-    let mut first_system: Option<usize> = None;
-    for (i, role) in roles.iter().enumerate() {
-        if *role != Some(Role::System) {
-            continue;
-        }
-        match first_system {
-            None => {
-                if i != 0 {
-                    r.push(
-                        Some(i),
-                        Code::SystemNotFirst,
-                        format!(
-                            "`messages[{i}]` is a system message but not the first one; the system prompt must open the conversation"
-                        ),
-                    );
-                }
-                first_system = Some(i);
-            }
-            Some(f) => r.push(
-                Some(i),
-                Code::MultipleSystem,
-                format!("`messages[{i}]` is a second system message (the first is `messages[{f}]`); merge them into one"),
-            ),
-        }
-    }
     // Without every role known, a missing user/assistant would only echo the role errors above.
     if all_roles_known {
         if !roles.contains(&Some(Role::User)) {
@@ -475,36 +486,9 @@ fn check_row(
 
     // Valid from here on: every message parsed with a known role and content.
     let msgs: Vec<Parsed<'_>> = parsed.into_iter().flatten().collect();
-    let mut ex = Example {
-        system: 0,
-        user: 0,
-        assistant: 0,
-        assistant_trained: 0,
-        turns: 0,
-        hash: 0,
-        tokens: None,
-        conversation: None,
-    };
+    let mut ex = Example::empty();
     let mut hasher = HASH_STATE.build_hasher();
-    let mut prev = None;
-    for m in &msgs {
-        let role = m.role.unwrap_or(Role::User);
-        match role {
-            Role::System => ex.system += 1,
-            Role::User => ex.user += 1,
-            Role::Assistant => {
-                ex.assistant += 1;
-                ex.assistant_trained += u32::from(m.trained);
-                ex.turns += u32::from(prev == Some(Role::User));
-            }
-        }
-        prev = Some(role);
-        let content = m.content.as_deref().unwrap_or("").trim();
-        hasher.write_u8(role as u8);
-        hasher.write_u8(u8::from(m.trained));
-        hasher.write_usize(content.len());
-        hasher.write(content.as_bytes());
-    }
+    tally(&msgs, &mut ex, &mut hasher);
     ex.hash = hasher.finish();
     if ex.assistant > 0 && ex.assistant_trained == 0 {
         r.push(
@@ -564,12 +548,12 @@ fn check_row(
         }
     }
     if keep_conversation {
-        ex.conversation = Some(conversation);
+        ex.row = Some(Row::Chat(conversation));
     }
     LineKind::Example(Box::new(ex))
 }
 
-fn too_many_tokens_message(tc: &TokenCount, opts: &CheckOptions) -> String {
+pub(crate) fn too_many_tokens_message(tc: &TokenCount, opts: &CheckOptions) -> String {
     let max = opts.max_seq_len;
     match opts.overflow {
         Overflow::Drop => format!(
@@ -630,6 +614,8 @@ fn missing_messages_message(fields: &[(Cow<'_, str>, Json<'_>)]) -> String {
         "this looks like prompt–completion data: write each row as {\"messages\": [{\"role\": \"user\", \"content\": prompt}, {\"role\": \"assistant\", \"content\": completion}]}".to_string()
     } else if has("question") && has("answer") {
         "write each row as {\"messages\": [{\"role\": \"user\", \"content\": question}, {\"role\": \"assistant\", \"content\": answer}]}".to_string()
+    } else if has("input") && (has("preferred_output") || has("non_preferred_output")) {
+        "this is preference (DPO) data: check it with `tuna data check --format preference` and train on it with `tuna train --objective dpo`".to_string()
     } else if has("chosen") || has("rejected") {
         "this looks like preference (DPO) data; supervised fine-tuning needs {\"messages\": [...]}: use the `chosen` conversation".to_string()
     } else if has("role") && has("content") {
@@ -642,30 +628,59 @@ fn missing_messages_message(fields: &[(Cow<'_, str>, Json<'_>)]) -> String {
     format!("no `messages` field ({found}); {hint}")
 }
 
-/// One message as far as it could be understood.
-struct Parsed<'a> {
-    /// `None` when missing, unknown or a tool role (already reported).
-    role: Option<Role>,
-    /// `None` when missing or invalid (already reported).
-    content: Option<Cow<'a, str>>,
-    trained: bool,
+/// Where a message sits, for its issues, and which rules it follows.
+pub(crate) struct MessageAt {
+    /// The issues' `message_index`.
+    pub index: Option<usize>,
+    /// The message's path in the line: `messages[2]`, `input.messages[0]`, `preferred_output[0]`.
+    pub path: String,
+    /// Whether `weight` means something here (messages of chat data); elsewhere it is ignored
+    /// with a warning.
+    pub weight: bool,
+    /// The code of an assistant message without text.
+    pub empty_assistant: Code,
 }
 
-fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Parsed<'a>> {
+impl MessageAt {
+    fn chat(i: usize) -> Self {
+        MessageAt {
+            index: Some(i),
+            path: format!("messages[{i}]"),
+            weight: true,
+            empty_assistant: Code::EmptyAssistantContent,
+        }
+    }
+}
+
+/// One message as far as it could be understood.
+pub(crate) struct Parsed<'a> {
+    /// `None` when missing, unknown or a tool role (already reported).
+    pub role: Option<Role>,
+    /// `None` when missing or invalid (already reported).
+    pub content: Option<Cow<'a, str>>,
+    pub trained: bool,
+}
+
+pub(crate) fn check_message<'a>(
+    r: &mut Report,
+    at: &MessageAt,
+    item: &'a Json<'a>,
+) -> Option<Parsed<'a>> {
+    let i = at.index;
+    let path = at.path.as_str();
     let Json::Obj(fields) = item else {
         r.push(
-            Some(i),
+            i,
             Code::MessageNotAnObject,
             format!(
-                "`messages[{i}]` must be an object with `role` and `content`, found {}: {}",
+                "`{path}` must be an object with `role` and `content`, found {}: {}",
                 item.kind(),
                 item.preview(PREVIEW)
             ),
         );
         return None;
     };
-    let path = format!("messages[{i}]");
-    check_duplicate_keys(r, fields, Some(i), &path);
+    check_duplicate_keys(r, fields, i, path);
 
     let (mut role_v, mut content_v, mut weight_v) = (None, None, None);
     let mut tool_use = false;
@@ -681,7 +696,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
                 if !empty {
                     tool_use = true;
                     r.push(
-                        Some(i),
+                        i,
                         Code::ToolCallsNotSupported,
                         format!("`{path}.{k}`: tool calls are not supported yet; remove this example or the tool messages"),
                     );
@@ -699,7 +714,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
                 ""
             };
             r.push(
-                Some(i),
+                i,
                 Code::MissingRole,
                 format!("`{path}` has no `role`{hint}"),
             );
@@ -712,7 +727,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
             "tool" | "function" | "ipython" => {
                 tool_use = true;
                 r.push(
-                    Some(i),
+                    i,
                     Code::ToolCallsNotSupported,
                     format!("`{path}.role` is \"{s}\": tool messages are not supported yet; remove this example or its tool messages"),
                 );
@@ -724,7 +739,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
                     None => String::new(),
                 };
                 r.push(
-                    Some(i),
+                    i,
                     Code::UnknownRole,
                     format!(
                         "`{path}.role` is {}; expected \"system\", \"user\" or \"assistant\"{hint}",
@@ -736,7 +751,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
         },
         Some(v) => {
             r.push(
-                Some(i),
+                i,
                 Code::UnknownRole,
                 format!(
                     "`{path}.role` must be the string \"system\", \"user\" or \"assistant\", found {}: {}",
@@ -763,14 +778,14 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
                 None => String::new(),
             };
             r.push(
-                Some(i),
+                i,
                 Code::MissingContent,
                 format!("`{path}` has no `content`{hint}"),
             );
             None
         }
         Some(Json::Str(s)) => Some(Cow::Borrowed(s.as_ref())),
-        Some(Json::Arr(parts)) => text_parts(r, i, &path, parts),
+        Some(Json::Arr(parts)) => text_parts(r, i, path, parts),
         Some(Json::Null) if tool_use => None,
         Some(v) => {
             let hint = match v {
@@ -780,7 +795,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
                 _ => "",
             };
             r.push(
-                Some(i),
+                i,
                 Code::InvalidContent,
                 format!(
                     "`{path}.content` must be a string or a list of text parts, found {}: {}{hint}",
@@ -795,25 +810,31 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
         && c.trim().is_empty()
     {
         match role {
-            Some(Role::Assistant) => r.push(
-                Some(i),
-                Code::EmptyAssistantContent,
+            Some(Role::Assistant) if at.empty_assistant != Code::EmptyContent => r.push(
+                i,
+                at.empty_assistant,
                 format!("`{path}.content` is empty; assistant messages are what the model learns, so they need text"),
             ),
-            Some(other) => r.push(Some(i), Code::EmptyContent, format!("`{path}.content` of this {} message is empty", other.as_str())),
+            Some(other) => r.push(i, Code::EmptyContent, format!("`{path}.content` of this {} message is empty", other.as_str())),
             None => {}
         }
     }
 
     let mut trained = true;
-    if let Some(w) = weight_v {
+    if weight_v.is_some() && !at.weight {
+        r.push(
+            i,
+            Code::UnknownField,
+            format!("`{path}.weight` is ignored in preference data: the outputs are always trained, the input never"),
+        );
+    } else if let Some(w) = weight_v {
         match role {
             Some(Role::Assistant) => match weight_value(w) {
                 Some(t) => trained = t,
                 None => {
                     let hint = if matches!(w, Json::Bool(_)) { " (write 1 for true, 0 for false)" } else { "" };
                     r.push(
-                        Some(i),
+                        i,
                         Code::InvalidWeight,
                         format!(
                             "`{path}.weight` is {}; expected 0 (not trained) or 1 (trained){hint}",
@@ -823,7 +844,7 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
                 }
             },
             Some(other) => r.push(
-                Some(i),
+                i,
                 Code::InvalidWeight,
                 format!(
                     "`{path}.weight` is set on a {} message; only assistant messages can have a weight (others are never trained)",
@@ -854,13 +875,84 @@ fn check_message<'a>(r: &mut Report, i: usize, item: &'a Json<'a>) -> Option<Par
             "from" | "value" => "is ignored (ShareGPT keys: use `role` and `content`)",
             _ => "is not part of the format and is ignored",
         };
-        r.push(Some(i), Code::UnknownField, format!("`{path}.{k}` {why}"));
+        r.push(i, Code::UnknownField, format!("`{path}.{k}` {why}"));
     }
     Some(Parsed {
         role,
         content,
         trained,
     })
+}
+
+/// Checks each message of a list (`messages`, `input.messages`; `at(i)` says where message `i`
+/// sits), then where system messages sit. Returns every message as far as it was understood and
+/// whether every role is known.
+pub(crate) fn check_message_list<'a>(
+    r: &mut Report,
+    items: &'a [Json<'a>],
+    at_of: impl Fn(usize) -> MessageAt,
+) -> (Vec<Option<Parsed<'a>>>, bool) {
+    let mut parsed: Vec<Option<Parsed<'a>>> = Vec::with_capacity(items.len());
+    let mut all_roles_known = true;
+    let mut first_system: Option<usize> = None;
+    for (i, item) in items.iter().enumerate() {
+        let at = at_of(i);
+        let p = check_message(r, &at, item);
+        let role = p.as_ref().and_then(|p| p.role);
+        all_roles_known &= role.is_some();
+        parsed.push(p);
+        // Order rules, judged on the messages whose role is known.
+        if role != Some(Role::System) {
+            continue;
+        }
+        let path = &at.path;
+        match first_system {
+            None => {
+                if i != 0 {
+                    r.push(
+                        Some(i),
+                        Code::SystemNotFirst,
+                        format!(
+                            "`{path}` is a system message but not the first one; the system prompt must open the conversation"
+                        ),
+                    );
+                }
+                first_system = Some(i);
+            }
+            Some(f) => r.push(
+                Some(i),
+                Code::MultipleSystem,
+                format!(
+                    "`{path}` is a second system message (the first is `{}`); merge them into one",
+                    at_of(f).path
+                ),
+            ),
+        }
+    }
+    (parsed, all_roles_known)
+}
+
+/// Counts roles and turns of valid messages into `ex` and feeds them to the duplicate hash.
+pub(crate) fn tally(msgs: &[Parsed<'_>], ex: &mut Example, hasher: &mut impl Hasher) {
+    let mut prev = None;
+    for m in msgs {
+        let role = m.role.unwrap_or(Role::User);
+        match role {
+            Role::System => ex.system += 1,
+            Role::User => ex.user += 1,
+            Role::Assistant => {
+                ex.assistant += 1;
+                ex.assistant_trained += u32::from(m.trained);
+                ex.turns += u32::from(prev == Some(Role::User));
+            }
+        }
+        prev = Some(role);
+        let content = m.content.as_deref().unwrap_or("").trim();
+        hasher.write_u8(role as u8);
+        hasher.write_u8(u8::from(m.trained));
+        hasher.write_usize(content.len());
+        hasher.write(content.as_bytes());
+    }
 }
 
 /// `0`/`1` (also `0.0`/`1.0`, as Python writes floats) → trained?
@@ -877,7 +969,7 @@ fn weight_value(w: &Json<'_>) -> Option<bool> {
 /// Joins `[{"type": "text", "text": ...}, ...]`, reporting each part that is not text.
 fn text_parts<'a>(
     r: &mut Report,
-    i: usize,
+    i: Option<usize>,
     path: &str,
     parts: &'a [Json<'a>],
 ) -> Option<Cow<'a, str>> {
@@ -919,7 +1011,7 @@ fn text_parts<'a>(
             )),
         };
         if let Some(p) = problem {
-            r.push(Some(i), Code::InvalidContent, p);
+            r.push(i, Code::InvalidContent, p);
             ok = false;
         }
     }
@@ -953,17 +1045,31 @@ mod tests {
     use super::*;
 
     fn codes(line: &str) -> Vec<(Option<usize>, Code)> {
-        check_line(1, line.as_bytes(), &CheckOptions::default(), None, false)
-            .issues
-            .into_iter()
-            .map(|i| (i.message_index, i.code))
-            .collect()
+        check_line(
+            1,
+            line.as_bytes(),
+            DataFormat::Chat,
+            &CheckOptions::default(),
+            None,
+            false,
+        )
+        .issues
+        .into_iter()
+        .map(|i| (i.message_index, i.code))
+        .collect()
     }
 
     #[test]
     fn a_valid_line_has_no_issue_and_counts_turns() {
         let line = r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": [{"type": "text", "text": "d"}], "weight": 0}]}"#;
-        let out = check_line(7, line.as_bytes(), &CheckOptions::default(), None, true);
+        let out = check_line(
+            7,
+            line.as_bytes(),
+            DataFormat::Chat,
+            &CheckOptions::default(),
+            None,
+            true,
+        );
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         let LineKind::Example(ex) = out.kind else {
             panic!("not an example")
@@ -978,7 +1084,9 @@ mod tests {
             ),
             (1, 2, 2, 1, 2)
         );
-        let conv = ex.conversation.unwrap();
+        let Some(Row::Chat(conv)) = ex.row else {
+            panic!("no conversation")
+        };
         assert_eq!(conv.messages[4].content, "d");
         assert!(!conv.messages[4].trained);
     }
@@ -986,11 +1094,21 @@ mod tests {
     #[test]
     fn text_parts_are_joined_without_separator() {
         let line = r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo\n"}]}, {"role": "assistant", "content": "x"}]}"#;
-        let out = check_line(1, line.as_bytes(), &CheckOptions::default(), None, true);
+        let out = check_line(
+            1,
+            line.as_bytes(),
+            DataFormat::Chat,
+            &CheckOptions::default(),
+            None,
+            true,
+        );
         let LineKind::Example(ex) = out.kind else {
             panic!("{:?}", out.issues)
         };
-        assert_eq!(ex.conversation.unwrap().messages[0].content, "Hello\n");
+        let Some(Row::Chat(conv)) = ex.row else {
+            panic!("no conversation")
+        };
+        assert_eq!(conv.messages[0].content, "Hello\n");
     }
 
     #[test]
@@ -998,6 +1116,7 @@ mod tests {
         let h = |line: &str| match check_line(
             1,
             line.as_bytes(),
+            DataFormat::Chat,
             &CheckOptions::default(),
             None,
             false,

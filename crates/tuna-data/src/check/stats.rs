@@ -11,18 +11,23 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::{Deserialize, Serialize};
 
 use super::issue::Code;
-use super::{CheckOptions, Overflow, TokenCount};
+use super::{CheckOptions, DataFormat, Overflow, TokenCount};
 
 /// Everything counted in one pass. Counts cover valid examples only, except the line counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// The format the lines were checked against (given, or recognised from the first line).
+    #[serde(default)]
+    pub format: DataFormat,
     /// Lines read (blank and invalid ones included).
     pub lines: u64,
-    /// Valid conversations: what training will see.
+    /// Valid conversations (preference pairs in a preference file): what training will see.
     pub examples: u64,
     /// Lines with at least one error.
     pub invalid_lines: u64,
     pub blank_lines: u64,
+    /// In a preference file: the messages of the inputs, plus the preferred output as the one
+    /// trained assistant message of each pair.
     pub messages: RoleCounts,
     pub examples_with_system: u64,
     /// User → assistant exchanges (an assistant message right after a user message), all examples.
@@ -54,6 +59,10 @@ pub struct RoleCounts {
 }
 
 /// Tokens of the valid examples, as the chat template and tokenizer produce them.
+///
+/// A preference pair is two sequences, prompt + preferred output and prompt + non-preferred
+/// output, trained together: its totals are the sums over both, and it is over `max_seq_len` (and
+/// in the histogram's bucket) by its longer sequence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenStats {
     pub max_seq_len: usize,
@@ -65,6 +74,9 @@ pub struct TokenStats {
     pub total: Summary,
     /// Trained (assistant, weight 1) tokens per example, before any truncation.
     pub trained: Summary,
+    /// Preference files only: prompt and answer tokens per pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PairTokenStats>,
     pub over_max_seq_len: u64,
     pub dropped: u64,
     pub truncated: u64,
@@ -74,8 +86,21 @@ pub struct TokenStats {
     /// False when truncated examples' trained tokens had to be estimated (the counter could not
     /// say where they sit); the estimate is an upper bound.
     pub epoch_trained_tokens_exact: bool,
-    /// Examples per total-token bucket, for the console.
+    /// Examples per total-token bucket (pairs by their longer sequence), for the console.
     pub histogram: Vec<Bucket>,
+}
+
+/// Tokens per preference pair, before any truncation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairTokenStats {
+    /// Tokens of the prompt + preferred sequence that are not trained: the rendered input with the
+    /// generation prompt (plus what the template writes after the answer, one newline for Qwen).
+    pub prompt: Summary,
+    /// Trained tokens of the preferred output (what the template renders for it, up to its
+    /// end-of-turn token).
+    pub chosen: Summary,
+    /// Trained tokens of the non-preferred output.
+    pub rejected: Summary,
 }
 
 /// min / mean / p50 / p95 / max; percentiles by nearest rank (the smallest value with at least
@@ -154,6 +179,8 @@ pub(crate) struct TokenAcc {
     epoch_trained: u64,
     exact: bool,
     buckets: [u64; HISTOGRAM_EDGES.len() + 1],
+    /// Preference pairs: prompt, chosen and rejected distributions.
+    pairs: Option<[Distribution; 3]>,
 }
 
 impl TokenAcc {
@@ -168,16 +195,34 @@ impl TokenAcc {
             epoch_trained: 0,
             exact: true,
             buckets: [0; HISTOGRAM_EDGES.len() + 1],
+            pairs: None,
         }
     }
 
+    /// One chat example.
     pub fn add(&mut self, tc: &TokenCount, opts: &CheckOptions) {
-        let (total, trained) = (tc.total as u64, tc.trained as u64);
+        self.add_sequences(&[*tc], opts);
+    }
+
+    /// One preference pair: its prompt + preferred and prompt + non-preferred sequences.
+    pub fn add_pair(&mut self, chosen: &TokenCount, rejected: &TokenCount, opts: &CheckOptions) {
+        let [prompt, c, r] = self.pairs.get_or_insert_with(Default::default);
+        prompt.add(chosen.total.saturating_sub(chosen.trained) as u64);
+        c.add(chosen.trained as u64);
+        r.add(rejected.trained as u64);
+        self.add_sequences(&[*chosen, *rejected], opts);
+    }
+
+    /// One example made of `seqs` trained together: kept or dropped as a whole, by its longest.
+    fn add_sequences(&mut self, seqs: &[TokenCount], opts: &CheckOptions) {
+        let total: u64 = seqs.iter().map(|s| s.total as u64).sum();
+        let trained: u64 = seqs.iter().map(|s| s.trained as u64).sum();
+        let longest = seqs.iter().map(|s| s.total as u64).max().unwrap_or(0);
         self.total.add(total);
         self.trained.add(trained);
-        self.buckets[HISTOGRAM_EDGES.partition_point(|&e| e <= total)] += 1;
+        self.buckets[HISTOGRAM_EDGES.partition_point(|&e| e <= longest)] += 1;
         let max = opts.max_seq_len as u64;
-        if total <= max {
+        if longest <= max {
             self.epoch_tokens += total;
             self.epoch_trained += trained;
             return;
@@ -187,14 +232,18 @@ impl TokenAcc {
             Overflow::Drop => self.dropped += 1,
             Overflow::Truncate => {
                 self.truncated += 1;
-                self.epoch_tokens += max;
-                self.epoch_trained += match tc.trained_within_limit {
-                    Some(t) => t as u64,
-                    None => {
-                        self.exact = false;
-                        trained.min(max)
-                    }
-                };
+                for s in seqs {
+                    let (total, trained) = (s.total as u64, s.trained as u64);
+                    self.epoch_tokens += total.min(max);
+                    self.epoch_trained += match s.trained_within_limit {
+                        Some(t) => t as u64,
+                        None if total <= max => trained,
+                        None => {
+                            self.exact = false;
+                            trained.min(max)
+                        }
+                    };
+                }
             }
         }
     }
@@ -222,6 +271,11 @@ impl TokenAcc {
             examples: self.total.n,
             total: self.total.summary(),
             trained: self.trained.summary(),
+            pairs: self.pairs.as_ref().map(|[p, c, r]| PairTokenStats {
+                prompt: p.summary(),
+                chosen: c.summary(),
+                rejected: r.summary(),
+            }),
             over_max_seq_len: self.over,
             dropped: self.dropped,
             truncated: self.truncated,
