@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::attention::{attention_backward, attention_forward};
 use tuna_engine::ops::lm_head_ce::{
-    lm_head_ce_backward, lm_head_ce_forward, lm_head_ce_forward_backward,
+    lm_head_ce_backward, lm_head_ce_backward_weighted, lm_head_ce_forward,
+    lm_head_ce_forward_backward,
 };
 use tuna_engine::ops::rope::{RopeTable, rope_backward, rope_forward};
 
@@ -472,6 +473,105 @@ fn lm_head_ce_backward_matches_finite_differences() {
                     dw[i]
                 );
             }
+        }
+    }
+}
+
+/// f64 reference of `Σ_r row_scale[r] · (logsumexp(W h_r) − (W h_r)[target_r])`.
+fn ce_ref_weighted(
+    hidden: &[f64],
+    w: &[f64],
+    targets: &[u32],
+    row_scale: &[f64],
+    n: usize,
+    c: usize,
+    v: usize,
+) -> f64 {
+    (0..n)
+        .map(|r| {
+            let h = &hidden[r * c..(r + 1) * c];
+            row_scale[r] * ce_ref(h, w, &targets[r..r + 1], 1.0, 1, c, v)
+        })
+        .sum()
+}
+
+/// Per-row factors of both signs (DPO: + on the preferred answer's tokens, − on the other's),
+/// including a zero row, against finite differences; and accumulation (twice → 2×).
+#[test]
+fn lm_head_ce_backward_weighted_matches_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let (n, c, v) = (6, 8, 4096 + 200);
+    let hidden = rand_vec(&mut rng, n * c, 1.0);
+    let w32 = rand_vec(&mut rng, v * c, 1.0);
+    let wbf: Vec<bf16> = w32.iter().map(|&x| bf16::from_f32(x)).collect();
+    let targets: Vec<u32> = vec![3, 4095, 4096, 4250, 1000, 17];
+    let row_scale = [0.3f32, 0.3, -0.7, -0.7, 0.0, 1.25];
+    let rs: Vec<f64> = row_scale.iter().map(|&x| x as f64).collect();
+    for weight in [WeightRef::F32(&w32), WeightRef::BF16(&wbf)] {
+        let wf = weight.to_f32_vec();
+        let (hd, wd) = (widen(&hidden), widen(&wf));
+        let (mut losses, mut lse) = (vec![0.0; n], vec![0.0; n]);
+        lm_head_ce_forward(&mut losses, &mut lse, &hidden, weight, &targets, n, c, v);
+        let mut dh = vec![0.0; n * c];
+        let mut dw = vec![0.0; v * c];
+        lm_head_ce_backward_weighted(
+            &mut dh,
+            Some(&mut dw),
+            &hidden,
+            weight,
+            &targets,
+            &lse,
+            &row_scale,
+            n,
+            c,
+            v,
+        );
+        let label = format!("{:?} weighted", weight.dtype());
+        check_grad(
+            &format!("{label} dhidden"),
+            &dh,
+            &hidden,
+            usize::MAX,
+            &mut rng,
+            &|x| ce_ref_weighted(x, &wd, &targets, &rs, n, c, v),
+        );
+        assert!(
+            dh[4 * c..5 * c].iter().all(|&x| x == 0.0),
+            "a zero factor gives no gradient"
+        );
+        check_grad(&format!("{label} dweight"), &dw, &wf, 150, &mut rng, &|x| {
+            ce_ref_weighted(&hd, x, &targets, &rs, n, c, v)
+        });
+        let mut wdm = wd.clone();
+        for &t in &targets {
+            for k in 0..c {
+                let i = t as usize * c + k;
+                let num = numeric_grad(&mut wdm, i, &|x| {
+                    ce_ref_weighted(&hd, x, &targets, &rs, n, c, v)
+                });
+                let err = (dw[i] as f64 - num).abs();
+                assert!(
+                    err <= ATOL + RTOL * num.abs(),
+                    "{label} dweight[{i}] {} vs {num}",
+                    dw[i]
+                );
+            }
+        }
+        // Equal factors give exactly what the uniform backward gives; a second call doubles.
+        let (mut dh_u, mut dh_w) = (vec![0.0; n * c], vec![0.0; n * c]);
+        lm_head_ce_backward(
+            &mut dh_u, None, &hidden, weight, &targets, &lse, 0.5, n, c, v,
+        );
+        for _ in 0..2 {
+            lm_head_ce_backward_weighted(
+                &mut dh_w, None, &hidden, weight, &targets, &lse, &[0.5; 6], n, c, v,
+            );
+        }
+        for (a, b) in dh_u.iter().zip(&dh_w) {
+            assert!(
+                (2.0 * a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "2×{a} vs {b}"
+            );
         }
     }
 }

@@ -286,7 +286,7 @@ impl QwenModel {
             None => GradIndex::full(self),
         };
         let pass = Pass::new(self, batch, adapter, opts, true)?;
-        pass.run(Some((grads, &index, scale)))
+        pass.run(Some((grads, &index, scale)), None)
     }
 
     /// Loss and accuracy of a batch without gradients (evaluation).
@@ -300,7 +300,71 @@ impl QwenModel {
             dropout_seed: 0,
         };
         let pass = Pass::new(self, batch, adapter, &opts, false)?;
-        pass.run(None)
+        pass.run(None, None)
+    }
+}
+
+/// Receives the labelled rows of a batch after the forward, as `(positions, losses)`: each row's
+/// position in the batch (ascending) and its cross-entropy in nats. In a weighted pass it returns
+/// the factor of each row's loss in the gradient.
+pub type PerTokenWeights<'w> = &'w mut dyn FnMut(&[usize], &[f32]) -> Vec<f32>;
+
+/// The cross-entropy of every labelled position of a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenLosses {
+    /// Positions in the batch with a target, ascending.
+    pub positions: Vec<usize>,
+    /// Their cross-entropies (nats): minus the log-probability of the target.
+    pub losses: Vec<f32>,
+    pub stats: BatchStats,
+}
+
+impl QwenModel {
+    /// Forward and backward where each labelled position's loss has its own factor, decided
+    /// after the forward: `weigh(positions, losses)` returns the factors and the gradients
+    /// accumulated are those of `Σ_r w[r] · loss[r]`. One forward and one backward, as
+    /// [`forward_backward`](Self::forward_backward) (which is the case of equal factors). DPO
+    /// uses it: the factor of a token is a coefficient of its sequence's summed log-probability.
+    pub fn forward_backward_weighted(
+        &self,
+        batch: &TrainBatch,
+        adapter: Option<&LoraAdapter>,
+        grads: &mut Gradients,
+        opts: &TrainOptions,
+        weigh: PerTokenWeights<'_>,
+    ) -> Result<BatchStats> {
+        let index = match adapter {
+            Some(a) => GradIndex::lora(a),
+            None => GradIndex::full(self),
+        };
+        let pass = Pass::new(self, batch, adapter, opts, true)?;
+        pass.run(Some((grads, &index, 1.0)), Some(weigh))
+    }
+
+    /// The loss of every labelled position, without gradients (no dropout). With `adapter: None`
+    /// the base model answers: how DPO scores the reference policy of a LoRA run.
+    pub fn token_losses(
+        &self,
+        batch: &TrainBatch,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<TokenLosses> {
+        let opts = TrainOptions {
+            recompute_activations: true,
+            dropout_seed: 0,
+        };
+        let pass = Pass::new(self, batch, adapter, &opts, false)?;
+        let (mut positions, mut losses) = (Vec::new(), Vec::new());
+        let mut keep = |p: &[usize], l: &[f32]| {
+            positions = p.to_vec();
+            losses = l.to_vec();
+            Vec::new()
+        };
+        let stats = pass.run(None, Some(&mut keep))?;
+        Ok(TokenLosses {
+            positions,
+            losses,
+            stats,
+        })
     }
 }
 
@@ -919,7 +983,14 @@ impl<'a> Pass<'a> {
         );
     }
 
-    fn run(&self, backward: Option<(&mut Gradients, &GradIndex, f32)>) -> Result<BatchStats> {
+    /// With `per_token`, the labelled rows' positions and losses are handed to it after the
+    /// forward, and the gradient is of `Σ_r w[r] · loss[r]` with the factors `w` it returns; the
+    /// scale in `backward` must then be 1.
+    fn run(
+        &self,
+        backward: Option<(&mut Gradients, &GradIndex, f32)>,
+        per_token: Option<PerTokenWeights<'_>>,
+    ) -> Result<BatchStats> {
         let cfg = &self.model.config;
         let (bt, c, v) = (self.bt, cfg.hidden_size, cfg.vocab_size);
         let n_layers = self.model.layers.len();
@@ -1008,19 +1079,43 @@ impl<'a> Pass<'a> {
             tokens: n,
             correct,
         };
+        let row_scale = per_token.map(|weigh| weigh(&rows, &losses));
         let Some((grads, index, scale)) = backward else {
             return Ok(stats);
         };
+        if let Some(w) = &row_scale
+            && w.len() != n
+        {
+            return Err(Error::InvalidConfig {
+                path: "batch".into(),
+                reason: format!("{} token weights for {n} labelled positions", w.len()),
+            });
+        }
         if n == 0 {
             return Ok(stats);
         }
 
         // Backward.
-        if !fused {
-            let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
-            lm_head_ce::lm_head_ce_backward(
-                &mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v,
-            );
+        match (&row_scale, fused) {
+            // The fused pass ran with scale 1: each row's gradient is linear in its factor.
+            (Some(w), true) => {
+                for (d, &wr) in dhsel.chunks_exact_mut(c).zip(w) {
+                    d.iter_mut().for_each(|x| *x *= wr);
+                }
+            }
+            (Some(w), false) => {
+                let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
+                lm_head_ce::lm_head_ce_backward_weighted(
+                    &mut dhsel, dhead, &hsel, head, &targets, &lse, w, n, c, v,
+                );
+            }
+            (None, true) => {}
+            (None, false) => {
+                let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
+                lm_head_ce::lm_head_ce_backward(
+                    &mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v,
+                );
+            }
         }
         drop(hsel);
         let mut dhf = vec![0.0; bt * c];

@@ -164,3 +164,88 @@ fn full_gradients_match_pytorch() {
         check_relative(pname, g, &expected[&format!("{pname}.grad")]);
     }
 }
+
+/// The weighted pass (DPO's) against the verified uniform one: its gradient must be
+/// `Σ_r w[r] · ∇loss[r]`, built here from one uniform pass per labelled row (targets masked to
+/// that row, scale w[r]), with factors of both signs; LoRA (fused LM head) and full fine-tuning
+/// (separate LM head backward with a head gradient). `token_losses` gives the same per-row losses.
+#[test]
+fn weighted_pass_is_the_sum_of_per_token_passes() {
+    for (name, lora) in [("tiny-qwen3", true), ("tiny-qwen2", false)] {
+        let model = QwenModel::load(&model_fixture(name)).unwrap();
+        let dir = train_fixture(&format!("peft-{name}"));
+        let adapter = lora.then(|| LoraAdapter::load(&dir.join("initial"), &model.config).unwrap());
+        let p = batch(&dir);
+        let b = TrainBatch {
+            input_ids: &p.ids,
+            targets: &p.targets,
+            position_ids: &p.positions,
+            seq_lens: &p.lens,
+        };
+        let zero = || match &adapter {
+            Some(a) => a.gradients(),
+            None => model.full_gradients(),
+        };
+        let opts = TrainOptions::default();
+        let factor = |t: usize| {
+            if t < p.lens[0] {
+                0.5 + 0.1 * t as f32
+            } else {
+                -0.8
+            }
+        };
+
+        let mut seen = Vec::new();
+        let mut got = zero();
+        let stats = model
+            .forward_backward_weighted(&b, adapter.as_ref(), &mut got, &opts, &mut |pos, losses| {
+                seen = pos.iter().copied().zip(losses.iter().copied()).collect();
+                pos.iter().map(|&t| factor(t)).collect()
+            })
+            .unwrap();
+        let labelled: Vec<usize> = (0..p.targets.len())
+            .filter(|&t| p.targets[t] != -100)
+            .collect();
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), labelled);
+        let sum: f64 = seen.iter().map(|s| s.1 as f64).sum();
+        assert!((sum - stats.loss_sum).abs() < 1e-9 * sum.abs().max(1.0));
+
+        let mut want = zero();
+        for &t in &labelled {
+            let mut targets = vec![-100; p.targets.len()];
+            targets[t] = p.targets[t];
+            let one = TrainBatch {
+                targets: &targets,
+                ..b
+            };
+            model
+                .forward_backward(&one, adapter.as_ref(), &mut want, factor(t), &opts)
+                .unwrap();
+        }
+        for (i, (g, w)) in got.tensors.iter().zip(&want.tensors).enumerate() {
+            assert!(
+                w.iter().any(|&x| x != 0.0),
+                "{name}: reference tensor {i} is zero"
+            );
+            let max_ref = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let diff = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-5 * max_ref,
+                "{name} tensor {i}: diff {diff:e}, max {max_ref:e}"
+            );
+        }
+
+        let tl = model.token_losses(&b, adapter.as_ref()).unwrap();
+        assert_eq!(tl.positions, labelled);
+        for ((_, a), b) in seen.iter().zip(&tl.losses) {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+}

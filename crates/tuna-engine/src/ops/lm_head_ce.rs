@@ -354,6 +354,85 @@ pub fn lm_head_ce_backward(
     c: usize,
     v: usize,
 ) {
+    backward(
+        dhidden,
+        dweight,
+        hidden,
+        weight,
+        targets,
+        lse,
+        RowScale::Uniform(scale),
+        n,
+        c,
+        v,
+    );
+}
+
+/// [`lm_head_ce_backward`] with a factor per row: the gradient of `Σ_r row_scale[r] · losses[r]`
+/// (DPO weighs each token's loss by a coefficient of its sequence; the factors may be negative).
+/// Accumulates likewise.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_ce_backward_weighted(
+    dhidden: &mut [f32],
+    dweight: Option<&mut [f32]>,
+    hidden: &[f32],
+    weight: WeightRef,
+    targets: &[u32],
+    lse: &[f32],
+    row_scale: &[f32],
+    n: usize,
+    c: usize,
+    v: usize,
+) {
+    assert_eq!(
+        row_scale.len(),
+        n,
+        "lm_head_ce_backward: row_scale has {} elements",
+        row_scale.len()
+    );
+    backward(
+        dhidden,
+        dweight,
+        hidden,
+        weight,
+        targets,
+        lse,
+        RowScale::PerRow(row_scale),
+        n,
+        c,
+        v,
+    );
+}
+
+/// The factor each row's loss enters the gradient with.
+#[derive(Clone, Copy)]
+enum RowScale<'a> {
+    Uniform(f32),
+    PerRow(&'a [f32]),
+}
+
+impl RowScale<'_> {
+    fn at(self, r: usize) -> f32 {
+        match self {
+            RowScale::Uniform(s) => s,
+            RowScale::PerRow(s) => s[r],
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    dhidden: &mut [f32],
+    dweight: Option<&mut [f32]>,
+    hidden: &[f32],
+    weight: WeightRef,
+    targets: &[u32],
+    lse: &[f32],
+    scale: RowScale,
+    n: usize,
+    c: usize,
+    v: usize,
+) {
     check(hidden, &weight, targets, n, c, v);
     assert_eq!(
         dhidden.len(),
@@ -417,10 +496,11 @@ pub fn lm_head_ce_backward(
                         );
                         // dlogits = scale · (softmax − onehot(target))
                         for (i, row) in dlt.chunks_exact_mut(vc).enumerate() {
-                            exp_affine(row, 1.0, lse[r0 + i], scale);
+                            let s = scale.at(r0 + i);
+                            exp_affine(row, 1.0, lse[r0 + i], s);
                             let t = targets[r0 + i] as usize;
                             if (v0..v1).contains(&t) {
-                                row[t - v0] -= scale;
+                                row[t - v0] -= s;
                             }
                         }
                         // dhidden (rows, c) += dlogits (rows, vc) · wc (vc, c)
