@@ -31,6 +31,43 @@ impl Method {
     }
 }
 
+/// What the run optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Supervised fine-tuning: cross-entropy of the assistant answers of chat data.
+    #[default]
+    Sft,
+    /// Direct preference optimisation (Rafailov et al., 2023) on preference pairs: raise the
+    /// preferred answer's likelihood over the non-preferred one's, relative to a frozen
+    /// reference (the model as the run starts).
+    Dpo,
+}
+
+impl Objective {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Sft => "sft",
+            Objective::Dpo => "dpo",
+        }
+    }
+}
+
+/// DPO hyper-parameters (TRL's `DPOConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoSettings {
+    /// How far the policy may move from the reference: the loss is
+    /// `−log σ(β · (Δ log-ratio))`. Default 0.1 (OpenAI's and TRL's default).
+    pub beta: f32,
+}
+
+impl Default for DpoSettings {
+    fn default() -> Self {
+        DpoSettings { beta: 0.1 }
+    }
+}
+
 /// LoRA hyper-parameters (PEFT's `LoraConfig` names in the JSON of the adapter).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -88,7 +125,9 @@ pub enum BatchSize {
 pub struct TrainConfig {
     /// Hugging Face model directory (config.json, safetensors, tokenizer files).
     pub model_dir: PathBuf,
-    /// Training data: OpenAI chat JSONL (`{"messages": [...]}` per line).
+    /// Training data: OpenAI chat JSONL (`{"messages": [...]}` per line), or for `objective`
+    /// `dpo` OpenAI's preference JSONL (`{"input": ..., "preferred_output": ...,
+    /// "non_preferred_output": ...}` per line).
     pub train_file: PathBuf,
     /// Validation data in the same format. When absent, see `validation_fraction`.
     pub validation_file: Option<PathBuf>,
@@ -98,18 +137,24 @@ pub struct TrainConfig {
     pub validation_fraction: Option<f32>,
     /// Checkpoints, `metrics.jsonl` and `train_config.json` are written here.
     pub out_dir: PathBuf,
+    /// `sft` (default) or `dpo`.
+    pub objective: Objective,
+    /// Used when `objective` is `dpo`.
+    pub dpo: DpoSettings,
     /// `lora` (default) or `full`.
     pub method: Method,
     /// Used when `method` is `lora`.
     pub lora: LoraSettings,
     /// LoRA: start from this PEFT adapter directory instead of a fresh adapter (its own rank,
-    /// alpha, dropout and target modules then replace `lora`).
+    /// alpha, dropout and target modules then replace `lora`). With DPO it is also the reference
+    /// (DPO after an SFT adapter).
     pub init_adapter: Option<PathBuf>,
     /// Passes over the training data. Default 3.
     pub epochs: usize,
     /// Stop after this many optimizer steps (overrides `epochs`; the data repeats as needed).
     pub max_steps: Option<usize>,
-    /// Peak learning rate. Default (None): 1e-4 for LoRA, 1e-5 for full fine-tuning.
+    /// Peak learning rate. Default (None): SFT 1e-4 for LoRA, 1e-5 for full fine-tuning; DPO 5e-6
+    /// for LoRA (LLaMA-Factory's LoRA DPO example), 1e-6 for full (TRL's `DPOConfig`).
     pub learning_rate: Option<f32>,
     /// `linear`, `cosine` (default) or `constant`, each after the warmup (transformers' schedules).
     pub lr_schedule: ScheduleKind,
@@ -163,6 +208,8 @@ impl Default for TrainConfig {
             validation_file: None,
             validation_fraction: None,
             out_dir: PathBuf::new(),
+            objective: Objective::Sft,
+            dpo: DpoSettings::default(),
             method: Method::Lora,
             lora: LoraSettings::default(),
             init_adapter: None,
@@ -202,10 +249,13 @@ pub fn default_validation_count(n: usize) -> usize {
 impl TrainConfig {
     /// The learning rate after defaults.
     pub fn lr(&self) -> f32 {
-        self.learning_rate.unwrap_or(match self.method {
-            Method::Lora => 1e-4,
-            Method::Full => 1e-5,
-        })
+        self.learning_rate
+            .unwrap_or(match (self.objective, self.method) {
+                (Objective::Sft, Method::Lora) => 1e-4,
+                (Objective::Sft, Method::Full) => 1e-5,
+                (Objective::Dpo, Method::Lora) => 5e-6,
+                (Objective::Dpo, Method::Full) => 1e-6,
+            })
     }
 
     /// Rejects settings that have no meaning, quoting the field.
@@ -237,6 +287,9 @@ impl TrainConfig {
             if l.target_modules.is_empty() {
                 return bad("`lora.target_modules` must name at least one projection".into());
             }
+        }
+        if self.objective == Objective::Dpo && !(self.dpo.beta.is_finite() && self.dpo.beta > 0.0) {
+            return bad(format!("`dpo.beta` must be > 0, got {}", self.dpo.beta));
         }
         if self.method == Method::Full && self.init_adapter.is_some() {
             return bad("`init_adapter` needs `method` lora".into());

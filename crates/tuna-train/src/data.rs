@@ -5,13 +5,17 @@
 //! visits the examples in `shuffle_indices(n, seed, e)` order. So resuming needs only the step
 //! number, and a resumed run sees exactly the batches the uninterrupted run would have.
 //! A step never spans two epochs; the last step of an epoch may have fewer micro-batches.
+//!
+//! Preference data (DPO) is planned in pairs: a pair's two sequences, prompt + preferred and
+//! prompt + non-preferred, are one unit of the plan, so they always share a micro-batch (packed
+//! preferred first), and `batch_size` counts pairs.
 
 use std::ops::Range;
 use std::path::Path;
 
 use tuna_data::pack::{self, LengthPolicy, PackedBatch};
-use tuna_data::tokenize::{ChatTokenizer, TokenizedExample};
-use tuna_data::{Conversation, Message, Role};
+use tuna_data::tokenize::{ChatTokenizer, TokenizedExample, TokenizedPair};
+use tuna_data::{Conversation, Message, PreferenceExample, Role};
 use tuna_model::train::TrainBatch;
 
 use crate::config::{BatchSize, TrainConfig, default_validation_count};
@@ -22,8 +26,10 @@ use crate::error::{Error, Result};
 pub struct SamplePrompt {
     /// The messages before the last assistant message.
     pub messages: Vec<Message>,
-    /// The last assistant message of the dataset.
+    /// The last assistant message of the dataset (the preferred output of a preference pair).
     pub reference: String,
+    /// The non-preferred output of a preference pair.
+    pub non_preferred: Option<String>,
     /// False when taken from the training data (there was no validation data).
     pub held_out: bool,
 }
@@ -39,12 +45,24 @@ impl SamplePrompt {
         Some(SamplePrompt {
             messages,
             reference: c.messages[last].content.clone(),
+            non_preferred: None,
             held_out,
         })
     }
+
+    /// The pair's prompt, with both of its answers to show beside the generated one.
+    pub fn from_pair(p: &PreferenceExample, held_out: bool) -> Self {
+        SamplePrompt {
+            messages: p.input.clone(),
+            reference: p.preferred.clone(),
+            non_preferred: Some(p.non_preferred.clone()),
+            held_out,
+        }
+    }
 }
 
-/// Counts that explain what happened to the input data.
+/// Counts that explain what happened to the input data. With preference data an example is a
+/// pair; it is truncated when either sequence is, and dropped as a whole.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct DataStats {
     pub train_examples: usize,
@@ -65,33 +83,25 @@ pub struct DataStats {
 /// Tokenized examples ready to be planned.
 #[derive(Debug, Clone, Default)]
 pub struct Dataset {
+    /// With `paired`, sequences `2i` and `2i + 1` are the preferred and the non-preferred
+    /// sequence of pair `i`.
     pub train: Vec<TokenizedExample>,
     pub validation: Vec<TokenizedExample>,
     pub samples: Vec<SamplePrompt>,
     pub stats: DataStats,
+    /// Preference pairs (DPO): the plan's units are pairs of consecutive sequences.
+    pub paired: bool,
 }
 
 impl Dataset {
-    /// Reads and tokenizes the run's data files and splits off the validation set.
+    /// Reads and tokenizes the run's data files (chat data; preference pairs for DPO, see
+    /// [`Dataset::load_pairs`]) and splits off the validation set.
     pub fn load(cfg: &TrainConfig, tokenizer: &ChatTokenizer) -> Result<Self> {
-        let train_conv = read(&cfg.train_file)?;
+        if cfg.objective == crate::config::Objective::Dpo {
+            return Self::load_pairs(cfg, tokenizer);
+        }
         let mut stats = DataStats::default();
-        let (train_conv, val_conv) = match &cfg.validation_file {
-            Some(path) => (train_conv, read(path)?),
-            None => {
-                let n = train_conv.len();
-                let fraction = cfg
-                    .validation_fraction
-                    .unwrap_or(default_validation_count(n) as f32 / n as f32);
-                let (train_idx, val_idx) = pack::split_validation(n, fraction, cfg.seed);
-                let pick = |idx: &[usize]| {
-                    idx.iter()
-                        .map(|&i| train_conv[i].clone())
-                        .collect::<Vec<_>>()
-                };
-                (pick(&train_idx), pick(&val_idx))
-            }
-        };
+        let (train_conv, val_conv) = read_split(cfg, read)?;
         let held_out = !val_conv.is_empty();
         let source = if held_out { &val_conv } else { &train_conv };
         let samples = source
@@ -129,24 +139,131 @@ impl Dataset {
         Ok(Dataset::from_examples(train, validation, samples, stats))
     }
 
+    /// Reads preference pairs (DPO), splits off the validation pairs and tokenizes each pair's
+    /// two sequences; a pair is truncated or dropped as a whole (by its longer sequence), and
+    /// dropped when either answer has no trained token left.
+    pub fn load_pairs(cfg: &TrainConfig, tokenizer: &ChatTokenizer) -> Result<Self> {
+        let mut stats = DataStats::default();
+        let (train_pairs, val_pairs) = read_split(cfg, read_pairs)?;
+        let held_out = !val_pairs.is_empty();
+        let source = if held_out { &val_pairs } else { &train_pairs };
+        let samples = source
+            .iter()
+            .take(cfg.sample_prompts)
+            .map(|p| SamplePrompt::from_pair(p, held_out))
+            .collect();
+        let encode =
+            |pairs: &[PreferenceExample], stats: &mut DataStats| -> Result<Vec<TokenizedPair>> {
+                let mut out = Vec::with_capacity(pairs.len());
+                for pair in tokenizer.encode_preferences(pairs) {
+                    if let Some(pair) =
+                        apply_pair_length_policy(pair?, cfg.max_seq_len, cfg.length_policy, stats)
+                    {
+                        out.push(pair);
+                    }
+                }
+                Ok(out)
+            };
+        let train = encode(&train_pairs, &mut stats)?;
+        let validation = encode(&val_pairs, &mut stats)?;
+        if train.is_empty() {
+            return Err(Error::Dataset {
+                path: cfg.train_file.clone(),
+                reason: format!(
+                    "no usable preference pair ({} read; {} too long for max_seq_len {}, {} with an answer cut away)",
+                    train_pairs.len(),
+                    stats.dropped_too_long,
+                    cfg.max_seq_len,
+                    stats.dropped_no_labels
+                ),
+            });
+        }
+        Ok(Dataset::from_pairs(train, validation, samples, stats))
+    }
+
     /// A dataset from examples tokenized elsewhere (tests, benchmarks); fills in the counts.
     pub fn from_examples(
         train: Vec<TokenizedExample>,
         validation: Vec<TokenizedExample>,
         samples: Vec<SamplePrompt>,
-        mut stats: DataStats,
+        stats: DataStats,
     ) -> Self {
-        stats.train_examples = train.len();
-        stats.validation_examples = validation.len();
-        stats.train_tokens = train.iter().map(|e| e.input_ids.len()).sum();
-        stats.train_trained_tokens = train.iter().map(TokenizedExample::trained_tokens).sum();
         Dataset {
             train,
             validation,
             samples,
             stats,
+            paired: false,
         }
+        .counted()
     }
+
+    /// A preference dataset from pairs tokenized elsewhere; fills in the counts.
+    pub fn from_pairs(
+        train: Vec<TokenizedPair>,
+        validation: Vec<TokenizedPair>,
+        samples: Vec<SamplePrompt>,
+        stats: DataStats,
+    ) -> Self {
+        let flat = |pairs: Vec<TokenizedPair>| {
+            pairs
+                .into_iter()
+                .flat_map(|p| [p.chosen, p.rejected])
+                .collect()
+        };
+        Dataset {
+            train: flat(train),
+            validation: flat(validation),
+            samples,
+            stats,
+            paired: true,
+        }
+        .counted()
+    }
+
+    fn counted(mut self) -> Self {
+        let per = self.unit_len();
+        self.stats.train_examples = self.train.len() / per;
+        self.stats.validation_examples = self.validation.len() / per;
+        self.stats.train_tokens = self.train.iter().map(|e| e.input_ids.len()).sum();
+        self.stats.train_trained_tokens = self
+            .train
+            .iter()
+            .map(TokenizedExample::trained_tokens)
+            .sum();
+        self
+    }
+
+    /// Sequences per unit of the plan: 2 for preference pairs, else 1.
+    pub fn unit_len(&self) -> usize {
+        if self.paired { 2 } else { 1 }
+    }
+
+    /// Units (examples or pairs) of the training set.
+    pub fn train_units(&self) -> usize {
+        self.train.len() / self.unit_len()
+    }
+}
+
+/// The training rows of `cfg.train_file` and the validation rows (`cfg.validation_file`, or a
+/// seeded share of the training rows).
+fn read_split<T: Clone>(
+    cfg: &TrainConfig,
+    read: fn(&Path) -> Result<Vec<T>>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let train = read(&cfg.train_file)?;
+    Ok(match &cfg.validation_file {
+        Some(path) => (train, read(path)?),
+        None => {
+            let n = train.len();
+            let fraction = cfg
+                .validation_fraction
+                .unwrap_or(default_validation_count(n) as f32 / n as f32);
+            let (train_idx, val_idx) = pack::split_validation(n, fraction, cfg.seed);
+            let pick = |idx: &[usize]| idx.iter().map(|&i| train[i].clone()).collect::<Vec<_>>();
+            (pick(&train_idx), pick(&val_idx))
+        }
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<Conversation>> {
@@ -158,6 +275,43 @@ fn read(path: &Path) -> Result<Vec<Conversation>> {
         });
     }
     Ok(convs)
+}
+
+fn read_pairs(path: &Path) -> Result<Vec<PreferenceExample>> {
+    let pairs = tuna_data::jsonl::read_preference_pairs(path)?;
+    if pairs.is_empty() {
+        return Err(Error::Dataset {
+            path: path.to_path_buf(),
+            reason: "the file holds no preference pair".into(),
+        });
+    }
+    Ok(pairs)
+}
+
+/// [`apply_length_policy`] for a pair: both sequences kept, or the pair dropped.
+fn apply_pair_length_policy(
+    pair: TokenizedPair,
+    max_len: usize,
+    policy: LengthPolicy,
+    stats: &mut DataStats,
+) -> Option<TokenizedPair> {
+    let too_long = pair.chosen.len().max(pair.rejected.len()) > max_len;
+    if too_long && policy == LengthPolicy::Drop {
+        stats.dropped_too_long += 1;
+        return None;
+    }
+    let (chosen, rejected) = (
+        policy.apply(pair.chosen, max_len)?,
+        policy.apply(pair.rejected, max_len)?,
+    );
+    if too_long {
+        stats.truncated += 1;
+    }
+    if chosen.trained_tokens() == 0 || rejected.trained_tokens() == 0 {
+        stats.dropped_no_labels += 1;
+        return None;
+    }
+    Some(TokenizedPair { chosen, rejected })
 }
 
 /// Cuts or drops an over-long example and drops one without a trained token.
@@ -201,7 +355,7 @@ pub struct Plan {
 impl Plan {
     /// Plans `cfg.epochs` epochs, or as many as `cfg.max_steps` needs (then cut to `max_steps`).
     pub fn new(data: &Dataset, cfg: &TrainConfig) -> Self {
-        let lens: Vec<usize> = data.train.iter().map(|e| e.input_ids.len()).collect();
+        let lens = unit_lens(data, &data.train);
         let accum = cfg.gradient_accumulation_steps;
         let mut epochs = Vec::new();
         let mut steps = Vec::new();
@@ -280,27 +434,59 @@ impl Plan {
 
     /// Packs the micro-batches of step `step`.
     pub fn batches(&self, step: usize, data: &Dataset) -> Vec<MicroBatch> {
+        self.step_units(step)
+            .iter()
+            .map(|idx| pack_units(idx, &data.train, data.unit_len()))
+            .collect()
+    }
+
+    /// The units (examples, or pairs) of each micro-batch of step `step`: indices into the
+    /// training set's units, in packing order.
+    pub fn step_units(&self, step: usize) -> &[Vec<usize>] {
         let s = &self.steps[step];
-        self.epochs[s.epoch][s.micro.clone()]
-            .iter()
-            .map(|idx| self.pack(idx, &data.train))
-            .collect()
+        &self.epochs[s.epoch][s.micro.clone()]
     }
 
-    fn pack(&self, idx: &[usize], examples: &[TokenizedExample]) -> MicroBatch {
-        let refs: Vec<&TokenizedExample> = idx.iter().map(|&i| &examples[i]).collect();
-        pack_group(&refs)
+    /// Validation micro-batches, grouped like training ones, in order, with their units.
+    pub fn validation_batches(&self, data: &Dataset) -> Vec<(Vec<usize>, MicroBatch)> {
+        units_in_order(data, &data.validation, self.batch_size)
     }
+}
 
-    /// Validation micro-batches, grouped like training ones, in order.
-    pub fn validation_batches(&self, data: &Dataset) -> Vec<MicroBatch> {
-        let lens: Vec<usize> = data.validation.iter().map(|e| e.input_ids.len()).collect();
-        let order: Vec<usize> = (0..lens.len()).collect();
-        group(&order, &lens, self.batch_size)
-            .iter()
-            .map(|idx| self.pack(idx, &data.validation))
-            .collect()
-    }
+/// `examples` (a dataset's training or validation sequences) grouped into micro-batches of
+/// `batch` in file order, each with its unit indices: how validation and DPO's reference pass
+/// run over a set.
+pub fn units_in_order(
+    data: &Dataset,
+    examples: &[TokenizedExample],
+    batch: BatchSize,
+) -> Vec<(Vec<usize>, MicroBatch)> {
+    let lens = unit_lens(data, examples);
+    let order: Vec<usize> = (0..lens.len()).collect();
+    group(&order, &lens, batch)
+        .into_iter()
+        .map(|idx| {
+            let b = pack_units(&idx, examples, data.unit_len());
+            (idx, b)
+        })
+        .collect()
+}
+
+/// Tokens of each unit (an example, or a pair's two sequences).
+fn unit_lens(data: &Dataset, examples: &[TokenizedExample]) -> Vec<usize> {
+    examples
+        .chunks(data.unit_len())
+        .map(|u| u.iter().map(TokenizedExample::len).sum())
+        .collect()
+}
+
+/// Packs the sequences of units `idx` (`per` consecutive sequences each) into one micro-batch.
+fn pack_units(idx: &[usize], examples: &[TokenizedExample], per: usize) -> MicroBatch {
+    let refs: Vec<&TokenizedExample> = idx
+        .iter()
+        .flat_map(|&i| &examples[i * per..(i + 1) * per])
+        .collect();
+    pack_group(&refs)
 }
 
 /// Consecutive examples of `order` per micro-batch: `n` examples, or whole examples while they fit in the token budget.

@@ -2,7 +2,9 @@
 //! pass, [`CheckpointInfo`] per checkpoint, through a [`TrainObserver`] and as JSON lines in
 //! `out_dir/metrics.jsonl` (the file the server and the console read).
 //!
-//! Every line carries a `"type"`: `"train"`, `"eval"` or `"checkpoint"`.
+//! Every line carries a `"type"`: `"train"`, `"eval"` or `"checkpoint"`. One schema for every
+//! objective: DPO runs add the [`PreferenceMetrics`] fields, named as TRL logs them
+//! (`rewards/chosen`, ...), to their train and eval lines.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -21,9 +23,10 @@ pub struct StepMetrics {
     pub total_steps: usize,
     /// Epochs done, fractional (1.5 = half-way through the second epoch).
     pub epoch: f32,
-    /// Mean cross-entropy over the trained tokens of this step (all its micro-batches).
+    /// Mean cross-entropy over the trained tokens of this step (all its micro-batches); for DPO
+    /// the mean DPO loss over the step's pairs.
     pub loss: f64,
-    /// Share of trained tokens whose argmax prediction was right.
+    /// Share of trained tokens whose argmax prediction was right (DPO: tokens of both answers).
     pub token_accuracy: f64,
     /// Learning rate this step used.
     pub lr: f32,
@@ -39,6 +42,35 @@ pub struct StepMetrics {
     pub elapsed_s: f64,
     /// Estimated seconds to the last step, from the mean step time of this process.
     pub eta_s: f64,
+    /// DPO only: means over the step's pairs.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
+}
+
+/// DPO's view of a batch of pairs, means over its pairs, under TRL's names. A pair's reward is
+/// `β · (log π(y|x) − log π_ref(y|x))`, the log-probabilities summed over the answer's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceMetrics {
+    /// Reward of the preferred answer.
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    /// Reward of the non-preferred answer.
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    /// Share of pairs whose preferred answer has the larger reward (a tie counts as wrong).
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    /// Preferred minus non-preferred reward.
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    /// Log-probability of the preferred answer under the trained model (summed over its tokens).
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    /// Log-probability of the non-preferred answer.
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    /// Pairs in the batch (or validation set).
+    pub pairs: usize,
 }
 
 /// One pass over the validation set.
@@ -46,13 +78,18 @@ pub struct StepMetrics {
 pub struct EvalMetrics {
     pub step: usize,
     pub epoch: f32,
-    /// Mean cross-entropy over the trained tokens of every validation example.
+    /// Mean cross-entropy over the trained tokens of every validation example; for DPO the mean
+    /// DPO loss over the validation pairs.
     pub loss: f64,
+    /// `exp` of the mean cross-entropy per trained token (DPO: of the preferred answers).
     pub perplexity: f64,
     pub token_accuracy: f64,
     pub trained_tokens: usize,
     pub examples: usize,
     pub elapsed_s: f64,
+    /// DPO only: means over the validation pairs.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
 }
 
 /// A held-out conversation answered by the model at a checkpoint.
@@ -60,8 +97,11 @@ pub struct EvalMetrics {
 pub struct Sample {
     /// The prompt: the conversation before its last assistant message.
     pub messages: Vec<tuna_data::Message>,
-    /// The dataset's answer.
+    /// The dataset's answer (the preferred output of a preference pair).
     pub reference: String,
+    /// The non-preferred output of a preference pair, shown beside the two others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_preferred: Option<String>,
     /// The model's greedy answer with the checkpoint's weights.
     pub generated: String,
     /// False when the conversation is a training example (no validation set).
@@ -209,6 +249,7 @@ mod tests {
             trained_tokens: 5,
             elapsed_s: 1.0,
             eta_s: 3.0,
+            preference: None,
         }
     }
 
@@ -229,6 +270,7 @@ mod tests {
             trained_tokens: 8,
             examples: 2,
             elapsed_s: 0.1,
+            preference: None,
         };
         w.eval(&eval).unwrap();
         drop(w);

@@ -38,6 +38,7 @@ pub fn generate_samples(
         out.push(Sample {
             messages: p.messages.clone(),
             reference: p.reference.clone(),
+            non_preferred: p.non_preferred.clone(),
             generated,
             held_out: p.held_out,
         });

@@ -1,14 +1,18 @@
-//! The supervised fine-tuning recipe (torchtune's `lora_finetune_single_device`, read top to bottom).
+//! The fine-tuning recipe (torchtune's `lora_finetune_single_device`, read top to bottom): the
+//! loop of supervised fine-tuning, and of DPO, whose objective-specific half lives in
+//! [`crate::dpo`].
 //!
 //! [`Trainer::new`] sets up, in order: the model (and, for LoRA, the adapter), the tokenizer, the
 //! data (tokenize → length policy → split → a plan of micro-batches per step for every epoch),
-//! the optimizer and the schedule; then it restores a checkpoint when resuming.
+//! the optimizer and the schedule; for DPO the reference log-probabilities (or, on resume, the
+//! checkpoint's); then it restores a checkpoint when resuming.
 //! [`Trainer::run`] is one loop; each optimizer step does:
 //!
-//! 1. pack the step's micro-batches (whole examples, block-diagonal attention, no padding);
+//! 1. pack the step's micro-batches (whole examples, block-diagonal attention, no padding; DPO:
+//!    whole pairs);
 //! 2. forward + backward on each, accumulating gradients of `Σ token losses / N`, where `N` is the
 //!    number of trained tokens of the whole step (so the loss is the mean over the step's tokens,
-//!    not a mean of micro-batch means);
+//!    not a mean of micro-batch means); DPO: of the mean DPO loss over the step's pairs;
 //! 3. stop with [`Error::NonFinite`] if the loss or the gradient norm is NaN/inf, before any update;
 //! 4. clip the global gradient norm (`max_grad_norm`);
 //! 5. AdamW with the schedule's learning rate (f32 moments);
@@ -30,11 +34,13 @@ use tuna_model::train::{BatchStats, Gradients, TrainOptions};
 use tuna_model::{GenerationConfig, LoraAdapter, QwenConfig, QwenModel};
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{Method, TrainConfig};
+use crate::config::{Method, Objective, TrainConfig};
 use crate::data::{Dataset, MicroBatch, Plan};
+use crate::dpo::{self, ReferenceLogps};
 use crate::error::{Error, Result};
 use crate::metrics::{
-    CheckpointInfo, EvalMetrics, MetricsWriter, Sample, StepMetrics, TrainObserver,
+    CheckpointInfo, EvalMetrics, MetricsWriter, PreferenceMetrics, Sample, StepMetrics,
+    TrainObserver,
 };
 use crate::optim::{AdamW, AdamWSettings, clip_grad_norm, decays};
 use crate::schedule::Schedule;
@@ -75,11 +81,22 @@ pub struct Trainer {
     optimizer: AdamW,
     param_names: Vec<String>,
     grads: Gradients,
+    /// DPO: the reference policy's log-probabilities of every pair.
+    reference: Option<ReferenceLogps>,
     /// Optimizer steps done.
     step: usize,
     resumed_from: Option<PathBuf>,
     last_loss: Option<f64>,
     last_lr: f32,
+}
+
+/// What one step's forward and backward passes found.
+struct StepOutcome {
+    loss: f64,
+    token_accuracy: f64,
+    tokens: usize,
+    trained_tokens: usize,
+    preference: Option<PreferenceMetrics>,
 }
 
 impl Trainer {
@@ -138,8 +155,16 @@ impl Trainer {
                 reason: "no training example".into(),
             });
         }
+        let dpo = cfg.objective == Objective::Dpo;
+        if dpo != data.paired {
+            return Err(Error::Config(format!(
+                "objective `{}` needs {} data",
+                cfg.objective.as_str(),
+                if dpo { "preference-pair" } else { "chat" }
+            )));
+        }
         // Model: the adapter (fresh, or the checkpoint's), or every weight as trainable f32.
-        let adapter = match (cfg.method, &resume, &cfg.init_adapter) {
+        let mut adapter = match (cfg.method, &resume, &cfg.init_adapter) {
             (Method::Lora, Some(dir), _) | (Method::Lora, None, Some(dir)) => {
                 Some(LoraAdapter::load(dir, &model.config)?)
             }
@@ -149,6 +174,32 @@ impl Trainer {
                 cfg.seed,
             )),
             (Method::Full, ..) => None,
+        };
+        if let Some(a) = adapter
+            .as_mut()
+            .filter(|a| dpo && a.config.lora_dropout > 0.0)
+        {
+            // As TRL's `disable_dropout`: dropout would make the policy differ from the
+            // (dropout-free) reference before any update.
+            tracing::info!(
+                "DPO trains without dropout: LoRA dropout {} set to 0",
+                a.config.lora_dropout
+            );
+            a.config.lora_dropout = 0.0;
+        }
+        // DPO's reference: the model as the run starts (see `dpo`), or what the checkpoint saved.
+        let reference = match (dpo, &resume) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(ReferenceLogps::load(&dir.join(dpo::REFERENCE_FILE), &data)?),
+            (true, None) => {
+                let start = adapter.as_ref().filter(|_| cfg.init_adapter.is_some());
+                Some(ReferenceLogps::compute(
+                    &model,
+                    start,
+                    &data,
+                    cfg.batch_size,
+                )?)
+            }
         };
         let (param_names, grads) = match &adapter {
             Some(a) => (a.parameter_names(), a.gradients()),
@@ -209,6 +260,7 @@ impl Trainer {
             optimizer,
             param_names,
             grads,
+            reference,
             step: 0,
             resumed_from: None,
             last_loss: None,
@@ -235,6 +287,13 @@ impl Trainer {
                 checkpoint::STATE_VERSION
             )));
         }
+        if state.config.objective != self.cfg.objective {
+            return Err(bad(format!(
+                "it is a `{}` checkpoint and this run is `{}`",
+                state.config.objective.as_str(),
+                self.cfg.objective.as_str()
+            )));
+        }
         if state.method != self.cfg.method {
             return Err(bad(format!(
                 "it is a `{}` checkpoint and this run is `{}`",
@@ -250,7 +309,7 @@ impl Trainer {
             )));
         }
         if state.seed != self.cfg.seed
-            || state.train_examples != self.data.train.len()
+            || state.train_examples != self.data.train_units()
             || state.data_fingerprint != self.plan.fingerprint(state.step)
         {
             return Err(bad(
@@ -354,30 +413,9 @@ impl Trainer {
             let step = self.step; // 0-based index of this step
             let step_start = Instant::now();
 
-            // 1. The step's micro-batches; the loss is normalised by all their trained tokens.
-            let batches = self.plan.batches(step, &self.data);
-            let trained: usize = batches.iter().map(|b| b.trained_tokens).sum();
-            let tokens: usize = batches.iter().map(MicroBatch::tokens).sum();
-            let scale = 1.0 / trained as f32;
-
-            // 2. Forward + backward, accumulating gradients.
-            self.grads.zero();
-            let mut stats = BatchStats::default();
-            for (i, batch) in batches.iter().enumerate() {
-                let opts = TrainOptions {
-                    recompute_activations: self.cfg.recompute_activations,
-                    dropout_seed: dropout_seed(self.cfg.seed, step, i),
-                };
-                let s = self.model.forward_backward(
-                    &batch.as_train_batch(),
-                    self.adapter.as_ref(),
-                    &mut self.grads,
-                    scale,
-                    &opts,
-                )?;
-                stats.add(&s);
-            }
-            let loss = stats.loss_sum / stats.tokens.max(1) as f64;
+            // 1. + 2. The step's micro-batches, forward + backward, gradients accumulated.
+            let out = self.accumulate_gradients(step)?;
+            let loss = out.loss;
 
             // 3. + 4. Stop on NaN/inf before touching the weights; clip.
             if !loss.is_finite() {
@@ -416,17 +454,18 @@ impl Trainer {
                 total_steps,
                 epoch: self.plan.epoch_after(self.step),
                 loss,
-                token_accuracy: stats.correct as f64 / stats.tokens.max(1) as f64,
+                token_accuracy: out.token_accuracy,
                 lr,
                 grad_norm,
-                tokens_per_sec: tokens as f64 / step_s.max(1e-9),
-                tokens,
-                trained_tokens: trained,
+                tokens_per_sec: out.tokens as f64 / step_s.max(1e-9),
+                tokens: out.tokens,
+                trained_tokens: out.trained_tokens,
                 elapsed_s,
                 eta_s: elapsed_s / done_here as f64 * (total_steps - self.step) as f64,
+                preference: out.preference,
             };
-            summary.tokens += tokens;
-            summary.trained_tokens += trained;
+            summary.tokens += out.tokens;
+            summary.trained_tokens += out.trained_tokens;
             metrics.step(&m)?;
             let stop = observer.on_step(&m).is_break();
 
@@ -466,27 +505,103 @@ impl Trainer {
         Ok(summary)
     }
 
-    /// Loss and token accuracy over the whole validation set with the current weights.
+    /// Forward + backward over step `step`'s micro-batches into the zeroed gradients: SFT's
+    /// token-mean cross-entropy, or DPO's pair-mean loss.
+    fn accumulate_gradients(&mut self, step: usize) -> Result<StepOutcome> {
+        let batches = self.plan.batches(step, &self.data);
+        let tokens: usize = batches.iter().map(MicroBatch::tokens).sum();
+        let opts = |i: usize| TrainOptions {
+            recompute_activations: self.cfg.recompute_activations,
+            dropout_seed: dropout_seed(self.cfg.seed, step, i),
+        };
+        self.grads.zero();
+        if let Some(reference) = &self.reference {
+            let sums = dpo::accumulate_step(
+                &self.model,
+                self.adapter.as_ref(),
+                &mut self.grads,
+                self.plan.step_units(step),
+                &batches,
+                &reference.train,
+                f64::from(self.cfg.dpo.beta),
+                opts,
+            )?;
+            return Ok(StepOutcome {
+                loss: sums.mean_loss(),
+                token_accuracy: sums.token_accuracy(),
+                tokens,
+                trained_tokens: sums.tokens.tokens,
+                preference: Some(sums.metrics()),
+            });
+        }
+        // The loss is normalised by all the step's trained tokens.
+        let trained: usize = batches.iter().map(|b| b.trained_tokens).sum();
+        let scale = 1.0 / trained as f32;
+        let mut stats = BatchStats::default();
+        for (i, batch) in batches.iter().enumerate() {
+            let s = self.model.forward_backward(
+                &batch.as_train_batch(),
+                self.adapter.as_ref(),
+                &mut self.grads,
+                scale,
+                &opts(i),
+            )?;
+            stats.add(&s);
+        }
+        Ok(StepOutcome {
+            loss: stats.loss_sum / stats.tokens.max(1) as f64,
+            token_accuracy: stats.correct as f64 / stats.tokens.max(1) as f64,
+            tokens,
+            trained_tokens: trained,
+            preference: None,
+        })
+    }
+
+    /// Loss and token accuracy over the whole validation set with the current weights (DPO: its
+    /// loss and metrics over the validation pairs).
     pub fn evaluate(&self) -> Result<EvalMetrics> {
         let start = Instant::now();
-        let mut stats = BatchStats::default();
-        for batch in self.plan.validation_batches(&self.data) {
-            stats.add(
-                &self
-                    .model
-                    .evaluate(&batch.as_train_batch(), self.adapter.as_ref())?,
-            );
-        }
-        let loss = stats.loss_sum / stats.tokens.max(1) as f64;
+        let batches = self.plan.validation_batches(&self.data);
+        let (loss, perplexity_loss, stats, preference) = match &self.reference {
+            Some(reference) => {
+                let sums = dpo::evaluate(
+                    &self.model,
+                    self.adapter.as_ref(),
+                    &batches,
+                    &reference.validation,
+                    f64::from(self.cfg.dpo.beta),
+                )?;
+                let chosen_ce = sums.chosen_loss_sum / sums.chosen_tokens.max(1) as f64;
+                (
+                    sums.mean_loss(),
+                    chosen_ce,
+                    sums.tokens,
+                    Some(sums.metrics()),
+                )
+            }
+            None => {
+                let mut stats = BatchStats::default();
+                for (_, batch) in &batches {
+                    stats.add(
+                        &self
+                            .model
+                            .evaluate(&batch.as_train_batch(), self.adapter.as_ref())?,
+                    );
+                }
+                let loss = stats.loss_sum / stats.tokens.max(1) as f64;
+                (loss, loss, stats, None)
+            }
+        };
         Ok(EvalMetrics {
             step: self.step,
             epoch: self.plan.epoch_after(self.step),
             loss,
-            perplexity: loss.exp(),
+            perplexity: perplexity_loss.exp(),
             token_accuracy: stats.correct as f64 / stats.tokens.max(1) as f64,
             trained_tokens: stats.tokens,
-            examples: self.data.validation.len(),
+            examples: self.data.validation.len() / self.data.unit_len(),
             elapsed_s: start.elapsed().as_secs_f64(),
+            preference,
         })
     }
 
@@ -519,6 +634,9 @@ impl Trainer {
             &self.param_names,
             &self.optimizer,
         )?;
+        if let Some(reference) = &self.reference {
+            reference.save(&tmp.join(dpo::REFERENCE_FILE))?;
+        }
         let state = TrainerState {
             version: checkpoint::STATE_VERSION,
             step: self.step,
@@ -526,7 +644,7 @@ impl Trainer {
             epoch: self.plan.epoch_after(self.step),
             method: self.cfg.method,
             seed: self.cfg.seed,
-            train_examples: self.data.train.len(),
+            train_examples: self.data.train_units(),
             data_fingerprint: self.plan.fingerprint(self.step),
             base_model,
             train_loss: self.last_loss,
