@@ -5,16 +5,26 @@
 //! fine-tuning), a few warm-up steps, then timed steps of forward + backward + clipping + AdamW.
 //! Reports tokens/s, the GFLOP/s of the matrix products the step actually does, the machine's f32
 //! matmul peak (a timed large sgemm) and the peak RSS. Numbers are printed, never asserted.
+//!
+//! `--objective dpo` times DPO steps instead: one preference pair whose two sequences are each
+//! `--seq-len` tokens (a shared prompt of the first half, two different answers of the second
+//! half, labelled), packed in one micro-batch, after the one-off reference pass. It reports
+//! pairs/s and the peak RSS (taken before anything else runs), then times SFT steps on the
+//! pair's preferred sequence in the same process, for comparison.
 
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use tuna_data::tokenize::{TokenizedExample, TokenizedPair};
 use tuna_engine::IGNORE_INDEX;
 use tuna_engine::ops::matmul::{Layout, sgemm};
-use tuna_model::train::{TrainBatch, TrainOptions};
+use tuna_model::train::{Gradients, TrainOptions};
 use tuna_model::{LoraAdapter, LoraConfig, LoraTarget, QwenConfig, QwenModel};
+use tuna_train::data::{DataStats, Dataset, Plan};
+use tuna_train::dpo::{self, ReferenceLogps};
 use tuna_train::optim::{AdamW, AdamWSettings, clip_grad_norm};
+use tuna_train::{BatchSize, Objective, TrainConfig};
 
 use super::bench::BenchDType;
 
@@ -24,12 +34,22 @@ pub enum BenchMethod {
     Full,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchObjective {
+    Sft,
+    Dpo,
+}
+
 #[derive(Args, Debug)]
 pub struct TrainBenchArgs {
+    /// SFT steps on one example, or DPO steps on one preference pair (then SFT for comparison)
+    #[arg(long, value_enum, default_value = "sft")]
+    pub objective: BenchObjective,
     /// Model shape: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b
     #[arg(long, default_value = "qwen2.5-0.5b")]
     pub shape: String,
-    /// Tokens of the one training example (the last half is labelled)
+    /// Tokens of the one training example (the last half is labelled); with DPO, of each of the
+    /// pair's two sequences
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
     #[arg(long, value_enum, default_value = "lora")]
@@ -162,59 +182,123 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     let mut opt = AdamW::new(settings, &sizes, vec![true; sizes.len()]);
     let build_s = build.elapsed().as_secs_f64();
 
-    // One example: random ids; positions of the second half predict their next token.
+    // One example: random ids; positions of the second half predict their next token. With DPO
+    // it is the preferred sequence of a pair whose other answer is different random ids.
     let t = args.seq_len;
     let mut rng = StdRng::seed_from_u64(2);
-    let ids: Vec<u32> = (0..t)
-        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
-        .collect();
-    let targets: Vec<i32> = (0..t)
-        .map(|i| {
-            if i >= t / 2 && i + 1 < t {
-                ids[i + 1] as i32
-            } else {
-                IGNORE_INDEX
-            }
-        })
-        .collect();
-    let labelled = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-    let positions: Vec<u32> = (0..t as u32).collect();
-    let seq_lens = [t];
-    let batch = TrainBatch {
-        input_ids: &ids,
-        targets: &targets,
-        position_ids: &positions,
-        seq_lens: &seq_lens,
+    let mut random_ids = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+            .collect()
     };
+    let prompt = random_ids(t / 2);
+    let answer = |ids: Vec<u32>| {
+        let input_ids: Vec<u32> = prompt.iter().copied().chain(ids).collect();
+        // Labels unshifted: the targets of positions t/2 .. t-2.
+        let labels = (0..t)
+            .map(|i| {
+                if i > t / 2 {
+                    input_ids[i] as i32
+                } else {
+                    IGNORE_INDEX
+                }
+            })
+            .collect();
+        TokenizedExample { input_ids, labels }
+    };
+    let chosen = answer(random_ids(t - t / 2));
+    let rejected = answer(random_ids(t - t / 2));
+    let labelled = chosen.trained_tokens();
     let opts = TrainOptions {
         recompute_activations: args.recompute,
         dropout_seed: 0,
     };
+    // DPO: the pair as a one-step plan, and its reference pass (once per pair, timed apart).
+    let dpo_setup = if args.objective == BenchObjective::Dpo {
+        let data = Dataset::from_pairs(
+            vec![TokenizedPair {
+                chosen: chosen.clone(),
+                rejected,
+            }],
+            Vec::new(),
+            Vec::new(),
+            DataStats::default(),
+        );
+        let plan_cfg = TrainConfig {
+            objective: Objective::Dpo,
+            batch_size: BatchSize::Examples(1),
+            gradient_accumulation_steps: 1,
+            max_steps: Some(1),
+            ..TrainConfig::default()
+        };
+        let plan = Plan::new(&data, &plan_cfg);
+        let batches = plan.batches(0, &data);
+        let r0 = Instant::now();
+        // A fresh adapter is a no-op: the reference is the base model (no adapter).
+        let reference = ReferenceLogps::compute(&model, None, &data, BatchSize::Examples(1))?;
+        Some((plan, batches, reference, r0.elapsed().as_secs_f64()))
+    } else {
+        None
+    };
 
-    let mut times = Vec::new();
-    let mut loss = 0.0;
-    for i in 0..args.warmup_steps + args.steps {
-        let t0 = Instant::now();
-        grads.zero();
+    // Times warm-up + timed steps of `step` (gradients into `grads`, returning the loss), each
+    // followed by clipping and AdamW; returns the mean step time and the last loss.
+    let mut timed = |step: &mut dyn FnMut(
+        &mut Gradients,
+        Option<&LoraAdapter>,
+        &QwenModel,
+    ) -> anyhow::Result<f64>|
+     -> anyhow::Result<(f64, f64)> {
+        let mut times = Vec::new();
+        let mut loss = 0.0;
+        for i in 0..args.warmup_steps + args.steps {
+            let t0 = Instant::now();
+            grads.zero();
+            loss = step(&mut grads, adapter.as_ref(), &model)?;
+            clip_grad_norm(&mut grads, Some(1.0));
+            let params = match &mut adapter {
+                Some(a) => a.parameters_mut(),
+                None => model.full_parameters_mut(),
+            };
+            opt.update(params, &grads, 1e-4);
+            if i >= args.warmup_steps {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok((times.iter().sum::<f64>() / times.len() as f64, loss))
+    };
+
+    let dpo = match &dpo_setup {
+        Some((plan, batches, reference, reference_s)) => {
+            let (step_s, loss) = timed(&mut |grads, adapter, model| {
+                let sums = dpo::accumulate_step(
+                    model,
+                    adapter,
+                    grads,
+                    plan.step_units(0),
+                    batches,
+                    &reference.train,
+                    0.1,
+                    |_| opts,
+                )?;
+                Ok(sums.mean_loss())
+            })?;
+            Some((step_s, loss, *reference_s, super::bench::peak_rss_mb()))
+        }
+        None => None,
+    };
+
+    let batch = tuna_train::data::pack_group(&[&chosen]);
+    let (step_s, loss) = timed(&mut |grads, adapter, model| {
         let stats = model.forward_backward(
-            &batch,
-            adapter.as_ref(),
-            &mut grads,
+            &batch.as_train_batch(),
+            adapter,
+            grads,
             1.0 / labelled as f32,
             &opts,
         )?;
-        clip_grad_norm(&mut grads, Some(1.0));
-        let params = match &mut adapter {
-            Some(a) => a.parameters_mut(),
-            None => model.full_parameters_mut(),
-        };
-        opt.update(params, &grads, 1e-4);
-        loss = stats.loss_sum / stats.tokens.max(1) as f64;
-        if i >= args.warmup_steps {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let step_s = times.iter().sum::<f64>() / times.len() as f64;
+        Ok(stats.loss_sum / stats.tokens.max(1) as f64)
+    })?;
     let tokens_per_s = t as f64 / step_s;
     let flops = step_flops(
         &cfg,
@@ -231,45 +315,74 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         BenchMethod::Full => "full".to_string(),
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "shape": args.shape, "method": method, "dtype": tuna_engine::DType::from(args.dtype).name(),
-                "threads": threads, "seq_len": t, "labelled_tokens": labelled, "recompute": args.recompute,
-                "parameters": cfg.num_parameters(), "trainable_parameters": sizes.iter().sum::<usize>(),
-                "step_s": step_s, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
-                "gflops": gflops, "peak_gflops": peak, "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
-            })
-        );
-    } else {
-        println!(
-            "shape {} ({:.0}M parameters), {method}, weights {}, {threads} threads{}",
-            args.shape,
-            cfg.num_parameters() as f64 / 1e6,
-            tuna_engine::DType::from(args.dtype).name(),
-            if args.recompute {
-                ", recomputed activations"
-            } else {
-                ""
-            }
-        );
-        println!(
-            "one example of {t} tokens, the last half ({labelled} targets) labelled; {} timed steps after {} warm-up",
-            args.steps, args.warmup_steps
-        );
-        println!(
-            "step      {:>8.3} s   ({:.1} GFLOP of matrix products)",
-            step_s,
-            flops / 1e9
-        );
-        println!("training  {tokens_per_s:>8.1} tokens/s");
-        println!(
-            "achieved  {gflops:>8.1} GFLOP/s   (f32 sgemm peak of this machine: {peak:.1} GFLOP/s, {:.0}%)",
-            100.0 * gflops / peak
-        );
-        if let Some(rss) = rss {
-            println!("peak RSS  {rss:>8.0} MB");
+        let mut out = serde_json::json!({
+            "shape": args.shape, "method": method, "dtype": tuna_engine::DType::from(args.dtype).name(),
+            "threads": threads, "seq_len": t, "labelled_tokens": labelled, "recompute": args.recompute,
+            "parameters": cfg.num_parameters(), "trainable_parameters": sizes.iter().sum::<usize>(),
+            "step_s": step_s, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
+            "gflops": gflops, "peak_gflops": peak, "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
+        });
+        if let (Some((dpo_s, dpo_loss, reference_s, dpo_rss)), Some(obj)) =
+            (dpo, out.as_object_mut())
+        {
+            obj.insert(
+                "dpo".into(),
+                serde_json::json!({
+                    "pair_tokens": 2 * t, "step_s": dpo_s, "pairs_per_s": 1.0 / dpo_s,
+                    "tokens_per_s": 2.0 * t as f64 / dpo_s, "reference_pass_s": reference_s,
+                    "peak_rss_mb": dpo_rss, "loss": dpo_loss,
+                }),
+            );
         }
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "shape {} ({:.0}M parameters), {method}, weights {}, {threads} threads{}",
+        args.shape,
+        cfg.num_parameters() as f64 / 1e6,
+        tuna_engine::DType::from(args.dtype).name(),
+        if args.recompute {
+            ", recomputed activations"
+        } else {
+            ""
+        }
+    );
+    if let Some((dpo_s, _, reference_s, dpo_rss)) = dpo {
+        println!(
+            "DPO: one pair of two {t}-token sequences (shared prompt of {}, answers of {} labelled tokens) in one micro-batch; {} timed steps after {} warm-up",
+            t / 2,
+            labelled,
+            args.steps,
+            args.warmup_steps
+        );
+        println!("step      {dpo_s:>8.3} s   (reference pass, once per pair: {reference_s:.3} s)");
+        println!(
+            "DPO       {:>8.3} pairs/s   ({:.1} tokens/s)",
+            1.0 / dpo_s,
+            2.0 * t as f64 / dpo_s
+        );
+        if let Some(rss) = dpo_rss {
+            println!("peak RSS  {rss:>8.0} MB   (DPO)");
+        }
+        println!("SFT on the pair's preferred sequence, for comparison:");
+    }
+    println!(
+        "one example of {t} tokens, the last half ({labelled} targets) labelled; {} timed steps after {} warm-up",
+        args.steps, args.warmup_steps
+    );
+    println!(
+        "step      {:>8.3} s   ({:.1} GFLOP of matrix products)",
+        step_s,
+        flops / 1e9
+    );
+    println!("training  {tokens_per_s:>8.1} tokens/s");
+    println!(
+        "achieved  {gflops:>8.1} GFLOP/s   (f32 sgemm peak of this machine: {peak:.1} GFLOP/s, {:.0}%)",
+        100.0 * gflops / peak
+    );
+    if let (Some(rss), None) = (rss, dpo) {
+        println!("peak RSS  {rss:>8.0} MB");
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! `tuna train`: supervised fine-tuning (LoRA or full) of a model on a chat JSONL file, with a
-//! progress bar, evaluation and sample lines at each checkpoint, and a summary at the end.
+//! `tuna train`: supervised fine-tuning (LoRA or full) of a model on a chat JSONL file, or DPO on
+//! a preference JSONL file (`--objective dpo`), with a progress bar, evaluation and sample lines
+//! at each checkpoint, and a summary at the end.
 //! Ctrl-C stops after the current step with a resumable checkpoint (`--resume` continues).
 
 use std::ops::ControlFlow;
@@ -13,14 +14,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tuna_data::pack::LengthPolicy;
 use tuna_model::LoraTarget;
 use tuna_train::{
-    BatchSize, CheckpointInfo, EvalMetrics, Method, ScheduleKind, StepMetrics, TrainConfig,
-    TrainObserver, Trainer,
+    BatchSize, CheckpointInfo, EvalMetrics, Method, Objective, PreferenceMetrics, ScheduleKind,
+    StepMetrics, TrainConfig, TrainObserver, Trainer,
 };
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub enum MethodArg {
     Lora,
     Full,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ObjectiveArg {
+    /// Supervised fine-tuning on chat data ({"messages": [...]})
+    Sft,
+    /// Direct preference optimisation on preference pairs ({"input", "preferred_output", "non_preferred_output"})
+    Dpo,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -41,7 +50,8 @@ pub struct TrainArgs {
     /// Hugging Face model directory, or `demo`
     #[arg(long, env = "TUNA_MODEL")]
     pub model: String,
-    /// Training data: OpenAI chat JSONL (`{"messages": [...]}` per line)
+    /// Training data: OpenAI chat JSONL (`{"messages": [...]}` per line); with `--objective dpo`,
+    /// OpenAI preference JSONL (`{"input": ..., "preferred_output": ..., "non_preferred_output": ...}`)
     #[arg(long)]
     pub data: PathBuf,
     /// Validation data in the same format [default: hold out 5% of --data when it has 50+ examples]
@@ -56,6 +66,12 @@ pub struct TrainArgs {
     /// JSON file with training settings (the fields of TrainConfig); flags override it
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// What to optimise [default: sft]
+    #[arg(long, value_enum)]
+    pub objective: Option<ObjectiveArg>,
+    /// DPO: how far the model may move from the reference (the model as the run starts) [default: 0.1]
+    #[arg(long)]
+    pub beta: Option<f32>,
     /// What to train [default: lora]
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
@@ -65,7 +81,7 @@ pub struct TrainArgs {
     /// Optimizer steps to run (overrides --epochs)
     #[arg(long, conflicts_with = "epochs")]
     pub max_steps: Option<usize>,
-    /// Peak learning rate [default: 1e-4 for LoRA, 1e-5 for full]
+    /// Peak learning rate [default: 1e-4 for LoRA, 1e-5 for full; DPO 5e-6 for LoRA, 1e-6 for full]
     #[arg(long)]
     pub lr: Option<f32>,
     /// Learning-rate schedule after warmup [default: cosine]
@@ -113,7 +129,7 @@ pub struct TrainArgs {
     /// Rank-stabilised LoRA scaling (alpha / sqrt(rank))
     #[arg(long)]
     pub rslora: bool,
-    /// Start LoRA from this PEFT adapter directory
+    /// Start LoRA from this PEFT adapter directory (DPO after SFT: it is also DPO's reference)
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,
     /// Seed for the split, shuffling, initialisation and dropout [default: 42]
@@ -165,6 +181,14 @@ impl TrainArgs {
             &mut c.validation_fraction,
             self.validation_fraction.map(Some),
         );
+        set(
+            &mut c.objective,
+            self.objective.map(|o| match o {
+                ObjectiveArg::Sft => Objective::Sft,
+                ObjectiveArg::Dpo => Objective::Dpo,
+            }),
+        );
+        set(&mut c.dpo.beta, self.beta);
         set(
             &mut c.method,
             self.method.map(|m| match m {
@@ -255,8 +279,9 @@ impl TrainObserver for Progress {
             Some(bar) => {
                 bar.set_position(m.step as u64);
                 bar.set_message(format!(
-                    "loss {:.4}  lr {:.2e}  {:.0} tok/s  ETA {}",
+                    "loss {:.4}{}  lr {:.2e}  {:.0} tok/s  ETA {}",
                     m.loss,
+                    m.preference.as_ref().map(rewards).unwrap_or_default(),
                     m.lr,
                     m.tokens_per_sec,
                     format_duration(m.eta_s)
@@ -276,11 +301,12 @@ impl TrainObserver for Progress {
             return println!("{}", json_line("eval", m));
         }
         self.line(&format!(
-            "step {:>6}  eval loss {:.4}  perplexity {:.2}  token accuracy {:.1}%",
+            "step {:>6}  eval loss {:.4}  perplexity {:.2}  token accuracy {:.1}%{}",
             m.step,
             m.loss,
             m.perplexity,
-            100.0 * m.token_accuracy
+            100.0 * m.token_accuracy,
+            m.preference.as_ref().map(rewards).unwrap_or_default()
         ));
     }
 
@@ -300,10 +326,25 @@ impl TrainObserver for Progress {
                 .map(|m| m.content.as_str())
                 .unwrap_or_default();
             self.line(&format!("    prompt    {}", one_line(prompt)));
-            self.line(&format!("    reference {}", one_line(&s.reference)));
+            match &s.non_preferred {
+                Some(worse) => {
+                    self.line(&format!("    preferred {}", one_line(&s.reference)));
+                    self.line(&format!("    rejected  {}", one_line(worse)));
+                }
+                None => self.line(&format!("    reference {}", one_line(&s.reference))),
+            }
             self.line(&format!("    generated {}", one_line(&s.generated)));
         }
     }
+}
+
+/// DPO's reward accuracy and margin, for the progress line.
+fn rewards(p: &PreferenceMetrics) -> String {
+    format!(
+        "  reward accuracy {:.0}%  margin {:.3}",
+        100.0 * p.rewards_accuracies,
+        p.rewards_margins
+    )
 }
 
 fn json_line<T: serde::Serialize>(kind: &str, value: &T) -> String {
@@ -375,8 +416,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let c = trainer.config().clone();
     let d = &trainer.data().stats;
     if !args.json {
+        let what = match c.objective {
+            Objective::Sft => "examples",
+            Objective::Dpo => "pairs",
+        };
         eprintln!(
-            "{} training {} parameters of {} ({} steps; {} train / {} validation examples, {} tokens per epoch, {} trained)",
+            "{} {} training {} parameters of {} ({} steps; {} train / {} validation {what}, {} tokens per epoch, {} trained)",
+            c.objective.as_str(),
             c.method.as_str(),
             trainer.trainable_parameters(),
             c.model_dir.display(),
@@ -388,7 +434,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
         if d.truncated + d.dropped_too_long + d.dropped_no_labels > 0 {
             eprintln!(
-                "note: {} examples truncated to {} tokens, {} dropped as too long, {} dropped without a trained token",
+                "note: {} {what} truncated to {} tokens, {} dropped as too long, {} dropped without a trained token",
                 d.truncated, c.max_seq_len, d.dropped_too_long, d.dropped_no_labels
             );
         }
