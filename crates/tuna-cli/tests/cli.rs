@@ -193,3 +193,101 @@ fn train_two_steps_then_chat_with_the_adapter_and_merge() {
         ask("demo", Some(&ckpt))
     );
 }
+
+#[test]
+fn preference_data_is_recognised_and_checked() {
+    let cache = tempfile::tempdir().unwrap();
+    let pairs = repo("assets/data/identity_pref.jsonl");
+    let out = tuna(
+        cache.path(),
+        &["data", "check", pairs.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            &report["ok"],
+            &report["stats"]["format"],
+            &report["stats"]["examples"]
+        ),
+        (&true.into(), &"preference".into(), &91.into()),
+        "{report}"
+    );
+    // Told it is chat data, every line fails with a hint to the DPO format.
+    let out = tuna(
+        cache.path(),
+        &["data", "check", pairs.to_str().unwrap(), "--format", "chat"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("identity_pref.jsonl:1: [missing_messages]")
+            && stdout.contains("--objective dpo"),
+        "{stdout}"
+    );
+    // A chat file checked as preference data: each line is named as chat data.
+    let chat = repo("assets/data/identity.jsonl");
+    let out = tuna(
+        cache.path(),
+        &[
+            "data",
+            "check",
+            chat.to_str().unwrap(),
+            "--format",
+            "preference",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("[missing_input] no `input` field; this line is chat data"));
+}
+
+#[test]
+fn train_two_dpo_steps_on_preference_pairs() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = cache.path().join("run");
+    let pairs = repo("assets/data/identity_pref.jsonl");
+    let out = tuna(
+        cache.path(),
+        &[
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            pairs.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--objective",
+            "dpo",
+            "--beta",
+            "0.2",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--max-seq-len",
+            "64",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "train").collect();
+    assert_eq!(steps.len(), 2);
+    for k in ["rewards/accuracies", "rewards/margins", "logps/chosen"] {
+        assert!(steps[1][k].is_number(), "{k}: {}", steps[1]);
+    }
+    // A fresh adapter is the reference itself: the first step's loss is log 2.
+    assert!((steps[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-9);
+    let ckpt = run.join("checkpoint-2");
+    assert!(ckpt.join("adapter_model.safetensors").exists());
+    assert!(ckpt.join("reference_logps.safetensors").exists());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("train_config.json")).unwrap()).unwrap();
+    assert_eq!(config["objective"], "dpo");
+    assert!((config["dpo"]["beta"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+}

@@ -382,6 +382,30 @@ fn ce_ref(
     scale * total
 }
 
+/// dweight against finite differences on every target's row (where the one-hot term lands).
+fn check_target_rows(
+    label: &str,
+    dw: &[f32],
+    w: &[f64],
+    targets: &[u32],
+    c: usize,
+    f: &dyn Fn(&[f64]) -> f64,
+) {
+    let mut wm = w.to_vec();
+    for &t in targets {
+        for k in 0..c {
+            let i = t as usize * c + k;
+            let num = numeric_grad(&mut wm, i, f);
+            let err = (dw[i] as f64 - num).abs();
+            assert!(
+                err <= ATOL + RTOL * num.abs(),
+                "{label} dweight[{i}] {} vs {num}",
+                dw[i]
+            );
+        }
+    }
+}
+
 #[test]
 fn lm_head_ce_backward_matches_finite_differences() {
     let mut rng = StdRng::seed_from_u64(5);
@@ -461,19 +485,9 @@ fn lm_head_ce_backward_matches_finite_differences() {
         check_grad(&format!("{label} dweight"), &dw, &wf, 150, &mut rng, &|x| {
             ce_ref(&hd, x, &targets, sc, n, c, v)
         });
-        let mut wdm = wd.clone();
-        for &t in &targets {
-            for k in 0..c {
-                let i = t as usize * c + k;
-                let num = numeric_grad(&mut wdm, i, &|x| ce_ref(&hd, x, &targets, sc, n, c, v));
-                let err = (dw[i] as f64 - num).abs();
-                assert!(
-                    err <= ATOL + RTOL * num.abs(),
-                    "{label} dweight[{i}] {} vs {num}",
-                    dw[i]
-                );
-            }
-        }
+        check_target_rows(&label, &dw, &wd, &targets, c, &|x| {
+            ce_ref(&hd, x, &targets, sc, n, c, v)
+        });
     }
 }
 
@@ -542,21 +556,9 @@ fn lm_head_ce_backward_weighted_matches_finite_differences() {
         check_grad(&format!("{label} dweight"), &dw, &wf, 150, &mut rng, &|x| {
             ce_ref_weighted(&hd, x, &targets, &rs, n, c, v)
         });
-        let mut wdm = wd.clone();
-        for &t in &targets {
-            for k in 0..c {
-                let i = t as usize * c + k;
-                let num = numeric_grad(&mut wdm, i, &|x| {
-                    ce_ref_weighted(&hd, x, &targets, &rs, n, c, v)
-                });
-                let err = (dw[i] as f64 - num).abs();
-                assert!(
-                    err <= ATOL + RTOL * num.abs(),
-                    "{label} dweight[{i}] {} vs {num}",
-                    dw[i]
-                );
-            }
-        }
+        check_target_rows(&label, &dw, &wd, &targets, c, &|x| {
+            ce_ref_weighted(&hd, x, &targets, &rs, n, c, v)
+        });
         // Equal factors give exactly what the uniform backward gives; a second call doubles.
         let (mut dh_u, mut dh_w) = (vec![0.0; n * c], vec![0.0; n * c]);
         lm_head_ce_backward(

@@ -640,6 +640,38 @@ mod tests {
     }
 
     #[test]
+    fn pairs_are_planned_and_packed_together_preferred_first() {
+        // Pair i: sequences of 4 + i (preferred) and 10 + i tokens.
+        let pairs: Vec<TokenizedPair> = (0..5)
+            .map(|i| TokenizedPair {
+                chosen: ex(4 + i),
+                rejected: ex(10 + i),
+            })
+            .collect();
+        let data = Dataset::from_pairs(pairs, Vec::new(), Vec::new(), DataStats::default());
+        assert_eq!((data.stats.train_examples, data.train_units()), (5, 5));
+        // Two pairs per micro-batch, two micro-batches per step: 3 micro-batches, 2 steps.
+        let plan = Plan::new(&data, &cfg(BatchSize::Examples(2), 2, 1, None));
+        assert_eq!(plan.total_steps(), 2);
+        let mut seen = Vec::new();
+        for step in 0..2 {
+            for (idx, mb) in plan.step_units(step).iter().zip(plan.batches(step, &data)) {
+                let lens: Vec<usize> = idx.iter().flat_map(|&i| [4 + i, 10 + i]).collect();
+                assert_eq!(mb.packed.seq_lens, lens, "pairs {idx:?}");
+                seen.extend(idx.iter().copied());
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+        // A token budget counts both sequences of a pair and never splits one.
+        let plan = Plan::new(&data, &cfg(BatchSize::Tokens(30), 1, 1, None));
+        for step in 0..plan.total_steps() {
+            let b = &plan.batches(step, &data)[0];
+            assert!(b.tokens() <= 30 && b.packed.seq_lens.len() % 2 == 0);
+        }
+    }
+
+    #[test]
     fn length_policy_counts_what_it_does() {
         let mut stats = DataStats::default();
         let kept = apply_length_policy(ex(10), 6, LengthPolicy::Truncate, &mut stats).unwrap();
@@ -651,6 +683,34 @@ mod tests {
             labels: [vec![-100; 6], vec![1; 2]].concat(),
         };
         assert!(apply_length_policy(prompt_only, 6, LengthPolicy::Truncate, &mut stats).is_none());
+        assert_eq!(
+            (
+                stats.truncated,
+                stats.dropped_too_long,
+                stats.dropped_no_labels
+            ),
+            (2, 1, 1)
+        );
+
+        // A pair goes by its longer sequence, and as a whole.
+        let mut stats = DataStats::default();
+        let pair = |c, r| TokenizedPair {
+            chosen: ex(c),
+            rejected: ex(r),
+        };
+        assert!(apply_pair_length_policy(pair(4, 10), 6, LengthPolicy::Drop, &mut stats).is_none());
+        let kept = apply_pair_length_policy(pair(4, 10), 6, LengthPolicy::Truncate, &mut stats)
+            .expect("kept");
+        assert_eq!((kept.chosen.len(), kept.rejected.len()), (4, 6));
+        // Truncation that leaves the non-preferred answer without labels drops the pair.
+        let cut = TokenizedPair {
+            chosen: ex(4),
+            rejected: TokenizedExample {
+                input_ids: vec![1; 8],
+                labels: [vec![-100; 7], vec![1]].concat(),
+            },
+        };
+        assert!(apply_pair_length_policy(cut, 6, LengthPolicy::Truncate, &mut stats).is_none());
         assert_eq!(
             (
                 stats.truncated,

@@ -372,7 +372,7 @@ mod tests {
             let (loss, slope) = sigmoid_loss(z);
             assert!(loss.is_finite() && slope.is_finite(), "{z}");
             if z.abs() < 30.0 {
-                let sig = 1.0 / (1.0 + (-z as f64).exp());
+                let sig = 1.0 / (1.0 + (-z).exp());
                 assert!((loss - (-sig.ln())).abs() < 1e-12, "{z}");
                 assert!((slope - (1.0 - sig)).abs() < 1e-12, "{z}");
             }

@@ -366,6 +366,11 @@ impl Trainer {
         self.adapter.as_ref()
     }
 
+    /// DPO: the reference policy's log-probabilities of every pair (None for SFT).
+    pub fn reference(&self) -> Option<&ReferenceLogps> {
+        self.reference.as_ref()
+    }
+
     pub fn resumed_from(&self) -> Option<&Path> {
         self.resumed_from.as_deref()
     }

@@ -34,6 +34,10 @@ pub enum BenchMethod {
     Full,
 }
 
+/// One timed step's forward and backward: gradients into the buffer, returning the loss.
+type StepFn<'a> =
+    dyn FnMut(&mut Gradients, Option<&LoraAdapter>, &QwenModel) -> anyhow::Result<f64> + 'a;
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchObjective {
     Sft,
@@ -243,12 +247,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
 
     // Times warm-up + timed steps of `step` (gradients into `grads`, returning the loss), each
     // followed by clipping and AdamW; returns the mean step time and the last loss.
-    let mut timed = |step: &mut dyn FnMut(
-        &mut Gradients,
-        Option<&LoraAdapter>,
-        &QwenModel,
-    ) -> anyhow::Result<f64>|
-     -> anyhow::Result<(f64, f64)> {
+    let mut timed = |step: &mut StepFn| -> anyhow::Result<(f64, f64)> {
         let mut times = Vec::new();
         let mut loss = 0.0;
         for i in 0..args.warmup_steps + args.steps {

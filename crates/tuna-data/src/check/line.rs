@@ -628,6 +628,19 @@ fn missing_messages_message(fields: &[(Cow<'_, str>, Json<'_>)]) -> String {
     format!("no `messages` field ({found}); {hint}")
 }
 
+/// Checks one line of `format` with default options and no counter (unit tests).
+#[cfg(test)]
+pub(crate) fn check_text(text: &str, format: DataFormat, keep: bool) -> LineOutcome {
+    check_line(
+        1,
+        text.as_bytes(),
+        format,
+        &CheckOptions::default(),
+        None,
+        keep,
+    )
+}
+
 /// Where a message sits, for its issues, and which rules it follows.
 pub(crate) struct MessageAt {
     /// The issues' `message_index`.
@@ -1045,31 +1058,17 @@ mod tests {
     use super::*;
 
     fn codes(line: &str) -> Vec<(Option<usize>, Code)> {
-        check_line(
-            1,
-            line.as_bytes(),
-            DataFormat::Chat,
-            &CheckOptions::default(),
-            None,
-            false,
-        )
-        .issues
-        .into_iter()
-        .map(|i| (i.message_index, i.code))
-        .collect()
+        check_text(line, DataFormat::Chat, false)
+            .issues
+            .into_iter()
+            .map(|i| (i.message_index, i.code))
+            .collect()
     }
 
     #[test]
     fn a_valid_line_has_no_issue_and_counts_turns() {
         let line = r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": [{"type": "text", "text": "d"}], "weight": 0}]}"#;
-        let out = check_line(
-            7,
-            line.as_bytes(),
-            DataFormat::Chat,
-            &CheckOptions::default(),
-            None,
-            true,
-        );
+        let out = check_text(line, DataFormat::Chat, true);
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         let LineKind::Example(ex) = out.kind else {
             panic!("not an example")
@@ -1094,14 +1093,7 @@ mod tests {
     #[test]
     fn text_parts_are_joined_without_separator() {
         let line = r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo\n"}]}, {"role": "assistant", "content": "x"}]}"#;
-        let out = check_line(
-            1,
-            line.as_bytes(),
-            DataFormat::Chat,
-            &CheckOptions::default(),
-            None,
-            true,
-        );
+        let out = check_text(line, DataFormat::Chat, true);
         let LineKind::Example(ex) = out.kind else {
             panic!("{:?}", out.issues)
         };
@@ -1113,16 +1105,7 @@ mod tests {
 
     #[test]
     fn hash_ignores_surrounding_whitespace_but_not_roles_or_weights() {
-        let h = |line: &str| match check_line(
-            1,
-            line.as_bytes(),
-            DataFormat::Chat,
-            &CheckOptions::default(),
-            None,
-            false,
-        )
-        .kind
-        {
+        let h = |line: &str| match check_text(line, DataFormat::Chat, false).kind {
             LineKind::Example(ex) => ex.hash,
             k => panic!("{k:?}"),
         };

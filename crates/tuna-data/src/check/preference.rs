@@ -440,32 +440,18 @@ mod tests {
     use super::*;
 
     fn codes(line: &str) -> Vec<(Option<usize>, Code)> {
-        line::check_line(
-            1,
-            line.as_bytes(),
-            DataFormat::Preference,
-            &CheckOptions::default(),
-            None,
-            false,
-        )
-        .issues
-        .into_iter()
-        .map(|i| (i.message_index, i.code))
-        .collect()
+        line::check_text(line, DataFormat::Preference, false)
+            .issues
+            .into_iter()
+            .map(|i| (i.message_index, i.code))
+            .collect()
     }
 
     const GOOD: &str = r#"{"input": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]}, "preferred_output": [{"role": "assistant", "content": "good"}], "non_preferred_output": [{"role": "assistant", "content": [{"type": "text", "text": "bad"}]}]}"#;
 
     #[test]
     fn a_valid_pair_counts_the_input_and_the_preferred_answer() {
-        let out = line::check_line(
-            3,
-            GOOD.as_bytes(),
-            DataFormat::Preference,
-            &CheckOptions::default(),
-            None,
-            true,
-        );
+        let out = line::check_text(GOOD, DataFormat::Preference, true);
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         let LineKind::Example(ex) = out.kind else {
             panic!("not an example")
@@ -558,12 +544,9 @@ mod tests {
 
     #[test]
     fn messages_name_the_path_and_the_fix() {
-        let out = line::check_line(
-            1,
-            br#"{"prompt": [{"role": "user", "content": "q"}], "chosen": [], "rejected": []}"#,
+        let out = line::check_text(
+            r#"{"prompt": [{"role": "user", "content": "q"}], "chosen": [], "rejected": []}"#,
             DataFormat::Preference,
-            &CheckOptions::default(),
-            None,
             false,
         );
         assert!(
@@ -571,12 +554,9 @@ mod tests {
             "{:?}",
             out.issues
         );
-        let out = line::check_line(
-            1,
-            br#"{"input": {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]}, "preferred_output": [{"role": "assistant", "content": "x"}], "non_preferred_output": [{"role": "assistant", "content": "y"}]}"#,
+        let out = line::check_text(
+            r#"{"input": {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]}, "preferred_output": [{"role": "assistant", "content": "x"}], "non_preferred_output": [{"role": "assistant", "content": "y"}]}"#,
             DataFormat::Preference,
-            &CheckOptions::default(),
-            None,
             false,
         );
         let m: Vec<&str> = out.issues.iter().map(|i| i.message.as_str()).collect();

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use tuna_data::tokenize::TokenizedExample;
+use tuna_train::{CheckpointInfo, EvalMetrics, StepMetrics, TrainConfig, TrainObserver, Trainer};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -96,4 +98,41 @@ pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max)
+}
+
+/// Records every step's metrics, evaluations and checkpoints; breaks after `stop_after` steps.
+#[derive(Default)]
+pub struct Recorder {
+    pub steps: Vec<StepMetrics>,
+    pub evals: Vec<EvalMetrics>,
+    pub checkpoints: Vec<CheckpointInfo>,
+    pub stop_after: Option<usize>,
+}
+
+impl TrainObserver for Recorder {
+    fn on_step(&mut self, m: &StepMetrics) -> ControlFlow<()> {
+        assert!(m.loss.is_finite(), "step {}: loss {}", m.step, m.loss);
+        self.steps.push(m.clone());
+        if Some(m.step) == self.stop_after {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+    fn on_eval(&mut self, m: &EvalMetrics) {
+        self.evals.push(m.clone());
+    }
+    fn on_checkpoint(&mut self, info: &CheckpointInfo) {
+        self.checkpoints.push(info.clone());
+    }
+}
+
+/// Runs `cfg` from its files with a [`Recorder`].
+pub fn run(cfg: &TrainConfig, stop_after: Option<usize>) -> Recorder {
+    let mut rec = Recorder {
+        stop_after,
+        ..Recorder::default()
+    };
+    Trainer::new(cfg.clone()).unwrap().run(&mut rec).unwrap();
+    rec
 }
