@@ -53,7 +53,8 @@ impl Objective {
     }
 }
 
-/// DPO hyper-parameters (TRL's `DPOConfig` names).
+/// DPO hyper-parameters (TRL's `DPOConfig` names). As TRL's default `disable_dropout`, a DPO
+/// run trains without dropout (LoRA dropout is set to 0); `batch_size` counts pairs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DpoSettings {
