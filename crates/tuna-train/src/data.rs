@@ -667,7 +667,7 @@ mod tests {
         let plan = Plan::new(&data, &cfg(BatchSize::Tokens(30), 1, 1, None));
         for step in 0..plan.total_steps() {
             let b = &plan.batches(step, &data)[0];
-            assert!(b.tokens() <= 30 && b.packed.seq_lens.len() % 2 == 0);
+            assert!(b.tokens() <= 30 && b.packed.seq_lens.len().is_multiple_of(2));
         }
     }
 
