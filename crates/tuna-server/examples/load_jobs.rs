@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tuna_server::store::{JobPatch, JobStatus, NewJob};
+use tuna_server::store::NewJob;
 use tuna_server::{RunningServer, Settings};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -40,8 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .cloned()
                 .unwrap_or_default()
         };
-        let code =
-            tuna_server::worker::run(std::path::Path::new(&get("--data-dir")), &get("--job"))?;
+        let attempt = std::env::var(tuna_server::queue::ATTEMPT_ENV)
+            .ok()
+            .and_then(|a| a.parse().ok());
+        let code = tuna_server::worker::run(
+            std::path::Path::new(&get("--data-dir")),
+            &get("--job"),
+            attempt,
+        )?;
         std::process::exit(code);
     }
     let requests = arg("--requests", 20_000);
@@ -161,7 +167,7 @@ async fn run(
         to_first_step[2].as_secs_f64() * 1e3
     );
 
-    // Fill the store to `jobs` finished jobs, copying the real job's columns.
+    // Fill the store to `jobs` finished jobs, copying the real job's settings.
     let template = store
         .list_jobs(
             &user.id,
@@ -185,24 +191,15 @@ async fn run(
             validation_file: None,
             suffix: Some(format!("load{i}")),
             seed: i as i64,
-            status: JobStatus::Queued,
-            hyperparameters: template.hyperparameters.clone(),
-            tuna: template.tuna.clone(),
+            spec: template.spec.clone(),
+            model_id: format!("ft:demo:load:load{i}:{id}"),
             estimate: template.estimate.clone(),
             metadata: None,
             created_at: tuna_server::ids::now(),
         };
-        store.insert_job(&new).await?;
-        // Straight to a final state, so the scheduler never runs them.
-        let patch = JobPatch {
-            finished_at: Some(tuna_server::ids::now()),
-            fine_tuned_model: Some(format!("ft:demo:load:load{i}:{id}")),
-            trained_tokens: Some(1234),
-            ..JobPatch::default()
-        };
-        store
-            .transition_job(&id, &[JobStatus::Queued], JobStatus::Succeeded, &patch)
-            .await?;
+        // Queued, then at once final (cancelled), so the scheduler leaves them alone.
+        let job = tuna_server::lifecycle::create(&*store, &new).await?;
+        tuna_server::lifecycle::cancel(&*store, &job).await?;
     }
 
     for limit in [20, 100] {

@@ -2,16 +2,23 @@
 //!
 //! The server and its worker processes share one database file, so it runs in WAL mode with a
 //! busy timeout: readers never block the writer and short write bursts wait instead of failing.
+//!
+//! Every write that returns rows runs inside an explicit transaction whose commit is checked:
+//! in autocommit mode SQLite commits when a statement is reset, and an `UPDATE … RETURNING` read
+//! with `fetch_optional` would hand back its row even when that commit failed (a full disk).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::ids;
+use crate::lifecycle::JobTransition;
 use crate::store::*;
 
 /// Embedded migrations (`migrations/`), applied at startup.
@@ -54,33 +61,46 @@ impl SqliteStore {
     }
 }
 
-const JOB_COLUMNS: &str = "id, user_id, model, training_file, validation_file, suffix, seed, status, hyperparameters, tuna, \
+const JOB_COLUMNS: &str = "id, user_id, model, training_file, validation_file, suffix, seed, status, control, spec, model_id, \
      estimate, metadata, created_at, started_at, finished_at, fine_tuned_model, trained_tokens, error, step, total_steps, \
-     epoch, latest_metrics, retries, control, queue_order, device, running_seconds, run_started_at, result_files";
+     epoch, latest_metrics, retries, attempt, queue_order, claimed_at, device, running_seconds, run_started_at, result_files";
 
 const FILE_COLUMNS: &str = "id, user_id, filename, purpose, bytes, created_at, status, status_details, check_report, blob_key";
 
 const EVENT_COLUMNS: &str = "seq, id, job_id, created_at, level, message, type, data";
 
-const CHECKPOINT_COLUMNS: &str = "id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind";
+const CHECKPOINT_COLUMNS: &str = "id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes";
+
+/// The next place at the back of the queue.
+const BACK_OF_QUEUE: &str = "(SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs)";
+
+fn json_text<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
 
 fn push_statuses(qb: &mut QueryBuilder<'_, Sqlite>, statuses: &[JobStatus]) {
     qb.push("(");
     let mut sep = qb.separated(", ");
     for s in statuses {
-        sep.push_bind(s.as_str());
+        sep.push_bind(*s);
     }
     qb.push(")");
 }
 
-/// `SET` clauses of a patch; returns whether anything was pushed.
-fn push_patch(qb: &mut QueryBuilder<'_, Sqlite>, patch: &JobPatch, mut first: bool) {
+/// The `SET` clauses of a transition (status first when it changes).
+fn push_set(qb: &mut QueryBuilder<'_, Sqlite>, t: &JobTransition) -> StoreResult<()> {
+    let patch = &t.patch;
+    let mut first = true;
     let mut set = |qb: &mut QueryBuilder<'_, Sqlite>, col: &str| {
         qb.push(if first { " " } else { ", " });
         qb.push(col);
         qb.push(" = ");
         first = false;
     };
+    if let Some(to) = t.to {
+        set(qb, "status");
+        qb.push_bind(to);
+    }
     if let Some(v) = patch.started_at {
         set(qb, "started_at");
         qb.push("COALESCE(started_at, ").push_bind(v).push(")");
@@ -91,7 +111,7 @@ fn push_patch(qb: &mut QueryBuilder<'_, Sqlite>, patch: &JobPatch, mut first: bo
     }
     if let Some(v) = &patch.error {
         set(qb, "error");
-        qb.push_bind(v.clone());
+        qb.push_bind(v.as_ref().map(json_text).transpose()?);
     }
     if let Some(v) = &patch.fine_tuned_model {
         set(qb, "fine_tuned_model");
@@ -101,38 +121,78 @@ fn push_patch(qb: &mut QueryBuilder<'_, Sqlite>, patch: &JobPatch, mut first: bo
         set(qb, "trained_tokens");
         qb.push_bind(v);
     }
-    if let Some(v) = patch.retries {
+    if patch.add_retry {
         set(qb, "retries");
-        qb.push_bind(v);
+        qb.push("retries + 1");
     }
-    if let Some(v) = &patch.control {
+    if let Some(v) = patch.control {
         set(qb, "control");
-        qb.push_bind(v.clone());
+        qb.push_bind(v);
     }
     if patch.requeue {
         set(qb, "queue_order");
-        qb.push("(SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs)");
+        qb.push(BACK_OF_QUEUE);
     }
     if let Some(v) = &patch.device {
         set(qb, "device");
         qb.push_bind(v.clone());
     }
-    if let Some(v) = patch.run_started_at {
-        set(qb, "run_started_at");
-        qb.push_bind(v);
-    }
-    if let Some(v) = patch.add_running_seconds {
+    if let Some(now) = patch.close_run_at {
+        // Both read the row as it was before this statement.
         set(qb, "running_seconds");
-        qb.push("running_seconds + ").push_bind(v);
+        qb.push("running_seconds + COALESCE(MAX(")
+            .push_bind(now)
+            .push(" - run_started_at, 0), 0)");
+        set(qb, "run_started_at");
+        qb.push("NULL");
     }
     if let Some(v) = &patch.result_files {
         set(qb, "result_files");
-        qb.push_bind(v.clone());
+        qb.push_bind(json_text(v)?);
     }
     if first {
         // Nothing to set: a no-op assignment keeps the statement valid and RETURNING meaningful.
         qb.push(" status = status");
     }
+    Ok(())
+}
+
+async fn insert_event(conn: &mut SqliteConnection, e: &NewEvent) -> StoreResult<EventRow> {
+    let sql = format!(
+        "INSERT INTO job_events (id, job_id, user_id, created_at, level, message, type, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         RETURNING {EVENT_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, EventRow>(&sql)
+        .bind(ids::new_id(ids::EVENT))
+        .bind(&e.job_id)
+        .bind(&e.user_id)
+        .bind(ids::now())
+        .bind(e.level)
+        .bind(&e.message)
+        .bind(e.kind)
+        .bind(e.data.as_ref().map(json_text).transpose()?)
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+/// Whether `job` is still under claim `attempt` (and, when `running`, still running).
+async fn claim_holds(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    attempt: i64,
+    running: bool,
+) -> StoreResult<bool> {
+    let sql = if running {
+        "SELECT 1 FROM jobs WHERE id = ? AND attempt = ? AND status = 'running'"
+    } else {
+        "SELECT 1 FROM jobs WHERE id = ? AND attempt = ?"
+    };
+    Ok(sqlx::query_scalar::<_, i64>(sql)
+        .bind(job_id)
+        .bind(attempt)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
 }
 
 /// The `seq` of `after` within a scope, or `Ok(None)` when it is not there.
@@ -220,6 +280,52 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        Ok(sqlx::query_as::<_, User>(
+            "SELECT id, name, created_at FROM users ORDER BY created_at, name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyInfo>> {
+        Ok(sqlx::query_as::<_, ApiKeyInfo>(
+            "SELECT user_id, key_prefix, created_at FROM api_keys ORDER BY created_at, key_prefix",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn revoke_api_keys(&self, user_id: &str, prefix: Option<&str>) -> StoreResult<u64> {
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM api_keys WHERE user_id = ");
+        qb.push_bind(user_id);
+        if let Some(p) = prefix {
+            qb.push(" AND key_prefix = ").push_bind(p);
+        }
+        Ok(qb.build().execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn usage(&self, user_id: &str) -> StoreResult<Usage> {
+        let (files, file_bytes, checkpoint_bytes, queued_jobs, running_jobs) =
+            sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(
+                "SELECT (SELECT COUNT(*) FROM files WHERE user_id = ?1), \
+                        (SELECT COALESCE(SUM(bytes), 0) FROM files WHERE user_id = ?1), \
+                        (SELECT COALESCE(SUM(bytes), 0) FROM checkpoints WHERE user_id = ?1), \
+                        (SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND status = 'queued'), \
+                        (SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND status = 'running')",
+            )
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Usage {
+            files,
+            file_bytes,
+            checkpoint_bytes,
+            queued_jobs,
+            running_jobs,
+        })
     }
 
     async fn upsert_model(&self, m: &ModelRow) -> StoreResult<()> {
@@ -326,11 +432,14 @@ impl Store for SqliteStore {
     async fn delete_file(&self, user_id: &str, id: &str) -> StoreResult<Option<FileRow>> {
         let sql =
             format!("DELETE FROM files WHERE id = ? AND user_id = ? RETURNING {FILE_COLUMNS}");
-        Ok(sqlx::query_as::<_, FileRow>(&sql)
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, FileRow>(&sql)
             .bind(id)
             .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     async fn active_job_using_file(
@@ -351,14 +460,15 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn insert_job(&self, j: &NewJob) -> StoreResult<JobRow> {
+    async fn create_job(&self, j: &NewJob, events: &[NewEvent]) -> StoreResult<JobRow> {
         let sql = format!(
-            "INSERT INTO jobs (id, user_id, model, training_file, validation_file, suffix, seed, status, hyperparameters, \
-             tuna, estimate, metadata, created_at, queue_order) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs)) \
+            "INSERT INTO jobs (id, user_id, model, training_file, validation_file, suffix, seed, status, spec, model_id, \
+             estimate, metadata, created_at, queue_order) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, {BACK_OF_QUEUE}) \
              RETURNING {JOB_COLUMNS}"
         );
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, JobRow>(&sql)
             .bind(&j.id)
             .bind(&j.user_id)
             .bind(&j.model)
@@ -366,14 +476,18 @@ impl Store for SqliteStore {
             .bind(&j.validation_file)
             .bind(&j.suffix)
             .bind(j.seed)
-            .bind(j.status.as_str())
-            .bind(&j.hyperparameters)
-            .bind(&j.tuna)
-            .bind(&j.estimate)
-            .bind(&j.metadata)
+            .bind(json_text(&j.spec)?)
+            .bind(&j.model_id)
+            .bind(j.estimate.as_ref().map(json_text).transpose()?)
+            .bind(j.metadata.as_ref().map(json_text).transpose()?)
             .bind(j.created_at)
-            .fetch_one(&self.pool)
-            .await?)
+            .fetch_one(&mut *tx)
+            .await?;
+        for e in events {
+            insert_event(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(row)
     }
 
     async fn get_job(&self, user_id: &str, id: &str) -> StoreResult<Option<JobRow>> {
@@ -398,136 +512,164 @@ impl Store for SqliteStore {
         user_id: &str,
         page: &Page,
     ) -> StoreResult<Option<(Vec<JobRow>, bool)>> {
-        let rows = match &page.after {
-            Some(after) => {
-                let Some(seq) = cursor_seq(&self.pool, "jobs", "user_id", user_id, after).await?
-                else {
-                    return Ok(None);
-                };
-                let sql = format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-                );
-                sqlx::query_as::<_, JobRow>(&sql)
-                    .bind(user_id)
-                    .bind(seq)
-                    .bind(page.limit + 1)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                let sql = format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? ORDER BY seq DESC LIMIT ?"
-                );
-                sqlx::query_as::<_, JobRow>(&sql)
-                    .bind(user_id)
-                    .bind(page.limit + 1)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+        let before = match &page.after {
+            Some(after) => match cursor_seq(&self.pool, "jobs", "user_id", user_id, after).await? {
+                Some(seq) => seq,
+                None => return Ok(None),
+            },
+            None => i64::MAX,
         };
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        );
+        let rows = sqlx::query_as::<_, JobRow>(&sql)
+            .bind(user_id)
+            .bind(before)
+            .bind(page.limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(Some(split_page(rows, page.limit)))
     }
 
-    async fn transition_job(
-        &self,
-        id: &str,
-        from: &[JobStatus],
-        to: JobStatus,
-        patch: &JobPatch,
-    ) -> StoreResult<Option<JobRow>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE jobs SET status = ");
-        qb.push_bind(to.as_str());
-        push_patch(&mut qb, patch, false);
-        qb.push(" WHERE id = ").push_bind(id);
-        qb.push(" AND status IN ");
-        push_statuses(&mut qb, from);
-        qb.push(format!(" RETURNING {JOB_COLUMNS}"));
-        Ok(qb
-            .build_query_as::<JobRow>()
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn patch_job(
-        &self,
-        id: &str,
-        when: &[JobStatus],
-        patch: &JobPatch,
-    ) -> StoreResult<Option<JobRow>> {
+    async fn apply(&self, t: &JobTransition) -> StoreResult<Option<JobRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE jobs SET");
-        push_patch(&mut qb, patch, true);
-        qb.push(" WHERE id = ").push_bind(id);
+        push_set(&mut qb, t)?;
+        qb.push(" WHERE id = ").push_bind(&t.job_id);
         qb.push(" AND status IN ");
-        push_statuses(&mut qb, when);
+        push_statuses(&mut qb, &t.from);
+        if let Some(attempt) = t.attempt {
+            qb.push(" AND attempt = ").push_bind(attempt);
+        }
         qb.push(format!(" RETURNING {JOB_COLUMNS}"));
-        Ok(qb
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = qb
             .build_query_as::<JobRow>()
-            .fetch_optional(&self.pool)
-            .await?)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        for e in &t.events {
+            insert_event(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(row))
     }
 
-    async fn claim_next_queued(&self, device: &str, now: f64) -> StoreResult<Option<JobRow>> {
+    async fn claim_next_queued(
+        &self,
+        device: &str,
+        now: f64,
+        max_running_per_user: Option<i64>,
+        started: &ClaimEvent,
+    ) -> StoreResult<Option<JobRow>> {
+        // Fair share: among users with queued jobs (and below their running quota), the one with
+        // the fewest running jobs, then the one whose jobs started least recently, then the
+        // oldest waiting job; within the user, queue order.
         let sql = format!(
-            "UPDATE jobs SET status = 'running', device = ?, started_at = COALESCE(started_at, ?), run_started_at = ?, \
-             control = NULL \
-             WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY queue_order LIMIT 1) AND status = 'queued' \
+            "WITH waiting AS ( \
+                 SELECT q.user_id, MIN(q.queue_order) AS first, \
+                     (SELECT COUNT(*) FROM jobs r WHERE r.user_id = q.user_id AND r.status = 'running') AS running, \
+                     (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = q.user_id) AS last_claim \
+                 FROM jobs q WHERE q.status = 'queued' GROUP BY q.user_id \
+             ), next_user AS ( \
+                 SELECT user_id FROM waiting WHERE running < ?4 ORDER BY running, last_claim, first LIMIT 1 \
+             ) \
+             UPDATE jobs SET status = 'running', device = ?1, started_at = COALESCE(started_at, ?2), \
+                 run_started_at = ?3, claimed_at = ?3, attempt = attempt + 1, control = NULL \
+             WHERE id = (SELECT q.id FROM jobs q WHERE q.status = 'queued' \
+                         AND q.user_id = (SELECT user_id FROM next_user) ORDER BY q.queue_order LIMIT 1) \
+               AND status = 'queued' \
              RETURNING {JOB_COLUMNS}"
         );
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query_as::<_, JobRow>(&sql)
             .bind(device)
             .bind(now as i64)
             .bind(now)
-            .fetch_optional(&self.pool)
-            .await?)
+            .bind(max_running_per_user.unwrap_or(i64::MAX))
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        insert_event(&mut tx, &started(&row)).await?;
+        tx.commit().await?;
+        Ok(Some(row))
     }
 
-    async fn update_progress(&self, id: &str, p: &JobProgress) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE jobs SET step = ?, total_steps = ?, epoch = ?, latest_metrics = ? WHERE id = ? AND status = 'running'",
-        )
-        .bind(p.step)
-        .bind(p.total_steps)
-        .bind(p.epoch)
-        .bind(&p.latest_metrics)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn report(&self, r: &StepReport) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let holds = match &r.progress {
+            Some(p) => {
+                let latest = r
+                    .metrics
+                    .iter()
+                    .rev()
+                    .find(|m| m.kind == MetricsKind::Train)
+                    .map(|m| json_text(&m.data))
+                    .transpose()?;
+                sqlx::query(
+                    "UPDATE jobs SET step = ?, total_steps = ?, epoch = ?, latest_metrics = COALESCE(?, latest_metrics) \
+                     WHERE id = ? AND attempt = ? AND status = 'running'",
+                )
+                .bind(p.step)
+                .bind(p.total_steps)
+                .bind(p.epoch)
+                .bind(latest)
+                .bind(&r.job_id)
+                .bind(r.attempt)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            None => claim_holds(&mut tx, &r.job_id, r.attempt, true).await?,
+        };
+        if !holds {
+            return Ok(false);
+        }
+        for m in &r.metrics {
+            sqlx::query(
+                "INSERT INTO job_metrics (job_id, kind, step, data) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (job_id, step, kind) DO UPDATE SET data = excluded.data",
+            )
+            .bind(&r.job_id)
+            .bind(m.kind)
+            .bind(m.step)
+            .bind(json_text(&m.data)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in &r.events {
+            insert_event(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn queue_snapshot(&self) -> StoreResult<Vec<QueueEntry>> {
         Ok(sqlx::query_as::<_, QueueEntry>(
-            "SELECT id, status, queue_order, estimate, step, total_steps, running_seconds, run_started_at FROM jobs \
-             WHERE status IN ('queued', 'running') ORDER BY queue_order",
+            "SELECT id, user_id, status, queue_order, estimate, step, total_steps, running_seconds, run_started_at, claimed_at \
+             FROM jobs WHERE status IN ('queued', 'running') ORDER BY queue_order",
         )
         .fetch_all(&self.pool)
         .await?)
     }
 
-    async fn jobs_with_status(&self, status: JobStatus) -> StoreResult<Vec<JobRow>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queue_order");
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
-            .bind(status.as_str())
-            .fetch_all(&self.pool)
-            .await?)
+    async fn jobs_with_status(&self, statuses: &[JobStatus]) -> StoreResult<Vec<JobRow>> {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN "));
+        push_statuses(&mut qb, statuses);
+        qb.push(" ORDER BY queue_order");
+        Ok(qb.build_query_as::<JobRow>().fetch_all(&self.pool).await?)
     }
 
-    async fn add_event(&self, e: &NewEvent<'_>) -> StoreResult<EventRow> {
-        let sql = format!(
-            "INSERT INTO job_events (id, job_id, user_id, created_at, level, message, type, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             RETURNING {EVENT_COLUMNS}"
-        );
-        Ok(sqlx::query_as::<_, EventRow>(&sql)
-            .bind(ids::new_id(ids::EVENT))
-            .bind(e.job_id)
-            .bind(e.user_id)
-            .bind(ids::now())
-            .bind(e.level)
-            .bind(&e.message)
-            .bind(e.r#type)
-            .bind(&e.data)
-            .fetch_one(&self.pool)
-            .await?)
+    async fn add_event(&self, e: &NewEvent) -> StoreResult<EventRow> {
+        let mut tx = self.pool.begin().await?;
+        let row = insert_event(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     async fn list_events(
@@ -573,13 +715,22 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn insert_checkpoint(&self, c: &CheckpointRow) -> StoreResult<()> {
+    async fn insert_checkpoint(
+        &self,
+        c: &CheckpointRow,
+        attempt: i64,
+        event: &NewEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        if !claim_holds(&mut tx, &c.job_id, attempt, false).await? {
+            return Ok(false);
+        }
         // A resumed run may save the same step again: the newer files replace the row.
         sqlx::query(
-            "INSERT INTO checkpoints (id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO checkpoints (id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (job_id, step) DO UPDATE SET created_at = excluded.created_at, metrics = excluded.metrics, \
-             sample = excluded.sample, path = excluded.path, kind = excluded.kind",
+             sample = excluded.sample, path = excluded.path, kind = excluded.kind, bytes = excluded.bytes",
         )
         .bind(&c.id)
         .bind(&c.job_id)
@@ -591,9 +742,12 @@ impl Store for SqliteStore {
         .bind(&c.sample)
         .bind(&c.path)
         .bind(&c.kind)
-        .execute(&self.pool)
+        .bind(c.bytes)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn list_checkpoints(
@@ -601,7 +755,7 @@ impl Store for SqliteStore {
         job_id: &str,
         page: &Page,
     ) -> StoreResult<Option<(Vec<CheckpointRow>, bool)>> {
-        let rows = match &page.after {
+        let below = match &page.after {
             Some(after) => {
                 let step = sqlx::query_scalar::<_, i64>(
                     "SELECT step FROM checkpoints WHERE id = ? AND job_id = ?",
@@ -611,28 +765,30 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some(step) = step else { return Ok(None) };
-                let sql = format!(
-                    "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND step < ? ORDER BY step DESC LIMIT ?"
-                );
-                sqlx::query_as::<_, CheckpointRow>(&sql)
-                    .bind(job_id)
-                    .bind(step)
-                    .bind(page.limit + 1)
-                    .fetch_all(&self.pool)
-                    .await?
+                step
             }
-            None => {
-                let sql = format!(
-                    "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT ?"
-                );
-                sqlx::query_as::<_, CheckpointRow>(&sql)
-                    .bind(job_id)
-                    .bind(page.limit + 1)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+            None => i64::MAX,
         };
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND step < ? ORDER BY step DESC LIMIT ?"
+        );
+        let rows = sqlx::query_as::<_, CheckpointRow>(&sql)
+            .bind(job_id)
+            .bind(below)
+            .bind(page.limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(Some(split_page(rows, page.limit)))
+    }
+
+    async fn job_checkpoints(&self, job_id: &str) -> StoreResult<Vec<CheckpointRow>> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? ORDER BY step DESC"
+        );
+        Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn checkpoint_by_model_id(
@@ -679,6 +835,34 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn delete_checkpoints(
+        &self,
+        job_id: &str,
+        ids: &[String],
+        event: Option<&NewEvent>,
+    ) -> StoreResult<Vec<CheckpointRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM checkpoints WHERE job_id = ");
+        qb.push_bind(job_id).push(" AND id IN (");
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        qb.push(format!(") RETURNING {CHECKPOINT_COLUMNS}"));
+        let mut tx = self.pool.begin().await?;
+        let rows = qb
+            .build_query_as::<CheckpointRow>()
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(e) = event {
+            insert_event(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     async fn fine_tuned_jobs(&self, user_id: &str) -> StoreResult<Vec<JobRow>> {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? AND status = 'succeeded' AND fine_tuned_model IS NOT NULL ORDER BY seq"
@@ -704,23 +888,35 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn upsert_metrics(&self, job_id: &str, step: i64, data: &str) -> StoreResult<()> {
-        sqlx::query("INSERT INTO job_metrics (job_id, step, data) VALUES (?, ?, ?) ON CONFLICT (job_id, step) DO UPDATE SET data = excluded.data")
-            .bind(job_id)
-            .bind(step)
-            .bind(data)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn list_metrics(&self, job_id: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar::<_, String>(
-            "SELECT data FROM job_metrics WHERE job_id = ? ORDER BY step",
+    async fn list_metrics(
+        &self,
+        job_id: &str,
+        after_step: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<MetricsRow>, bool)> {
+        // A page holds whole steps (a step's train and eval rows stay together).
+        let steps = sqlx::query_scalar::<_, i64>(
+            "SELECT DISTINCT step FROM job_metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
         )
         .bind(job_id)
+        .bind(after_step)
+        .bind(limit + 1)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        let (steps, has_more) = split_page(steps, limit);
+        let Some(last) = steps.last() else {
+            return Ok((Vec::new(), false));
+        };
+        let rows = sqlx::query_as::<_, MetricsRow>(
+            "SELECT kind, step, data FROM job_metrics WHERE job_id = ? AND step > ? AND step <= ? \
+             ORDER BY step, kind DESC",
+        )
+        .bind(job_id)
+        .bind(after_step)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows, has_more))
     }
 
     async fn get_throughput(
@@ -770,6 +966,8 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle;
+    use crate::spec::{Hyperparameters, JobSpec, MethodSpec, SupervisedSpec, TunaSettings, Tuning};
 
     async fn store_with_users() -> SqliteStore {
         let s = SqliteStore::open_in_memory().await.unwrap();
@@ -786,6 +984,35 @@ mod tests {
         s
     }
 
+    pub fn spec() -> JobSpec {
+        JobSpec {
+            method: MethodSpec::Supervised {
+                supervised: SupervisedSpec {
+                    hyperparameters: Hyperparameters {
+                        n_epochs: 1,
+                        batch_size: 1,
+                        learning_rate_multiplier: 1.0,
+                    },
+                },
+            },
+            tuna: TunaSettings {
+                name: None,
+                method: Tuning::Lora,
+                lora: None,
+                max_seq_len: 64,
+                checkpoint_interval: None,
+                eval_interval: None,
+                max_steps: Some(2),
+                learning_rate: 1e-4,
+                warmup_ratio: 0.0,
+                validation_fraction: None,
+                sample_prompts: 0,
+                sample_max_tokens: 1,
+                keep_checkpoints: None,
+            },
+        }
+    }
+
     fn job(id: &str, user: &str) -> NewJob {
         NewJob {
             id: id.into(),
@@ -795,23 +1022,25 @@ mod tests {
             validation_file: None,
             suffix: None,
             seed: 1,
-            status: JobStatus::Queued,
-            hyperparameters: "{}".into(),
-            tuna: "{}".into(),
+            spec: spec(),
+            model_id: format!("ft:demo:x::{id}"),
             estimate: None,
             metadata: None,
             created_at: 1,
         }
     }
 
+    async fn claim(s: &SqliteStore, device: &str) -> Option<JobRow> {
+        lifecycle::claim(s, device, None).await.unwrap()
+    }
+
     #[tokio::test]
-    async fn keys_find_their_user_and_names_are_unique() {
+    async fn keys_find_their_user_and_can_be_revoked() {
         let s = store_with_users().await;
         assert_eq!(
             s.user_by_key_hash("hash-u2").await.unwrap().unwrap().name,
             "ben"
         );
-        assert!(s.user_by_key_hash("nope").await.unwrap().is_none());
         let dup = User {
             id: "u3".into(),
             name: "ann".into(),
@@ -821,20 +1050,30 @@ mod tests {
             s.create_user(&dup, "h3", "p").await,
             Err(StoreError::Conflict(_))
         ));
-        s.add_api_key("u1", "hash-u1-b", "p").await.unwrap();
+        s.add_api_key("u1", "hash-u1-b", "sk-tuna-bbbb")
+            .await
+            .unwrap();
+        assert_eq!(s.list_api_keys().await.unwrap().len(), 3);
         assert_eq!(
-            s.user_by_key_hash("hash-u1-b").await.unwrap().unwrap().id,
-            "u1"
+            s.revoke_api_keys("u1", Some("sk-tuna-bbbb")).await.unwrap(),
+            1
         );
+        assert!(s.user_by_key_hash("hash-u1-b").await.unwrap().is_none());
+        assert!(s.user_by_key_hash("hash-u1").await.unwrap().is_some());
+        assert_eq!(s.revoke_api_keys("u1", None).await.unwrap(), 1);
+        assert!(s.user_by_key_hash("hash-u1").await.unwrap().is_none());
+        assert_eq!(s.list_users().await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn job_pages_are_per_user_newest_first() {
         let s = store_with_users().await;
         for i in 0..5 {
-            s.insert_job(&job(&format!("j{i}"), "u1")).await.unwrap();
+            lifecycle::create(&s, &job(&format!("j{i}"), "u1"))
+                .await
+                .unwrap();
         }
-        s.insert_job(&job("other", "u2")).await.unwrap();
+        lifecycle::create(&s, &job("other", "u2")).await.unwrap();
         let page = |after: Option<&str>, limit| Page {
             after: after.map(str::to_string),
             limit,
@@ -859,41 +1098,174 @@ mod tests {
             s.list_jobs("u1", &page(Some("other"), 10))
                 .await
                 .unwrap()
-                .is_none(),
-            "another user's cursor"
+                .is_none()
         );
         assert!(s.get_job("u2", "j1").await.unwrap().is_none());
-        assert!(s.get_job("u1", "j1").await.unwrap().is_some());
+        // Creation wrote the job queued with its three events, in one transaction.
+        let j = s.get_job("u1", "j1").await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!(j.spec, spec());
+        assert_eq!(s.events_since("j1", 0, 10).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
-    async fn the_queue_is_fifo_and_claims_are_conditional() {
+    async fn claims_are_fair_between_users_and_fenced_by_attempt() {
         let s = store_with_users().await;
-        for id in ["a", "b", "c"] {
-            s.insert_job(&job(id, "u1")).await.unwrap();
+        for i in 0..5 {
+            lifecycle::create(&s, &job(&format!("a{i}"), "u1"))
+                .await
+                .unwrap();
         }
-        // b goes to the back of the queue.
-        s.transition_job(
-            "b",
-            &[JobStatus::Queued],
-            JobStatus::Paused,
-            &JobPatch::default(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        s.transition_job(
-            "b",
-            &[JobStatus::Paused],
-            JobStatus::Queued,
-            &JobPatch {
-                requeue: true,
-                ..JobPatch::default()
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        lifecycle::create(&s, &job("b0", "u2")).await.unwrap();
+        lifecycle::create(&s, &job("b1", "u2")).await.unwrap();
+        // Ann's first job starts; then Ben has no running job, so his comes before Ann's rest.
+        let first = claim(&s, "cpu:0").await.unwrap();
+        assert_eq!((first.id.as_str(), first.attempt), ("a0", 1));
+        assert_eq!(first.device.as_deref(), Some("cpu:0"));
+        assert_eq!(claim(&s, "cpu:1").await.unwrap().id, "b0");
+        // Both run one: the user whose jobs started least recently (Ann) goes next.
+        assert_eq!(claim(&s, "cpu:2").await.unwrap().id, "a1");
+        assert_eq!(claim(&s, "cpu:3").await.unwrap().id, "b1");
+        // A running-jobs quota of 2 holds Ann's next job back.
+        assert!(
+            lifecycle::claim(&s, "cpu:4", Some(2))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(claim(&s, "cpu:4").await.unwrap().id, "a2");
+
+        // A crash puts a0 back in its place; its old worker's claim no longer holds.
+        lifecycle::worker_crashed(&s, &first, "signal 9", "", 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let report = StepReport {
+            job_id: "a0".into(),
+            attempt: 1,
+            progress: Some(JobProgress {
+                step: 1,
+                total_steps: 2,
+                epoch: 0.5,
+            }),
+            metrics: vec![],
+            events: vec![],
+        };
+        assert!(!s.report(&report).await.unwrap(), "not running any more");
+        let again = claim(&s, "cpu:0").await.unwrap();
+        assert_eq!(
+            (again.id.as_str(), again.attempt, again.retries),
+            ("a0", 2, 1)
+        );
+        assert!(
+            !s.report(&report).await.unwrap(),
+            "an earlier claim's report is dropped"
+        );
+        assert!(
+            lifecycle::fail(
+                &s,
+                &first,
+                Some(1),
+                crate::openai::types::JobError {
+                    code: "x".into(),
+                    message: "stale".into(),
+                    param: None
+                }
+            )
+            .await
+            .unwrap()
+            .is_none(),
+            "a stale worker cannot fail the new run"
+        );
+        let fresh = StepReport {
+            attempt: 2,
+            ..report
+        };
+        assert!(s.report(&fresh).await.unwrap());
+        assert_eq!(s.get_job_unscoped("a0").await.unwrap().unwrap().step, 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_commit_is_an_error_and_changes_nothing() {
+        let s = store_with_users().await;
+        let j = lifecycle::create(&s, &job("j", "u1")).await.unwrap();
+        // SQLite's own "disk full": the database may not grow past its current pages.
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let mut failed = None;
+        for i in 0..500 {
+            if let Err(e) = lifecycle::create(&s, &job(&format!("k{i}"), "u1")).await {
+                failed = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = failed.expect("the database never filled up");
+        assert!(matches!(e, StoreError::Full(_)), "{e:?}");
+        // Nothing of the failed creation is there: no job, no event.
+        let k = format!("k{i}");
+        assert!(s.get_job_unscoped(&k).await.unwrap().is_none());
+        assert!(s.events_since(&k, 0, 10).await.unwrap().is_empty());
+        // Fill the last free bytes, then a cancel cannot be stored: it says so, and the job is
+        // still queued (never a "cancelled" that did not happen).
+        while s.add_event(&NewEvent::info(&j, "x")).await.is_ok() {}
+        match lifecycle::cancel(&s, &j).await {
+            Err(lifecycle::LifecycleError::Store(StoreError::Full(_))) => {}
+            other => panic!("expected a full-disk error, got {other:?}"),
+        }
+        assert_eq!(
+            s.get_job_unscoped("j").await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+        sqlx::query("PRAGMA max_page_count = 1073741823")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let c = lifecycle::cancel(&s, &j).await.unwrap();
+        assert_eq!(c.status, JobStatus::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn recovery_settles_every_unfinished_state() {
+        let s = store_with_users().await;
+        for id in ["run", "pausing", "waiting", "validating", "held", "done"] {
+            lifecycle::create(&s, &job(id, "u1")).await.unwrap();
+        }
+        // `validating_files` can only come from a database of the old creation path.
+        sqlx::query("UPDATE jobs SET status = 'validating_files' WHERE id = 'validating'")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let run = claim(&s, "cpu:0").await.unwrap();
+        assert_eq!(run.id, "run");
+        let pausing = claim(&s, "cpu:1").await.unwrap();
+        lifecycle::request_pause(&s, &pausing).await.unwrap();
+        let held = s.get_job_unscoped("held").await.unwrap().unwrap();
+        lifecycle::request_pause(&s, &held).await.unwrap();
+        let done = s.get_job_unscoped("done").await.unwrap().unwrap();
+        lifecycle::cancel(&s, &done).await.unwrap();
+
+        lifecycle::recover(&s).await.unwrap();
+        let status = |id: &'static str| {
+            let s = s.clone();
+            async move { s.get_job_unscoped(id).await.unwrap().unwrap() }
+        };
+        let r = status("run").await;
+        assert_eq!(
+            (r.status, r.retries, r.device.clone()),
+            (JobStatus::Queued, 0, None)
+        );
+        assert!(r.run_started_at.is_none() && r.running_seconds >= 0.0);
+        assert_eq!(status("pausing").await.status, JobStatus::Paused);
+        assert_eq!(status("validating").await.status, JobStatus::Queued);
+        assert_eq!(status("held").await.status, JobStatus::Paused);
+        assert_eq!(status("done").await.status, JobStatus::Cancelled);
+        // The interrupted job keeps its place ahead of the ones that were waiting.
         let order: Vec<String> = s
             .queue_snapshot()
             .await
@@ -901,142 +1273,72 @@ mod tests {
             .into_iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(order, ["a", "c", "b"]);
-        let first = s.claim_next_queued("cpu:0", 100.5).await.unwrap().unwrap();
-        assert_eq!(
-            (
-                first.id.as_str(),
-                first.status.as_str(),
-                first.device.as_deref()
-            ),
-            ("a", "running", Some("cpu:0"))
-        );
-        assert_eq!(
-            (first.started_at, first.run_started_at),
-            (Some(100), Some(100.5))
-        );
-        assert_eq!(
-            s.claim_next_queued("cpu:1", 101.0)
-                .await
-                .unwrap()
-                .unwrap()
-                .id,
-            "c"
-        );
-        assert_eq!(
-            s.claim_next_queued("cpu:2", 102.0)
-                .await
-                .unwrap()
-                .unwrap()
-                .id,
-            "b"
-        );
-        assert!(s.claim_next_queued("cpu:3", 103.0).await.unwrap().is_none());
-        // A transition from the wrong status does nothing.
-        assert!(
-            s.transition_job(
-                "a",
-                &[JobStatus::Queued],
-                JobStatus::Cancelled,
-                &JobPatch::default()
-            )
+        assert_eq!(order, ["run", "waiting", "validating"]);
+        let no_stuck = s
+            .jobs_with_status(&[JobStatus::Running, JobStatus::ValidatingFiles])
             .await
-            .unwrap()
-            .is_none()
-        );
-        let done = JobPatch {
-            finished_at: Some(200),
-            fine_tuned_model: Some("ft:x".into()),
-            add_running_seconds: Some(2.5),
-            run_started_at: Some(None),
-            ..JobPatch::default()
-        };
-        let a = s
-            .transition_job("a", &[JobStatus::Running], JobStatus::Succeeded, &done)
-            .await
-            .unwrap()
             .unwrap();
-        assert_eq!(
-            (
-                a.finished_at,
-                a.fine_tuned_model.as_deref(),
-                a.running_seconds,
-                a.run_started_at
-            ),
-            (Some(200), Some("ft:x"), 2.5, None)
-        );
-        assert_eq!(
-            s.jobs_with_status(JobStatus::Running).await.unwrap().len(),
-            2
-        );
-        // Progress only lands on running jobs.
-        s.update_progress(
-            "a",
-            &JobProgress {
-                step: 9,
-                total_steps: 9,
-                epoch: 1.0,
-                latest_metrics: "{}".into(),
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(s.get_job_unscoped("a").await.unwrap().unwrap().step, 0);
+        assert!(no_stuck.is_empty());
     }
 
     #[tokio::test]
-    async fn events_page_newest_first_and_stream_oldest_first() {
+    async fn metrics_pages_keep_steps_whole() {
         let s = store_with_users().await;
-        let j = s.insert_job(&job("j", "u1")).await.unwrap();
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            ids.push(
-                s.add_event(&NewEvent::info(&j, format!("e{i}")))
-                    .await
-                    .unwrap(),
-            );
+        lifecycle::create(&s, &job("j", "u1")).await.unwrap();
+        let j = claim(&s, "cpu:0").await.unwrap();
+        for step in 1..=5 {
+            let mut metrics = vec![MetricsRow {
+                kind: MetricsKind::Train,
+                step,
+                data: serde_json::json!({"type": "train", "step": step, "loss": 1.0}),
+            }];
+            if step % 2 == 0 {
+                metrics.push(MetricsRow {
+                    kind: MetricsKind::Eval,
+                    step,
+                    data: serde_json::json!({"type": "eval", "step": step, "loss": 2.0}),
+                });
+            }
+            let r = StepReport {
+                job_id: "j".into(),
+                attempt: j.attempt,
+                progress: Some(JobProgress {
+                    step,
+                    total_steps: 5,
+                    epoch: 0.0,
+                }),
+                metrics,
+                events: vec![],
+            };
+            assert!(s.report(&r).await.unwrap());
         }
-        let (rows, more) = s
-            .list_events(
-                "j",
-                &Page {
-                    after: None,
-                    limit: 2,
-                },
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            rows.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-            ["e4", "e3"]
-        );
+        let (rows, more) = s.list_metrics("j", 0, 2).await.unwrap();
         assert!(more);
-        let (rows, _) = s
-            .list_events(
-                "j",
-                &Page {
-                    after: Some(rows[1].id.clone()),
-                    limit: 10,
-                },
-            )
+        assert_eq!(
+            rows.iter().map(|r| (r.step, r.kind)).collect::<Vec<_>>(),
+            [
+                (1, MetricsKind::Train),
+                (2, MetricsKind::Train),
+                (2, MetricsKind::Eval)
+            ]
+        );
+        let (rows, more) = s.list_metrics("j", 2, 10).await.unwrap();
+        assert!(!more);
+        assert_eq!(rows.len(), 4);
+        let latest = s
+            .get_job_unscoped("j")
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(
-            rows.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-            ["e2", "e1", "e0"]
-        );
-        let since = s.events_since("j", ids[1].seq, 10).await.unwrap();
-        assert_eq!(
-            since.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-            ["e2", "e3", "e4"]
-        );
+            .unwrap()
+            .latest_metrics;
+        assert_eq!(latest.unwrap()["step"], 5);
     }
 
     #[tokio::test]
     async fn a_checkpoint_saved_again_replaces_its_row() {
         let s = store_with_users().await;
+        lifecycle::create(&s, &job("j", "u1")).await.unwrap();
+        let j = claim(&s, "cpu:0").await.unwrap();
         let mut c = CheckpointRow {
             id: "ftckpt_1".into(),
             job_id: "j".into(),
@@ -1048,27 +1350,22 @@ mod tests {
             sample: None,
             path: "/a".into(),
             kind: "lora".into(),
+            bytes: 10,
         };
-        s.insert_checkpoint(&c).await.unwrap();
+        let ev = NewEvent::info(&j, "c");
+        assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
         c.id = "ftckpt_2".into();
         c.path = "/b".into();
-        s.insert_checkpoint(&c).await.unwrap();
-        let (rows, _) = s
-            .list_checkpoints(
-                "j",
-                &Page {
-                    after: None,
-                    limit: 10,
-                },
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        c.bytes = 30;
+        assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
+        assert!(!s.insert_checkpoint(&c, j.attempt + 1, &ev).await.unwrap());
+        let rows = s.job_checkpoints("j").await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].id.as_str(), rows[0].path.as_str()),
             ("ftckpt_1", "/b")
         );
+        assert_eq!(s.usage("u1").await.unwrap().checkpoint_bytes, 30);
         assert!(
             s.checkpoint_by_model_id("u2", "ft:demo:ann::j:ckpt-step-2")
                 .await
@@ -1081,5 +1378,11 @@ mod tests {
                 "{key}"
             );
         }
+        let gone = s
+            .delete_checkpoints("j", &["ftckpt_1".into()], Some(&ev))
+            .await
+            .unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(s.job_checkpoints("j").await.unwrap().is_empty());
     }
 }

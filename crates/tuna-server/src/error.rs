@@ -10,6 +10,8 @@
 //! | body not received in time    | 408  | `invalid_request_error` | `request_timeout`                    |
 //! | body or upload over its limit| 413  | `invalid_request_error` | `request_too_large`, `file_too_large`, `field_too_large` |
 //! | no generation slot in time   | 429  | `rate_limit_error`      | `overloaded`, `too_many_streams`     |
+//! | a per-user quota reached     | 429  | `insufficient_quota`    | `quota_exceeded`; the message names the limit |
+//! | the server's disk is full    | 507  | `server_error`          | `disk_full`                          |
 //! | internal (DB, I/O, worker)   | 500  | `server_error`          | null; the message is generic         |
 //! | the server is shutting down  | 503  | `server_error`          | `server_shutting_down`               |
 //!
@@ -36,6 +38,9 @@ pub type ApiResult<T> = std::result::Result<T, ApiError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: job settings that fail validation, every invalid field listed (`errors`).
+    #[error("{}", .0.first().map(|e| e.message.as_str()).unwrap_or("invalid request"))]
+    InvalidFields(Vec<FieldError>),
     /// 400: the request is malformed or fails validation; `param` names the field.
     #[error("{message}")]
     InvalidRequest {
@@ -72,6 +77,12 @@ pub enum ApiError {
     /// 429: the user has the most event streams open that they may.
     #[error("{0}")]
     TooManyStreams(String),
+    /// 429: one of the user's quotas is used up; the message names the limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// 507: the disk the server writes to is full; nothing of the request was kept.
+    #[error("{0}")]
+    StorageFull(String),
     /// 500: logged in full, answered with a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -189,13 +200,16 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::InvalidFields(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded(_) | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) | ApiError::TooManyStreams(_) | ApiError::QuotaExceeded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -204,6 +218,22 @@ impl ApiError {
     /// The JSON body; also sent as the last SSE `data:` event when a stream fails midway.
     pub fn body(&self) -> ErrorBody {
         let (message, r#type, param, code) = match self {
+            ApiError::InvalidFields(errors) => {
+                let first = errors.first();
+                let mut message = first.map(|e| e.message.clone()).unwrap_or_default();
+                if errors.len() > 1 {
+                    message.push_str(&format!(
+                        " (and {} more invalid fields, listed in `errors`)",
+                        errors.len() - 1
+                    ));
+                }
+                (
+                    message,
+                    "invalid_request_error",
+                    first.map(|e| e.param.clone()).filter(|p| !p.is_empty()),
+                    None,
+                )
+            }
             ApiError::InvalidRequest {
                 message,
                 param,
@@ -264,6 +294,13 @@ impl ApiError {
                 None,
                 Some("too_many_streams".into()),
             ),
+            ApiError::QuotaExceeded(m) => (
+                m.clone(),
+                "insufficient_quota",
+                None,
+                Some("quota_exceeded".into()),
+            ),
+            ApiError::StorageFull(m) => (m.clone(), "server_error", None, Some("disk_full".into())),
             ApiError::Internal(_) => (
                 "the server had an error while processing your request".into(),
                 "server_error",
@@ -283,6 +320,10 @@ impl ApiError {
                 r#type: r#type.to_string(),
                 param: param.map(|p| clip_to(&p, 200).into_owned()),
                 code,
+                errors: match self {
+                    ApiError::InvalidFields(errors) => Some(errors.clone()),
+                    _ => None,
+                },
             },
         }
     }
@@ -301,6 +342,25 @@ pub struct ErrorObject {
     pub r#type: String,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// Validation errors of job settings: every invalid field (`param` as sent, and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct FieldError {
+    pub param: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(param: &str, message: String) -> Self {
+        FieldError {
+            param: param.to_string(),
+            message,
+        }
+    }
 }
 
 /// The hidden cause of a 500, carried to [`log_internal_errors`].
@@ -330,12 +390,22 @@ pub async fn log_internal_errors(req: Request, next: Next) -> Response {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Full(_) => ApiError::StorageFull(
+                "the server's disk is full, so nothing of this request was kept; try again once space is freed".into(),
+            ),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        if crate::disk::is_disk_full(&e) {
+            return ApiError::StorageFull(
+                "the server's disk is full, so nothing of this request was kept; try again once space is freed".into(),
+            );
+        }
         ApiError::Internal(e.to_string())
     }
 }

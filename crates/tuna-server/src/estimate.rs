@@ -8,7 +8,8 @@ use tuna_model::QwenConfig;
 
 use crate::checker::DatasetSize;
 use crate::openai::types::{Estimate, Hyperparameters};
-use crate::store::{QueueEntry, Store, StoreResult, ThroughputRow};
+use crate::spec::{JobSpec, LoraSpec, Tuning};
+use crate::store::{JobRow, JobStatus, QueueEntry, Store, StoreResult, ThroughputRow};
 
 /// Training speed on a CPU from the parameter count, before any job of the shape has finished.
 ///
@@ -133,87 +134,255 @@ pub struct QueueSlot {
     pub estimated_start: f64,
 }
 
-/// Seconds a running job still needs: from its progress when it has made some, else its estimate.
-pub fn remaining_seconds(e: &QueueEntry, now: f64) -> f64 {
-    let estimated = e
-        .estimate
-        .as_deref()
-        .and_then(|s| serde_json::from_str::<Estimate>(s).ok())
-        .map(|est| est.duration_seconds)
-        .unwrap_or(0.0);
-    let elapsed = e.running_seconds + e.run_started_at.map(|t| (now - t).max(0.0)).unwrap_or(0.0);
-    match e.total_steps {
-        Some(total) if e.step > 0 && total > 0 => {
-            let per_step = elapsed / e.step as f64;
-            per_step * (total - e.step).max(0) as f64
+/// What the time left of a running job depends on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunState {
+    /// The estimate's duration, 0 when there is none.
+    pub estimated_seconds: f64,
+    pub step: i64,
+    pub total_steps: Option<i64>,
+    pub running_seconds: f64,
+    pub run_started_at: Option<f64>,
+}
+
+impl RunState {
+    pub fn of(row: &JobRow) -> Self {
+        RunState {
+            estimated_seconds: row.estimate.as_ref().map_or(0.0, |e| e.duration_seconds),
+            step: row.step,
+            total_steps: row.total_steps,
+            running_seconds: row.running_seconds,
+            run_started_at: row.run_started_at,
         }
-        _ => (estimated - elapsed).max(0.0),
+    }
+
+    pub fn of_entry(e: &QueueEntry) -> Self {
+        RunState {
+            estimated_seconds: e.estimate.as_ref().map_or(0.0, |e| e.duration_seconds),
+            step: e.step,
+            total_steps: e.total_steps,
+            running_seconds: e.running_seconds,
+            run_started_at: e.run_started_at,
+        }
     }
 }
 
-/// Simulates the queue: `slots` run at once, running jobs free their slot when their remaining
-/// time is up, queued jobs take the earliest free slot in queue order. Returns one entry per
-/// queued job of `snapshot`, plus the slot a new job would get (`None` key).
+/// Seconds a running job still needs: from its progress when it has made some, else its estimate.
+pub fn remaining_seconds(r: &RunState, now: f64) -> f64 {
+    let elapsed = r.running_seconds + r.run_started_at.map(|t| (now - t).max(0.0)).unwrap_or(0.0);
+    match r.total_steps {
+        Some(total) if r.step > 0 && total > 0 => {
+            let per_step = elapsed / r.step as f64;
+            per_step * (total - r.step).max(0) as f64
+        }
+        _ => (r.estimated_seconds - elapsed).max(0.0),
+    }
+}
+
+/// A job not created yet, for the slot it would get.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJobProbe<'a> {
+    pub user_id: &'a str,
+    pub seconds: f64,
+}
+
+/// Simulates the queue as the scheduler runs it: `slots` run at once; running jobs free their
+/// slot when their remaining time is up; each free slot goes to the queued job the claim would
+/// pick (fair share: the user with the fewest running jobs, then the user whose jobs started
+/// least recently, then queue order). Returns one entry per queued job of `snapshot`, plus the
+/// slot `new` would get.
 pub fn simulate_queue(
     snapshot: &[QueueEntry],
     slots: usize,
     now: f64,
-    new_job_seconds: f64,
-) -> (HashMap<String, QueueSlot>, QueueSlot) {
-    let mut free_at: Vec<f64> = snapshot
-        .iter()
-        .filter(|e| e.status == "running")
-        .map(|e| now + remaining_seconds(e, now))
-        .collect();
-    // Jobs past the slot count (a smaller `cpu_slots` after a restart) still finish first.
+    new: Option<NewJobProbe<'_>>,
+) -> (HashMap<String, QueueSlot>, Option<QueueSlot>) {
+    struct Waiting<'a> {
+        id: Option<&'a str>,
+        user: &'a str,
+        order: i64,
+        seconds: f64,
+    }
+    // (end time, user) of every job that runs or will run.
+    let mut runs: Vec<(f64, &str)> = Vec::new();
+    let mut last_claim: HashMap<&str, f64> = HashMap::new();
+    let mut waiting: Vec<Waiting<'_>> = Vec::new();
+    let mut max_order = 0;
+    for e in snapshot {
+        max_order = max_order.max(e.queue_order);
+        if let Some(t) = e.claimed_at {
+            let c = last_claim.entry(&e.user_id).or_insert(0.0);
+            *c = c.max(t);
+        }
+        match e.status {
+            JobStatus::Running => {
+                runs.push((
+                    now + remaining_seconds(&RunState::of_entry(e), now),
+                    &e.user_id,
+                ));
+            }
+            JobStatus::Queued => waiting.push(Waiting {
+                id: Some(&e.id),
+                user: &e.user_id,
+                order: e.queue_order,
+                seconds: e.estimate.as_ref().map_or(0.0, |est| est.duration_seconds),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(n) = new {
+        waiting.push(Waiting {
+            id: None,
+            user: n.user_id,
+            order: max_order + 1,
+            seconds: n.seconds,
+        });
+    }
+    waiting.sort_by_key(|w| w.order);
+    // Slot free times: jobs past the slot count (a smaller `cpu_slots` after a restart) still
+    // finish first.
+    let mut free_at: Vec<f64> = runs.iter().map(|r| r.0).collect();
     free_at.sort_by(f64::total_cmp);
-    while free_at.len() < slots.max(1) {
+    let slots = slots.max(1);
+    let busy = free_at.len().saturating_sub(slots);
+    let mut free_at: Vec<f64> = free_at.split_off(busy);
+    while free_at.len() < slots {
         free_at.push(now);
     }
     let mut out = HashMap::new();
+    let mut new_slot = None;
     let mut position = 0;
-    let take = |free_at: &mut Vec<f64>, seconds: f64| {
-        // The earliest free slot starts the next job.
-        let (i, &start) = free_at
+    while !waiting.is_empty() {
+        let (i, &t) = free_at
             .iter()
             .enumerate()
             .min_by(|a, b| a.1.total_cmp(b.1))
             .unwrap_or((0, &now));
-        free_at[i] = start + seconds;
-        start
-    };
-    for e in snapshot.iter().filter(|e| e.status == "queued") {
+        let running_at = |user: &str| runs.iter().filter(|r| r.1 == user && r.0 > t).count();
+        let pick = (0..waiting.len())
+            .min_by(|&a, &b| {
+                let (wa, wb) = (&waiting[a], &waiting[b]);
+                running_at(wa.user)
+                    .cmp(&running_at(wb.user))
+                    .then(
+                        last_claim
+                            .get(wa.user)
+                            .unwrap_or(&0.0)
+                            .total_cmp(last_claim.get(wb.user).unwrap_or(&0.0)),
+                    )
+                    .then(wa.order.cmp(&wb.order))
+            })
+            .unwrap_or(0);
+        let w = waiting.remove(pick);
         position += 1;
-        let seconds = e
-            .estimate
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<Estimate>(s).ok())
-            .map(|est| est.duration_seconds)
-            .unwrap_or(0.0);
-        let start = take(&mut free_at, seconds);
-        out.insert(
-            e.id.clone(),
-            QueueSlot {
-                position,
-                estimated_start: start,
-            },
-        );
+        let slot = QueueSlot {
+            position,
+            estimated_start: t,
+        };
+        match w.id {
+            Some(id) => {
+                out.insert(id.to_string(), slot);
+            }
+            None => new_slot = Some(slot),
+        }
+        free_at[i] = t + w.seconds;
+        runs.push((t + w.seconds, w.user));
+        // Strictly later than any real claim time, so ties keep their order.
+        last_claim.insert(w.user, t.max(now) + position as f64 * 1e-6);
     }
-    let start = take(&mut free_at, new_job_seconds);
-    (
-        out,
-        QueueSlot {
-            position: position + 1,
-            estimated_start: start,
-        },
-    )
+    (out, new_slot)
+}
+
+/// What a job needs of the machine while it trains (memory) and of the disk once its
+/// checkpoints are written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    /// Peak memory of the worker: weights, gradients and AdamW moments of what trains, and the
+    /// activations of one micro-batch.
+    pub memory_bytes: u64,
+    /// Files of one checkpoint without the optimizer state.
+    pub checkpoint_bytes: u64,
+    /// The AdamW moments of the latest checkpoint.
+    pub optimizer_bytes: u64,
+    /// Every checkpoint the job keeps, with the optimizer state of the latest one (and of the one
+    /// before while the next is written).
+    pub disk_bytes: u64,
+}
+
+/// Parameters of the LoRA matrices: `r × (in + out)` per adapted projection and layer.
+pub fn lora_parameters(cfg: &QwenConfig, lora: &LoraSpec) -> u64 {
+    let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    let per_layer: usize = lora
+        .target_modules
+        .iter()
+        .map(|t| match t.as_str() {
+            "q_proj" => c + q,
+            "k_proj" | "v_proj" => c + kv,
+            "o_proj" => q + c,
+            "gate_proj" | "up_proj" | "down_proj" => c + i,
+            _ => 0,
+        })
+        .sum();
+    (per_layer * lora.rank.max(0) as usize * cfg.num_layers) as u64
+}
+
+/// Estimates [`Footprint`] (f32 everywhere, as the CPU engine trains). Deliberately simple: it
+/// decides only whether a job can fit at all, so it errs small on activations.
+pub fn footprint(
+    cfg: &QwenConfig,
+    spec: &JobSpec,
+    total_steps: i64,
+    tokenizer_bytes: u64,
+) -> Footprint {
+    const F32: u64 = 4;
+    let params = cfg.num_parameters() as u64;
+    let (trained, weights_in_checkpoint) = match (&spec.tuna.lora, spec.tuna.method) {
+        (Some(l), Tuning::Lora) => {
+            let n = lora_parameters(cfg, l);
+            (n, n * F32)
+        }
+        _ => (params, params * F32 + tokenizer_bytes),
+    };
+    // Weights, plus gradient and two moments of every trained parameter.
+    let state = params * F32 + trained * 3 * F32;
+    let hp = spec.hyperparameters();
+    let micro = (1..=hp.batch_size.clamp(1, 4))
+        .rev()
+        .find(|m| hp.batch_size % m == 0)
+        .unwrap_or(1) as u64;
+    let tokens = micro * spec.tuna.max_seq_len.max(1) as u64;
+    let (c, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    // Kept for backward per token and layer: norms, projections, attention output, SwiGLU.
+    let per_token_layer = (12 * c + 3 * i) * F32;
+    let activations = tokens * per_token_layer * cfg.num_layers as u64;
+    let memory_bytes = state + activations + (256 << 20);
+    let optimizer_bytes = trained * 2 * F32;
+    let checkpoints = match spec.tuna.checkpoint_interval {
+        Some(k) if k > 0 => (total_steps.max(1) + k - 1) / k,
+        _ => hp.n_epochs.max(1),
+    };
+    let kept = spec
+        .tuna
+        .keep_checkpoints
+        .map_or(checkpoints, |k| k.min(checkpoints))
+        .max(1) as u64;
+    Footprint {
+        memory_bytes,
+        checkpoint_bytes: weights_in_checkpoint,
+        optimizer_bytes,
+        disk_bytes: kept * weights_in_checkpoint + 2 * optimizer_bytes,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn est(seconds: f64) -> Option<String> {
+    fn est(seconds: f64) -> Option<Estimate> {
         let hp = Hyperparameters {
             n_epochs: 1,
             batch_size: 1,
@@ -235,27 +404,38 @@ mod tests {
             source: "seed".into(),
             updated_at: 0,
         };
-        Some(
-            serde_json::to_string(&make_estimate(&size, &hp, None, &tps, 0.0, "USD", "cpu"))
-                .unwrap(),
-        )
+        Some(make_estimate(&size, &hp, None, &tps, 0.0, "USD", "cpu"))
     }
 
     fn entry(id: &str, status: &str, seconds: f64) -> QueueEntry {
+        user_entry(id, "u", status, seconds)
+    }
+
+    fn user_entry(id: &str, user: &str, status: &str, seconds: f64) -> QueueEntry {
+        let running = status == "running";
         QueueEntry {
             id: id.into(),
-            status: status.into(),
-            queue_order: 0,
+            user_id: user.into(),
+            status: if running {
+                JobStatus::Running
+            } else {
+                JobStatus::Queued
+            },
+            queue_order: id.bytes().map(i64::from).sum(),
             estimate: est(seconds),
             step: 0,
             total_steps: None,
             running_seconds: 0.0,
-            run_started_at: if status == "running" {
-                Some(1000.0)
-            } else {
-                None
-            },
+            run_started_at: running.then_some(1000.0),
+            claimed_at: running.then_some(1000.0),
         }
+    }
+
+    fn probe(seconds: f64) -> Option<NewJobProbe<'static>> {
+        Some(NewJobProbe {
+            user_id: "u",
+            seconds,
+        })
     }
 
     #[test]
@@ -266,7 +446,8 @@ mod tests {
             entry("a", "queued", 30.0),
             entry("b", "queued", 10.0),
         ];
-        let (q, next) = simulate_queue(&snap, 1, 1000.0, 5.0);
+        let (q, next) = simulate_queue(&snap, 1, 1000.0, probe(5.0));
+        let next = next.unwrap();
         assert_eq!(
             q["a"],
             QueueSlot {
@@ -297,7 +478,8 @@ mod tests {
             entry("a", "queued", 30.0),
             entry("b", "queued", 10.0),
         ];
-        let (q, next) = simulate_queue(&snap, 2, 1000.0, 5.0);
+        let (q, next) = simulate_queue(&snap, 2, 1000.0, probe(5.0));
+        let next = next.unwrap();
         assert_eq!(q["a"].estimated_start, 1000.0); // the free slot
         assert_eq!(q["b"].estimated_start, 1030.0); // after a, before r ends
         assert_eq!(next.estimated_start, 1040.0);
@@ -309,7 +491,87 @@ mod tests {
         e.step = 10;
         e.total_steps = Some(40);
         // 10 steps took 20 s: 30 steps left take 60 s.
-        assert!((remaining_seconds(&e, 1020.0) - 60.0).abs() < 1e-9);
+        assert!((remaining_seconds(&RunState::of_entry(&e), 1020.0) - 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_second_user_starts_next_whatever_the_first_has_queued() {
+        // User a runs one job and has 50 waiting; b queues one job after all of them.
+        let mut snap = vec![user_entry("a0", "a", "running", 10.0)];
+        for i in 1..=50 {
+            let mut e = user_entry(&format!("a{i}"), "a", "queued", 10.0);
+            e.queue_order = i;
+            snap.push(e);
+        }
+        let mut b = user_entry("b1", "b", "queued", 10.0);
+        b.queue_order = 100;
+        snap.push(b);
+        let (q, _) = simulate_queue(&snap, 1, 1000.0, None);
+        assert_eq!(q["b1"].position, 1);
+        assert_eq!(q["b1"].estimated_start, 1010.0);
+        assert_eq!(q["a1"].position, 2);
+        // A new job of b's waits behind a's next one: the users alternate.
+        let (_, next) = simulate_queue(
+            &snap,
+            1,
+            1000.0,
+            Some(NewJobProbe {
+                user_id: "b",
+                seconds: 1.0,
+            }),
+        );
+        assert_eq!(next.unwrap().position, 3);
+    }
+
+    #[test]
+    fn footprint_full_needs_weights_gradients_and_moments() {
+        let cfg = tuna_model::demo::demo_config();
+        let spec = |method: Tuning, lora: Option<LoraSpec>| JobSpec {
+            method: crate::spec::MethodSpec::Supervised {
+                supervised: crate::spec::SupervisedSpec {
+                    hyperparameters: Hyperparameters {
+                        n_epochs: 1,
+                        batch_size: 1,
+                        learning_rate_multiplier: 1.0,
+                    },
+                },
+            },
+            tuna: crate::spec::TunaSettings {
+                name: None,
+                method,
+                lora,
+                max_seq_len: 64,
+                checkpoint_interval: Some(1),
+                eval_interval: None,
+                max_steps: Some(10),
+                learning_rate: 1e-4,
+                warmup_ratio: 0.0,
+                validation_fraction: None,
+                sample_prompts: 0,
+                sample_max_tokens: 1,
+                keep_checkpoints: Some(2),
+            },
+        };
+        let n = cfg.num_parameters() as u64;
+        let full = footprint(&cfg, &spec(Tuning::Full, None), 10, 0);
+        assert!(full.memory_bytes >= 16 * n);
+        assert_eq!(full.checkpoint_bytes, 4 * n);
+        assert_eq!(
+            full.disk_bytes,
+            2 * 4 * n + 2 * 8 * n,
+            "two kept, two optimizer states"
+        );
+        let lora = LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into()],
+        };
+        let l = footprint(&cfg, &spec(Tuning::Lora, Some(lora.clone())), 10, 0);
+        let adapter = lora_parameters(&cfg, &lora);
+        assert_eq!(adapter, (4 * (128 + 128) * 2) as u64);
+        assert_eq!(l.checkpoint_bytes, 4 * adapter);
+        assert!(l.memory_bytes < full.memory_bytes);
     }
 
     #[test]

@@ -3,38 +3,47 @@
 //! (SQLite) and file storage behind traits; the queue that runs jobs in worker processes.
 //!
 //! Layout: [`router`] lists every route; `routes/` holds the handlers; `openai/types.rs` the wire
-//! types; `validate.rs` turns requests into `Valid*` values; `error.rs` the one error type;
-//! `db.rs` all SQL; `queue.rs` the scheduler; `worker.rs` the worker process; `inference.rs`
-//! chat generation and `slots.rs` its fair share of slots; `http.rs` the listener (timeouts,
-//! connection cap, drain); `sse.rs` the limits of event streams; `perms.rs` private files. The
-//! API is described route by route in `docs/api.md`.
+//! types; `validate/` turns requests into `Valid*` values (its `settings.rs` is the one table of
+//! job settings, defaults and limits); `spec.rs` the one description of a job's settings;
+//! `lifecycle.rs` the only code that changes a job's status; `error.rs` the one error type;
+//! `store.rs` the store interface and `db.rs` all SQL; `queue.rs` the scheduler and worker
+//! supervision; `worker/` the worker process; `quota.rs` per-user quotas and admission control;
+//! `artifacts.rs` a job's files; `inference.rs` chat generation and `slots.rs` its fair share of
+//! slots; `http.rs` the listener (timeouts, connection cap, drain); `sse.rs` the limits of event
+//! streams; `perms.rs` private files. The API is described route by route in `docs/api.md`.
 //!
 //! Shutdown (SIGINT or SIGTERM in `tuna serve`, [`shutdown_signal`]): [`AppState::shutdown`] is
 //! cancelled; the listener closes, every connection finishes its request in progress and closes,
 //! event streams end with an error event, chat generations get [`Settings::shutdown_grace`] to
-//! finish and are then ended (503, or an error event in a stream), and the scheduler stops the
-//! workers; then [`serve`] returns.
+//! finish and are then ended (503, or an error event in a stream), and the scheduler stops
+//! claiming and has every worker save a checkpoint at its current step and exit (bounded by
+//! [`Settings::worker_stop_timeout`]); then [`serve`] returns.
 //!
 //! Not supported: several servers sharing one database (the scheduler assumes it owns the
 //! slots), GPUs, DPO / reinforcement methods, `n > 1`, tools and logprobs in chat completions.
 
 pub mod archive;
+pub mod artifacts;
 pub mod auth;
 pub mod blob;
 pub mod checker;
 pub mod console;
 pub mod db;
+pub mod disk;
 pub mod error;
 pub mod estimate;
 pub mod http;
 pub mod ids;
 pub mod inference;
+pub mod lifecycle;
 pub mod models;
 pub mod openai;
 pub mod perms;
 pub mod queue;
+pub mod quota;
 pub mod routes;
 pub mod slots;
+pub mod spec;
 pub mod sse;
 pub mod state;
 pub mod store;
@@ -50,6 +59,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
 
 use crate::blob::LocalBlobStore;
 use crate::db::SqliteStore;
@@ -88,7 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/fine_tuning/jobs/{id}/events", get(jobs::events))
         .route(
             "/v1/fine_tuning/jobs/{id}/checkpoints",
-            get(jobs::checkpoints),
+            get(jobs::checkpoints).delete(jobs::delete_all),
         )
         .route(
             "/v1/fine_tuning/jobs/{id}/checkpoints/{ckpt}/adapter",
@@ -96,10 +106,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/fine_tuning/jobs/{id}/metrics", get(jobs::metrics))
         .route("/v1/models", get(model_routes::list))
-        .route("/v1/models/{id}", get(model_routes::get))
+        .route(
+            "/v1/models/{id}",
+            get(model_routes::get).delete(model_routes::delete),
+        )
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/tuna/estimates", post(jobs::estimate))
         .route("/v1/tuna/me", get(tuna::me))
+        .route("/v1/tuna/job_settings", get(tuna::job_settings))
         .route("/v1/tuna/status", get(tuna::status))
         .route("/v1/tuna/throughput", get(tuna::throughput))
         .merge(console::routes())
@@ -150,7 +164,8 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     models::register_demo(&*store, &settings.demo_model_root).await?;
     models::register_models_file(&*store, &settings.models_file).await?;
     let settings = Arc::new(settings);
-    let scheduler = Scheduler::new(store.clone(), settings.clone());
+    let shutdown = CancellationToken::new();
+    let scheduler = Scheduler::new(store.clone(), settings.clone(), shutdown.clone());
     scheduler.recover().await?;
     let inference = Arc::new(Inference::new(
         settings.generation_limits(),
@@ -161,10 +176,10 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         store,
         blobs: Arc::new(LocalBlobStore::new(settings.blob_root())),
         streams: StreamSlots::new(settings.max_event_streams_per_user),
-        shutdown: tokio_util::sync::CancellationToken::new(),
         settings,
         scheduler,
         inference,
+        shutdown,
     })
 }
 
@@ -231,10 +246,9 @@ pub async fn serve(
         tokio::time::sleep(settings.shutdown_grace).await;
         inference.abort_all();
     };
+    // The scheduler's loop ends on the shutdown token, after its workers stopped.
     let workers = async {
-        shutdown.cancelled().await;
-        loop_handle.abort();
-        scheduler.shutdown(Duration::from_secs(60)).await;
+        let _ = loop_handle.await;
     };
     tokio::select! {
         ((), ()) = async { tokio::join!(http, workers) } => {}

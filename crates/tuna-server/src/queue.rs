@@ -1,42 +1,65 @@
 //! The scheduler: the machine's devices are slots (`cpu:0`, `cpu:1`, ...); when a slot is free the
-//! first queued job is claimed (one `UPDATE … RETURNING` in the store) and a worker process is
-//! started for it (`tuna worker --data-dir D --job ID`). A supervisor task per worker waits for
-//! its exit and decides what the job becomes:
+//! next queued job is claimed (one statement in the store, fair between users) and a worker
+//! process is started for it (`tuna worker --data-dir D --job ID`, with the claim's `attempt` in
+//! `TUNA_WORKER_ATTEMPT`). A supervisor task per worker waits for its exit and has the lifecycle
+//! record what the job becomes:
 //!
-//! | worker exit                         | job                                                   |
-//! |-------------------------------------|-------------------------------------------------------|
-//! | 0, status already final             | as the worker left it (succeeded / failed)            |
-//! | [`EXIT_PAUSED`] after a pause       | `paused` (the worker saved a resumable checkpoint)    |
-//! | anything else (crash, kill, signal) | `queued` again to resume from the last checkpoint, up to `max_retries`; then `failed` |
-//! | any, job cancelled meanwhile        | stays `cancelled`                                     |
+//! | worker exit                                  | job                                                       |
+//! |----------------------------------------------|-----------------------------------------------------------|
+//! | any, job final or claimed again meanwhile    | as it is (the worker finished it, or the user cancelled)  |
+//! | any, a pause was requested                   | `paused` (the worker saved a resumable checkpoint)        |
+//! | [`EXIT_STOPPED`], [`EXIT_PAUSED`], SIGINT/SIGTERM | `queued` in its place, no retry used (shutdown, signal) |
+//! | [`EXIT_DISK_FULL`]                           | `failed`, code `disk_full`                                |
+//! | anything else (crash, SIGKILL)               | `queued` to resume from the last checkpoint, up to `max_retries`; then `failed` |
 //!
-//! The worker's stdin is a pipe from the server: a line `pause` asks it to stop after the current
-//! step, and end-of-file (the server died) makes it stop the same way. Cancel kills it outright.
+//! Workers run in their own process group, so a Ctrl-C in the server's terminal reaches only the
+//! server, which then stops them itself: each gets `stop` on its stdin, saves a checkpoint at its
+//! current step and exits; the server waits (bounded by `worker_stop_timeout`). A `pause` line asks
+//! the same for a user's pause, and end-of-file (the server died) makes the worker stop the same
+//! way. Cancel kills the worker outright.
+//!
+//! Failures of the machinery are never a job's fault: a worker that cannot start (its executable
+//! gone, a full disk, no more processes) puts the job back in its place and the scheduler backs
+//! off; a claim that cannot be written (full disk) starts nothing; a supervisor that cannot
+//! record an exit keeps trying, and start-up recovery settles whatever is left.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::ids;
+use crate::lifecycle::{self, StopReason};
 use crate::openai::types::JobError;
 use crate::state::Settings;
-use crate::store::{JobPatch, JobRow, JobStatus, NewEvent, Store, StoreResult};
+use crate::store::{JobControl, JobRow, JobStatus, Store, StoreResult};
 
 /// The worker stopped on a `pause` request after saving a resumable checkpoint.
 pub const EXIT_PAUSED: i32 = 10;
 /// The worker stopped because its server went away (stdin closed); the next server resumes it.
 pub const EXIT_ORPHANED: i32 = 11;
+/// The worker stopped on a `stop` request or on SIGINT / SIGTERM, after saving a checkpoint.
+pub const EXIT_STOPPED: i32 = 12;
+/// The disk was full and the worker could not record the job's failure itself.
+pub const EXIT_DISK_FULL: i32 = 13;
 /// Set in a worker's environment by the server: watch stdin for requests and end-of-file.
 pub const SUPERVISED_ENV: &str = "TUNA_WORKER_SUPERVISED";
+/// The claim (`attempt`) a worker was started for.
+pub const ATTEMPT_ENV: &str = "TUNA_WORKER_ATTEMPT";
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 enum Control {
     Pause,
+    Stop,
     Kill,
 }
 
@@ -47,24 +70,32 @@ struct Running {
 pub struct Scheduler {
     store: Arc<dyn Store>,
     settings: Arc<Settings>,
+    shutdown: CancellationToken,
     wake: Notify,
     /// Free slot indices.
     free: Mutex<Vec<usize>>,
+    /// Jobs with a worker (until its exit is recorded).
     running: Mutex<HashMap<String, Running>>,
-    /// Set by [`Scheduler::shutdown`]: workers that stop now go back to the queue, not to `paused`.
-    shutting_down: AtomicBool,
+    /// No claims before this instant (after a worker could not start, or a full disk), and the
+    /// delay of the next hold.
+    hold: Mutex<(Option<Instant>, Duration)>,
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn Store>, settings: Arc<Settings>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Arc<Settings>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let slots = settings.cpu_slots.max(1);
         Arc::new(Scheduler {
             store,
             settings,
+            shutdown,
             wake: Notify::new(),
             free: Mutex::new((0..slots).rev().collect()),
             running: Mutex::new(HashMap::new()),
-            shutting_down: AtomicBool::new(false),
+            hold: Mutex::new((None, FIRST_BACKOFF)),
         })
     }
 
@@ -72,60 +103,34 @@ impl Scheduler {
         self.settings.cpu_slots.max(1)
     }
 
-    /// Jobs that were running when the server stopped go back to the queue in their old place
-    /// (their workers resume from the last checkpoint); pending pauses complete.
+    /// Settles every unfinished job before the first claim (see [`lifecycle::recover`]).
     pub async fn recover(&self) -> StoreResult<()> {
-        let now = ids::now_f64();
-        for job in self.store.jobs_with_status(JobStatus::Running).await? {
-            let ran = job.run_started_at.map(|t| (now - t).max(0.0));
-            let patch = JobPatch {
-                run_started_at: Some(None),
-                add_running_seconds: ran,
-                device: Some(None),
-                ..JobPatch::default()
-            };
-            if job.control.as_deref() == Some("pause") {
-                let patch = JobPatch {
-                    control: Some(None),
-                    ..patch
-                };
-                if let Some(j) = self
-                    .store
-                    .transition_job(&job.id, &[JobStatus::Running], JobStatus::Paused, &patch)
-                    .await?
-                {
-                    self.store
-                        .add_event(&NewEvent::info(
-                            &j,
-                            "The server restarted; the job is paused",
-                        ))
-                        .await?;
-                }
-            } else if let Some(j) = self
-                .store
-                .transition_job(&job.id, &[JobStatus::Running], JobStatus::Queued, &patch)
-                .await?
-            {
-                self.store
-                    .add_event(&NewEvent::info(&j, "The server restarted; the job is queued to resume from its last checkpoint"))
-                    .await?;
-            }
-        }
-        Ok(())
+        lifecycle::recover(&*self.store).await
     }
 
-    /// Runs the scheduling loop until the process ends.
+    /// Runs the scheduling loop until the shutdown token is cancelled, then stops every worker
+    /// (checkpoint and exit, bounded by `worker_stop_timeout`); the handle completes after that.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = me.fill_slots().await {
+                let held = me.held_for();
+                if held.is_none()
+                    && let Err(e) = me.fill_slots().await
+                {
                     tracing::error!(error = %e, "scheduling failed");
                 }
                 // Woken by new jobs and finished workers; the timeout also picks up jobs that
                 // another process (e.g. `tuna` on the same data directory) queued.
-                let _ = tokio::time::timeout(Duration::from_secs(2), me.wake.notified()).await;
+                let nap = held
+                    .unwrap_or(Duration::from_secs(2))
+                    .min(Duration::from_secs(2));
+                tokio::select! {
+                    () = me.shutdown.cancelled() => break,
+                    _ = tokio::time::timeout(nap, me.wake.notified()) => {}
+                }
             }
+            me.stop_workers().await;
         })
     }
 
@@ -134,21 +139,40 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
-    /// Jobs this server is running right now.
+    /// Jobs this server runs a worker for right now.
     pub fn running_jobs(&self) -> usize {
         lock(&self.running).len()
     }
 
+    fn held_for(&self) -> Option<Duration> {
+        let (until, _) = *lock(&self.hold);
+        until.and_then(|u| u.checked_duration_since(Instant::now()))
+    }
+
+    /// Stops claiming for a while; each hold in a row doubles (up to a minute).
+    fn hold(&self) -> Duration {
+        let mut h = lock(&self.hold);
+        let delay = h.1;
+        *h = (Some(Instant::now() + delay), (delay * 2).min(MAX_BACKOFF));
+        delay
+    }
+
+    fn release_hold(&self) {
+        *lock(&self.hold) = (None, FIRST_BACKOFF);
+    }
+
     async fn fill_slots(self: &Arc<Self>) -> StoreResult<()> {
         loop {
-            if self.shutting_down.load(Ordering::SeqCst) {
+            if self.shutdown.is_cancelled() || self.held_for().is_some() {
                 return Ok(());
             }
             let Some(slot) = lock(&self.free).pop() else {
                 return Ok(());
             };
             let device = format!("cpu:{slot}");
-            match self.store.claim_next_queued(&device, ids::now_f64()).await {
+            let claimed =
+                lifecycle::claim(&*self.store, &device, self.settings.quotas.running_jobs).await;
+            match claimed {
                 Ok(Some(job)) => self.spawn_worker(job, slot).await,
                 Ok(None) => {
                     lock(&self.free).push(slot);
@@ -156,43 +180,57 @@ impl Scheduler {
                 }
                 Err(e) => {
                     lock(&self.free).push(slot);
+                    let delay = self.hold();
+                    tracing::error!(error = %e, "cannot claim a job; the next try is in {delay:?}");
                     return Err(e);
                 }
             }
         }
     }
 
-    async fn spawn_worker(self: &Arc<Self>, job: JobRow, slot: usize) {
+    fn worker_command(&self, job: &JobRow) -> std::io::Result<std::process::Command> {
         let dir = self.settings.job_dir(&job.id);
-        let log_path = dir.join("worker.log");
-        let child = (|| -> std::io::Result<tokio::process::Child> {
-            std::fs::create_dir_all(&dir)?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)?;
-            let mut cmd = (self.settings.worker_launcher)(&self.settings.data_dir, &job.id);
-            cmd.stdin(std::process::Stdio::piped())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .env(SUPERVISED_ENV, "1");
-            tokio::process::Command::from(cmd).spawn()
-        })();
-        let mut child = match child {
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("worker.log"))?;
+        let mut cmd = (self.settings.worker_launcher)(&self.settings.data_dir, &job.id);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(SUPERVISED_ENV, "1")
+            .env(ATTEMPT_ENV, job.attempt.to_string())
+            // Its own process group: a Ctrl-C in the server's terminal must not reach it.
+            .process_group(0);
+        Ok(cmd)
+    }
+
+    async fn spawn_worker(self: &Arc<Self>, job: JobRow, slot: usize) {
+        let spawned = self
+            .worker_command(&job)
+            .and_then(|cmd| tokio::process::Command::from(cmd).spawn());
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(job = %job.id, error = %e, "cannot start a worker");
-                let err = JobError {
-                    code: "worker_start_failed".into(),
-                    message: format!("the worker process could not start: {e}"),
-                    param: None,
+                // Not the job's fault: it goes back to its place and the scheduler waits.
+                let delay = self.hold();
+                let why = if crate::disk::is_disk_full(&e) {
+                    format!("disk full: {e}")
+                } else {
+                    e.to_string()
                 };
-                self.fail(&job, err).await;
+                tracing::error!(job = %job.id, error = %why, "cannot start a worker; retrying in {delay:?}");
+                let store = self.store.clone();
+                self.persist("putting a job back in the queue", || {
+                    lifecycle::start_failed(&*store, &job, &why, delay.as_secs().max(1))
+                })
+                .await;
                 lock(&self.free).push(slot);
-                self.wake();
                 return;
             }
         };
+        self.release_hold();
         // Registered before any await, so a cancel or pause from now on reaches this worker.
         let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&self.running).insert(
@@ -203,231 +241,193 @@ impl Scheduler {
         );
         // A pause asked for between the claim and the line above found no worker to tell.
         if let Ok(Some(j)) = self.store.get_job_unscoped(&job.id).await
-            && j.control.as_deref() == Some("pause")
+            && j.control == Some(JobControl::Pause)
         {
             let _ = tx.send(Control::Pause);
         }
-        let retry_note = if job.retries > 0 {
-            format!(" (retry {})", job.retries)
-        } else {
-            String::new()
-        };
-        let _ = self
-            .store
-            .add_event(&NewEvent::info(
-                &job,
-                format!(
-                    "Fine-tuning job started on {}{retry_note}",
-                    job.device.as_deref().unwrap_or("cpu")
-                ),
-            ))
-            .await;
+        if self.shutdown.is_cancelled() {
+            let _ = tx.send(Control::Stop);
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut stdin = child.stdin.take();
             let status = loop {
                 tokio::select! {
                     status = child.wait() => break status,
-                    msg = rx.recv() => match msg {
-                        Some(Control::Pause) => {
-                            if let Some(s) = stdin.as_mut() {
-                                let _ = s.write_all(b"pause\n").await;
-                                let _ = s.flush().await;
-                            }
+                    msg = rx.recv() => {
+                        let line: &[u8] = match msg {
+                            Some(Control::Pause) => b"pause\n",
+                            Some(Control::Stop) => b"stop\n",
+                            Some(Control::Kill) => { let _ = child.start_kill(); continue; }
+                            // Never: the sender lives in `running` until this task removes it.
+                            None => continue,
+                        };
+                        if let Some(s) = stdin.as_mut() {
+                            let _ = s.write_all(line).await;
+                            let _ = s.flush().await;
                         }
-                        Some(Control::Kill) => { let _ = child.start_kill(); }
-                        // Never: the sender lives in `running` until this task removes it.
-                        None => {}
-                    },
+                    }
                 }
             };
             drop(stdin);
+            let log = me.settings.job_dir(&job.id).join("worker.log");
+            let store = me.store.clone();
+            let exit = Exit::of(&status);
+            me.persist("recording a worker's exit", || {
+                after_exit(&*store, &me.settings, &me.shutdown, &job, &exit, &log)
+            })
+            .await;
             lock(&me.running).remove(&job.id);
             lock(&me.free).push(slot);
-            let code = match &status {
-                Ok(s) => s.code(),
-                Err(_) => None,
-            };
-            let described = match &status {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("unknown ({e})"),
-            };
-            if let Err(e) = me.after_exit(&job.id, code, &described, &log_path).await {
-                tracing::error!(job = %job.id, error = %e, "handling a worker's exit failed");
-            }
             me.wake();
         });
     }
 
-    async fn after_exit(
-        &self,
-        job_id: &str,
-        code: Option<i32>,
-        described: &str,
-        log: &Path,
-    ) -> StoreResult<()> {
-        let Some(job) = self.store.get_job_unscoped(job_id).await? else {
-            return Ok(());
-        };
-        let now = ids::now_f64();
-        // Close the run's clock whatever happened.
-        let ran = job.run_started_at.map(|t| (now - t).max(0.0));
-        let clock = JobPatch {
-            run_started_at: Some(None),
-            add_running_seconds: ran,
-            ..JobPatch::default()
-        };
-        if job.status() != JobStatus::Running {
-            // Final (the worker finished it, or the user cancelled): only the clock.
-            if ran.is_some() {
-                self.store
-                    .patch_job(job_id, &[job.status()], &clock)
-                    .await?;
-            }
-            return Ok(());
-        }
-        let user_pause = job.control.as_deref() == Some("pause");
-        if code == Some(EXIT_PAUSED) && !user_pause && self.shutting_down.load(Ordering::SeqCst) {
-            // Stopped for the server's shutdown: resume first thing at the next start.
-            let patch = JobPatch {
-                device: Some(None),
-                ..clock
-            };
-            if let Some(j) = self
-                .store
-                .transition_job(job_id, &[JobStatus::Running], JobStatus::Queued, &patch)
-                .await?
-            {
-                self.store.add_event(&NewEvent::info(&j, format!("The server is shutting down; the job stopped at step {} and stays queued", j.step))).await?;
-            }
-            return Ok(());
-        }
-        if code == Some(EXIT_PAUSED) {
-            let patch = JobPatch {
-                control: Some(None),
-                ..clock
-            };
-            if let Some(j) = self
-                .store
-                .transition_job(job_id, &[JobStatus::Running], JobStatus::Paused, &patch)
-                .await?
-            {
-                self.store
-                    .add_event(&NewEvent::info(
-                        &j,
-                        format!("Job paused at step {}", j.step),
-                    ))
-                    .await?;
-            }
-            return Ok(());
-        }
-        if code == Some(EXIT_ORPHANED) {
-            // Only happens when the pipe broke while this server lives on: resume like a crash.
-            tracing::warn!(job = %job_id, "worker lost its stdin");
-        }
-        let tail = log_tail(log, 2000);
-        if job.retries < self.settings.max_retries {
-            let patch = JobPatch {
-                retries: Some(job.retries + 1),
-                device: Some(None),
-                ..clock
-            };
-            if let Some(j) = self
-                .store
-                .transition_job(job_id, &[JobStatus::Running], JobStatus::Queued, &patch)
-                .await?
-            {
-                let msg = format!(
-                    "The worker exited unexpectedly ({described}); the job resumes from its last checkpoint (retry {} of {})",
-                    j.retries, self.settings.max_retries
-                );
-                self.store
-                    .add_event(&NewEvent::info(&j, msg).level("warn"))
-                    .await?;
-            }
-        } else {
-            let message = format!(
-                "the worker exited unexpectedly ({described}) {} times; last output: {}",
-                job.retries + 1,
-                if tail.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    tail
+    /// Runs a store operation until it succeeds: a full disk must not leave a job without a
+    /// recorded state. Gives up only while shutting down (start-up recovery settles it then).
+    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::error!(error = %e, "{what} failed; trying again in {delay:?}");
+                    if self.shutdown.is_cancelled() && delay >= Duration::from_secs(4) {
+                        return None;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
-            );
-            let err = JobError {
-                code: "worker_crashed".into(),
-                message,
-                param: None,
-            };
-            if let Some(j) = self
-                .store
-                .patch_job(job_id, &[JobStatus::Running], &clock)
-                .await?
-            {
-                self.fail(&j, err).await;
             }
-        }
-        Ok(())
-    }
-
-    async fn fail(&self, job: &JobRow, err: JobError) {
-        let patch = JobPatch {
-            finished_at: Some(ids::now()),
-            error: Some(Some(serde_json::to_string(&err).unwrap_or_default())),
-            ..JobPatch::default()
-        };
-        match self
-            .store
-            .transition_job(
-                &job.id,
-                &[JobStatus::Running, JobStatus::Queued],
-                JobStatus::Failed,
-                &patch,
-            )
-            .await
-        {
-            Ok(Some(j)) => {
-                let _ = self
-                    .store
-                    .add_event(
-                        &NewEvent::info(&j, format!("Fine-tuning job failed: {}", err.message))
-                            .level("error"),
-                    )
-                    .await;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!(job = %job.id, error = %e, "cannot mark the job failed"),
         }
     }
 
     /// Asks the job's worker to stop after its current step, keeping a resumable checkpoint.
     /// Returns false when this server runs no worker for the job.
     pub fn pause(&self, job_id: &str) -> bool {
-        lock(&self.running)
-            .get(job_id)
-            .is_some_and(|r| r.control.send(Control::Pause).is_ok())
+        self.send(job_id, Control::Pause)
     }
 
     /// Kills the job's worker (cancel).
     pub fn kill(&self, job_id: &str) -> bool {
-        lock(&self.running)
-            .get(job_id)
-            .is_some_and(|r| r.control.send(Control::Kill).is_ok())
+        self.send(job_id, Control::Kill)
     }
 
-    /// Graceful shutdown: every worker stops after its current step (saving a resumable
-    /// checkpoint) and its job stays queued for the next start. Waits up to `timeout`.
-    pub async fn shutdown(&self, timeout: Duration) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+    fn send(&self, job_id: &str, c: Control) -> bool {
+        lock(&self.running)
+            .get(job_id)
+            .is_some_and(|r| r.control.send(c).is_ok())
+    }
+
+    /// Every worker saves a checkpoint at its current step and exits; its job stays queued for
+    /// the next start. Waits up to `worker_stop_timeout` for the exits to be recorded.
+    async fn stop_workers(&self) {
         for r in lock(&self.running).values() {
-            let _ = r.control.send(Control::Pause);
+            let _ = r.control.send(Control::Stop);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.running_jobs() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = Instant::now() + self.settings.worker_stop_timeout;
+        while self.running_jobs() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.running_jobs();
+        if left > 0 {
+            tracing::warn!(
+                "{left} workers did not stop within {:?}; they stop at their next step and the next start resumes their jobs",
+                self.settings.worker_stop_timeout
+            );
         }
     }
+}
+
+/// How a worker process ended.
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    described: String,
+}
+
+impl Exit {
+    fn of(status: &std::io::Result<std::process::ExitStatus>) -> Self {
+        match status {
+            Ok(s) => Exit {
+                code: s.code(),
+                signal: s.signal(),
+                described: s.to_string(),
+            },
+            Err(e) => Exit {
+                code: None,
+                signal: None,
+                described: format!("unknown ({e})"),
+            },
+        }
+    }
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// Records what a worker's exit means for its job (see the module's table).
+async fn after_exit(
+    store: &dyn Store,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+    claimed: &JobRow,
+    exit: &Exit,
+    log: &Path,
+) -> StoreResult<()> {
+    let Some(job) = store.get_job_unscoped(&claimed.id).await? else {
+        return Ok(());
+    };
+    if job.status.is_terminal() {
+        // The worker finished it, or the user cancelled: no resume will need its state.
+        let train = crate::artifacts::train_dir(&settings.job_dir(&job.id));
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::artifacts::drop_optimizer_state_except(&train, None)
+        })
+        .await;
+        return Ok(());
+    }
+    if job.status != JobStatus::Running || job.attempt != claimed.attempt {
+        // Claimed again, or paused/queued meanwhile.
+        return Ok(());
+    }
+    if job.control == Some(JobControl::Pause) {
+        lifecycle::worker_paused(store, &job).await?;
+        return Ok(());
+    }
+    let stopped = matches!(exit.code, Some(EXIT_STOPPED | EXIT_PAUSED))
+        || matches!(exit.signal, Some(SIGINT | SIGTERM));
+    if stopped {
+        let reason = if shutdown.is_cancelled() {
+            StopReason::Shutdown
+        } else {
+            StopReason::Signal
+        };
+        lifecycle::worker_stopped(store, &job, reason).await?;
+        return Ok(());
+    }
+    let tail = log_tail(log, 2000);
+    if exit.code == Some(EXIT_DISK_FULL) {
+        let err = JobError {
+            code: "disk_full".into(),
+            message: format!(
+                "disk full: the worker could not write to the server's data disk; last output: {tail}"
+            ),
+            param: None,
+        };
+        lifecycle::fail(store, &job, Some(job.attempt), err).await?;
+        return Ok(());
+    }
+    if exit.code == Some(EXIT_ORPHANED) {
+        // Only happens when the pipe broke while this server lives on: resume like a crash.
+        tracing::warn!(job = %job.id, "worker lost its stdin");
+    }
+    lifecycle::worker_crashed(store, &job, &exit.described, &tail, settings.max_retries).await?;
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -452,80 +452,6 @@ pub fn log_tail(path: &Path, max: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::SqliteStore;
-    use crate::store::{NewJob, User};
-
-    #[tokio::test]
-    async fn recovery_requeues_running_jobs_in_place_and_completes_pauses() {
-        let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
-        store
-            .create_user(
-                &User {
-                    id: "u".into(),
-                    name: "u".into(),
-                    created_at: 0,
-                },
-                "h",
-                "p",
-            )
-            .await
-            .unwrap();
-        for id in ["run", "pausing", "waiting"] {
-            let j = NewJob {
-                id: id.into(),
-                user_id: "u".into(),
-                model: "demo".into(),
-                training_file: "f".into(),
-                validation_file: None,
-                suffix: None,
-                seed: 0,
-                status: JobStatus::Queued,
-                hyperparameters: "{}".into(),
-                tuna: "{}".into(),
-                estimate: None,
-                metadata: None,
-                created_at: 0,
-            };
-            store.insert_job(&j).await.unwrap();
-        }
-        store.claim_next_queued("cpu:0", 10.0).await.unwrap();
-        store.claim_next_queued("cpu:1", 10.0).await.unwrap();
-        store
-            .patch_job(
-                "pausing",
-                &[JobStatus::Running],
-                &JobPatch {
-                    control: Some(Some("pause".into())),
-                    ..JobPatch::default()
-                },
-            )
-            .await
-            .unwrap();
-
-        let sched = Scheduler::new(store.clone(), Arc::new(Settings::new("/nonexistent")));
-        sched.recover().await.unwrap();
-        let run = store.get_job_unscoped("run").await.unwrap().unwrap();
-        assert_eq!(run.status(), JobStatus::Queued);
-        assert!(run.run_started_at.is_none() && run.running_seconds > 0.0);
-        assert_eq!(
-            store
-                .get_job_unscoped("pausing")
-                .await
-                .unwrap()
-                .unwrap()
-                .status(),
-            JobStatus::Paused
-        );
-        // The interrupted job keeps its place ahead of the one that was waiting.
-        let order: Vec<String> = store
-            .queue_snapshot()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(order, ["run", "waiting"]);
-    }
 
     #[test]
     fn log_tail_is_the_end_on_one_line() {

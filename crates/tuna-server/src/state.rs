@@ -9,17 +9,30 @@ use tokio_util::sync::CancellationToken;
 use crate::blob::BlobStore;
 use crate::inference::{GenerationLimits, Inference};
 use crate::queue::Scheduler;
+use crate::quota::Quotas;
 use crate::sse::StreamSlots;
 use crate::store::Store;
 
 /// Builds the command that runs one job's worker process: `(data_dir, job_id) -> Command`.
+/// The scheduler adds the claim (`TUNA_WORKER_ATTEMPT`), stdin, logs and a process group.
 pub type WorkerLauncher = Arc<dyn Fn(&Path, &str) -> std::process::Command + Send + Sync>;
 
-/// `tuna worker --data-dir D --job ID` with the running executable (`std::env::current_exe`).
-pub fn default_worker_launcher() -> WorkerLauncher {
-    Arc::new(|data_dir: &Path, job_id: &str| {
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tuna"));
-        let mut cmd = std::process::Command::new(exe);
+/// The executable workers run: the server's own. On Linux `/proc/self/exe` still names the file
+/// the server was started from after that file was replaced or deleted (a package upgrade while
+/// it runs), so workers always match their server; elsewhere, the path it was started from.
+pub fn own_executable() -> PathBuf {
+    let proc = Path::new("/proc/self/exe");
+    if proc.exists() {
+        return proc.to_path_buf();
+    }
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tuna"))
+}
+
+/// `PROGRAM worker --data-dir D --job ID`.
+pub fn worker_launcher(program: PathBuf) -> WorkerLauncher {
+    Arc::new(move |data_dir: &Path, job_id: &str| {
+        let mut cmd = std::process::Command::new(&program);
+        std::os::unix::process::CommandExt::arg0(&mut cmd, "tuna");
         cmd.arg("worker")
             .arg("--data-dir")
             .arg(data_dir)
@@ -27,6 +40,11 @@ pub fn default_worker_launcher() -> WorkerLauncher {
             .arg(job_id);
         cmd
     })
+}
+
+/// `tuna worker --data-dir D --job ID` with [`own_executable`].
+pub fn default_worker_launcher() -> WorkerLauncher {
+    worker_launcher(own_executable())
 }
 
 /// Everything configurable about a server. `Settings::new(data_dir)` gives the defaults.
@@ -83,6 +101,14 @@ pub struct Settings {
     pub check_model: String,
     /// How the server starts a worker process.
     pub worker_launcher: WorkerLauncher,
+    /// Per-user limits (all off by default).
+    pub quotas: Quotas,
+    /// Memory a job may plan to use (admission control). Default: the machine's memory.
+    pub memory_limit_bytes: Option<u64>,
+    /// Disk space of the data directory that jobs may not plan to fill. Default 100 MiB.
+    pub disk_reserve_bytes: u64,
+    /// How long a graceful stop waits for workers to checkpoint and exit. Default 60 s.
+    pub worker_stop_timeout: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -98,6 +124,10 @@ impl std::fmt::Debug for Settings {
                 &self.max_concurrent_generations,
             )
             .field("models_file", &self.models_file)
+            .field("quotas", &self.quotas)
+            .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("disk_reserve_bytes", &self.disk_reserve_bytes)
+            .field("worker_stop_timeout", &self.worker_stop_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +158,10 @@ impl Settings {
             max_queued_jobs: 1000,
             check_model: tuna_model::demo::DEMO_MODEL_NAME.into(),
             worker_launcher: default_worker_launcher(),
+            quotas: Quotas::default(),
+            memory_limit_bytes: None,
+            disk_reserve_bytes: 100 << 20,
+            worker_stop_timeout: Duration::from_secs(60),
             data_dir,
         }
     }
@@ -171,6 +205,7 @@ pub struct AppState {
     /// Open event streams per user.
     pub streams: Arc<StreamSlots>,
     /// Cancelled on SIGINT/SIGTERM (or when a test stops the server): the server takes no new
-    /// work, the HTTP side drains its requests and the scheduler stops its workers.
+    /// work, the HTTP side drains its requests, and the scheduler stops claiming and asks every
+    /// worker to checkpoint at its current step and exit.
     pub shutdown: CancellationToken,
 }

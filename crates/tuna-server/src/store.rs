@@ -1,19 +1,31 @@
 //! The store interface: users and keys, models, files, jobs (which are also the queue), events,
 //! checkpoints, per-step metrics and the throughput table. [`crate::db::SqliteStore`] implements
-//! it on SQLite; a PostgreSQL implementation can fill the same trait later.
+//! it on SQLite; a PostgreSQL implementation fills the same trait (every type here is plain Rust
+//! or sqlx's backend-neutral derives; all SQL lives in the implementation).
 //!
-//! Rows carry JSON columns as text (`hyperparameters`, `tuna`, `estimate`, ...): the store keeps
-//! them opaque and the API layer (`jobs.rs`) gives them types.
+//! A job's status changes only through [`Store::apply`] with a
+//! [`crate::lifecycle::JobTransition`], which only `lifecycle.rs` can build: each transition and
+//! its events commit in one transaction, conditionally on the status (and claim) the lifecycle
+//! expects. Every write returns its result: a commit that fails (a full disk) is an error, never
+//! a silent `None`.
 //!
 //! Every user-facing read takes the user id, so no query can return another user's object.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::lifecycle::JobTransition;
+use crate::openai::types::{Estimate, JobError};
+use crate::spec::JobSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The disk holding the database is full: nothing of the write was kept.
+    #[error("the disk holding the database is full: {0}")]
+    Full(String),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("`{0}` already exists")]
@@ -22,12 +34,45 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// SQLite's `SQLITE_FULL` (13) and PostgreSQL's `disk_full` (SQLSTATE 53100).
+const FULL_CODES: [&str; 2] = ["13", "53100"];
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let full = match &e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| FULL_CODES.contains(&&*c)),
+            sqlx::Error::Io(io) => crate::disk::is_disk_full(io),
+            _ => false,
+        };
+        if full {
+            StoreError::Full(e.to_string())
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+impl StoreError {
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full(_))
+    }
+}
+
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
 pub struct User {
     pub id: String,
     pub name: String,
+    pub created_at: i64,
+}
+
+/// An API key as the store keeps it (never the key itself).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct ApiKeyInfo {
+    pub user_id: String,
+    /// The key's first characters (`sk-tuna-AbCd`), to tell keys apart.
+    pub key_prefix: String,
     pub created_at: i64,
 }
 
@@ -59,10 +104,13 @@ pub struct FileRow {
     pub blob_key: String,
 }
 
-/// OpenAI's job statuses plus Tuna's `paused`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// OpenAI's job statuses plus Tuna's `paused` (a CHECK constraint keeps the column to these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Only in databases written before job creation became one transaction; recovery moves
+    /// such jobs on.
     ValidatingFiles,
     Queued,
     Running,
@@ -85,19 +133,6 @@ impl JobStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "validating_files" => JobStatus::ValidatingFiles,
-            "queued" => JobStatus::Queued,
-            "running" => JobStatus::Running,
-            "succeeded" => JobStatus::Succeeded,
-            "failed" => JobStatus::Failed,
-            "cancelled" => JobStatus::Cancelled,
-            "paused" => JobStatus::Paused,
-            _ => return None,
-        })
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -114,6 +149,21 @@ impl JobStatus {
     ];
 }
 
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A pending request to a running job's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum JobControl {
+    /// Stop after the current step with a resumable checkpoint, then `paused`.
+    Pause,
+}
+
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JobRow {
     pub id: String,
@@ -124,49 +174,52 @@ pub struct JobRow {
     pub validation_file: Option<String>,
     pub suffix: Option<String>,
     pub seed: i64,
-    pub status: String,
-    /// Resolved OpenAI hyperparameters (JSON).
-    pub hyperparameters: String,
-    /// Resolved Tuna parameters (JSON).
-    pub tuna: String,
-    /// The estimate made at creation (JSON).
-    pub estimate: Option<String>,
-    pub metadata: Option<String>,
+    pub status: JobStatus,
+    pub control: Option<JobControl>,
+    #[sqlx(json)]
+    pub spec: JobSpec,
+    /// The fine-tuned model's name (`ft:<base>:<user>:<suffix>:<job>`), set at creation;
+    /// checkpoints append `:ckpt-step-N`.
+    pub model_id: String,
+    /// The estimate made at creation.
+    #[sqlx(json(nullable))]
+    pub estimate: Option<Estimate>,
+    #[sqlx(json(nullable))]
+    pub metadata: Option<Value>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Set on success; cleared when the model is deleted.
     pub fine_tuned_model: Option<String>,
     pub trained_tokens: Option<i64>,
-    /// `{code, message, param}` (JSON) once failed.
-    pub error: Option<String>,
+    #[sqlx(json(nullable))]
+    pub error: Option<JobError>,
     pub step: i64,
     pub total_steps: Option<i64>,
     pub epoch: f64,
-    /// The latest step's metrics (JSON).
-    pub latest_metrics: Option<String>,
+    /// The newest `train` metrics row (the trainer's shape).
+    #[sqlx(json(nullable))]
+    pub latest_metrics: Option<Value>,
     /// How many times a dead worker was replaced.
     pub retries: i64,
-    /// A pending request to the worker (`pause`).
-    pub control: Option<String>,
-    /// FIFO order among queued jobs.
+    /// Claims so far: the fencing token of the current (or last) worker.
+    pub attempt: i64,
+    /// Order among queued jobs of the same user (and the tie-break between users).
     pub queue_order: i64,
+    /// Unix time (fractional) the job was last claimed.
+    pub claimed_at: Option<f64>,
     /// The slot the job runs on (`cpu:0`).
     pub device: Option<String>,
     /// Seconds spent running in earlier runs (before a pause, crash or restart).
     pub running_seconds: f64,
     /// Unix time (seconds, fractional) the current run started.
     pub run_started_at: Option<f64>,
-    /// File ids of results (a metrics CSV), JSON array.
-    pub result_files: String,
+    /// File ids of results (a metrics CSV).
+    #[sqlx(json)]
+    pub result_files: Vec<String>,
 }
 
-impl JobRow {
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
-}
-
-/// A new job, as the API creates it.
+/// A new job, as the API creates it (always `queued`).
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
@@ -176,40 +229,57 @@ pub struct NewJob {
     pub validation_file: Option<String>,
     pub suffix: Option<String>,
     pub seed: i64,
-    pub status: JobStatus,
-    pub hyperparameters: String,
-    pub tuna: String,
-    pub estimate: Option<String>,
-    pub metadata: Option<String>,
+    pub spec: JobSpec,
+    pub model_id: String,
+    pub estimate: Option<Estimate>,
+    pub metadata: Option<Value>,
     pub created_at: i64,
 }
 
-/// Columns a status transition may set besides the status. `None` leaves a column alone.
+/// Columns a transition may set besides the status. `None` leaves a column alone.
 #[derive(Debug, Clone, Default)]
 pub struct JobPatch {
+    /// Set only if not set yet.
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
-    pub error: Option<Option<String>>,
-    pub fine_tuned_model: Option<String>,
+    pub error: Option<Option<JobError>>,
+    pub fine_tuned_model: Option<Option<String>>,
     pub trained_tokens: Option<i64>,
-    pub retries: Option<i64>,
-    pub control: Option<Option<String>>,
-    /// Put the job at the back of the queue.
+    /// Adds one to `retries`.
+    pub add_retry: bool,
+    pub control: Option<Option<JobControl>>,
+    /// Puts the job at the back of the queue.
     pub requeue: bool,
     pub device: Option<Option<String>>,
-    pub run_started_at: Option<Option<f64>>,
-    /// Added to `running_seconds`.
-    pub add_running_seconds: Option<f64>,
-    pub result_files: Option<String>,
+    /// Ends the current run's clock: `running_seconds += now - run_started_at`, then no run.
+    pub close_run_at: Option<f64>,
+    pub result_files: Option<Vec<String>>,
 }
 
 /// Progress the worker reports after each step.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobProgress {
     pub step: i64,
     pub total_steps: i64,
     pub epoch: f64,
-    pub latest_metrics: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum EventLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+/// OpenAI's event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum EventKind {
+    Message,
+    Metrics,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -218,40 +288,79 @@ pub struct EventRow {
     pub id: String,
     pub job_id: String,
     pub created_at: i64,
-    /// `info`, `warn` or `error`.
-    pub level: String,
+    pub level: EventLevel,
     pub message: String,
-    /// `message` or `metrics`.
-    pub r#type: String,
-    pub data: Option<String>,
+    pub r#type: EventKind,
+    #[sqlx(json(nullable))]
+    pub data: Option<Value>,
 }
 
-#[derive(Debug, Clone)]
-pub struct NewEvent<'a> {
-    pub job_id: &'a str,
-    pub user_id: &'a str,
-    pub level: &'a str,
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub job_id: String,
+    pub user_id: String,
+    pub level: EventLevel,
     pub message: String,
-    pub r#type: &'a str,
-    pub data: Option<String>,
+    pub kind: EventKind,
+    pub data: Option<Value>,
 }
 
-impl<'a> NewEvent<'a> {
-    pub fn info(job: &'a JobRow, message: impl Into<String>) -> Self {
+impl NewEvent {
+    pub fn info(job: &JobRow, message: impl Into<String>) -> Self {
         NewEvent {
-            job_id: &job.id,
-            user_id: &job.user_id,
-            level: "info",
+            job_id: job.id.clone(),
+            user_id: job.user_id.clone(),
+            level: EventLevel::Info,
             message: message.into(),
-            r#type: "message",
+            kind: EventKind::Message,
             data: None,
         }
     }
 
-    pub fn level(mut self, level: &'a str) -> Self {
+    pub fn level(mut self, level: EventLevel) -> Self {
         self.level = level;
         self
     }
+
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn metrics(mut self) -> Self {
+        self.kind = EventKind::Metrics;
+        self
+    }
+}
+
+/// The kind of a metrics row: the trainer's line types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum MetricsKind {
+    Train,
+    Eval,
+}
+
+/// One line of the trainer's `metrics.jsonl` (`{"type": "train", "step": 3, "loss": ...}`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct MetricsRow {
+    pub kind: MetricsKind,
+    pub step: i64,
+    #[sqlx(json)]
+    pub data: Value,
+}
+
+/// What a worker writes after a step or an evaluation, in one transaction, while its claim holds.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub job_id: String,
+    /// The worker's claim: nothing is written once the job was claimed again or left `running`.
+    pub attempt: i64,
+    /// Progress and the latest `train` row, when this report is a step.
+    pub progress: Option<JobProgress>,
+    pub metrics: Vec<MetricsRow>,
+    pub events: Vec<NewEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -270,19 +379,34 @@ pub struct CheckpointRow {
     /// Adapter directory (`lora`) or full model directory (`full`).
     pub path: String,
     pub kind: String,
+    /// Size of the directory when it was recorded.
+    pub bytes: i64,
 }
 
 /// One job in the queue snapshot used for positions and start estimates.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct QueueEntry {
     pub id: String,
-    pub status: String,
+    pub user_id: String,
+    pub status: JobStatus,
     pub queue_order: i64,
-    pub estimate: Option<String>,
+    #[sqlx(json(nullable))]
+    pub estimate: Option<Estimate>,
     pub step: i64,
     pub total_steps: Option<i64>,
     pub running_seconds: f64,
     pub run_started_at: Option<f64>,
+    pub claimed_at: Option<f64>,
+}
+
+/// What one user holds: files, checkpoints and jobs (per-user quotas).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub files: i64,
+    pub file_bytes: i64,
+    pub checkpoint_bytes: i64,
+    pub queued_jobs: i64,
+    pub running_jobs: i64,
 }
 
 /// Measured (or seeded) training speed of one model shape with one method on one device kind.
@@ -305,6 +429,9 @@ pub struct Page {
     pub limit: i64,
 }
 
+/// Builds the event recorded with a claim, from the claimed row.
+pub type ClaimEvent = dyn Fn(&JobRow) -> NewEvent + Send + Sync;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Users and keys.
@@ -313,6 +440,11 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<()>;
     async fn user_by_key_hash(&self, key_hash: &str) -> StoreResult<Option<User>>;
     async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyInfo>>;
+    /// Deletes the user's keys (only those starting with `prefix`, when given); how many went.
+    async fn revoke_api_keys(&self, user_id: &str, prefix: Option<&str>) -> StoreResult<u64>;
+    async fn usage(&self, user_id: &str) -> StoreResult<Usage>;
 
     // Models.
     async fn upsert_model(&self, model: &ModelRow) -> StoreResult<()>;
@@ -339,7 +471,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<String>>;
 
     // Jobs and the queue.
-    async fn insert_job(&self, job: &NewJob) -> StoreResult<JobRow>;
+    /// Inserts a `queued` job at the back of the queue with its first events, in one transaction.
+    async fn create_job(&self, job: &NewJob, events: &[NewEvent]) -> StoreResult<JobRow>;
     async fn get_job(&self, user_id: &str, id: &str) -> StoreResult<Option<JobRow>>;
     /// Any user's job: for the scheduler and workers only.
     async fn get_job_unscoped(&self, id: &str) -> StoreResult<Option<JobRow>>;
@@ -349,30 +482,28 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         page: &Page,
     ) -> StoreResult<Option<(Vec<JobRow>, bool)>>;
-    /// Moves the job to `to` if its status is one of `from`, applying `patch`; the new row, or `None`.
-    async fn transition_job(
+    /// Applies a lifecycle transition and its events in one transaction: the new row, or
+    /// `None` when the job was not in a status (or claim) the transition starts from.
+    async fn apply(&self, transition: &JobTransition) -> StoreResult<Option<JobRow>>;
+    /// Claims the next queued job for `device` in one statement (fair share: among users below
+    /// `max_running_per_user`, the one with the fewest running jobs, then the one whose jobs
+    /// started least recently, then queue order),
+    /// recording `started(row)` in the same transaction. The claim bumps `attempt`.
+    async fn claim_next_queued(
         &self,
-        id: &str,
-        from: &[JobStatus],
-        to: JobStatus,
-        patch: &JobPatch,
+        device: &str,
+        now: f64,
+        max_running_per_user: Option<i64>,
+        started: &ClaimEvent,
     ) -> StoreResult<Option<JobRow>>;
-    /// Sets columns without a status change (only while the status is one of `when`).
-    async fn patch_job(
-        &self,
-        id: &str,
-        when: &[JobStatus],
-        patch: &JobPatch,
-    ) -> StoreResult<Option<JobRow>>;
-    /// Claims the first queued job for `device` in one atomic update.
-    async fn claim_next_queued(&self, device: &str, now: f64) -> StoreResult<Option<JobRow>>;
-    async fn update_progress(&self, id: &str, progress: &JobProgress) -> StoreResult<()>;
+    /// Writes a worker's report while its claim holds; false when it no longer does.
+    async fn report(&self, report: &StepReport) -> StoreResult<bool>;
     /// Queued and running jobs of all users, queue order first.
     async fn queue_snapshot(&self) -> StoreResult<Vec<QueueEntry>>;
-    async fn jobs_with_status(&self, status: JobStatus) -> StoreResult<Vec<JobRow>>;
+    async fn jobs_with_status(&self, statuses: &[JobStatus]) -> StoreResult<Vec<JobRow>>;
 
     // Events.
-    async fn add_event(&self, event: &NewEvent<'_>) -> StoreResult<EventRow>;
+    async fn add_event(&self, event: &NewEvent) -> StoreResult<EventRow>;
     /// Newest first. `Ok(None)` when `page.after` is not an event of this job.
     async fn list_events(
         &self,
@@ -388,13 +519,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<EventRow>>;
 
     // Checkpoints and metrics.
-    async fn insert_checkpoint(&self, ckpt: &CheckpointRow) -> StoreResult<()>;
+    /// Records a checkpoint (replacing one of the same step) with its event, while the claim holds.
+    async fn insert_checkpoint(
+        &self,
+        ckpt: &CheckpointRow,
+        attempt: i64,
+        event: &NewEvent,
+    ) -> StoreResult<bool>;
     /// Newest step first. `Ok(None)` when `page.after` is not a checkpoint of this job.
     async fn list_checkpoints(
         &self,
         job_id: &str,
         page: &Page,
     ) -> StoreResult<Option<(Vec<CheckpointRow>, bool)>>;
+    /// Every checkpoint of a job, newest step first.
+    async fn job_checkpoints(&self, job_id: &str) -> StoreResult<Vec<CheckpointRow>>;
     async fn checkpoint_by_model_id(
         &self,
         user_id: &str,
@@ -407,6 +546,13 @@ pub trait Store: Send + Sync + 'static {
         id_or_step: &str,
     ) -> StoreResult<Option<CheckpointRow>>;
     async fn user_checkpoints(&self, user_id: &str) -> StoreResult<Vec<CheckpointRow>>;
+    /// Deletes checkpoint rows by id, with an event, in one transaction; the rows deleted.
+    async fn delete_checkpoints(
+        &self,
+        job_id: &str,
+        ids: &[String],
+        event: Option<&NewEvent>,
+    ) -> StoreResult<Vec<CheckpointRow>>;
     /// Succeeded jobs of the user that produced a model, oldest first.
     async fn fine_tuned_jobs(&self, user_id: &str) -> StoreResult<Vec<JobRow>>;
     async fn job_by_fine_tuned_model(
@@ -414,8 +560,14 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         model_id: &str,
     ) -> StoreResult<Option<JobRow>>;
-    async fn upsert_metrics(&self, job_id: &str, step: i64, data: &str) -> StoreResult<()>;
-    async fn list_metrics(&self, job_id: &str) -> StoreResult<Vec<String>>;
+    /// The job's metrics rows (both kinds), oldest step first, steps strictly after
+    /// `after_step`; and whether more follow.
+    async fn list_metrics(
+        &self,
+        job_id: &str,
+        after_step: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<MetricsRow>, bool)>;
 
     // Throughput table.
     async fn get_throughput(

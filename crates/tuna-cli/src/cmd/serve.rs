@@ -1,4 +1,8 @@
 //! `tuna serve`: the HTTP API, the web console and the job queue over one data directory.
+//!
+//! SIGINT (Ctrl-C) and SIGTERM stop it gracefully: no new work is accepted, every running job's
+//! worker saves a checkpoint at its current step and exits (bounded by `--worker-stop-seconds`), and
+//! the next start resumes those jobs from there, without using a retry.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +71,33 @@ pub struct ServeArgs {
     /// Jobs allowed to wait in the queue (more get HTTP 429)
     #[arg(long, env = "TUNA_MAX_QUEUED_JOBS", default_value_t = 1000)]
     pub max_queued_jobs: usize,
+    /// Per-user quota: MiB of uploaded files and checkpoints (default: unlimited)
+    #[arg(long, env = "TUNA_QUOTA_STORED_MIB")]
+    pub quota_stored_mib: Option<u64>,
+    /// Per-user quota: uploaded files (default: unlimited)
+    #[arg(long, env = "TUNA_QUOTA_FILES")]
+    pub quota_files: Option<i64>,
+    /// Per-user quota: jobs waiting in the queue (default: unlimited)
+    #[arg(long, env = "TUNA_QUOTA_QUEUED_JOBS")]
+    pub quota_queued_jobs: Option<i64>,
+    /// Per-user quota: jobs training at once (default: unlimited)
+    #[arg(long, env = "TUNA_QUOTA_RUNNING_JOBS")]
+    pub quota_running_jobs: Option<i64>,
+    /// Memory a job may plan to use, in MiB; larger jobs are refused at creation (default: the machine's)
+    #[arg(long, env = "TUNA_MEMORY_LIMIT_MIB")]
+    pub memory_limit_mib: Option<u64>,
+    /// Free disk of the data directory (MiB) that jobs may not plan to use
+    #[arg(long, env = "TUNA_DISK_RESERVE_MIB", default_value_t = 100)]
+    pub disk_reserve_mib: u64,
+    /// Seconds a stop waits for workers to checkpoint and exit
+    #[arg(long, env = "TUNA_WORKER_STOP_SECONDS", default_value_t = 60)]
+    pub worker_stop_seconds: u64,
+    /// Executable that runs workers (default: this server's own, even if its file was replaced)
+    #[arg(long, env = "TUNA_WORKER_EXE")]
+    pub worker_exe: Option<PathBuf>,
+    /// Where the demo model is written (default: DATA_DIR/models)
+    #[arg(long, env = "TUNA_DEMO_MODEL_ROOT")]
+    pub demo_model_root: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -97,6 +128,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(f) = args.models_file {
         settings.models_file = f;
     }
+    settings.quotas = tuna_server::quota::Quotas {
+        stored_bytes: args.quota_stored_mib.map(|m| m.saturating_mul(1 << 20)),
+        files: args.quota_files,
+        queued_jobs: args.quota_queued_jobs,
+        running_jobs: args.quota_running_jobs,
+    };
+    settings.memory_limit_bytes = args.memory_limit_mib.map(|m| m.saturating_mul(1 << 20));
+    settings.disk_reserve_bytes = args.disk_reserve_mib.saturating_mul(1 << 20);
+    settings.worker_stop_timeout = Duration::from_secs(args.worker_stop_seconds);
+    if let Some(exe) = args.worker_exe {
+        settings.worker_launcher = tuna_server::state::worker_launcher(exe);
+    }
+    if let Some(root) = args.demo_model_root {
+        settings.demo_model_root = root;
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let state = tuna_server::build_state(settings)
@@ -110,9 +156,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("Create an API key with `tuna users create NAME --data-dir {}`", args.data_dir.display());
         tuna_server::serve(listener, state, async {
             let signal = tuna_server::shutdown_signal().await;
-            eprintln!("{signal}: stopping; running jobs stop at their next step and resume at the next start");
+            eprintln!(
+                "{signal}: stopping. Running jobs save a checkpoint at their current step and resume from it at the next start (signal again to exit now)."
+            );
+            // A second signal ends the process at once: the workers, seeing their server gone,
+            // still stop at their next step with a checkpoint.
+            tokio::spawn(async {
+                tuna_server::shutdown_signal().await;
+                eprintln!("Exiting now; running jobs resume from their last checkpoint at the next start.");
+                std::process::exit(130);
+            });
         })
         .await
-        .context("serving")
+        .context("serving")?;
+        eprintln!("Stopped.");
+        Ok(())
     })
 }

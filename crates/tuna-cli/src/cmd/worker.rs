@@ -13,10 +13,15 @@ pub struct WorkerArgs {
     /// The job to train (`ftjob-…`)
     #[arg(long)]
     pub job: String,
+    /// The claim this worker was started for (set by the server); a worker whose job was
+    /// claimed again since does nothing
+    #[arg(long, env = tuna_server::queue::ATTEMPT_ENV)]
+    pub attempt: Option<i64>,
 }
 
-/// The exit code tells the server what happened (0 done, 10 paused, 11 orphaned, else a crash).
+/// The exit code tells the server what happened (0 done, 10 paused, 11 orphaned, 12 stopped,
+/// 13 disk full, else a crash).
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let code = tuna_server::worker::run(&args.data_dir, &args.job)?;
+    let code = tuna_server::worker::run(&args.data_dir, &args.job, args.attempt)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -7,6 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::spec::Hyperparameters;
+use crate::spec::{MethodSpec, TunaSettings};
+use crate::store::{EventKind, EventLevel, JobStatus};
+
 /// `{"object": "list", "data": [...], "has_more": ...}`; `first_id`/`last_id` as the files list has them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct List<T> {
@@ -81,181 +85,11 @@ pub struct FileListQuery {
 // ---------------------------------------------------------------------------------------------
 // Fine-tuning jobs
 
-/// `"auto"` or a value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum AutoOr<T> {
-    Auto(Auto),
-    Value(T),
-}
-
-/// What a value of the type is called in error messages.
-pub trait Expecting {
-    const EXPECTING: &'static str;
-}
-
-impl Expecting for i64 {
-    const EXPECTING: &'static str = "an integer";
-}
-
-impl Expecting for f64 {
-    const EXPECTING: &'static str = "a number";
-}
-
-/// By hand, so a wrong value is named (`expected "auto" or an integer, got "many"`) instead of
-/// serde's "did not match any variant of untagged enum AutoOr".
-impl<'de, T: serde::de::DeserializeOwned + Expecting> Deserialize<'de> for AutoOr<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Value::deserialize(d)?;
-        if v.as_str() == Some("auto") {
-            return Ok(AutoOr::Auto(Auto::Auto));
-        }
-        T::deserialize(&v).map(AutoOr::Value).map_err(|_| {
-            let got = match &v {
-                Value::String(s) => format!("\"{}\"", crate::error::clip(s)),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Null => "null".into(),
-                Value::Array(_) => "a list".into(),
-                Value::Object(_) => "an object".into(),
-            };
-            serde::de::Error::custom(format!("expected \"auto\" or {}, got {got}", T::EXPECTING))
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Auto {
-    Auto,
-}
-
-impl<T: Copy> AutoOr<T> {
-    pub fn value(self) -> Option<T> {
-        match self {
-            AutoOr::Auto(_) => None,
-            AutoOr::Value(v) => Some(v),
-        }
-    }
-}
-
-/// Requested hyperparameters (`"auto"` or a number each).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HyperparametersRequest {
-    pub n_epochs: Option<AutoOr<i64>>,
-    pub batch_size: Option<AutoOr<i64>>,
-    pub learning_rate_multiplier: Option<AutoOr<f64>>,
-}
-
-/// Resolved hyperparameters, as recorded on the job.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Hyperparameters {
-    pub n_epochs: i64,
-    pub batch_size: i64,
-    pub learning_rate_multiplier: f64,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct SupervisedRequest {
-    pub hyperparameters: HyperparametersRequest,
-}
-
-/// `method` of a job request: only `supervised` is supported.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct MethodRequest {
-    pub r#type: String,
-    #[serde(default)]
-    pub supervised: Option<SupervisedRequest>,
-    #[serde(default)]
-    pub dpo: Option<Value>,
-    #[serde(default)]
-    pub reinforcement: Option<Value>,
-}
-
-/// Tuna's own job settings, sent as one extra top-level object `"tuna": {...}`
-/// (with the SDK: `extra_body={"tuna": {...}}`). Every field is optional.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TunaJobRequest {
-    /// A display name for the task.
-    pub name: Option<String>,
-    /// `lora` (default) or `full`.
-    pub method: Option<String>,
-    /// LoRA settings (method `lora`).
-    pub lora: Option<LoraRequest>,
-    /// Longest example in tokens (longer ones are truncated). Default 1024, at most the model's context.
-    pub max_seq_len: Option<i64>,
-    /// Write a checkpoint every this many optimizer steps. Default: at the end of every epoch.
-    pub checkpoint_interval: Option<i64>,
-    /// Evaluate on the validation set every this many steps. Default: at every checkpoint.
-    pub eval_interval: Option<i64>,
-    /// Stop after this many optimizer steps (overrides `n_epochs`).
-    pub max_steps: Option<i64>,
-    /// Absolute peak learning rate; overrides `learning_rate_multiplier` × the method's base rate.
-    pub learning_rate: Option<f64>,
-    /// Warmup as a share of all steps. Default 0.03.
-    pub warmup_ratio: Option<f64>,
-    /// Share of the training examples held out for validation when there is no validation file.
-    pub validation_fraction: Option<f64>,
-    /// Held-out conversations answered at every checkpoint. Default 1.
-    pub sample_prompts: Option<i64>,
-    /// Longest sample answer in tokens. Default 64.
-    pub sample_max_tokens: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoraRequest {
-    pub rank: Option<i64>,
-    pub alpha: Option<f64>,
-    pub dropout: Option<f64>,
-    /// Projections to adapt (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
-    /// `down_proj`), or `"all-linear"`.
-    pub target_modules: Option<Value>,
-}
-
-/// `POST /v1/fine_tuning/jobs` body (also the body of `POST /v1/tuna/estimates`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct CreateJobRequest {
-    pub model: String,
-    pub training_file: String,
-    #[serde(default)]
-    pub validation_file: Option<String>,
-    #[serde(default)]
-    pub suffix: Option<String>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    /// Deprecated by OpenAI in favour of `method`, still accepted.
-    #[serde(default)]
-    pub hyperparameters: Option<HyperparametersRequest>,
-    #[serde(default)]
-    pub method: Option<MethodRequest>,
-    #[serde(default)]
-    pub metadata: Option<Value>,
-    #[serde(default)]
-    pub integrations: Option<Value>,
-    #[serde(default)]
-    pub tuna: Option<TunaJobRequest>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
     pub code: String,
     pub message: String,
     pub param: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SupervisedOut {
-    pub hyperparameters: Hyperparameters,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MethodOut {
-    pub r#type: String,
-    pub supervised: SupervisedOut,
 }
 
 /// The `fine_tuning.job` object, plus Tuna's `tuna`.
@@ -272,14 +106,14 @@ pub struct FineTuningJob {
     pub organization_id: String,
     pub result_files: Vec<String>,
     pub seed: i64,
-    pub status: String,
+    pub status: JobStatus,
     pub trained_tokens: Option<i64>,
     pub training_file: String,
     pub validation_file: Option<String>,
     pub estimated_finish: Option<i64>,
     pub integrations: Vec<Value>,
     pub metadata: Option<Value>,
-    pub method: MethodOut,
+    pub method: MethodSpec,
     pub user_provided_suffix: Option<String>,
     pub tuna: TunaJob,
 }
@@ -287,19 +121,9 @@ pub struct FineTuningJob {
 /// Tuna's view of a job: its settings, where it stands in the queue, progress and estimates.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TunaJob {
-    pub name: Option<String>,
-    /// `lora` or `full`.
-    pub method: String,
-    pub lora: Option<LoraOut>,
-    pub max_seq_len: i64,
-    pub checkpoint_interval: Option<i64>,
-    pub eval_interval: Option<i64>,
-    pub max_steps: Option<i64>,
-    /// The peak learning rate the run uses (multiplier × the method's base rate, or as given).
-    pub learning_rate: f64,
-    pub warmup_ratio: f64,
-    pub sample_prompts: i64,
-    pub sample_max_tokens: i64,
+    /// The job's Tuna settings after defaults (`name`, `method`, `lora`, `max_seq_len`, ...).
+    #[serde(flatten)]
+    pub settings: TunaSettings,
     /// 1-based place among all queued jobs of the server; null unless queued.
     pub queue_position: Option<i64>,
     /// Unix time the job is expected to start; null unless queued.
@@ -309,7 +133,7 @@ pub struct TunaJob {
     pub elapsed_seconds: f64,
     /// Seconds left, while running.
     pub eta_seconds: Option<f64>,
-    /// The newest step's metrics (see `GET .../metrics` for the shape).
+    /// The newest step's metrics row (the trainer's shape, see `GET .../metrics`).
     pub latest_metrics: Option<Value>,
     /// Made before the start: tokens, duration and cost.
     pub estimate: Option<Estimate>,
@@ -319,14 +143,6 @@ pub struct TunaJob {
     pub device: Option<String>,
     /// A pause was asked for and the worker has not stopped yet.
     pub pause_requested: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraOut {
-    pub rank: i64,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub target_modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -386,9 +202,9 @@ pub struct JobEvent {
     pub object: String,
     pub id: String,
     pub created_at: i64,
-    pub level: String,
+    pub level: EventLevel,
     pub message: String,
-    pub r#type: String,
+    pub r#type: EventKind,
     pub data: Option<Value>,
 }
 
@@ -399,6 +215,14 @@ pub struct EventsQuery {
     pub limit: Option<i64>,
     /// `true`: a live Server-Sent Events stream instead of a page.
     pub stream: Option<bool>,
+}
+
+/// `GET .../metrics` query: `after` is a step number (the previous page's `last_id`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsQuery {
+    pub after: Option<String>,
+    pub limit: Option<i64>,
 }
 
 /// OpenAI's checkpoint metrics.
@@ -433,6 +257,8 @@ pub struct CheckpointTuna {
     pub epoch: Option<f64>,
     /// The samples generated at this checkpoint: prompt messages, reference and generated answers.
     pub samples: Vec<Value>,
+    /// Size of the checkpoint's files (without the optimizer state a resume needs).
+    pub bytes: i64,
     /// `GET` this for a tar archive of the checkpoint's files.
     pub download_url: String,
 }
@@ -461,6 +287,14 @@ pub struct ModelTuna {
     /// `generation_config.json`); only on `GET /v1/models/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationDefaults>,
+}
+
+/// `DELETE /v1/models/{id}` answer (OpenAI's shape).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelDeleted {
+    pub id: String,
+    pub object: String,
+    pub deleted: bool,
 }
 
 /// Sampling defaults of a model, as the effect-test dialog shows them.

@@ -101,6 +101,7 @@ pub async fn upload(
             "file",
         )
     })?;
+    crate::quota::check_upload(&*state.store, &state.settings.quotas, &user, 0).await?;
     let limit = state.settings.max_upload_bytes;
     let id = ids::new_id(ids::FILE);
     let key = format!("files/{id}");
@@ -161,6 +162,12 @@ pub async fn upload(
             "file",
         ));
     };
+    if let Err(e) =
+        crate::quota::check_upload(&*state.store, &state.settings.quotas, &user, bytes).await
+    {
+        state.blobs.delete(&key).await?;
+        return Err(e);
+    }
     let purpose = purpose.unwrap_or_default();
     if purpose != "fine-tune" {
         state.blobs.delete(&key).await?;

@@ -1,5 +1,5 @@
-//! `/v1/models`: base models, fine-tuned models and every checkpoint of the user's jobs; and the
-//! resolution of a model id to what chat completions load.
+//! `/v1/models`: base models, fine-tuned models and every checkpoint of the user's jobs; their
+//! deletion; and the resolution of a model id to what chat completions load.
 
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use tracing::instrument;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::inference::Target;
-use crate::openai::types::{GenerationDefaults, List, ModelObject, ModelTuna};
+use crate::openai::types::{GenerationDefaults, List, ModelDeleted, ModelObject, ModelTuna};
 use crate::state::AppState;
 use crate::store::{CheckpointRow, Page, User};
 use crate::validate::DEFAULT_MAX_TOKENS;
@@ -127,6 +127,36 @@ pub async fn get(
     let mut object = find(&state, &user, id).await?;
     object.tuna.generation = generation_defaults(&state, &object.tuna.base_model).await?;
     Ok(Json(object))
+}
+
+/// `DELETE /v1/models/{id}`: a fine-tuned model (its weights, the job's final checkpoint) or one
+/// checkpoint of a finished job. Base models belong to the server (`tuna models`), not to users.
+#[instrument(skip_all, fields(user = %user.id))]
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ModelDeleted>> {
+    if let Some(c) = state.store.checkpoint_by_model_id(&user.id, &id).await? {
+        crate::routes::jobs::artifacts::delete_checkpoint_model(&state, &c).await?;
+    } else if let Some(job) = state.store.job_by_fine_tuned_model(&user.id, &id).await? {
+        crate::routes::jobs::artifacts::delete_fine_tuned_model(&state, &job).await?;
+    } else if state.store.get_model(&id).await?.is_some() {
+        return Err(ApiError::invalid_coded(
+            format!(
+                "`{id}` is a base model of the server; only fine-tuned models and checkpoints can be deleted"
+            ),
+            Some("model"),
+            "model_not_deletable",
+        ));
+    } else {
+        return Err(ApiError::model_not_found(&id));
+    }
+    Ok(Json(ModelDeleted {
+        id,
+        object: "model".into(),
+        deleted: true,
+    }))
 }
 
 /// The sampling defaults of base model `name` (`None` when it is not registered).

@@ -1,5 +1,6 @@
-//! Tuna's own routes under `/v1/tuna/`: who am I, the server's queue and slots, the throughput
-//! table behind the estimates (`POST /v1/tuna/estimates` lives with the jobs).
+//! Tuna's own routes under `/v1/tuna/`: who am I, the server's queue and slots, the job settings
+//! with their defaults and limits, the throughput table behind the estimates
+//! (`POST /v1/tuna/estimates` lives with the jobs).
 
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +11,7 @@ use crate::auth::AuthUser;
 use crate::error::ApiResult;
 use crate::openai::types::List;
 use crate::state::AppState;
-use crate::store::ThroughputRow;
+use crate::store::{JobStatus, ThroughputRow};
 
 /// `GET /v1/tuna/me`: the key's user (lets a client check a key).
 pub async fn me(AuthUser(user): AuthUser) -> Json<Value> {
@@ -23,12 +24,20 @@ pub async fn me(AuthUser(user): AuthUser) -> Json<Value> {
 #[instrument(skip_all)]
 pub async fn status(
     State(state): State<AppState>,
-    AuthUser(_user): AuthUser,
+    AuthUser(user): AuthUser,
 ) -> ApiResult<Json<Value>> {
     let snapshot = state.store.queue_snapshot().await?;
-    let running = snapshot.iter().filter(|e| e.status == "running").count();
-    let queued = snapshot.iter().filter(|e| e.status == "queued").count();
+    let running = snapshot
+        .iter()
+        .filter(|e| e.status == JobStatus::Running)
+        .count();
+    let queued = snapshot
+        .iter()
+        .filter(|e| e.status == JobStatus::Queued)
+        .count();
     let s = &state.settings;
+    let usage = state.store.usage(&user.id).await?;
+    let q = &s.quotas;
     Ok(Json(json!({
         "object": "tuna.status",
         "slots": { "cpu": state.scheduler.slots() },
@@ -39,6 +48,18 @@ pub async fn status(
         "price_per_million_tokens": s.price_per_million_tokens,
         "currency": s.currency,
         "max_concurrent_generations": s.max_concurrent_generations,
+        "quotas": {
+            "stored_bytes": q.stored_bytes,
+            "files": q.files,
+            "queued_jobs": q.queued_jobs,
+            "running_jobs": q.running_jobs,
+        },
+        "usage": {
+            "stored_bytes": usage.file_bytes + usage.checkpoint_bytes,
+            "files": usage.files,
+            "queued_jobs": usage.queued_jobs,
+            "running_jobs": usage.running_jobs,
+        },
     })))
 }
 
@@ -49,4 +70,10 @@ pub async fn throughput(
     AuthUser(_user): AuthUser,
 ) -> ApiResult<Json<List<ThroughputRow>>> {
     Ok(Json(List::new(state.store.list_throughput().await?, false)))
+}
+
+/// `GET /v1/tuna/job_settings`: every setting a job request takes, with its type, limits,
+/// default, `auto` rule and description (the table validation uses).
+pub async fn job_settings(AuthUser(_user): AuthUser) -> Json<Value> {
+    Json(crate::validate::settings::describe_all())
 }

@@ -1,0 +1,459 @@
+//! The worker process: `tuna worker --data-dir D --job ID` trains one job. It runs apart from the
+//! server so that a crash in training cannot take the server down; the server restarts it from
+//! the last checkpoint (see `queue.rs`). `report.rs` writes what the run reports to the store.
+//!
+//! Training runs on its own thread; an observer forwards every step, evaluation and checkpoint
+//! over a channel to the async side, which reports them. The run stops after the current step,
+//! with a checkpoint, on a `pause` or `stop` line on stdin, on stdin closing (the server is gone),
+//! on SIGINT or SIGTERM, and when the store cannot be written; the exit code says which.
+//!
+//! A full disk ends the job `failed` with `disk_full` (after removing the checkpoint it could not
+//! finish, which frees the space to say so); if even that cannot be written, the exit code
+//! ([`EXIT_DISK_FULL`]) tells the server to record it.
+//!
+//! A lock file in the job directory keeps two workers (say, an orphan of a crashed server and its
+//! replacement) from training the same job at once: the second waits for the first to exit. The
+//! claim (`attempt`) the worker was started for fences its writes: once the job was claimed again
+//! or left `running`, nothing it reports lands.
+
+mod report;
+
+use std::io::BufRead;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use tokio::sync::mpsc;
+use tuna_data::pack::LengthPolicy;
+use tuna_model::LoraTarget;
+use tuna_train::{
+    BatchSize, CheckpointInfo, EvalMetrics, LoraSettings, Method, StepMetrics, TrainConfig,
+    TrainObserver, TrainSummary, Trainer,
+};
+
+use crate::artifacts;
+use crate::blob::{BlobStore, LocalBlobStore};
+use crate::db::SqliteStore;
+use crate::openai::types::JobError;
+use crate::queue::{EXIT_DISK_FULL, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV};
+use crate::spec::{JobSpec, MethodSpec, Tuning};
+use crate::state::Settings;
+use crate::store::{JobStatus, Store, StoreError};
+use report::Reporter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("job `{0}` does not exist")]
+    NoJob(String),
+    #[error("the training thread panicked: {0}")]
+    Panic(String),
+}
+
+/// Why the run was asked to stop (the first reason wins).
+const STOP_NONE: u8 = 0;
+const STOP_PAUSE: u8 = 1;
+const STOP_ORPHANED: u8 = 2;
+/// A `stop` line, SIGINT or SIGTERM.
+const STOP_STOP: u8 = 3;
+const STOP_DISK_FULL: u8 = 4;
+const STOP_STORE_FAILED: u8 = 5;
+
+fn request_stop(stop: &AtomicU8, why: u8) {
+    let _ = stop.compare_exchange(STOP_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Runs the worker for `job_id` under claim `attempt` (the job's current claim when `None`) and
+/// returns the process exit code (see `queue.rs`).
+pub fn run(data_dir: &Path, job_id: &str, attempt: Option<i64>) -> Result<i32, WorkerError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(data_dir, job_id, attempt))
+}
+
+/// The trainer's settings for one job's run.
+pub fn train_config(
+    spec: &JobSpec,
+    seed: i64,
+    model_dir: PathBuf,
+    train_file: PathBuf,
+    validation_file: Option<PathBuf>,
+    out_dir: PathBuf,
+) -> TrainConfig {
+    let MethodSpec::Supervised { supervised } = &spec.method;
+    let hp = supervised.hyperparameters;
+    let t = &spec.tuna;
+    let batch = hp.batch_size.max(1) as usize;
+    // Examples packed into one forward pass: the largest divisor of the batch up to 4, the rest
+    // accumulated, so that the optimizer sees exactly `batch_size` examples per step.
+    let micro = (1..=batch.min(4))
+        .rev()
+        .find(|m| batch.is_multiple_of(*m))
+        .unwrap_or(1);
+    let lora = match &t.lora {
+        Some(l) => LoraSettings {
+            rank: l.rank as usize,
+            alpha: l.alpha as f32,
+            dropout: l.dropout as f32,
+            target_modules: l
+                .target_modules
+                .iter()
+                .filter_map(|t| LoraTarget::parse(t))
+                .collect(),
+            use_rslora: false,
+        },
+        None => LoraSettings::default(),
+    };
+    TrainConfig {
+        model_dir,
+        train_file,
+        validation_file,
+        validation_fraction: t.validation_fraction.map(|f| f as f32),
+        out_dir,
+        method: match t.method {
+            Tuning::Full => Method::Full,
+            Tuning::Lora => Method::Lora,
+        },
+        lora,
+        epochs: hp.n_epochs.max(1) as usize,
+        max_steps: t.max_steps.map(|s| s as usize),
+        learning_rate: Some(t.learning_rate as f32),
+        warmup_ratio: t.warmup_ratio as f32,
+        batch_size: BatchSize::Examples(micro),
+        gradient_accumulation_steps: batch / micro,
+        max_seq_len: t.max_seq_len as usize,
+        length_policy: LengthPolicy::Truncate,
+        seed: seed as u64,
+        eval_every: t.eval_interval.map(|s| s as usize),
+        save_every: t.checkpoint_interval.map(|s| s as usize),
+        // Retention is the reporter's: the store's rows and the directories go together.
+        save_total_limit: None,
+        sample_prompts: t.sample_prompts as usize,
+        sample_max_tokens: t.sample_max_tokens as usize,
+        // A first run finds no checkpoint and starts at step 0; a restarted one continues.
+        resume: true,
+        ..TrainConfig::default()
+    }
+}
+
+enum Msg {
+    Ready {
+        total_steps: usize,
+        steps_done: usize,
+        resumed: bool,
+        train_examples: usize,
+        validation_examples: usize,
+    },
+    Step(StepMetrics),
+    Eval(EvalMetrics),
+    Checkpoint(Box<CheckpointInfo>),
+}
+
+struct Forward {
+    tx: mpsc::UnboundedSender<Msg>,
+    stop: Arc<AtomicU8>,
+}
+
+impl TrainObserver for Forward {
+    fn on_step(&mut self, m: &StepMetrics) -> ControlFlow<()> {
+        let _ = self.tx.send(Msg::Step(m.clone()));
+        if self.stop.load(Ordering::SeqCst) == STOP_NONE {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    }
+
+    fn on_eval(&mut self, m: &EvalMetrics) {
+        let _ = self.tx.send(Msg::Eval(m.clone()));
+    }
+
+    fn on_checkpoint(&mut self, info: &CheckpointInfo) {
+        let _ = self.tx.send(Msg::Checkpoint(Box::new(info.clone())));
+    }
+}
+
+fn job_error(code: &str, message: String, param: Option<&str>) -> JobError {
+    JobError {
+        code: code.into(),
+        message,
+        param: param.map(str::to_string),
+    }
+}
+
+async fn run_async(
+    data_dir: &Path,
+    job_id: &str,
+    attempt: Option<i64>,
+) -> Result<i32, WorkerError> {
+    let settings = Settings::new(data_dir);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.db_path()).await?);
+    let dir = settings.job_dir(job_id);
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("worker.lock"))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|e| WorkerError::Panic(e.to_string()))??;
+
+    let job = store
+        .get_job_unscoped(job_id)
+        .await?
+        .ok_or_else(|| WorkerError::NoJob(job_id.into()))?;
+    let attempt = attempt.unwrap_or(job.attempt);
+    if job.status != JobStatus::Running || job.attempt != attempt {
+        tracing::info!(job = %job_id, status = %job.status, "the job is not running under this claim; nothing to do");
+        return Ok(0);
+    }
+    let mut reporter = Reporter::new(store.clone(), job.clone(), attempt, dir.clone());
+
+    let Some(model) = store.get_model(&job.model).await? else {
+        let err = job_error(
+            "model_not_found",
+            format!("base model `{}` is no longer registered", job.model),
+            Some("model"),
+        );
+        return Ok(reporter.fail(err).await);
+    };
+    let blobs = LocalBlobStore::new(settings.blob_root());
+    let mut paths = Vec::new();
+    for (param, id) in [
+        ("training_file", Some(&job.training_file)),
+        ("validation_file", job.validation_file.as_ref()),
+    ] {
+        let Some(id) = id else {
+            paths.push(None);
+            continue;
+        };
+        match store.get_file(&job.user_id, id).await? {
+            Some(f) => paths.push(Some(blobs.local_path(&f.blob_key).await?)),
+            None => {
+                let err = job_error(
+                    "file_not_found",
+                    format!("file `{id}` was deleted"),
+                    Some(param),
+                );
+                return Ok(reporter.fail(err).await);
+            }
+        }
+    }
+    let train_dir = artifacts::train_dir(&dir);
+    let cfg = train_config(
+        &job.spec,
+        job.seed,
+        PathBuf::from(&model.path),
+        paths[0].clone().unwrap_or_default(),
+        paths[1].clone(),
+        train_dir.clone(),
+    );
+
+    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    if std::env::var_os(SUPERVISED_ENV).is_some() {
+        let stop = stop.clone();
+        std::thread::spawn(move || watch_stdin(&stop));
+    }
+    watch_signals(stop.clone());
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let forward = Forward {
+        tx: tx.clone(),
+        stop: stop.clone(),
+    };
+    let training = std::thread::Builder::new()
+        .name(format!("train-{job_id}"))
+        .spawn(move || -> tuna_train::Result<TrainSummary> {
+            let mut trainer = Trainer::new(cfg)?;
+            let _ = tx.send(Msg::Ready {
+                total_steps: trainer.total_steps(),
+                steps_done: trainer.steps_done(),
+                resumed: trainer.resumed_from().is_some(),
+                train_examples: trainer.data().stats.train_examples,
+                validation_examples: trainer.data().stats.validation_examples,
+            });
+            let mut forward = forward;
+            trainer.run(&mut forward)
+        })?;
+
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = reporter.handle(msg).await {
+            tracing::error!(job = %job_id, error = %e, "reporting progress failed; stopping the run");
+            request_stop(
+                &stop,
+                if e.is_full() {
+                    STOP_DISK_FULL
+                } else {
+                    STOP_STORE_FAILED
+                },
+            );
+        }
+    }
+    let outcome = tokio::task::spawn_blocking(move || training.join())
+        .await
+        .map_err(|e| WorkerError::Panic(e.to_string()))?
+        .map_err(|p| {
+            WorkerError::Panic(
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
+            )
+        })?;
+    let code = match (outcome, stop.load(Ordering::SeqCst)) {
+        (_, STOP_DISK_FULL) => disk_full(&mut reporter, &train_dir, "reporting progress").await,
+        (Err(e), _) if crate::disk::chain_is_disk_full(&e) => {
+            disk_full(&mut reporter, &train_dir, &e.to_string()).await
+        }
+        (_, STOP_STORE_FAILED) => 1,
+        (Ok(summary), why) if summary.stopped => match why {
+            STOP_PAUSE => EXIT_PAUSED,
+            STOP_ORPHANED => EXIT_ORPHANED,
+            _ => EXIT_STOPPED,
+        },
+        (Ok(summary), _) => match reporter.succeed(&blobs, &model.path, &summary).await {
+            Ok(()) => 0,
+            Err(e) if e.is_full() => {
+                disk_full(&mut reporter, &train_dir, "recording the results").await
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (Err(e), _) => {
+            let (code, param) = match &e {
+                tuna_train::Error::Dataset { .. } | tuna_train::Error::Data(_) => {
+                    ("invalid_training_file", Some("training_file"))
+                }
+                tuna_train::Error::Config(_) => ("invalid_config", None),
+                tuna_train::Error::NonFinite { .. } => ("training_diverged", None),
+                _ => ("training_error", None),
+            };
+            reporter.fail(job_error(code, e.to_string(), param)).await
+        }
+    };
+    drop(lock);
+    Ok(code)
+}
+
+/// The disk is full: free what the unfinished checkpoint took, then fail the job saying so.
+async fn disk_full(reporter: &mut Reporter, train_dir: &Path, doing: &str) -> i32 {
+    let dir = train_dir.to_path_buf();
+    let freed = tokio::task::spawn_blocking(move || artifacts::remove_partial_checkpoints(&dir))
+        .await
+        .unwrap_or(0);
+    tracing::error!(freed, "disk full while {doing}");
+    let err = job_error(
+        "disk_full",
+        format!(
+            "disk full: the server's data disk has no space left ({doing}); the job's checkpoints so far are kept. Free space (for example `DELETE /v1/fine_tuning/jobs/{{id}}/checkpoints` of old jobs) and create the job again"
+        ),
+        None,
+    );
+    match reporter.fail(err).await {
+        0 => 0,
+        _ => EXIT_DISK_FULL,
+    }
+}
+
+/// Turns stdin into stop requests: a `pause` or `stop` line, or end-of-file (the server is gone).
+fn watch_stdin(stop: &AtomicU8) {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        match line.as_deref().map(str::trim) {
+            Ok("pause") => request_stop(stop, STOP_PAUSE),
+            Ok("stop") => request_stop(stop, STOP_STOP),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    request_stop(stop, STOP_ORPHANED);
+}
+
+/// SIGINT and SIGTERM stop the run after the current step, with a checkpoint (whoever sent them:
+/// an operator, `systemctl stop`, a terminal), instead of losing the work since the last one.
+fn watch_signals(stop: Arc<AtomicU8>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot watch SIGINT / SIGTERM");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        request_stop(&stop, STOP_STOP);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Hyperparameters, LoraSpec, SupervisedSpec, TunaSettings};
+
+    fn spec(batch: i64) -> JobSpec {
+        JobSpec {
+            method: MethodSpec::Supervised {
+                supervised: SupervisedSpec {
+                    hyperparameters: Hyperparameters {
+                        n_epochs: 2,
+                        batch_size: batch,
+                        learning_rate_multiplier: 1.0,
+                    },
+                },
+            },
+            tuna: TunaSettings {
+                name: None,
+                method: Tuning::Lora,
+                lora: Some(LoraSpec {
+                    rank: 4,
+                    alpha: 8.0,
+                    dropout: 0.0,
+                    target_modules: vec!["q_proj".into(), "v_proj".into()],
+                }),
+                max_seq_len: 64,
+                checkpoint_interval: Some(2),
+                eval_interval: None,
+                max_steps: Some(4),
+                learning_rate: 1e-3,
+                warmup_ratio: 0.0,
+                validation_fraction: None,
+                sample_prompts: 1,
+                sample_max_tokens: 8,
+                keep_checkpoints: None,
+            },
+        }
+    }
+
+    #[test]
+    fn batch_size_splits_into_packed_examples_and_accumulation() {
+        for (batch, micro, accum) in [(1, 1, 1), (4, 4, 1), (6, 3, 2), (8, 4, 2), (7, 1, 7)] {
+            let c = train_config(&spec(batch), 5, "m".into(), "t".into(), None, "o".into());
+            assert_eq!(
+                (c.batch_size, c.gradient_accumulation_steps),
+                (BatchSize::Examples(micro), accum),
+                "batch {batch}"
+            );
+        }
+        let c = train_config(&spec(1), 5, "m".into(), "t".into(), None, "o".into());
+        c.validate().unwrap();
+        assert_eq!(
+            (c.epochs, c.max_steps, c.save_every, c.seed, c.max_seq_len),
+            (2, Some(4), Some(2), 5, 64)
+        );
+        assert_eq!(
+            c.lora.target_modules,
+            [LoraTarget::QProj, LoraTarget::VProj]
+        );
+        assert!(c.resume);
+    }
+}

@@ -1,0 +1,437 @@
+//! What a worker writes to the store: progress and the trainer's metrics rows (stored as the
+//! trainer emits them: `{"type": "train", "step", "loss", "lr", ...}`, one schema for the
+//! database, the API and the console), OpenAI's metrics events, checkpoints with their samples,
+//! retention and the optimizer state only the newest checkpoint keeps, and the job's end.
+//! Every write carries the worker's claim and its result is checked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tuna_model::QwenConfig;
+use tuna_train::{CheckpointInfo, EvalMetrics, StepMetrics, TrainSummary};
+
+use super::Msg;
+use crate::artifacts;
+use crate::blob::{BlobStore, LocalBlobStore};
+use crate::estimate;
+use crate::ids;
+use crate::lifecycle;
+use crate::models::model_shape;
+use crate::openai::types::{CheckpointMetrics, JobError};
+use crate::store::{
+    CheckpointRow, FileRow, JobProgress, JobRow, MetricsKind, MetricsRow, NewEvent, StepReport,
+    Store, StoreError, StoreResult,
+};
+
+pub struct Reporter {
+    store: Arc<dyn Store>,
+    job: JobRow,
+    attempt: i64,
+    job_dir: PathBuf,
+    last_step: Option<StepMetrics>,
+    last_eval: Option<EvalMetrics>,
+}
+
+/// A trainer line as a metrics row: exactly what `metrics.jsonl` holds.
+fn row<T: serde::Serialize>(kind: MetricsKind, step: usize, line: &T) -> MetricsRow {
+    let mut data = serde_json::to_value(line).unwrap_or_default();
+    if let Value::Object(map) = &mut data {
+        let tag = match kind {
+            MetricsKind::Train => "train",
+            MetricsKind::Eval => "eval",
+        };
+        map.insert("type".into(), json!(tag));
+    }
+    MetricsRow {
+        kind,
+        step: step as i64,
+        data,
+    }
+}
+
+/// The results file (OpenAI's `result_files`): per-step metrics as CSV.
+pub fn results_csv(rows: &[MetricsRow]) -> String {
+    let mut out = String::from(
+        "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate,tokens\n",
+    );
+    let cell = |r: Option<&MetricsRow>, key: &str| {
+        r.and_then(|r| r.data.get(key))
+            .filter(|v| !v.is_null())
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    for train in rows.iter().filter(|r| r.kind == MetricsKind::Train) {
+        let eval = rows
+            .iter()
+            .find(|r| r.kind == MetricsKind::Eval && r.step == train.step);
+        let t = Some(train);
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            train.step,
+            cell(t, "loss"),
+            cell(t, "token_accuracy"),
+            cell(eval, "loss"),
+            cell(eval, "token_accuracy"),
+            cell(t, "lr"),
+            cell(t, "tokens"),
+        ));
+    }
+    out
+}
+
+impl Reporter {
+    pub fn new(store: Arc<dyn Store>, job: JobRow, attempt: i64, job_dir: PathBuf) -> Self {
+        Reporter {
+            store,
+            job,
+            attempt,
+            job_dir,
+            last_step: None,
+            last_eval: None,
+        }
+    }
+
+    fn report(&self, progress: Option<JobProgress>) -> StepReport {
+        StepReport {
+            job_id: self.job.id.clone(),
+            attempt: self.attempt,
+            progress,
+            metrics: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    async fn send(&self, r: StepReport) -> StoreResult<()> {
+        if !self.store.report(&r).await? {
+            tracing::warn!(job = %self.job.id, "the job left this worker's claim; the report was dropped");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn handle(&mut self, msg: Msg) -> StoreResult<()> {
+        let job = &self.job;
+        match msg {
+            Msg::Ready {
+                total_steps,
+                steps_done,
+                resumed,
+                train_examples,
+                validation_examples,
+            } => {
+                let message = if resumed {
+                    format!("Training resumed at step {steps_done} of {total_steps}")
+                } else {
+                    format!(
+                        "Training started: {train_examples} training and {validation_examples} validation examples, {total_steps} steps"
+                    )
+                };
+                let mut r = self.report(Some(JobProgress {
+                    step: steps_done as i64,
+                    total_steps: total_steps as i64,
+                    epoch: job.epoch,
+                }));
+                r.events.push(NewEvent::info(job, message));
+                self.send(r).await?;
+            }
+            Msg::Step(m) => {
+                let mut r = self.report(Some(JobProgress {
+                    step: m.step as i64,
+                    total_steps: m.total_steps as i64,
+                    epoch: m.epoch as f64,
+                }));
+                r.metrics.push(row(MetricsKind::Train, m.step, &m));
+                // OpenAI's metrics event.
+                r.events.push(
+                    NewEvent::info(
+                        job,
+                        format!(
+                            "Step {}/{}: training loss={:.4}",
+                            m.step, m.total_steps, m.loss
+                        ),
+                    )
+                    .metrics()
+                    .data(json!({
+                        "step": m.step,
+                        "train_loss": m.loss,
+                        "train_mean_token_accuracy": m.token_accuracy,
+                        "total_steps": m.total_steps,
+                    })),
+                );
+                self.send(r).await?;
+                self.last_step = Some(m);
+            }
+            Msg::Eval(e) => {
+                let mut r = self.report(None);
+                r.metrics.push(row(MetricsKind::Eval, e.step, &e));
+                r.events.push(
+                    NewEvent::info(
+                        job,
+                        format!(
+                            "Step {}: validation loss={:.4} over {} examples",
+                            e.step, e.loss, e.examples
+                        ),
+                    )
+                    .metrics()
+                    .data(json!({
+                        "step": e.step,
+                        "valid_loss": e.loss,
+                        "valid_mean_token_accuracy": e.token_accuracy,
+                        "full_valid_loss": e.loss,
+                        "full_valid_mean_token_accuracy": e.token_accuracy,
+                    })),
+                );
+                self.send(r).await?;
+                self.last_eval = Some(e);
+            }
+            Msg::Checkpoint(info) => self.checkpoint(&info).await?,
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, info: &CheckpointInfo) -> StoreResult<()> {
+        let job = &self.job;
+        let step = info.step as i64;
+        let at_step = self.last_step.as_ref().filter(|m| m.step == info.step);
+        let eval = self.last_eval.as_ref().filter(|e| e.step == info.step);
+        let metrics = CheckpointMetrics {
+            step: Some(step as f64),
+            train_loss: info.train_loss.or(at_step.map(|m| m.loss)),
+            train_mean_token_accuracy: at_step.map(|m| m.token_accuracy),
+            valid_loss: eval.map(|e| e.loss).or(info.eval_loss),
+            valid_mean_token_accuracy: eval.map(|e| e.token_accuracy),
+            full_valid_loss: eval.map(|e| e.loss).or(info.eval_loss),
+            full_valid_mean_token_accuracy: eval.map(|e| e.token_accuracy),
+        };
+        let model_id = format!("{}:ckpt-step-{step}", job.model_id);
+        let path = info.path.clone();
+        // Older checkpoints keep only their weights: a resume needs the newest one's optimizer.
+        let (train_dir, keep) = (artifacts::train_dir(&self.job_dir), path.clone());
+        let bytes = tokio::task::spawn_blocking(move || {
+            artifacts::drop_optimizer_state_except(&train_dir, Some(&keep));
+            artifacts::checkpoint_bytes(&keep)
+        })
+        .await
+        .unwrap_or(0);
+        let row = CheckpointRow {
+            id: ids::new_id(ids::CHECKPOINT),
+            job_id: job.id.clone(),
+            user_id: job.user_id.clone(),
+            step,
+            created_at: ids::now(),
+            fine_tuned_model_checkpoint: model_id.clone(),
+            metrics: serde_json::to_string(&metrics).unwrap_or_default(),
+            sample: Some(json!({ "epoch": info.epoch, "samples": info.samples }).to_string()),
+            path: path.to_string_lossy().into_owned(),
+            kind: job.spec.tuna.method.as_str().into(),
+            bytes: bytes as i64,
+        };
+        let event = NewEvent::info(job, format!("Checkpoint created at step {step}"))
+            .data(json!({ "step": step, "fine_tuned_model_checkpoint": model_id }));
+        if !self
+            .store
+            .insert_checkpoint(&row, self.attempt, &event)
+            .await?
+        {
+            return Ok(());
+        }
+        self.apply_retention().await
+    }
+
+    /// `tuna.keep_checkpoints`: the newest N checkpoints stay; older rows go, then their files.
+    async fn apply_retention(&self) -> StoreResult<()> {
+        let Some(keep) = self.job.spec.tuna.keep_checkpoints else {
+            return Ok(());
+        };
+        let all = self.store.job_checkpoints(&self.job.id).await?;
+        let old: Vec<&CheckpointRow> = all.iter().skip(keep.max(1) as usize).collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let steps: Vec<String> = old.iter().map(|c| c.step.to_string()).collect();
+        let event = NewEvent::info(
+            &self.job,
+            format!(
+                "Checkpoints at steps {} deleted (the job keeps its newest {keep})",
+                steps.join(", ")
+            ),
+        );
+        let ids: Vec<String> = old.iter().map(|c| c.id.clone()).collect();
+        let gone = self
+            .store
+            .delete_checkpoints(&self.job.id, &ids, Some(&event))
+            .await?;
+        let dirs: Vec<PathBuf> = gone.iter().map(|c| PathBuf::from(&c.path)).collect();
+        if let Err(e) = tokio::task::spawn_blocking(move || artifacts::remove_dirs(&dirs))
+            .await
+            .unwrap_or(Ok(0))
+        {
+            tracing::warn!(job = %self.job.id, error = %e, "cannot remove old checkpoints");
+        }
+        Ok(())
+    }
+
+    /// A final job needs no resume state.
+    async fn drop_resume_state(&self) {
+        let train_dir = artifacts::train_dir(&self.job_dir);
+        let _ = tokio::task::spawn_blocking(move || {
+            artifacts::drop_optimizer_state_except(&train_dir, None)
+        })
+        .await;
+    }
+
+    /// Fails the job; the exit code: 0 when recorded, [`crate::queue::EXIT_DISK_FULL`] when the
+    /// disk is too full to say so, 1 (a crash, retried) when the store failed otherwise.
+    pub async fn fail(&mut self, err: JobError) -> i32 {
+        match lifecycle::fail(&*self.store, &self.job, Some(self.attempt), err).await {
+            Ok(_) => {
+                self.drop_resume_state().await;
+                0
+            }
+            Err(e) => {
+                tracing::error!(job = %self.job.id, error = %e, "cannot record the job's failure");
+                if e.is_full() {
+                    crate::queue::EXIT_DISK_FULL
+                } else {
+                    1
+                }
+            }
+        }
+    }
+
+    /// The run finished: results file, success, measured throughput.
+    pub async fn succeed(
+        &mut self,
+        blobs: &LocalBlobStore,
+        model_dir: &str,
+        summary: &TrainSummary,
+    ) -> StoreResult<()> {
+        let job = &self.job;
+        let mut rows = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, more) = self.store.list_metrics(&job.id, after, 10_000).await?;
+            after = page.last().map_or(after, |r| r.step);
+            rows.extend(page);
+            if !more {
+                break;
+            }
+        }
+        // Every step of every run (a resumed job's earlier steps included).
+        let trained_tokens: i64 = rows
+            .iter()
+            .filter(|r| r.kind == MetricsKind::Train)
+            .filter_map(|r| r.data.get("tokens").and_then(Value::as_i64))
+            .sum();
+
+        let file_id = ids::new_id(ids::FILE);
+        let key = format!("files/{file_id}");
+        let csv = results_csv(&rows);
+        let write = async {
+            let mut w = blobs.writer(&key).await?;
+            w.write(csv.as_bytes()).await?;
+            w.finish().await
+        };
+        let bytes = write.await.map_err(|e| {
+            if crate::disk::is_disk_full(&e) {
+                StoreError::Full(e.to_string())
+            } else {
+                StoreError::Corrupt(format!("writing the results file: {e}"))
+            }
+        })? as i64;
+        self.store
+            .insert_file(&FileRow {
+                id: file_id.clone(),
+                user_id: job.user_id.clone(),
+                filename: "step_metrics.csv".into(),
+                purpose: "fine-tune-results".into(),
+                bytes,
+                created_at: ids::now(),
+                status: "processed".into(),
+                status_details: None,
+                check_report: None,
+                blob_key: key,
+            })
+            .await?;
+        let done = lifecycle::succeed(
+            &*self.store,
+            job,
+            self.attempt,
+            trained_tokens,
+            vec![file_id],
+        )
+        .await?;
+        if done.is_none() {
+            return Ok(()); // cancelled at the last moment
+        }
+        self.drop_resume_state().await;
+
+        // Measured speed of this shape on this device, for later estimates. The trainer's clock
+        // starts after loading, and includes evaluation, checkpoints and samples, as a job's time does.
+        if summary.tokens > 0 && summary.elapsed_s > 0.0 {
+            let measured = summary.tokens as f64 / summary.elapsed_s;
+            if let Ok(cfg) = QwenConfig::from_model_dir(Path::new(model_dir)) {
+                let shape = model_shape(&cfg);
+                let device =
+                    estimate::device_kind(job.device.as_deref().unwrap_or("cpu")).to_string();
+                let method = job.spec.tuna.method.as_str();
+                let old = self.store.get_throughput(&shape, &device, method).await?;
+                let row = estimate::fold_measurement(
+                    old.as_ref(),
+                    &shape,
+                    &device,
+                    method,
+                    measured,
+                    ids::now(),
+                );
+                self.store.put_throughput(&row).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_rows_are_the_trainer_lines_and_the_csv_maps_them() {
+        let step = StepMetrics {
+            step: 2,
+            total_steps: 4,
+            epoch: 0.5,
+            loss: 2.5,
+            token_accuracy: 0.25,
+            lr: 0.001,
+            grad_norm: 1.0,
+            tokens_per_sec: 100.0,
+            tokens: 10,
+            trained_tokens: 5,
+            elapsed_s: 1.0,
+            eta_s: 2.0,
+        };
+        let r = row(MetricsKind::Train, 2, &step);
+        assert_eq!(r.data["type"], "train");
+        assert_eq!(r.data["loss"], 2.5);
+        assert_eq!(r.data["tokens_per_sec"], 100.0);
+        let eval = MetricsRow {
+            kind: MetricsKind::Eval,
+            step: 2,
+            data: json!({"type": "eval", "step": 2, "loss": 2.2, "token_accuracy": 0.5}),
+        };
+        let first = MetricsRow {
+            kind: MetricsKind::Train,
+            step: 1,
+            data: json!({"type": "train", "step": 1, "loss": 3.0, "tokens": 12}),
+        };
+        let csv = results_csv(&[first, r, eval]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate,tokens"
+        );
+        assert_eq!(lines[1], "1,3.0,,,,,12");
+        assert_eq!(lines[2], "2,2.5,0.25,2.2,0.5,0.0010000000474974513,10");
+    }
+}
