@@ -198,48 +198,94 @@ async fn malformed_and_invalid_bodies_are_400_with_the_field() {
         ),
         (Value::Null, Value::Null)
     );
-    let (status, body) = h
-        .call(
-            "POST",
-            "/v1/fine_tuning/jobs",
-            Some(r#"{"training_file": "f"}"#),
-            true,
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        body["error"]["message"]
-            .as_str()
+    // Job settings: every invalid field at once, each named as it was sent, in `errors`; the
+    // estimate route answers exactly the same.
+    for route in ["/v1/fine_tuning/jobs", "/v1/tuna/estimates"] {
+        let (status, body) = h
+            .call("POST", route, Some(r#"{"training_file": "f"}"#), true)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            json!({"error": {"message": "`model` is required", "type": "invalid_request_error",
+                   "param": "model", "code": null,
+                   "errors": [{"param": "model", "message": "`model` is required"}]}})
+        );
+        let bad = r#"{"model": "demo", "training_file": "f", "tuna": {"lora": {"rank": 0}}}"#;
+        let (status, body) = h.call("POST", route, Some(bad), true).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"]["message"],
+            "`tuna.lora.rank` must be between 1 and 1024, got 0"
+        );
+        assert_eq!(body["error"]["param"], "tuna.lora.rank");
+        let many = r#"{"model": "demo", "training_file": "f", "tuna": {"lora_rank": 8, "warmup_ratio": "x"},
+            "hyperparameters": {"n_epochs": "three", "learning_rate_multiplier": 1e-300}}"#;
+        let (status, body) = h.call("POST", route, Some(many), true).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let params: Vec<&str> = body["error"]["errors"]
+            .as_array()
             .unwrap()
-            .contains("missing field `model`"),
-        "{body}"
-    );
-    let bad = r#"{"model": "demo", "training_file": "f", "tuna": {"lora": {"rank": 0}}}"#;
-    let (status, body) = h
-        .call("POST", "/v1/fine_tuning/jobs", Some(bad), true)
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        error(
-            "`tuna.lora.rank` must be between 1 and 1024, got 0",
-            "invalid_request_error",
-            Some("tuna.lora.rank"),
-            None
-        )
-    );
-    let unknown = r#"{"model": "demo", "training_file": "f", "tuna": {"lora_rank": 8}}"#;
-    let (status, body) = h
-        .call("POST", "/v1/fine_tuning/jobs", Some(unknown), true)
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `lora_rank`"),
-        "{body}"
-    );
+            .iter()
+            .map(|e| e["param"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            params,
+            [
+                "tuna.lora_rank",
+                "hyperparameters.n_epochs",
+                "hyperparameters.learning_rate_multiplier",
+                "tuna.warmup_ratio"
+            ],
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("(and 3 more invalid fields, listed in `errors`)"),
+            "{body}"
+        );
+        assert!(
+            body["error"]["errors"][1]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be an integer between 1 and 50 or \"auto\", got \"three\""),
+            "{body}"
+        );
+        assert_eq!(
+            body["error"]["errors"][2]["message"],
+            "`hyperparameters.learning_rate_multiplier` must be >= 0.001 and <= 100, got 1e-300"
+        );
+    }
+    // Every `param` of a settings error is a `param` (or alias) of `GET /v1/tuna/job_settings`.
+    let (status, settings) = h.call("GET", "/v1/tuna/job_settings", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    let known: Vec<String> = settings["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            let mut v = vec![s["param"].as_str().unwrap().to_string()];
+            v.extend(
+                s["aliases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string()),
+            );
+            v
+        })
+        .collect();
+    for p in [
+        "hyperparameters.n_epochs",
+        "hyperparameters.learning_rate_multiplier",
+        "tuna.warmup_ratio",
+        "tuna.lora.rank",
+        "model",
+    ] {
+        assert!(known.contains(&p.to_string()), "{p}");
+    }
     let chat =
         r#"{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}"#;
     let (status, body) = h

@@ -145,27 +145,37 @@ async fn upload_train_checkpoints_samples_and_chat() {
     assert!(done["finished_at"].as_i64().unwrap() >= done["created_at"].as_i64().unwrap());
     assert_eq!(done["result_files"].as_array().unwrap().len(), 1);
 
-    // Per-step metrics: four rows, finite losses.
+    // Per-step metrics: the trainer's rows, a `train` row per step and an `eval` row per
+    // validation pass (at each checkpoint: steps 2 and 4), oldest first.
     let m = c.get(&format!("/v1/fine_tuning/jobs/{id}/metrics")).await;
     let rows = m.body["data"].as_array().unwrap();
-    assert_eq!(
+    let of = |kind: &str| -> Vec<i64> {
         rows.iter()
+            .filter(|r| r["type"] == kind)
             .map(|r| r["step"].as_i64().unwrap())
-            .collect::<Vec<_>>(),
-        [1, 2, 3, 4]
-    );
+            .collect()
+    };
+    assert_eq!(of("train"), [1, 2, 3, 4]);
+    assert_eq!(of("eval"), [2, 4]);
     assert!(
         rows.iter()
-            .all(|r| r["train_loss"].as_f64().unwrap().is_finite()
-                && r["train_loss"].as_f64().unwrap() > 0.0)
+            .all(|r| r["loss"].as_f64().unwrap().is_finite() && r["loss"].as_f64().unwrap() > 0.0)
     );
-    // Validation runs at each checkpoint (steps 2 and 4) only.
-    let validated: Vec<i64> = rows
-        .iter()
-        .filter(|r| r["valid_loss"].is_number())
-        .map(|r| r["step"].as_i64().unwrap())
-        .collect();
-    assert_eq!(validated, [2, 4]);
+    assert_eq!(m.body["has_more"], false);
+    // Pages hold whole steps: a step's train and eval rows stay together.
+    let p1 = c
+        .get(&format!("/v1/fine_tuning/jobs/{id}/metrics?limit=2"))
+        .await;
+    assert_eq!(p1.body["has_more"], true);
+    assert_eq!(p1.body["data"].as_array().unwrap().len(), 3, "{}", p1.body);
+    let p2 = c
+        .get(&format!(
+            "/v1/fine_tuning/jobs/{id}/metrics?limit=2&after={}",
+            p1.body["last_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(p2.body["data"][0]["step"], 3);
+    assert_eq!(p2.body["has_more"], false);
     let csv = c
         .get_bytes(&format!(
             "/v1/files/{}/content",
@@ -287,12 +297,12 @@ async fn upload_train_checkpoints_samples_and_chat() {
         assert!(ckpt["metrics"]["train_loss"].as_f64().unwrap() > 0.0);
         let valid = ckpt["metrics"]["valid_loss"].as_f64().unwrap();
         assert_eq!(ckpt["metrics"]["full_valid_loss"].as_f64().unwrap(), valid);
-        let step_row = rows
+        let eval_row = rows
             .iter()
-            .find(|r| r["step"] == ckpt["step_number"])
+            .find(|r| r["type"] == "eval" && r["step"] == ckpt["step_number"])
             .unwrap();
         assert_eq!(
-            step_row["valid_loss"].as_f64().unwrap(),
+            eval_row["loss"].as_f64().unwrap(),
             valid,
             "the step's validation loss"
         );
@@ -602,6 +612,9 @@ async fn users_cannot_see_or_change_each_others_objects() {
         b.get(&format!("/v1/models/{ckpt_model}")).await,
         b.post("/v1/chat/completions", &json!({"model": ckpt_model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await,
         b.post("/v1/chat/completions", &json!({"model": done["fine_tuned_model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await,
+        b.delete(&format!("/v1/models/{ckpt_model}")).await,
+        b.delete(&format!("/v1/models/{}", done["fine_tuned_model"].as_str().unwrap())).await,
+        b.delete(&format!("/v1/fine_tuning/jobs/{job_id}/checkpoints")).await,
         b.post("/v1/fine_tuning/jobs", &tiny_job(&file, 2, 2)).await,
     ];
     for (i, r) in not_found.iter().enumerate() {

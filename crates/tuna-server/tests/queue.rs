@@ -53,6 +53,7 @@ async fn metric_steps(c: &Client, id: &str) -> Vec<i64> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| r["type"] == "train")
         .map(|r| r["step"].as_i64().unwrap())
         .collect()
 }

@@ -46,7 +46,10 @@ pub fn run_worker_if_asked() {
             }
         });
     }
-    let code = match tuna_server::worker::run(Path::new(&dir), &job) {
+    let attempt = std::env::var(tuna_server::queue::ATTEMPT_ENV)
+        .ok()
+        .and_then(|a| a.parse().ok());
+    let code = match tuna_server::worker::run(Path::new(&dir), &job, attempt) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("worker failed: {e}");
