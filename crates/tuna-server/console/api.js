@@ -176,7 +176,18 @@ export const me = () => request("/v1/tuna/me");
 /** Device slots and queue length of the server (Tuna's extension). */
 export const serverStatus = () => request("/v1/tuna/status");
 export const estimate = (body) => request("/v1/tuna/estimates", { method: "POST", json: body });
-export const listMetrics = (id) => request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/metrics`);
+/** Every metrics row of a job (the trainer's rows), page after page. */
+export async function listMetrics(id) {
+  const rows = [];
+  let after = "";
+  for (;;) {
+    const q = after ? `?limit=10000&after=${encodeURIComponent(after)}` : "?limit=10000";
+    const page = await request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/metrics${q}`);
+    rows.push(...(page.data || []));
+    if (!page.has_more || !page.last_id) return { object: "list", data: rows, has_more: false };
+    after = page.last_id;
+  }
+}
 
 export function uploadFile(file, purpose = "fine-tune") {
   const form = new FormData();

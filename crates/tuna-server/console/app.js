@@ -1000,28 +1000,15 @@ function pageTask(main, id) {
     if (signature === metricsSignature && !checkpointsChanged) return;
     metricsSignature = signature;
     checkpointsChanged = false;
-    // One row per optimizer step (`train_loss`, `learning_rate`, `grad_norm`, `tokens_per_second`,
-    // `train_mean_token_accuracy`; `valid_loss` on steps that evaluated), oldest first.
-    const train = rows.filter((r) => !r.type || r.type === "train");
-    const series = (...keys) => {
-      for (const key of keys) {
-        const pts = train.filter((r) => Number.isFinite(r[key])).map((r) => ({ x: r.step, y: r[key] }));
-        if (pts.length) return pts;
-      }
-      return [];
-    };
-    let valid = series("valid_loss");
-    if (!valid.length) valid = rows.filter((r) => r.type === "eval" && Number.isFinite(r.loss)).map((r) => ({ x: r.step, y: r.loss }));
-    if (!valid.length)
-      valid = checkpoints
-        .filter((c) => c.metrics && Number.isFinite(c.metrics.valid_loss))
-        .map((c) => ({ x: c.step_number, y: c.metrics.valid_loss }))
-        .sort((a, b) => a.x - b.x);
-    charts.loss.setData([series("train_loss", "loss"), valid]);
-    charts.lr.setData([series("learning_rate", "lr")]);
-    charts.grad.setData([series("grad_norm")]);
-    charts.tps.setData([series("tokens_per_second", "tokens_per_sec")]);
-    charts.acc.setData([series("train_mean_token_accuracy", "token_accuracy")]);
+    // The trainer's rows, oldest first: `train` per optimizer step (`loss`, `lr`, `grad_norm`,
+    // `tokens_per_sec`, `token_accuracy`), `eval` per validation pass (`loss`).
+    const series = (type, key) =>
+      rows.filter((r) => r.type === type && Number.isFinite(r[key])).map((r) => ({ x: r.step, y: r[key] }));
+    charts.loss.setData([series("train", "loss"), series("eval", "loss")]);
+    charts.lr.setData([series("train", "lr")]);
+    charts.grad.setData([series("train", "grad_norm")]);
+    charts.tps.setData([series("train", "tokens_per_sec")]);
+    charts.acc.setData([series("train", "token_accuracy")]);
   };
 
   const loadCheckpoints = async () => {
