@@ -390,6 +390,23 @@ fn assert_resumed_without_repeats(api: &Api, id: &str, total: i64) {
     assert_eq!(api.train_steps(id), one_to(total), "{:?}", api.messages(id));
 }
 
+/// A finished job keeps no resume state: no checkpoint holds optimizer moments any more.
+fn assert_no_resume_state(data_dir: &Path, job: &str) {
+    let train = data_dir.join("jobs").join(job).join("train");
+    let mut checkpoints = 0;
+    for e in std::fs::read_dir(&train).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("checkpoint-") {
+            checkpoints += 1;
+            assert!(
+                !e.path().join("optimizer.safetensors").exists(),
+                "{} still holds optimizer state",
+                e.path().display()
+            );
+        }
+    }
+    assert!(checkpoints > 0, "no checkpoint in {}", train.display());
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// Where the disk-full test keeps its data directory.
@@ -591,6 +608,7 @@ fn sigkill_of_a_worker_mid_step_resumes_from_its_last_checkpoint() {
     let done = a.wait_status(&id, "succeeded");
     assert_eq!(done["tuna"]["retries"], 1, "a crash uses a retry");
     assert_resumed_without_repeats(&a, &id, 10);
+    assert_no_resume_state(&server.data_dir, &id);
     let msgs = a.messages(&id);
     assert!(msgs.iter().any(|m| m.contains("signal: 9")), "{msgs:?}");
     assert!(
@@ -628,6 +646,7 @@ fn sigkill_of_the_server_mid_step_loses_nothing() {
         "the server's crash is not the job's"
     );
     assert_resumed_without_repeats(&a, &id, 10);
+    assert_no_resume_state(&data, &id);
     let msgs = a.messages(&id);
     assert!(
         msgs.iter()

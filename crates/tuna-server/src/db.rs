@@ -1035,6 +1035,97 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_migration_keeps_jobs_written_by_the_old_schema() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!(
+            "../migrations/20261125000000_create-schema.sql"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let old_tuna = r#"{"name":null,"method":"lora","lora":{"rank":4,"alpha":8.0,"dropout":0.0,"target_modules":["q_proj"]},"max_seq_len":64,"checkpoint_interval":2,"eval_interval":null,"max_steps":4,"learning_rate":0.001,"warmup_ratio":0.0,"validation_fraction":null,"sample_prompts":1,"sample_max_tokens":8,"model_id":"ft:demo:ann::x"}"#;
+        sqlx::query("INSERT INTO users (id, name, created_at) VALUES ('u1', 'ann', 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (id, user_id, model, training_file, seed, status, hyperparameters, tuna, created_at, \
+             step, control, queue_order, run_started_at) \
+             VALUES ('j', 'u1', 'demo', 'f', 7, 'running', '{\"n_epochs\":2,\"batch_size\":1,\"learning_rate_multiplier\":10.0}', ?, 1, 2, 'pause', 5, 100.0)",
+        )
+        .bind(old_tuna)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO job_metrics (job_id, step, data) VALUES \
+             ('j', 1, '{\"step\":1,\"train_loss\":2.5,\"learning_rate\":0.001,\"tokens\":10}'), \
+             ('j', 2, '{\"step\":2,\"train_loss\":2.0,\"valid_loss\":2.2,\"tokens\":12}')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::raw_sql(include_str!(
+            "../migrations/20261201000000_typed-job-lifecycle.sql"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let s = SqliteStore { pool };
+        let j = s.get_job_unscoped("j").await.unwrap().unwrap();
+        assert_eq!(
+            (j.status, j.control, j.model_id.as_str(), j.queue_order),
+            (
+                JobStatus::Running,
+                Some(JobControl::Pause),
+                "ft:demo:ann::x",
+                5
+            )
+        );
+        assert_eq!(j.spec.hyperparameters().n_epochs, 2);
+        assert_eq!(j.spec.hyperparameters().learning_rate_multiplier, 10.0);
+        assert_eq!(
+            j.spec.tuna.lora.as_ref().unwrap().target_modules,
+            ["q_proj"]
+        );
+        assert_eq!(j.spec.tuna.keep_checkpoints, None);
+        assert_eq!(j.claimed_at, Some(100.0));
+        assert_eq!(j.latest_metrics.unwrap()["loss"], 2.0);
+        let (rows, _) = s.list_metrics("j", 0, 10).await.unwrap();
+        let shape: Vec<(i64, MetricsKind, f64)> = rows
+            .iter()
+            .map(|r| (r.step, r.kind, r.data["loss"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (1, MetricsKind::Train, 2.5),
+                (2, MetricsKind::Train, 2.0),
+                (2, MetricsKind::Eval, 2.2)
+            ]
+        );
+        assert_eq!(rows[0].data["lr"], 0.001);
+        // The new constraints hold: a status or pause outside the enums is refused.
+        assert!(
+            sqlx::query("UPDATE jobs SET status = 'exploded' WHERE id = 'j'")
+                .execute(&s.pool)
+                .await
+                .is_err()
+        );
+        assert!(
+            sqlx::query("UPDATE jobs SET status = 'queued' WHERE id = 'j'")
+                .execute(&s.pool)
+                .await
+                .is_err(),
+            "a pause request only exists on a running job"
+        );
+    }
+
+    #[tokio::test]
     async fn keys_find_their_user_and_can_be_revoked() {
         let s = store_with_users().await;
         assert_eq!(

@@ -2,7 +2,7 @@
 //! table (tokens per second of a model shape, method and device kind), cost from the configured
 //! price; and the queue simulation that gives each queued job its position and expected start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use tuna_model::QwenConfig;
 
@@ -199,16 +199,18 @@ pub fn simulate_queue(
 ) -> (HashMap<String, QueueSlot>, Option<QueueSlot>) {
     struct Waiting<'a> {
         id: Option<&'a str>,
-        user: &'a str,
         order: i64,
         seconds: f64,
     }
-    // (end time, user) of every job that runs or will run.
+    // (end time, user) of every job that runs, or will run, and has not ended yet.
     let mut runs: Vec<(f64, &str)> = Vec::new();
     let mut last_claim: HashMap<&str, f64> = HashMap::new();
-    let mut waiting: Vec<Waiting<'_>> = Vec::new();
+    // Each user's waiting jobs in queue order.
+    let mut waiting: HashMap<&str, VecDeque<Waiting<'_>>> = HashMap::new();
     let mut max_order = 0;
-    for e in snapshot {
+    let mut sorted: Vec<&QueueEntry> = snapshot.iter().collect();
+    sorted.sort_by_key(|e| e.queue_order);
+    for e in sorted {
         max_order = max_order.max(e.queue_order);
         if let Some(t) = e.claimed_at {
             let c = last_claim.entry(&e.user_id).or_insert(0.0);
@@ -221,9 +223,8 @@ pub fn simulate_queue(
                     &e.user_id,
                 ));
             }
-            JobStatus::Queued => waiting.push(Waiting {
+            JobStatus::Queued => waiting.entry(&e.user_id).or_default().push_back(Waiting {
                 id: Some(&e.id),
-                user: &e.user_id,
                 order: e.queue_order,
                 seconds: e.estimate.as_ref().map_or(0.0, |est| est.duration_seconds),
             }),
@@ -231,14 +232,12 @@ pub fn simulate_queue(
         }
     }
     if let Some(n) = new {
-        waiting.push(Waiting {
+        waiting.entry(n.user_id).or_default().push_back(Waiting {
             id: None,
-            user: n.user_id,
             order: max_order + 1,
             seconds: n.seconds,
         });
     }
-    waiting.sort_by_key(|w| w.order);
     // Slot free times: jobs past the slot count (a smaller `cpu_slots` after a restart) still
     // finish first.
     let mut free_at: Vec<f64> = runs.iter().map(|r| r.0).collect();
@@ -252,28 +251,37 @@ pub fn simulate_queue(
     let mut out = HashMap::new();
     let mut new_slot = None;
     let mut position = 0;
-    while !waiting.is_empty() {
+    loop {
         let (i, &t) = free_at
             .iter()
             .enumerate()
             .min_by(|a, b| a.1.total_cmp(b.1))
             .unwrap_or((0, &now));
-        let running_at = |user: &str| runs.iter().filter(|r| r.1 == user && r.0 > t).count();
-        let pick = (0..waiting.len())
-            .min_by(|&a, &b| {
-                let (wa, wb) = (&waiting[a], &waiting[b]);
-                running_at(wa.user)
-                    .cmp(&running_at(wb.user))
+        // Slots free up in time order, so a run that ended is never needed again.
+        runs.retain(|r| r.0 > t);
+        let running = |user: &str| runs.iter().filter(|r| r.1 == user).count();
+        let Some(user) = waiting
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(u, q)| (*u, q.front().map_or(0, |w| w.order)))
+            .min_by(|a, b| {
+                running(a.0)
+                    .cmp(&running(b.0))
                     .then(
                         last_claim
-                            .get(wa.user)
+                            .get(a.0)
                             .unwrap_or(&0.0)
-                            .total_cmp(last_claim.get(wb.user).unwrap_or(&0.0)),
+                            .total_cmp(last_claim.get(b.0).unwrap_or(&0.0)),
                     )
-                    .then(wa.order.cmp(&wb.order))
+                    .then(a.1.cmp(&b.1))
             })
-            .unwrap_or(0);
-        let w = waiting.remove(pick);
+            .map(|(u, _)| u)
+        else {
+            break;
+        };
+        let Some(w) = waiting.get_mut(user).and_then(VecDeque::pop_front) else {
+            break;
+        };
         position += 1;
         let slot = QueueSlot {
             position,
@@ -286,9 +294,9 @@ pub fn simulate_queue(
             None => new_slot = Some(slot),
         }
         free_at[i] = t + w.seconds;
-        runs.push((t + w.seconds, w.user));
+        runs.push((t + w.seconds, user));
         // Strictly later than any real claim time, so ties keep their order.
-        last_claim.insert(w.user, t.max(now) + position as f64 * 1e-6);
+        last_claim.insert(user, t.max(now) + position as f64 * 1e-6);
     }
     (out, new_slot)
 }
