@@ -35,7 +35,7 @@ enum Command {
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Serve the API, the web console and the job queue
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Train one queued job (started by `tuna serve`)
     Worker(cmd::worker::WorkerArgs),
     /// Manage users and API keys
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Merge(args) => cmd::merge::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => cmd::bench::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Serve(args) => cmd::serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => cmd::serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Users(args) => cmd::users::run(args).map(|()| ExitCode::SUCCESS),
         Command::Models(args) => cmd::models::run(args).map(|()| ExitCode::SUCCESS),

@@ -125,7 +125,7 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--demo-model-root")
             .arg(demo_root())
-            .args(["--shutdown-timeout", "60"])
+            .args(["--worker-stop-seconds", "60"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

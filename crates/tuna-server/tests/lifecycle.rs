@@ -42,6 +42,18 @@ async fn messages(c: &Client, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The steps of a job's checkpoints, newest first.
+async fn checkpoint_steps(c: &Client, job: &str) -> Vec<i64> {
+    c.get(&format!("/v1/fine_tuning/jobs/{job}/checkpoints?limit=100"))
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["step_number"].as_i64().unwrap())
+        .collect()
+}
+
 fn ckpt_dirs(t: &TestServer, job: &str) -> Vec<(i64, bool)> {
     let train = t.dir.path().join("jobs").join(job).join("train");
     let mut out: Vec<(i64, bool)> = std::fs::read_dir(&train)
@@ -146,13 +158,58 @@ async fn quotas_and_admission_control_refuse_with_the_limit_named() {
     t.server.stop().await.unwrap();
 }
 
+/// A data directory on a small tmpfs (we run as root), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn checkpoints_that_do_not_fit_the_disk_are_refused_at_creation() {
-    let t = TestServer::start().await;
-    let free = tuna_server::disk::free_bytes(t.dir.path()).unwrap();
-    // Leave 50 MiB usable: one full checkpoint of the demo model (~80 MB) does not fit.
-    let t = TestServer::start_with(move |s| s.disk_reserve_bytes = free - (50 << 20)).await;
-    let c = t.user("disk").await;
+    // 256 MiB: four full checkpoints of the demo model (~90 MB each) and its optimizer state
+    // (~160 MB) do not fit; LoRA's do. Without a tmpfs, the free space of the test's disk less a
+    // reserve stands in (other programs writing meanwhile can disturb that one).
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let disk = SmallDisk::mount(&data, "256m");
+    let free = tuna_server::disk::free_bytes(root.path()).unwrap();
+    eprintln!(
+        "{}",
+        if disk.is_some() {
+            "disk admission: ran on a 256 MiB tmpfs"
+        } else {
+            "disk admission: tmpfs refused; ran with a reserve leaving 300 MiB of the disk"
+        }
+    );
+    let mut s = common::settings(&data);
+    if disk.is_none() {
+        s.disk_reserve_bytes = free.saturating_sub(300 << 20);
+    }
+    let server = tuna_server::RunningServer::start(s, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (_, key) = tuna_server::auth::create_user(&*server.state.store, "disk")
+        .await
+        .unwrap();
+    let c = Client::new(&server.url(), &key);
     let file = upload(&c).await;
     let mut full = tiny_job(&file, 4, 1);
     full["tuna"] =
@@ -176,7 +233,8 @@ async fn checkpoints_that_do_not_fit_the_disk_are_refused_at_creation() {
             .status,
         200
     );
-    t.server.stop().await.unwrap();
+    server.stop().await.unwrap();
+    drop(disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -283,16 +341,10 @@ async fn retention_optimizer_state_and_deleting_models_and_artifacts() {
         [(step - 2, false), (step - 1, false), (step, true)],
         "three kept, the newest resumable"
     );
-    let listed: Vec<i64> = c
-        .get(&format!("/v1/fine_tuning/jobs/{long}/checkpoints"))
-        .await
-        .body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["step_number"].as_i64().unwrap())
-        .collect();
-    assert_eq!(listed, [step, step - 1, step - 2]);
+    assert_eq!(
+        checkpoint_steps(&c, &long).await,
+        [step, step - 1, step - 2]
+    );
     // Not while it can still run.
     let busy = c
         .delete(&format!("/v1/fine_tuning/jobs/{long}/checkpoints"))
@@ -363,5 +415,61 @@ async fn retention_optimizer_state_and_deleting_models_and_artifacts() {
             .any(|m| m == &format!("Fine-tuned model {model} deleted")),
         "{msgs:?}"
     );
+    t.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_written_but_not_recorded_is_recorded_when_the_job_resumes() {
+    let t = TestServer::start().await;
+    let c = t.user("gap").await;
+    let file = upload(&c).await;
+    let id = create(&c, &tiny_job(&file, 100_000, 2)).await;
+    c.wait_job(&id, T, |j| {
+        j["tuna"]["progress"]["step"].as_i64().unwrap_or(0) >= 3
+    })
+    .await;
+    c.post(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({}))
+        .await;
+    let step = c.wait_status(&id, "paused", T).await["tuna"]["progress"]["step"]
+        .as_i64()
+        .unwrap();
+    // What a worker killed right after writing its last checkpoint leaves: the files, without
+    // their rows (the checkpoint's, and the metrics after step 1).
+    let db = tuna_server::db::SqliteStore::open(&t.dir.path().join("tuna.db"))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM checkpoints WHERE job_id = ? AND step = ?")
+        .bind(&id)
+        .bind(step)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM job_metrics WHERE job_id = ? AND step > 1")
+        .bind(&id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    c.post(&format!("/v1/fine_tuning/jobs/{id}/resume"), &json!({}))
+        .await;
+    c.wait_job(&id, T, |j| {
+        j["status"] == "running" && j["tuna"]["progress"]["step"].as_i64().unwrap_or(0) > step
+    })
+    .await;
+    c.post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))
+        .await;
+    let listed = checkpoint_steps(&c, &id).await;
+    assert!(listed.contains(&step), "{listed:?} lacks {step}");
+    let m = c
+        .get(&format!("/v1/fine_tuning/jobs/{id}/metrics"))
+        .await
+        .body;
+    let steps: Vec<i64> = m["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "train")
+        .map(|r| r["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps[..step as usize], (1..=step).collect::<Vec<_>>()[..]);
     t.server.stop().await.unwrap();
 }

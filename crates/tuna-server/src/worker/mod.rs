@@ -256,6 +256,9 @@ async fn run_async(
         train_dir.clone(),
     );
 
+    // A worker killed between writing a checkpoint and recording it left it unrecorded.
+    reporter.reconcile().await?;
+
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
     if std::env::var_os(SUPERVISED_ENV).is_some() {
         let stop = stop.clone();

@@ -3,6 +3,10 @@
 //! database, the API and the console), OpenAI's metrics events, checkpoints with their samples,
 //! retention and the optimizer state only the newest checkpoint keeps, and the job's end.
 //! Every write carries the worker's claim and its result is checked.
+//!
+//! Before training resumes, [`Reporter::reconcile`] re-reads what the trainer left on disk (its
+//! `metrics.jsonl` and complete checkpoints): a worker killed between writing a checkpoint and
+//! recording it leaves nothing unrecorded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -189,7 +193,62 @@ impl Reporter {
         Ok(())
     }
 
+    /// Records what an earlier run of this job left on disk but not in the store: metrics lines
+    /// up to its newest checkpoint, and complete checkpoints without a row.
+    pub async fn reconcile(&mut self) -> StoreResult<()> {
+        let train_dir = artifacts::train_dir(&self.job_dir);
+        let (on_disk, lines) = {
+            let dir = train_dir.clone();
+            tokio::task::spawn_blocking(move || read_run(&dir))
+                .await
+                .unwrap_or_default()
+        };
+        let Some(newest) = on_disk.last().map(|(_, p)| p.clone()) else {
+            return Ok(());
+        };
+        let newest_step = on_disk.last().map_or(0, |(s, _)| *s as i64);
+        let kept: Vec<MetricsRow> = lines
+            .into_iter()
+            .filter(|r| r.step <= newest_step)
+            .collect();
+        for chunk in kept.chunks(1000) {
+            let mut r = self.report(None);
+            r.metrics = chunk.to_vec();
+            self.send(r).await?;
+        }
+        let recorded: Vec<i64> = self
+            .store
+            .job_checkpoints(&self.job.id)
+            .await?
+            .iter()
+            .map(|c| c.step)
+            .collect();
+        for (step, path) in on_disk {
+            if recorded.contains(&(step as i64)) {
+                continue;
+            }
+            let Some(info) = checkpoint_on_disk(step, &path) else {
+                continue;
+            };
+            let at = |kind: MetricsKind| {
+                kept.iter()
+                    .find(|r| r.kind == kind && r.step == step as i64)
+                    .map(|r| r.data.clone())
+            };
+            self.last_step = at(MetricsKind::Train).and_then(|d| serde_json::from_value(d).ok());
+            self.last_eval = at(MetricsKind::Eval).and_then(|d| serde_json::from_value(d).ok());
+            self.checkpoint_kept(&info, &newest).await?;
+        }
+        Ok(())
+    }
+
     async fn checkpoint(&mut self, info: &CheckpointInfo) -> StoreResult<()> {
+        let newest = info.path.clone();
+        self.checkpoint_kept(info, &newest).await
+    }
+
+    /// Records a checkpoint; `newest` is the checkpoint whose optimizer state a resume needs.
+    async fn checkpoint_kept(&mut self, info: &CheckpointInfo, newest: &Path) -> StoreResult<()> {
         let job = &self.job;
         let step = info.step as i64;
         let at_step = self.last_step.as_ref().filter(|m| m.step == info.step);
@@ -206,10 +265,14 @@ impl Reporter {
         let model_id = format!("{}:ckpt-step-{step}", job.model_id);
         let path = info.path.clone();
         // Older checkpoints keep only their weights: a resume needs the newest one's optimizer.
-        let (train_dir, keep) = (artifacts::train_dir(&self.job_dir), path.clone());
+        let (train_dir, keep, this) = (
+            artifacts::train_dir(&self.job_dir),
+            newest.to_path_buf(),
+            path.clone(),
+        );
         let bytes = tokio::task::spawn_blocking(move || {
             artifacts::drop_optimizer_state_except(&train_dir, Some(&keep));
-            artifacts::checkpoint_bytes(&keep)
+            artifacts::checkpoint_bytes(&this)
         })
         .await
         .unwrap_or(0);
@@ -389,6 +452,45 @@ impl Reporter {
         }
         Ok(())
     }
+}
+
+/// The complete checkpoints of a run directory (oldest first) and its metrics lines.
+fn read_run(train_dir: &Path) -> (Vec<(usize, PathBuf)>, Vec<MetricsRow>) {
+    let checkpoints = tuna_train::checkpoint::list_checkpoints(train_dir).unwrap_or_default();
+    let lines = std::fs::read_to_string(train_dir.join("metrics.jsonl")).unwrap_or_default();
+    let rows = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let kind = match v.get("type")?.as_str()? {
+                "train" => MetricsKind::Train,
+                "eval" => MetricsKind::Eval,
+                _ => return None,
+            };
+            Some(MetricsRow {
+                kind,
+                step: v.get("step")?.as_i64()?,
+                data: v,
+            })
+        })
+        .collect();
+    (checkpoints, rows)
+}
+
+/// What the trainer reported for a checkpoint, read back from its directory.
+fn checkpoint_on_disk(step: usize, dir: &Path) -> Option<CheckpointInfo> {
+    use tuna_train::checkpoint::{SAMPLE_FILE, TRAINER_STATE, TrainerState, read_json};
+    let state: TrainerState = read_json(&dir.join(TRAINER_STATE)).ok()?;
+    let samples = read_json(&dir.join(SAMPLE_FILE)).unwrap_or_default();
+    Some(CheckpointInfo {
+        step,
+        epoch: state.epoch,
+        path: dir.to_path_buf(),
+        train_loss: state.train_loss,
+        eval_loss: state.eval_loss,
+        samples,
+        is_final: false,
+    })
 }
 
 #[cfg(test)]
