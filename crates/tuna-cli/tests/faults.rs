@@ -182,6 +182,13 @@ impl Server {
         pids_with(&format!("worker --data-dir {}", self.data_dir.display()))
     }
 
+    /// Alice and Bob, each with the fixture uploaded: (alice, bob, alice's file, bob's file).
+    fn two_users(&self) -> (Api, Api, String, String) {
+        let (a, b) = (self.user("alice"), self.user("bob"));
+        let (fa, fb) = (a.upload(), b.upload());
+        (a, b, fa, fb)
+    }
+
     fn user(&self, name: &str) -> Api {
         let out = Command::new(tuna())
             .args(["users", "create", name, "--data-dir"])
@@ -482,10 +489,7 @@ fn disk_full_fails_only_the_job_that_cannot_write() {
             &["--disk-reserve-mib", "0"],
         ),
     };
-    let a = server.user("alice");
-    let b = server.user("bob");
-    let fa = a.upload();
-    let fb = b.upload();
+    let (a, b, fa, fb) = server.two_users();
     // Bob's first job holds the slot while Alice's full fine-tune is admitted and queued.
     let b1 = b.create(&lora_job(&fb, 8, 4));
     b.wait_step(&b1, 1);
@@ -596,9 +600,7 @@ fn sigkill_of_a_worker_mid_step_resumes_from_its_last_checkpoint() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let a = server.user("alice");
-    let b = server.user("bob");
-    let (fa, fb) = (a.upload(), b.upload());
+    let (a, b, fa, fb) = server.two_users();
     let id = a.create(&lora_job(&fa, 10, 3));
     let other = b.create(&lora_job(&fb, 3, 3));
     a.wait_step(&id, 4);
@@ -628,9 +630,7 @@ fn sigkill_of_the_server_mid_step_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data, &[]);
-    let a = server.user("alice");
-    let b = server.user("bob");
-    let (fa, fb) = (a.upload(), b.upload());
+    let (a, b, fa, fb) = server.two_users();
     let id = a.create(&lora_job(&fa, 10, 2));
     let other = b.create(&lora_job(&fb, 3, 3));
     a.wait_step(&id, 3);
@@ -666,9 +666,7 @@ fn graceful_stop(sig: &str, to_group: bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data, &[]);
-    let a = server.user("alice");
-    let b = server.user("bob");
-    let (fa, fb) = (a.upload(), b.upload());
+    let (a, b, fa, fb) = server.two_users();
     let id = a.create(&lora_job(&fa, 40, 100));
     let other = b.create(&lora_job(&fb, 3, 3));
     a.wait_step(&id, 3);
@@ -736,9 +734,7 @@ fn replacing_the_binary_while_serving_keeps_starting_workers() {
         &dir.path().join("data"),
         &[],
     );
-    let a = server.user("alice");
-    let b = server.user("bob");
-    let (fa, fb) = (a.upload(), b.upload());
+    let (a, b, fa, fb) = server.two_users();
     let long = a.create(&lora_job(&fa, 100_000, 50_000));
     a.wait_step(&long, 1);
     let waiting = b.create(&lora_job(&fb, 3, 3));
@@ -782,9 +778,7 @@ fn clients_that_hang_up_during_creation_leave_no_job_stuck() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data, &[]);
-    let a = server.user("alice");
-    let b = server.user("bob");
-    let (fa, fb) = (a.upload(), b.upload());
+    let (a, b, fa, fb) = server.two_users();
     // Keep the slot busy so created jobs stay queued.
     let busy = b.create(&lora_job(&fb, 100_000, 50_000));
     b.wait_step(&busy, 1);
@@ -856,4 +850,66 @@ fn clients_that_hang_up_during_creation_leave_no_job_stuck() {
     assert_eq!(status, 200, "{body}");
     a.assert_all_final();
     b.assert_all_final();
+}
+
+/// `tuna users …` on a data directory; stdout, or the failure's stderr.
+fn users(data: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tuna())
+        .arg("users")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+#[test]
+fn a_leaked_key_is_revoked_while_the_server_runs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let first = server.user("carol");
+    let second_key = users(&data, &["create-key", "carol"]).unwrap();
+    let second = Api {
+        key: second_key.trim().to_string(),
+        ..first.at(&server)
+    };
+    assert_ne!(first.key, second.key);
+    assert_eq!(first.get("/v1/models").0, 200);
+    assert_eq!(second.get("/v1/models").0, 200);
+
+    let listed = users(&data, &["list"]).unwrap();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("carol\t"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let prefixes: Vec<&str> = row.split('\t').nth(2).unwrap().split(',').collect();
+    assert_eq!(prefixes.len(), 2, "{row}");
+    assert!(!listed.contains(&first.key), "keys are never shown again");
+    let leaked = prefixes
+        .iter()
+        .find(|p| first.key.starts_with(**p))
+        .unwrap();
+
+    // Only the leaked key stops working, at once.
+    users(&data, &["revoke", "carol", "--key", leaked]).unwrap();
+    let (status, body) = first.get("/v1/models");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(second.get("/v1/models").0, 200);
+    let err = users(&data, &["revoke", "carol", "--key", leaked]).unwrap_err();
+    assert!(err.contains("has no key"), "{err}");
+    let err = users(&data, &["create-key", "nobody"]).unwrap_err();
+    assert!(err.contains("there is no user `nobody`"), "{err}");
+
+    users(&data, &["revoke", "carol"]).unwrap();
+    assert_eq!(second.get("/v1/models").0, 401);
+    let listed = users(&data, &["list"]).unwrap();
+    assert!(listed.contains("(revoked)"), "{listed}");
 }

@@ -17,39 +17,18 @@ use serde_json::{Value, json};
 use tuna_server::store::JobStatus;
 use tuna_server::{RunningServer, Settings};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("worker") {
-        let get = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let attempt = std::env::var(tuna_server::queue::ATTEMPT_ENV)
-            .ok()
-            .and_then(|a| a.parse().ok());
-        let code = tuna_server::worker::run(
-            std::path::Path::new(&get("--data-dir")),
-            &get("--job"),
-            attempt,
-        )?;
-        std::process::exit(code);
-    }
+    common::run_as_worker_if_asked()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(arg("--jobs", 1000), arg("--slots", 1)))
+        .block_on(run(
+            arg("--jobs", 1000) as usize,
+            arg("--slots", 1) as usize,
+        ))
 }
 
 struct User {

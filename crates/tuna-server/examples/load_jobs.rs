@@ -16,43 +16,18 @@ use serde_json::{Value, json};
 use tuna_server::store::NewJob;
 use tuna_server::{RunningServer, Settings};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("worker") {
-        // The server started us as a worker: `worker --data-dir D --job ID`.
-        let get = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let attempt = std::env::var(tuna_server::queue::ATTEMPT_ENV)
-            .ok()
-            .and_then(|a| a.parse().ok());
-        let code = tuna_server::worker::run(
-            std::path::Path::new(&get("--data-dir")),
-            &get("--job"),
-            attempt,
-        )?;
-        std::process::exit(code);
-    }
-    let requests = arg("--requests", 20_000);
-    let concurrency = arg("--concurrency", 16).max(1);
-    let jobs = arg("--jobs", 1000);
+    common::run_as_worker_if_asked()?;
+    let requests = arg("--requests", 20_000) as usize;
+    let concurrency = arg("--concurrency", 16).max(1) as usize;
+    let jobs = arg("--jobs", 1000) as usize;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

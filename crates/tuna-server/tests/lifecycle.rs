@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Client, TestServer, tiny_job};
+use common::{Client, TestServer, create, messages, metric_steps, tiny_job, upload};
 use serde_json::{Value, json};
 
 #[test]
@@ -17,30 +17,6 @@ fn worker_process_entry() {
 }
 
 const T: Duration = Duration::from_secs(300);
-
-async fn upload(c: &Client) -> String {
-    let f = c.upload("identity-12.jsonl").await;
-    assert_eq!(f.body["status"], "processed", "{:?}", f.body);
-    f.body["id"].as_str().unwrap().to_string()
-}
-
-async fn create(c: &Client, body: &Value) -> String {
-    let j = c.post("/v1/fine_tuning/jobs", body).await;
-    assert_eq!(j.status, 200, "{:?}", j.body);
-    j.body["id"].as_str().unwrap().to_string()
-}
-
-async fn messages(c: &Client, id: &str) -> Vec<String> {
-    let ev = c
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await;
-    ev.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// The steps of a job's checkpoints, newest first.
 async fn checkpoint_steps(c: &Client, job: &str) -> Vec<i64> {
@@ -459,17 +435,7 @@ async fn a_checkpoint_written_but_not_recorded_is_recorded_when_the_job_resumes(
         .await;
     let listed = checkpoint_steps(&c, &id).await;
     assert!(listed.contains(&step), "{listed:?} lacks {step}");
-    let m = c
-        .get(&format!("/v1/fine_tuning/jobs/{id}/metrics"))
-        .await
-        .body;
-    let steps: Vec<i64> = m["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["type"] == "train")
-        .map(|r| r["step"].as_i64().unwrap())
-        .collect();
+    let steps = metric_steps(&c, &id).await;
     assert_eq!(steps[..step as usize], (1..=step).collect::<Vec<_>>()[..]);
     t.server.stop().await.unwrap();
 }

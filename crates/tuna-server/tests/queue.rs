@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Client, TestServer, tiny_job};
+use common::{Client, TestServer, create, messages, metric_steps, tiny_job, upload};
 use serde_json::{Value, json};
 
 #[test]
@@ -18,44 +18,9 @@ fn worker_process_entry() {
 
 const T: Duration = Duration::from_secs(300);
 
-async fn upload(c: &Client) -> String {
-    let f = c.upload("identity-12.jsonl").await;
-    assert_eq!(f.body["status"], "processed", "{:?}", f.body);
-    f.body["id"].as_str().unwrap().to_string()
-}
-
 /// A job far longer than any test waits for (they cancel it).
 fn long_job(file: &str) -> Value {
     tiny_job(file, 100_000, 50_000)
-}
-
-async fn create(c: &Client, body: &Value) -> String {
-    let j = c.post("/v1/fine_tuning/jobs", body).await;
-    assert_eq!(j.status, 200, "{:?}", j.body);
-    j.body["id"].as_str().unwrap().to_string()
-}
-
-async fn messages(c: &Client, id: &str) -> Vec<String> {
-    let ev = c
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await;
-    ev.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_string())
-        .collect()
-}
-
-async fn metric_steps(c: &Client, id: &str) -> Vec<i64> {
-    let m = c.get(&format!("/v1/fine_tuning/jobs/{id}/metrics")).await;
-    m.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["type"] == "train")
-        .map(|r| r["step"].as_i64().unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

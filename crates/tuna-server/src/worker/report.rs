@@ -512,6 +512,7 @@ mod tests {
             trained_tokens: 5,
             elapsed_s: 1.0,
             eta_s: 2.0,
+            preference: None,
         };
         let r = row(MetricsKind::Train, 2, &step);
         assert_eq!(r.data["type"], "train");

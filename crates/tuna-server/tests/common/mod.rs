@@ -312,3 +312,42 @@ pub fn tiny_job(training_file: &str, max_steps: i64, checkpoint_interval: i64) -
         }
     })
 }
+
+/// Uploads the `identity-12.jsonl` fixture; its file id.
+pub async fn upload(c: &Client) -> String {
+    let f = c.upload("identity-12.jsonl").await;
+    assert_eq!(f.body["status"], "processed", "{:?}", f.body);
+    f.body["id"].as_str().unwrap().to_string()
+}
+
+/// Creates a job; its id.
+pub async fn create(c: &Client, body: &Value) -> String {
+    let j = c.post("/v1/fine_tuning/jobs", body).await;
+    assert_eq!(j.status, 200, "{:?}", j.body);
+    j.body["id"].as_str().unwrap().to_string()
+}
+
+/// A job's event messages, newest first.
+pub async fn messages(c: &Client, id: &str) -> Vec<String> {
+    let ev = c
+        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
+        .await;
+    ev.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The steps of a job's `train` metrics rows.
+pub async fn metric_steps(c: &Client, id: &str) -> Vec<i64> {
+    let m = c.get(&format!("/v1/fine_tuning/jobs/{id}/metrics")).await;
+    m.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "train")
+        .map(|r| r["step"].as_i64().unwrap())
+        .collect()
+}

@@ -28,8 +28,8 @@ use crate::lifecycle;
 use crate::openai::types::{EstimateResponse, FineTuningJob, List, PageQuery};
 use crate::state::AppState;
 use crate::store::{JobControl, JobRow, JobStatus, NewJob, User};
-use crate::validate::validate_job_request;
-use plan::plan_job;
+use crate::validate::{ValidJobRequest, validate_job_request};
+use plan::{Plan, plan_job};
 use render::{Live, render_job, tuna_view};
 
 pub use artifacts::{checkpoints, delete_all, download, metrics};
@@ -66,6 +66,20 @@ pub(crate) async fn owned(state: &AppState, user: &User, id: &str) -> ApiResult<
         .ok_or_else(|| ApiError::job_not_found(id))
 }
 
+/// A job body validated, planned and within the user's quotas: what creation and estimates share.
+async fn admit(state: &AppState, user: &User, body: &Value) -> ApiResult<(ValidJobRequest, Plan)> {
+    let v = validate_job_request(body)?;
+    let plan = plan_job(state, user, &v).await?;
+    crate::quota::check_new_job(
+        &*state.store,
+        &state.settings.quotas,
+        user,
+        plan.footprint.disk_bytes,
+    )
+    .await?;
+    Ok((v, plan))
+}
+
 /// `POST /v1/fine_tuning/jobs`.
 #[instrument(skip_all, fields(user = %user.id))]
 pub async fn create(
@@ -73,15 +87,7 @@ pub async fn create(
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<FineTuningJob>> {
-    let v = validate_job_request(&body)?;
-    let plan = plan_job(&state, &user, &v).await?;
-    crate::quota::check_new_job(
-        &*state.store,
-        &state.settings.quotas,
-        &user,
-        plan.footprint.disk_bytes,
-    )
-    .await?;
+    let (v, plan) = admit(&state, &user, &body).await?;
     let queued = state
         .store
         .queue_snapshot()
@@ -216,15 +222,7 @@ pub async fn estimate(
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<EstimateResponse>> {
-    let v = validate_job_request(&body)?;
-    let plan = plan_job(&state, &user, &v).await?;
-    crate::quota::check_new_job(
-        &*state.store,
-        &state.settings.quotas,
-        &user,
-        plan.footprint.disk_bytes,
-    )
-    .await?;
+    let (v, plan) = admit(&state, &user, &body).await?;
     let probe = NewJobProbe {
         user_id: &user.id,
         seconds: plan.estimate.duration_seconds,
