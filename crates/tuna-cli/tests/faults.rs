@@ -214,6 +214,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(8000))..];
+            eprintln!("---- end of the server's log ----\n{tail}");
+        }
         // Whatever the test left: the server's group, then any worker (each in its own group).
         if let Some(c) = self.child.as_mut() {
             let _ = Command::new("kill")
@@ -372,7 +377,9 @@ impl Api {
         for j in list["data"].as_array().unwrap() {
             assert!(
                 ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap()),
-                "job left unfinished: {j}"
+                "job left unfinished: {j}\nevents: {:?}\nread again: {}",
+                self.messages(j["id"].as_str().unwrap()),
+                self.job(j["id"].as_str().unwrap())
             );
         }
     }
