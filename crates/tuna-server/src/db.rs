@@ -1,7 +1,14 @@
-//! [`SqliteStore`]: the [`Store`] on SQLite (sqlx). All of the server's SQL lives in this file.
+//! The [`Store`] on SQL: [`SqliteStore`] (one machine: a file next to the data) and [`PgStore`]
+//! (many machines: PostgreSQL holds the state and the queue). All of the server's SQL lives in
+//! this file, written once for both engines (see [`sql_store!`]).
 //!
-//! The server and its worker processes share one database file, so it runs in WAL mode with a
-//! busy timeout: readers never block the writer and short write bursts wait instead of failing.
+//! SQLite: the server and its worker processes share one database file, so it runs in WAL mode
+//! with a busy timeout: readers never block the writer and short write bursts wait instead of
+//! failing.
+//!
+//! PostgreSQL: claims lock the row they take with `FOR UPDATE SKIP LOCKED`, so competing workers
+//! on other machines never wait for each other nor take the same job. Migrations run at start-up
+//! under sqlx's advisory lock: several nodes starting together apply each one exactly once.
 //!
 //! Every write that returns rows runs inside an explicit transaction whose commit is checked:
 //! in autocommit mode SQLite commits when a statement is reset, and an `UPDATE … RETURNING` read
@@ -16,20 +23,85 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::QueryBuilder;
+use sqlx::SqlitePool;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
 
 use crate::ids;
 use crate::lifecycle::JobTransition;
 use crate::store::*;
 
-/// Embedded migrations (`migrations/`), applied at startup.
+/// Embedded SQLite migrations (`migrations/`), applied at startup.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Embedded PostgreSQL migrations (`migrations-postgres/`): the same schema in PostgreSQL's
+/// types (`BIGINT`, `DOUBLE PRECISION`, `JSONB`, `BIGSERIAL`).
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-postgres");
+
+/// Where the state lives: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Parses an operator's `--database` value; the error names what was wrong.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!(
+                    "`{url}`: sqlite:// needs a file path (sqlite:///var/lib/tuna/tuna.db)"
+                ));
+            }
+            return Ok(DatabaseUrl::Sqlite(path.into()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            PgConnectOptions::from_str(url).map_err(|e| format!("`{}`: {e}", redact(url)))?;
+            return Ok(DatabaseUrl::Postgres(url.to_string()));
+        }
+        Err(format!(
+            "`{}`: the database must be sqlite://PATH or postgres://USER@HOST:PORT/DB",
+            redact(url)
+        ))
+    }
+
+    /// The URL with its password hidden (for logs and errors).
+    pub fn display(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+            DatabaseUrl::Postgres(u) => redact(u),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) if auth.contains(':') => {
+            let user = auth.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Opens the store `url` names, applying its migrations.
+pub async fn open_store(url: &DatabaseUrl) -> StoreResult<Arc<dyn Store>> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -74,6 +146,27 @@ impl SqliteStore {
     }
 }
 
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pub pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and applies the migrations (under sqlx's advisory lock, so nodes
+    /// starting together apply each migration once). A pool of 8: PostgreSQL serves each
+    /// connection with its own process, and claims hold theirs only for one statement.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await?;
+        PG_MIGRATOR.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+}
+
 const JOB_COLUMNS: &str = "id, user_id, model, training_file, validation_file, suffix, seed, status, control, spec, model_id, \
      estimate, metadata, created_at, started_at, finished_at, fine_tuned_model, trained_tokens, error, step, total_steps, \
      epoch, latest_metrics, retries, attempt, queue_order, claimed_at, device, running_seconds, run_started_at, result_files";
@@ -87,894 +180,914 @@ const CHECKPOINT_COLUMNS: &str = "id, job_id, user_id, step, created_at, fine_tu
 /// The next place at the back of the queue.
 const BACK_OF_QUEUE: &str = "(SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs)";
 
-fn json_text<T: serde::Serialize>(v: &T) -> StoreResult<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn push_statuses(qb: &mut QueryBuilder<'_, Sqlite>, statuses: &[JobStatus]) {
-    qb.push("(");
-    let mut sep = qb.separated(", ");
-    for s in statuses {
-        sep.push_bind(*s);
-    }
-    qb.push(")");
-}
-
-/// The `SET` clauses of a transition (status first when it changes).
-fn push_set(qb: &mut QueryBuilder<'_, Sqlite>, t: &JobTransition) -> StoreResult<()> {
-    let patch = &t.patch;
-    let mut first = true;
-    let mut set = |qb: &mut QueryBuilder<'_, Sqlite>, col: &str| {
-        qb.push(if first { " " } else { ", " });
-        qb.push(col);
-        qb.push(" = ");
-        first = false;
-    };
-    if let Some(to) = t.to {
-        set(qb, "status");
-        qb.push_bind(to);
-    }
-    if let Some(v) = patch.started_at {
-        set(qb, "started_at");
-        qb.push("COALESCE(started_at, ").push_bind(v).push(")");
-    }
-    if let Some(v) = patch.finished_at {
-        set(qb, "finished_at");
-        qb.push_bind(v);
-    }
-    if let Some(v) = &patch.error {
-        set(qb, "error");
-        qb.push_bind(v.as_ref().map(json_text).transpose()?);
-    }
-    if let Some(v) = &patch.fine_tuned_model {
-        set(qb, "fine_tuned_model");
-        qb.push_bind(v.clone());
-    }
-    if let Some(v) = patch.trained_tokens {
-        set(qb, "trained_tokens");
-        qb.push_bind(v);
-    }
-    if patch.add_retry {
-        set(qb, "retries");
-        qb.push("retries + 1");
-    }
-    if let Some(v) = patch.control {
-        set(qb, "control");
-        qb.push_bind(v);
-    }
-    if patch.requeue {
-        set(qb, "queue_order");
-        qb.push(BACK_OF_QUEUE);
-    }
-    if let Some(v) = &patch.device {
-        set(qb, "device");
-        qb.push_bind(v.clone());
-    }
-    if let Some(now) = patch.close_run_at {
-        // Both read the row as it was before this statement.
-        set(qb, "running_seconds");
-        qb.push("running_seconds + COALESCE(MAX(")
-            .push_bind(now)
-            .push(" - run_started_at, 0), 0)");
-        set(qb, "run_started_at");
-        qb.push("NULL");
-    }
-    if let Some(v) = &patch.result_files {
-        set(qb, "result_files");
-        qb.push_bind(json_text(v)?);
-    }
-    if first {
-        // Nothing to set: a no-op assignment keeps the statement valid and RETURNING meaningful.
-        qb.push(" status = status");
-    }
-    Ok(())
-}
-
-async fn insert_event(conn: &mut SqliteConnection, e: &NewEvent) -> StoreResult<EventRow> {
-    let sql = format!(
-        "INSERT INTO job_events (id, job_id, user_id, created_at, level, message, type, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-         RETURNING {EVENT_COLUMNS}"
-    );
-    Ok(sqlx::query_as::<_, EventRow>(&sql)
-        .bind(ids::new_id(ids::EVENT))
-        .bind(&e.job_id)
-        .bind(&e.user_id)
-        .bind(ids::now())
-        .bind(e.level)
-        .bind(&e.message)
-        .bind(e.kind)
-        .bind(e.data.as_ref().map(json_text).transpose()?)
-        .fetch_one(&mut *conn)
-        .await?)
-}
-
-/// Whether `job` is still under claim `attempt` (and, when `running`, still running).
-async fn claim_holds(
-    conn: &mut SqliteConnection,
-    job_id: &str,
-    attempt: i64,
-    running: bool,
-) -> StoreResult<bool> {
-    let sql = if running {
-        "SELECT 1 FROM jobs WHERE id = ? AND attempt = ? AND status = 'running'"
-    } else {
-        "SELECT 1 FROM jobs WHERE id = ? AND attempt = ?"
-    };
-    Ok(sqlx::query_scalar::<_, i64>(sql)
-        .bind(job_id)
-        .bind(attempt)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some())
-}
-
-/// The `seq` of `after` within a scope, or `Ok(None)` when it is not there.
-async fn cursor_seq(
-    pool: &SqlitePool,
-    table: &str,
-    scope_col: &str,
-    scope: &str,
-    after: &str,
-) -> StoreResult<Option<i64>> {
-    let sql = format!("SELECT seq FROM {table} WHERE id = ? AND {scope_col} = ?");
-    Ok(sqlx::query_scalar::<_, i64>(&sql)
-        .bind(after)
-        .bind(scope)
-        .fetch_optional(pool)
-        .await?)
-}
-
 fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit.max(0) as usize);
     (rows, has_more)
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn create_user(&self, user: &User, key_hash: &str, key_prefix: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO users (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(&user.id)
-        .bind(&user.name)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("user {}", user.name)));
+/// The [`Store`] implementation, written once for both engines: every statement uses numbered
+/// placeholders (`$1`), which SQLite and PostgreSQL both read, and portable SQL; the only
+/// difference, the row lock a claim takes, is an argument.
+macro_rules! sql_store {
+    ($module:ident, $store:ty, $db:ty, $claim_lock:expr) => {
+mod $module {
+    use super::*;
+    type Db = $db;
+
+    fn push_statuses(qb: &mut QueryBuilder<'_, Db>, statuses: &[JobStatus]) {
+        qb.push("(");
+        let mut sep = qb.separated(", ");
+        for s in statuses {
+            sep.push_bind(*s);
         }
-        sqlx::query(
-            "INSERT INTO api_keys (key_hash, user_id, key_prefix, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(key_hash)
-        .bind(&user.id)
-        .bind(key_prefix)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        qb.push(")");
+    }
+
+    /// The `SET` clauses of a transition (status first when it changes).
+    fn push_set(qb: &mut QueryBuilder<'_, Db>, t: &JobTransition) -> StoreResult<()> {
+        let patch = &t.patch;
+        let mut first = true;
+        let mut set = |qb: &mut QueryBuilder<'_, Db>, col: &str| {
+            qb.push(if first { " " } else { ", " });
+            qb.push(col);
+            qb.push(" = ");
+            first = false;
+        };
+        if let Some(to) = t.to {
+            set(qb, "status");
+            qb.push_bind(to);
+        }
+        if let Some(v) = patch.started_at {
+            set(qb, "started_at");
+            qb.push("COALESCE(started_at, ").push_bind(v).push(")");
+        }
+        if let Some(v) = patch.finished_at {
+            set(qb, "finished_at");
+            qb.push_bind(v);
+        }
+        if let Some(v) = &patch.error {
+            set(qb, "error");
+            qb.push_bind(v.clone().map(Json));
+        }
+        if let Some(v) = &patch.fine_tuned_model {
+            set(qb, "fine_tuned_model");
+            qb.push_bind(v.clone());
+        }
+        if let Some(v) = patch.trained_tokens {
+            set(qb, "trained_tokens");
+            qb.push_bind(v);
+        }
+        if patch.add_retry {
+            set(qb, "retries");
+            qb.push("retries + 1");
+        }
+        if let Some(v) = patch.control {
+            set(qb, "control");
+            qb.push_bind(v);
+        }
+        if patch.requeue {
+            set(qb, "queue_order");
+            qb.push(BACK_OF_QUEUE);
+        }
+        if let Some(v) = &patch.device {
+            set(qb, "device");
+            qb.push_bind(v.clone());
+        }
+        if let Some(now) = patch.close_run_at {
+            // Both read the row as it was before this statement.
+            set(qb, "running_seconds");
+            // Portable `max(now - run_started_at, 0)` (PostgreSQL has no two-argument MAX).
+            qb.push("running_seconds + CASE WHEN run_started_at IS NULL OR ")
+                .push_bind(now)
+                .push(" < run_started_at THEN 0 ELSE ")
+                .push_bind(now)
+                .push(" - run_started_at END");
+            set(qb, "run_started_at");
+            qb.push("NULL");
+        }
+        if let Some(v) = &patch.result_files {
+            set(qb, "result_files");
+            qb.push_bind(Json(v.clone()));
+        }
+        if first {
+            // Nothing to set: a no-op assignment keeps the statement valid and RETURNING meaningful.
+            qb.push(" status = status");
+        }
         Ok(())
     }
 
-    async fn add_api_key(
-        &self,
-        user_id: &str,
-        key_hash: &str,
-        key_prefix: &str,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (key_hash, user_id, key_prefix, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(key_hash)
-        .bind(user_id)
-        .bind(key_prefix)
-        .bind(ids::now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn user_by_key_hash(&self, key_hash: &str) -> StoreResult<Option<User>> {
-        Ok(sqlx::query_as::<_, User>(
-            "SELECT users.id, users.name, users.created_at FROM api_keys JOIN users ON users.id = api_keys.user_id \
-             WHERE api_keys.key_hash = ?",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
-        Ok(
-            sqlx::query_as::<_, User>("SELECT id, name, created_at FROM users WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn list_users(&self) -> StoreResult<Vec<User>> {
-        Ok(sqlx::query_as::<_, User>(
-            "SELECT id, name, created_at FROM users ORDER BY created_at, name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyInfo>> {
-        Ok(sqlx::query_as::<_, ApiKeyInfo>(
-            "SELECT user_id, key_prefix, created_at FROM api_keys ORDER BY created_at, key_prefix",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn revoke_api_keys(&self, user_id: &str, prefix: Option<&str>) -> StoreResult<u64> {
-        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM api_keys WHERE user_id = ");
-        qb.push_bind(user_id);
-        if let Some(p) = prefix {
-            qb.push(" AND key_prefix = ").push_bind(p);
-        }
-        Ok(qb.build().execute(&self.pool).await?.rows_affected())
-    }
-
-    async fn usage(&self, user_id: &str) -> StoreResult<Usage> {
-        let (files, file_bytes, checkpoint_bytes, queued_jobs, running_jobs) =
-            sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(
-                "SELECT (SELECT COUNT(*) FROM files WHERE user_id = ?1), \
-                        (SELECT COALESCE(SUM(bytes), 0) FROM files WHERE user_id = ?1), \
-                        (SELECT COALESCE(SUM(bytes), 0) FROM checkpoints WHERE user_id = ?1), \
-                        (SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND status = 'queued'), \
-                        (SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND status = 'running')",
-            )
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Usage {
-            files,
-            file_bytes,
-            checkpoint_bytes,
-            queued_jobs,
-            running_jobs,
-        })
-    }
-
-    async fn upsert_model(&self, m: &ModelRow) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO models (name, path, source, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET path = excluded.path, source = excluded.source",
-        )
-        .bind(&m.name)
-        .bind(&m.path)
-        .bind(&m.source)
-        .bind(m.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_models(&self) -> StoreResult<Vec<ModelRow>> {
-        Ok(sqlx::query_as::<_, ModelRow>(
-            "SELECT name, path, source, created_at FROM models ORDER BY created_at, name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn get_model(&self, name: &str) -> StoreResult<Option<ModelRow>> {
-        Ok(sqlx::query_as::<_, ModelRow>(
-            "SELECT name, path, source, created_at FROM models WHERE name = ?",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn insert_file(&self, f: &FileRow) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO files (id, user_id, filename, purpose, bytes, created_at, status, status_details, check_report, blob_key) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&f.id)
-        .bind(&f.user_id)
-        .bind(&f.filename)
-        .bind(&f.purpose)
-        .bind(f.bytes)
-        .bind(f.created_at)
-        .bind(&f.status)
-        .bind(&f.status_details)
-        .bind(&f.check_report)
-        .bind(&f.blob_key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_file(&self, user_id: &str, id: &str) -> StoreResult<Option<FileRow>> {
-        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ? AND user_id = ?");
-        Ok(sqlx::query_as::<_, FileRow>(&sql)
-            .bind(id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn list_files(
-        &self,
-        user_id: &str,
-        purpose: Option<&str>,
-        ascending: bool,
-        page: &Page,
-    ) -> StoreResult<Option<(Vec<FileRow>, bool)>> {
-        let cursor = match &page.after {
-            Some(after) => {
-                match cursor_seq(&self.pool, "files", "user_id", user_id, after).await? {
-                    Some(seq) => Some(seq),
-                    None => return Ok(None),
-                }
-            }
-            None => None,
-        };
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE user_id = "
-        ));
-        qb.push_bind(user_id);
-        if let Some(p) = purpose {
-            qb.push(" AND purpose = ").push_bind(p);
-        }
-        if let Some(seq) = cursor {
-            qb.push(if ascending {
-                " AND seq > "
-            } else {
-                " AND seq < "
-            })
-            .push_bind(seq);
-        }
-        qb.push(if ascending {
-            " ORDER BY seq ASC LIMIT "
-        } else {
-            " ORDER BY seq DESC LIMIT "
-        });
-        qb.push_bind(page.limit + 1);
-        let rows = qb.build_query_as::<FileRow>().fetch_all(&self.pool).await?;
-        Ok(Some(split_page(rows, page.limit)))
-    }
-
-    async fn delete_file(&self, user_id: &str, id: &str) -> StoreResult<Option<FileRow>> {
-        let sql =
-            format!("DELETE FROM files WHERE id = ? AND user_id = ? RETURNING {FILE_COLUMNS}");
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query_as::<_, FileRow>(&sql)
-            .bind(id)
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(row)
-    }
-
-    async fn active_job_using_file(
-        &self,
-        user_id: &str,
-        file_id: &str,
-    ) -> StoreResult<Option<String>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM jobs WHERE user_id = ");
-        qb.push_bind(user_id);
-        qb.push(" AND (training_file = ").push_bind(file_id);
-        qb.push(" OR validation_file = ").push_bind(file_id);
-        qb.push(") AND status IN ");
-        push_statuses(&mut qb, &JobStatus::ACTIVE);
-        qb.push(" LIMIT 1");
-        Ok(qb
-            .build_query_scalar::<String>()
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn create_job(&self, j: &NewJob, events: &[NewEvent]) -> StoreResult<JobRow> {
+    async fn insert_event(conn: &mut <Db as sqlx::Database>::Connection, e: &NewEvent) -> StoreResult<EventRow> {
         let sql = format!(
-            "INSERT INTO jobs (id, user_id, model, training_file, validation_file, suffix, seed, status, spec, model_id, \
-             estimate, metadata, created_at, queue_order) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, {BACK_OF_QUEUE}) \
-             RETURNING {JOB_COLUMNS}"
-        );
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query_as::<_, JobRow>(&sql)
-            .bind(&j.id)
-            .bind(&j.user_id)
-            .bind(&j.model)
-            .bind(&j.training_file)
-            .bind(&j.validation_file)
-            .bind(&j.suffix)
-            .bind(j.seed)
-            .bind(json_text(&j.spec)?)
-            .bind(&j.model_id)
-            .bind(j.estimate.as_ref().map(json_text).transpose()?)
-            .bind(j.metadata.as_ref().map(json_text).transpose()?)
-            .bind(j.created_at)
-            .fetch_one(&mut *tx)
-            .await?;
-        for e in events {
-            insert_event(&mut tx, e).await?;
-        }
-        tx.commit().await?;
-        Ok(row)
-    }
-
-    async fn get_job(&self, user_id: &str, id: &str) -> StoreResult<Option<JobRow>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND user_id = ?");
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
-            .bind(id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn get_job_unscoped(&self, id: &str) -> StoreResult<Option<JobRow>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn list_jobs(
-        &self,
-        user_id: &str,
-        page: &Page,
-    ) -> StoreResult<Option<(Vec<JobRow>, bool)>> {
-        let before = match &page.after {
-            Some(after) => match cursor_seq(&self.pool, "jobs", "user_id", user_id, after).await? {
-                Some(seq) => seq,
-                None => return Ok(None),
-            },
-            None => i64::MAX,
-        };
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        );
-        let rows = sqlx::query_as::<_, JobRow>(&sql)
-            .bind(user_id)
-            .bind(before)
-            .bind(page.limit + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Some(split_page(rows, page.limit)))
-    }
-
-    async fn apply(&self, t: &JobTransition) -> StoreResult<Option<JobRow>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE jobs SET");
-        push_set(&mut qb, t)?;
-        qb.push(" WHERE id = ").push_bind(&t.job_id);
-        qb.push(" AND status IN ");
-        push_statuses(&mut qb, &t.from);
-        if let Some(attempt) = t.attempt {
-            qb.push(" AND attempt = ").push_bind(attempt);
-        }
-        qb.push(format!(" RETURNING {JOB_COLUMNS}"));
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = qb
-            .build_query_as::<JobRow>()
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        for e in &t.events {
-            insert_event(&mut tx, e).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(row))
-    }
-
-    async fn claim_next_queued(
-        &self,
-        device: &str,
-        now: f64,
-        max_running_per_user: Option<i64>,
-        started: &ClaimEvent,
-    ) -> StoreResult<Option<JobRow>> {
-        // Fair share: among users with queued jobs (and below their running quota), the one with
-        // the fewest running jobs, then the one whose jobs started least recently, then the
-        // oldest waiting job; within the user, queue order.
-        let sql = format!(
-            "WITH waiting AS ( \
-                 SELECT q.user_id, MIN(q.queue_order) AS first, \
-                     (SELECT COUNT(*) FROM jobs r WHERE r.user_id = q.user_id AND r.status = 'running') AS running, \
-                     (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = q.user_id) AS last_claim \
-                 FROM jobs q WHERE q.status = 'queued' GROUP BY q.user_id \
-             ), next_user AS ( \
-                 SELECT user_id FROM waiting WHERE running < ?4 ORDER BY running, last_claim, first LIMIT 1 \
-             ) \
-             UPDATE jobs SET status = 'running', device = ?1, started_at = COALESCE(started_at, ?2), \
-                 run_started_at = ?3, claimed_at = ?3, attempt = attempt + 1, control = NULL \
-             WHERE id = (SELECT q.id FROM jobs q WHERE q.status = 'queued' \
-                         AND q.user_id = (SELECT user_id FROM next_user) ORDER BY q.queue_order LIMIT 1) \
-               AND status = 'queued' \
-             RETURNING {JOB_COLUMNS}"
-        );
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query_as::<_, JobRow>(&sql)
-            .bind(device)
-            .bind(now as i64)
-            .bind(now)
-            .bind(max_running_per_user.unwrap_or(i64::MAX))
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        insert_event(&mut tx, &started(&row)).await?;
-        tx.commit().await?;
-        Ok(Some(row))
-    }
-
-    async fn report(&self, r: &StepReport) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let holds = match &r.progress {
-            Some(p) => {
-                let latest = r
-                    .metrics
-                    .iter()
-                    .rev()
-                    .find(|m| m.kind == MetricsKind::Train)
-                    .map(|m| json_text(&m.data))
-                    .transpose()?;
-                sqlx::query(
-                    "UPDATE jobs SET step = ?, total_steps = ?, epoch = ?, latest_metrics = COALESCE(?, latest_metrics) \
-                     WHERE id = ? AND attempt = ? AND status = 'running'",
-                )
-                .bind(p.step)
-                .bind(p.total_steps)
-                .bind(p.epoch)
-                .bind(latest)
-                .bind(&r.job_id)
-                .bind(r.attempt)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1
-            }
-            None => claim_holds(&mut tx, &r.job_id, r.attempt, true).await?,
-        };
-        if !holds {
-            return Ok(false);
-        }
-        for m in &r.metrics {
-            sqlx::query(
-                "INSERT INTO job_metrics (job_id, kind, step, data) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (job_id, step, kind) DO UPDATE SET data = excluded.data",
-            )
-            .bind(&r.job_id)
-            .bind(m.kind)
-            .bind(m.step)
-            .bind(json_text(&m.data)?)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for e in &r.events {
-            insert_event(&mut tx, e).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn queue_snapshot(&self) -> StoreResult<Vec<QueueEntry>> {
-        Ok(sqlx::query_as::<_, QueueEntry>(
-            "SELECT id, user_id, status, queue_order, estimate, step, total_steps, running_seconds, run_started_at, claimed_at \
-             FROM jobs WHERE status IN ('queued', 'running') ORDER BY queue_order",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn jobs_with_status(&self, statuses: &[JobStatus]) -> StoreResult<Vec<JobRow>> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN "));
-        push_statuses(&mut qb, statuses);
-        qb.push(" ORDER BY queue_order");
-        Ok(qb.build_query_as::<JobRow>().fetch_all(&self.pool).await?)
-    }
-
-    async fn add_event(&self, e: &NewEvent) -> StoreResult<EventRow> {
-        let mut tx = self.pool.begin().await?;
-        let row = insert_event(&mut tx, e).await?;
-        tx.commit().await?;
-        Ok(row)
-    }
-
-    async fn list_events(
-        &self,
-        job_id: &str,
-        page: &Page,
-    ) -> StoreResult<Option<(Vec<EventRow>, bool)>> {
-        let before = match &page.after {
-            Some(after) => {
-                match cursor_seq(&self.pool, "job_events", "job_id", job_id, after).await? {
-                    Some(seq) => seq,
-                    None => return Ok(None),
-                }
-            }
-            None => i64::MAX,
-        };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        );
-        let rows = sqlx::query_as::<_, EventRow>(&sql)
-            .bind(job_id)
-            .bind(before)
-            .bind(page.limit + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Some(split_page(rows, page.limit)))
-    }
-
-    async fn events_since(
-        &self,
-        job_id: &str,
-        after_seq: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<EventRow>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
+            "INSERT INTO job_events (id, job_id, user_id, created_at, level, message, type, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             RETURNING {EVENT_COLUMNS}"
         );
         Ok(sqlx::query_as::<_, EventRow>(&sql)
-            .bind(job_id)
-            .bind(after_seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
+            .bind(ids::new_id(ids::EVENT))
+            .bind(&e.job_id)
+            .bind(&e.user_id)
+            .bind(ids::now())
+            .bind(e.level)
+            .bind(&e.message)
+            .bind(e.kind)
+            .bind(e.data.as_ref().map(Json))
+            .fetch_one(&mut *conn)
             .await?)
     }
 
-    async fn insert_checkpoint(
-        &self,
-        c: &CheckpointRow,
+    /// Whether `job` is still under claim `attempt` (and, when `running`, still running).
+    async fn claim_holds(
+        conn: &mut <Db as sqlx::Database>::Connection,
+        job_id: &str,
         attempt: i64,
-        event: &NewEvent,
+        running: bool,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        if !claim_holds(&mut tx, &c.job_id, attempt, false).await? {
-            return Ok(false);
-        }
-        // A resumed run may save the same step again: the newer files replace the row.
-        sqlx::query(
-            "INSERT INTO checkpoints (id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (job_id, step) DO UPDATE SET created_at = excluded.created_at, metrics = excluded.metrics, \
-             sample = excluded.sample, path = excluded.path, kind = excluded.kind, bytes = excluded.bytes",
-        )
-        .bind(&c.id)
-        .bind(&c.job_id)
-        .bind(&c.user_id)
-        .bind(c.step)
-        .bind(c.created_at)
-        .bind(&c.fine_tuned_model_checkpoint)
-        .bind(&c.metrics)
-        .bind(&c.sample)
-        .bind(&c.path)
-        .bind(&c.kind)
-        .bind(c.bytes)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(true)
+        let sql = if running {
+            "SELECT attempt FROM jobs WHERE id = $1 AND attempt = $2 AND status = 'running'"
+        } else {
+            "SELECT attempt FROM jobs WHERE id = $1 AND attempt = $2"
+        };
+        Ok(sqlx::query_scalar::<_, i64>(sql)
+            .bind(job_id)
+            .bind(attempt)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some())
     }
 
-    async fn list_checkpoints(
-        &self,
-        job_id: &str,
-        page: &Page,
-    ) -> StoreResult<Option<(Vec<CheckpointRow>, bool)>> {
-        let below = match &page.after {
-            Some(after) => {
-                let step = sqlx::query_scalar::<_, i64>(
-                    "SELECT step FROM checkpoints WHERE id = ? AND job_id = ?",
-                )
-                .bind(after)
-                .bind(job_id)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some(step) = step else { return Ok(None) };
-                step
+    /// The `seq` of `after` within a scope, or `Ok(None)` when it is not there.
+    async fn cursor_seq(
+        pool: &sqlx::Pool<Db>,
+        table: &str,
+        scope_col: &str,
+        scope: &str,
+        after: &str,
+    ) -> StoreResult<Option<i64>> {
+        let sql = format!("SELECT seq FROM {table} WHERE id = $1 AND {scope_col} = $2");
+        Ok(sqlx::query_scalar::<_, i64>(&sql)
+            .bind(after)
+            .bind(scope)
+            .fetch_optional(pool)
+            .await?)
+    }
+
+
+    #[async_trait]
+    impl Store for $store {
+        async fn create_user(&self, user: &User, key_hash: &str, key_prefix: &str) -> StoreResult<()> {
+            let mut tx = self.pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&user.id)
+            .bind(&user.name)
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("user {}", user.name)));
             }
-            None => i64::MAX,
-        };
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND step < ? ORDER BY step DESC LIMIT ?"
-        );
-        let rows = sqlx::query_as::<_, CheckpointRow>(&sql)
+            sqlx::query(
+                "INSERT INTO api_keys (key_hash, user_id, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(key_hash)
+            .bind(&user.id)
+            .bind(key_prefix)
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn add_api_key(
+            &self,
+            user_id: &str,
+            key_hash: &str,
+            key_prefix: &str,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO api_keys (key_hash, user_id, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(key_hash)
+            .bind(user_id)
+            .bind(key_prefix)
+            .bind(ids::now())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn user_by_key_hash(&self, key_hash: &str) -> StoreResult<Option<User>> {
+            Ok(sqlx::query_as::<_, User>(
+                "SELECT users.id, users.name, users.created_at FROM api_keys JOIN users ON users.id = api_keys.user_id \
+                 WHERE api_keys.key_hash = $1",
+            )
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?)
+        }
+
+        async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
+            Ok(
+                sqlx::query_as::<_, User>("SELECT id, name, created_at FROM users WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?,
+            )
+        }
+
+        async fn list_users(&self) -> StoreResult<Vec<User>> {
+            Ok(sqlx::query_as::<_, User>(
+                "SELECT id, name, created_at FROM users ORDER BY created_at, name",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyInfo>> {
+            Ok(sqlx::query_as::<_, ApiKeyInfo>(
+                "SELECT user_id, key_prefix, created_at FROM api_keys ORDER BY created_at, key_prefix",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn revoke_api_keys(&self, user_id: &str, prefix: Option<&str>) -> StoreResult<u64> {
+            let mut qb = QueryBuilder::<Db>::new("DELETE FROM api_keys WHERE user_id = ");
+            qb.push_bind(user_id);
+            if let Some(p) = prefix {
+                qb.push(" AND key_prefix = ").push_bind(p);
+            }
+            Ok(qb.build().execute(&self.pool).await?.rows_affected())
+        }
+
+        async fn usage(&self, user_id: &str) -> StoreResult<Usage> {
+            let (files, file_bytes, checkpoint_bytes, queued_jobs, running_jobs) =
+                sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(
+                    "SELECT (SELECT COUNT(*) FROM files WHERE user_id = $1), \
+                            (SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM files WHERE user_id = $1), \
+                            (SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM checkpoints WHERE user_id = $1), \
+                            (SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND status = 'queued'), \
+                            (SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND status = 'running')",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(Usage {
+                files,
+                file_bytes,
+                checkpoint_bytes,
+                queued_jobs,
+                running_jobs,
+            })
+        }
+
+        async fn upsert_model(&self, m: &ModelRow) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO models (name, path, source, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET path = excluded.path, source = excluded.source",
+            )
+            .bind(&m.name)
+            .bind(&m.path)
+            .bind(&m.source)
+            .bind(m.created_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn list_models(&self) -> StoreResult<Vec<ModelRow>> {
+            Ok(sqlx::query_as::<_, ModelRow>(
+                "SELECT name, path, source, created_at FROM models ORDER BY created_at, name",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn get_model(&self, name: &str) -> StoreResult<Option<ModelRow>> {
+            Ok(sqlx::query_as::<_, ModelRow>(
+                "SELECT name, path, source, created_at FROM models WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+        }
+
+        async fn insert_file(&self, f: &FileRow) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO files (id, user_id, filename, purpose, bytes, created_at, status, status_details, check_report, blob_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&f.id)
+            .bind(&f.user_id)
+            .bind(&f.filename)
+            .bind(&f.purpose)
+            .bind(f.bytes)
+            .bind(f.created_at)
+            .bind(&f.status)
+            .bind(&f.status_details)
+            .bind(&f.check_report)
+            .bind(&f.blob_key)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn get_file(&self, user_id: &str, id: &str) -> StoreResult<Option<FileRow>> {
+            let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND user_id = $2");
+            Ok(sqlx::query_as::<_, FileRow>(&sql)
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn list_files(
+            &self,
+            user_id: &str,
+            purpose: Option<&str>,
+            ascending: bool,
+            page: &Page,
+        ) -> StoreResult<Option<(Vec<FileRow>, bool)>> {
+            let cursor = match &page.after {
+                Some(after) => {
+                    match cursor_seq(&self.pool, "files", "user_id", user_id, after).await? {
+                        Some(seq) => Some(seq),
+                        None => return Ok(None),
+                    }
+                }
+                None => None,
+            };
+            let mut qb = QueryBuilder::<Db>::new(format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE user_id = "
+            ));
+            qb.push_bind(user_id);
+            if let Some(p) = purpose {
+                qb.push(" AND purpose = ").push_bind(p);
+            }
+            if let Some(seq) = cursor {
+                qb.push(if ascending {
+                    " AND seq > "
+                } else {
+                    " AND seq < "
+                })
+                .push_bind(seq);
+            }
+            qb.push(if ascending {
+                " ORDER BY seq ASC LIMIT "
+            } else {
+                " ORDER BY seq DESC LIMIT "
+            });
+            qb.push_bind(page.limit + 1);
+            let rows = qb.build_query_as::<FileRow>().fetch_all(&self.pool).await?;
+            Ok(Some(split_page(rows, page.limit)))
+        }
+
+        async fn delete_file(&self, user_id: &str, id: &str) -> StoreResult<Option<FileRow>> {
+            let sql =
+                format!("DELETE FROM files WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLUMNS}");
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query_as::<_, FileRow>(&sql)
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(row)
+        }
+
+        async fn active_job_using_file(
+            &self,
+            user_id: &str,
+            file_id: &str,
+        ) -> StoreResult<Option<String>> {
+            let mut qb = QueryBuilder::<Db>::new("SELECT id FROM jobs WHERE user_id = ");
+            qb.push_bind(user_id);
+            qb.push(" AND (training_file = ").push_bind(file_id);
+            qb.push(" OR validation_file = ").push_bind(file_id);
+            qb.push(") AND status IN ");
+            push_statuses(&mut qb, &JobStatus::ACTIVE);
+            qb.push(" LIMIT 1");
+            Ok(qb
+                .build_query_scalar::<String>()
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn create_job(&self, j: &NewJob, events: &[NewEvent]) -> StoreResult<JobRow> {
+            let sql = format!(
+                "INSERT INTO jobs (id, user_id, model, training_file, validation_file, suffix, seed, status, spec, model_id, \
+                 estimate, metadata, created_at, queue_order) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, {BACK_OF_QUEUE}) \
+                 RETURNING {JOB_COLUMNS}"
+            );
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query_as::<_, JobRow>(&sql)
+                .bind(&j.id)
+                .bind(&j.user_id)
+                .bind(&j.model)
+                .bind(&j.training_file)
+                .bind(&j.validation_file)
+                .bind(&j.suffix)
+                .bind(j.seed)
+                .bind(Json(&j.spec))
+                .bind(&j.model_id)
+                .bind(j.estimate.as_ref().map(Json))
+                .bind(j.metadata.as_ref().map(Json))
+                .bind(j.created_at)
+                .fetch_one(&mut *tx)
+                .await?;
+            for e in events {
+                insert_event(&mut tx, e).await?;
+            }
+            tx.commit().await?;
+            Ok(row)
+        }
+
+        async fn get_job(&self, user_id: &str, id: &str) -> StoreResult<Option<JobRow>> {
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND user_id = $2");
+            Ok(sqlx::query_as::<_, JobRow>(&sql)
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn get_job_unscoped(&self, id: &str) -> StoreResult<Option<JobRow>> {
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+            Ok(sqlx::query_as::<_, JobRow>(&sql)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn list_jobs(
+            &self,
+            user_id: &str,
+            page: &Page,
+        ) -> StoreResult<Option<(Vec<JobRow>, bool)>> {
+            let before = match &page.after {
+                Some(after) => match cursor_seq(&self.pool, "jobs", "user_id", user_id, after).await? {
+                    Some(seq) => seq,
+                    None => return Ok(None),
+                },
+                None => i64::MAX,
+            };
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+            );
+            let rows = sqlx::query_as::<_, JobRow>(&sql)
+                .bind(user_id)
+                .bind(before)
+                .bind(page.limit + 1)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(Some(split_page(rows, page.limit)))
+        }
+
+        async fn apply(&self, t: &JobTransition) -> StoreResult<Option<JobRow>> {
+            let mut qb = QueryBuilder::<Db>::new("UPDATE jobs SET");
+            push_set(&mut qb, t)?;
+            qb.push(" WHERE id = ").push_bind(&t.job_id);
+            qb.push(" AND status IN ");
+            push_statuses(&mut qb, &t.from);
+            if let Some(attempt) = t.attempt {
+                qb.push(" AND attempt = ").push_bind(attempt);
+            }
+            qb.push(format!(" RETURNING {JOB_COLUMNS}"));
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = qb
+                .build_query_as::<JobRow>()
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            for e in &t.events {
+                insert_event(&mut tx, e).await?;
+            }
+            tx.commit().await?;
+            Ok(Some(row))
+        }
+
+        async fn claim_next_queued(
+            &self,
+            device: &str,
+            now: f64,
+            max_running_per_user: Option<i64>,
+            started: &ClaimEvent,
+        ) -> StoreResult<Option<JobRow>> {
+            // Fair share: among users with queued jobs (and below their running quota), the one with
+            // the fewest running jobs, then the one whose jobs started least recently, then the
+            // oldest waiting job; within the user, queue order.
+            let sql = format!(
+                "WITH waiting AS ( \
+                     SELECT q.user_id, MIN(q.queue_order) AS first, \
+                         (SELECT COUNT(*) FROM jobs r WHERE r.user_id = q.user_id AND r.status = 'running') AS running, \
+                         (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = q.user_id) AS last_claim \
+                     FROM jobs q WHERE q.status = 'queued' GROUP BY q.user_id \
+                 ), next_user AS ( \
+                     SELECT user_id FROM waiting WHERE running < $4 ORDER BY running, last_claim, first LIMIT 1 \
+                 ) \
+                 UPDATE jobs SET status = 'running', device = $1, started_at = COALESCE(started_at, $2), \
+                     run_started_at = $3, claimed_at = $3, attempt = attempt + 1, control = NULL \
+                 WHERE id = (SELECT q.id FROM jobs q WHERE q.status = 'queued' \
+                             AND q.user_id = (SELECT user_id FROM next_user) ORDER BY q.queue_order LIMIT 1{lock}) \
+                   AND status = 'queued' \
+                 RETURNING {JOB_COLUMNS}",
+                lock = $claim_lock
+            );
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = sqlx::query_as::<_, JobRow>(&sql)
+                .bind(device)
+                .bind(now as i64)
+                .bind(now)
+                .bind(max_running_per_user.unwrap_or(i64::MAX))
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            insert_event(&mut tx, &started(&row)).await?;
+            tx.commit().await?;
+            Ok(Some(row))
+        }
+
+        async fn report(&self, r: &StepReport) -> StoreResult<bool> {
+            let mut tx = self.pool.begin().await?;
+            let holds = match &r.progress {
+                Some(p) => {
+                    let latest = r
+                        .metrics
+                        .iter()
+                        .rev()
+                        .find(|m| m.kind == MetricsKind::Train)
+                        .map(|m| Json(&m.data));
+                    sqlx::query(
+                        "UPDATE jobs SET step = $1, total_steps = $2, epoch = $3, latest_metrics = COALESCE($4, latest_metrics) \
+                         WHERE id = $5 AND attempt = $6 AND status = 'running'",
+                    )
+                    .bind(p.step)
+                    .bind(p.total_steps)
+                    .bind(p.epoch)
+                    .bind(latest)
+                    .bind(&r.job_id)
+                    .bind(r.attempt)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1
+                }
+                None => claim_holds(&mut tx, &r.job_id, r.attempt, true).await?,
+            };
+            if !holds {
+                return Ok(false);
+            }
+            for m in &r.metrics {
+                sqlx::query(
+                    "INSERT INTO job_metrics (job_id, kind, step, data) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (job_id, step, kind) DO UPDATE SET data = excluded.data",
+                )
+                .bind(&r.job_id)
+                .bind(m.kind)
+                .bind(m.step)
+                .bind(Json(&m.data))
+                .execute(&mut *tx)
+                .await?;
+            }
+            for e in &r.events {
+                insert_event(&mut tx, e).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+
+        async fn queue_snapshot(&self) -> StoreResult<Vec<QueueEntry>> {
+            Ok(sqlx::query_as::<_, QueueEntry>(
+                "SELECT id, user_id, status, queue_order, estimate, step, total_steps, running_seconds, run_started_at, claimed_at \
+                 FROM jobs WHERE status IN ('queued', 'running') ORDER BY queue_order",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn jobs_with_status(&self, statuses: &[JobStatus]) -> StoreResult<Vec<JobRow>> {
+            let mut qb =
+                QueryBuilder::<Db>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN "));
+            push_statuses(&mut qb, statuses);
+            qb.push(" ORDER BY queue_order");
+            Ok(qb.build_query_as::<JobRow>().fetch_all(&self.pool).await?)
+        }
+
+        async fn add_event(&self, e: &NewEvent) -> StoreResult<EventRow> {
+            let mut tx = self.pool.begin().await?;
+            let row = insert_event(&mut tx, e).await?;
+            tx.commit().await?;
+            Ok(row)
+        }
+
+        async fn list_events(
+            &self,
+            job_id: &str,
+            page: &Page,
+        ) -> StoreResult<Option<(Vec<EventRow>, bool)>> {
+            let before = match &page.after {
+                Some(after) => {
+                    match cursor_seq(&self.pool, "job_events", "job_id", job_id, after).await? {
+                        Some(seq) => seq,
+                        None => return Ok(None),
+                    }
+                }
+                None => i64::MAX,
+            };
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+            );
+            let rows = sqlx::query_as::<_, EventRow>(&sql)
+                .bind(job_id)
+                .bind(before)
+                .bind(page.limit + 1)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(Some(split_page(rows, page.limit)))
+        }
+
+        async fn events_since(
+            &self,
+            job_id: &str,
+            after_seq: i64,
+            limit: i64,
+        ) -> StoreResult<Vec<EventRow>> {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+            );
+            Ok(sqlx::query_as::<_, EventRow>(&sql)
+                .bind(job_id)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
+        async fn insert_checkpoint(
+            &self,
+            c: &CheckpointRow,
+            attempt: i64,
+            event: &NewEvent,
+        ) -> StoreResult<bool> {
+            let mut tx = self.pool.begin().await?;
+            if !claim_holds(&mut tx, &c.job_id, attempt, false).await? {
+                return Ok(false);
+            }
+            // A resumed run may save the same step again: the newer files replace the row.
+            sqlx::query(
+                "INSERT INTO checkpoints (id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (job_id, step) DO UPDATE SET created_at = excluded.created_at, metrics = excluded.metrics, \
+                 sample = excluded.sample, path = excluded.path, kind = excluded.kind, bytes = excluded.bytes",
+            )
+            .bind(&c.id)
+            .bind(&c.job_id)
+            .bind(&c.user_id)
+            .bind(c.step)
+            .bind(c.created_at)
+            .bind(&c.fine_tuned_model_checkpoint)
+            .bind(&c.metrics)
+            .bind(&c.sample)
+            .bind(&c.path)
+            .bind(&c.kind)
+            .bind(c.bytes)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+
+        async fn list_checkpoints(
+            &self,
+            job_id: &str,
+            page: &Page,
+        ) -> StoreResult<Option<(Vec<CheckpointRow>, bool)>> {
+            let below = match &page.after {
+                Some(after) => {
+                    let step = sqlx::query_scalar::<_, i64>(
+                        "SELECT step FROM checkpoints WHERE id = $1 AND job_id = $2",
+                    )
+                    .bind(after)
+                    .bind(job_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some(step) = step else { return Ok(None) };
+                    step
+                }
+                None => i64::MAX,
+            };
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = $1 AND step < $2 ORDER BY step DESC LIMIT $3"
+            );
+            let rows = sqlx::query_as::<_, CheckpointRow>(&sql)
+                .bind(job_id)
+                .bind(below)
+                .bind(page.limit + 1)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(Some(split_page(rows, page.limit)))
+        }
+
+        async fn job_checkpoints(&self, job_id: &str) -> StoreResult<Vec<CheckpointRow>> {
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = $1 ORDER BY step DESC"
+            );
+            Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
+        async fn checkpoint_by_model_id(
+            &self,
+            user_id: &str,
+            model_id: &str,
+        ) -> StoreResult<Option<CheckpointRow>> {
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE fine_tuned_model_checkpoint = $1 AND user_id = $2"
+            );
+            Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
+                .bind(model_id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn get_checkpoint(
+            &self,
+            user_id: &str,
+            job_id: &str,
+            id_or_step: &str,
+        ) -> StoreResult<Option<CheckpointRow>> {
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = $1 AND user_id = $2 \
+                 AND (id = $3 OR fine_tuned_model_checkpoint = $4 OR CAST(step AS TEXT) = $5)"
+            );
+            Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
+                .bind(job_id)
+                .bind(user_id)
+                .bind(id_or_step)
+                .bind(id_or_step)
+                .bind(id_or_step)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn user_checkpoints(&self, user_id: &str) -> StoreResult<Vec<CheckpointRow>> {
+            let sql =
+                format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE user_id = $1 ORDER BY seq");
+            Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
+        async fn delete_checkpoints(
+            &self,
+            job_id: &str,
+            ids: &[String],
+            event: Option<&NewEvent>,
+        ) -> StoreResult<Vec<CheckpointRow>> {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb = QueryBuilder::<Db>::new("DELETE FROM checkpoints WHERE job_id = ");
+            qb.push_bind(job_id).push(" AND id IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id);
+            }
+            qb.push(format!(") RETURNING {CHECKPOINT_COLUMNS}"));
+            let mut tx = self.pool.begin().await?;
+            let rows = qb
+                .build_query_as::<CheckpointRow>()
+                .fetch_all(&mut *tx)
+                .await?;
+            if let Some(e) = event {
+                insert_event(&mut tx, e).await?;
+            }
+            tx.commit().await?;
+            Ok(rows)
+        }
+
+        async fn fine_tuned_jobs(&self, user_id: &str) -> StoreResult<Vec<JobRow>> {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND status = 'succeeded' AND fine_tuned_model IS NOT NULL ORDER BY seq"
+            );
+            Ok(sqlx::query_as::<_, JobRow>(&sql)
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
+        async fn job_by_fine_tuned_model(
+            &self,
+            user_id: &str,
+            model_id: &str,
+        ) -> StoreResult<Option<JobRow>> {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND fine_tuned_model = $2 AND status = 'succeeded'"
+            );
+            Ok(sqlx::query_as::<_, JobRow>(&sql)
+                .bind(user_id)
+                .bind(model_id)
+                .fetch_optional(&self.pool)
+                .await?)
+        }
+
+        async fn list_metrics(
+            &self,
+            job_id: &str,
+            after_step: i64,
+            limit: i64,
+        ) -> StoreResult<(Vec<MetricsRow>, bool)> {
+            // A page holds whole steps (a step's train and eval rows stay together).
+            let steps = sqlx::query_scalar::<_, i64>(
+                "SELECT DISTINCT step FROM job_metrics WHERE job_id = $1 AND step > $2 ORDER BY step LIMIT $3",
+            )
             .bind(job_id)
-            .bind(below)
-            .bind(page.limit + 1)
+            .bind(after_step)
+            .bind(limit + 1)
             .fetch_all(&self.pool)
             .await?;
-        Ok(Some(split_page(rows, page.limit)))
-    }
-
-    async fn job_checkpoints(&self, job_id: &str) -> StoreResult<Vec<CheckpointRow>> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? ORDER BY step DESC"
-        );
-        Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
+            let (steps, has_more) = split_page(steps, limit);
+            let Some(last) = steps.last() else {
+                return Ok((Vec::new(), false));
+            };
+            let rows = sqlx::query_as::<_, MetricsRow>(
+                "SELECT kind, step, data FROM job_metrics WHERE job_id = $1 AND step > $2 AND step <= $3 \
+                 ORDER BY step, kind DESC",
+            )
             .bind(job_id)
+            .bind(after_step)
+            .bind(last)
             .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn checkpoint_by_model_id(
-        &self,
-        user_id: &str,
-        model_id: &str,
-    ) -> StoreResult<Option<CheckpointRow>> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE fine_tuned_model_checkpoint = ? AND user_id = ?"
-        );
-        Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
-            .bind(model_id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn get_checkpoint(
-        &self,
-        user_id: &str,
-        job_id: &str,
-        id_or_step: &str,
-    ) -> StoreResult<Option<CheckpointRow>> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND user_id = ? \
-             AND (id = ? OR fine_tuned_model_checkpoint = ? OR CAST(step AS TEXT) = ?)"
-        );
-        Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
-            .bind(job_id)
-            .bind(user_id)
-            .bind(id_or_step)
-            .bind(id_or_step)
-            .bind(id_or_step)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn user_checkpoints(&self, user_id: &str) -> StoreResult<Vec<CheckpointRow>> {
-        let sql =
-            format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE user_id = ? ORDER BY seq");
-        Ok(sqlx::query_as::<_, CheckpointRow>(&sql)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn delete_checkpoints(
-        &self,
-        job_id: &str,
-        ids: &[String],
-        event: Option<&NewEvent>,
-    ) -> StoreResult<Vec<CheckpointRow>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM checkpoints WHERE job_id = ");
-        qb.push_bind(job_id).push(" AND id IN (");
-        let mut sep = qb.separated(", ");
-        for id in ids {
-            sep.push_bind(id);
-        }
-        qb.push(format!(") RETURNING {CHECKPOINT_COLUMNS}"));
-        let mut tx = self.pool.begin().await?;
-        let rows = qb
-            .build_query_as::<CheckpointRow>()
-            .fetch_all(&mut *tx)
             .await?;
-        if let Some(e) = event {
-            insert_event(&mut tx, e).await?;
+            Ok((rows, has_more))
         }
-        tx.commit().await?;
-        Ok(rows)
-    }
 
-    async fn fine_tuned_jobs(&self, user_id: &str) -> StoreResult<Vec<JobRow>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? AND status = 'succeeded' AND fine_tuned_model IS NOT NULL ORDER BY seq"
-        );
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn job_by_fine_tuned_model(
-        &self,
-        user_id: &str,
-        model_id: &str,
-    ) -> StoreResult<Option<JobRow>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ? AND fine_tuned_model = ? AND status = 'succeeded'"
-        );
-        Ok(sqlx::query_as::<_, JobRow>(&sql)
-            .bind(user_id)
-            .bind(model_id)
+        async fn get_throughput(
+            &self,
+            shape: &str,
+            device: &str,
+            method: &str,
+        ) -> StoreResult<Option<ThroughputRow>> {
+            Ok(sqlx::query_as::<_, ThroughputRow>(
+                "SELECT shape, device, method, tokens_per_second, samples, source, updated_at FROM throughput \
+                 WHERE shape = $1 AND device = $2 AND method = $3",
+            )
+            .bind(shape)
+            .bind(device)
+            .bind(method)
             .fetch_optional(&self.pool)
             .await?)
-    }
+        }
 
-    async fn list_metrics(
-        &self,
-        job_id: &str,
-        after_step: i64,
-        limit: i64,
-    ) -> StoreResult<(Vec<MetricsRow>, bool)> {
-        // A page holds whole steps (a step's train and eval rows stay together).
-        let steps = sqlx::query_scalar::<_, i64>(
-            "SELECT DISTINCT step FROM job_metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
-        )
-        .bind(job_id)
-        .bind(after_step)
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let (steps, has_more) = split_page(steps, limit);
-        let Some(last) = steps.last() else {
-            return Ok((Vec::new(), false));
-        };
-        let rows = sqlx::query_as::<_, MetricsRow>(
-            "SELECT kind, step, data FROM job_metrics WHERE job_id = ? AND step > ? AND step <= ? \
-             ORDER BY step, kind DESC",
-        )
-        .bind(job_id)
-        .bind(after_step)
-        .bind(last)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok((rows, has_more))
-    }
+        async fn put_throughput(&self, r: &ThroughputRow) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO throughput (shape, device, method, tokens_per_second, samples, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (shape, device, method) DO UPDATE SET tokens_per_second = excluded.tokens_per_second, \
+                 samples = excluded.samples, source = excluded.source, updated_at = excluded.updated_at",
+            )
+            .bind(&r.shape)
+            .bind(&r.device)
+            .bind(&r.method)
+            .bind(r.tokens_per_second)
+            .bind(r.samples)
+            .bind(&r.source)
+            .bind(r.updated_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
 
-    async fn get_throughput(
-        &self,
-        shape: &str,
-        device: &str,
-        method: &str,
-    ) -> StoreResult<Option<ThroughputRow>> {
-        Ok(sqlx::query_as::<_, ThroughputRow>(
-            "SELECT shape, device, method, tokens_per_second, samples, source, updated_at FROM throughput \
-             WHERE shape = ? AND device = ? AND method = ?",
-        )
-        .bind(shape)
-        .bind(device)
-        .bind(method)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn put_throughput(&self, r: &ThroughputRow) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO throughput (shape, device, method, tokens_per_second, samples, source, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (shape, device, method) DO UPDATE SET tokens_per_second = excluded.tokens_per_second, \
-             samples = excluded.samples, source = excluded.source, updated_at = excluded.updated_at",
-        )
-        .bind(&r.shape)
-        .bind(&r.device)
-        .bind(&r.method)
-        .bind(r.tokens_per_second)
-        .bind(r.samples)
-        .bind(&r.source)
-        .bind(r.updated_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_throughput(&self) -> StoreResult<Vec<ThroughputRow>> {
-        Ok(sqlx::query_as::<_, ThroughputRow>(
-            "SELECT shape, device, method, tokens_per_second, samples, source, updated_at FROM throughput ORDER BY shape, method",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        async fn list_throughput(&self) -> StoreResult<Vec<ThroughputRow>> {
+            Ok(sqlx::query_as::<_, ThroughputRow>(
+                "SELECT shape, device, method, tokens_per_second, samples, source, updated_at FROM throughput ORDER BY shape, method",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        }
     }
 }
+    };
+}
+
+sql_store!(sqlite_store, SqliteStore, sqlx::Sqlite, "");
+sql_store!(
+    postgres_store,
+    PgStore,
+    sqlx::Postgres,
+    " FOR UPDATE SKIP LOCKED"
+);
 
 #[cfg(test)]
 mod tests {
@@ -982,8 +1095,7 @@ mod tests {
     use crate::lifecycle;
     use crate::spec::{Hyperparameters, JobSpec, MethodSpec, SupervisedSpec, TunaSettings, Tuning};
 
-    async fn store_with_users() -> SqliteStore {
-        let s = SqliteStore::open_in_memory().await.unwrap();
+    async fn add_users(s: &dyn Store) {
         for (id, name) in [("u1", "ann"), ("u2", "ben")] {
             let user = User {
                 id: id.into(),
@@ -994,7 +1106,52 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    async fn store_with_users() -> SqliteStore {
+        let s = SqliteStore::open_in_memory().await.unwrap();
+        add_users(&s).await;
         s
+    }
+
+    /// The same store on both engines: the tests below run on each.
+    #[derive(Clone)]
+    enum Engine {
+        Sqlite(SqliteStore),
+        Postgres(PgStore),
+    }
+
+    impl std::ops::Deref for Engine {
+        type Target = dyn Store;
+        fn deref(&self) -> &(dyn Store + 'static) {
+            match self {
+                Engine::Sqlite(s) => s,
+                Engine::Postgres(p) => p,
+            }
+        }
+    }
+
+    impl Engine {
+        async fn execute(&self, sql: &str) {
+            match self {
+                Engine::Sqlite(s) => sqlx::query(sql).execute(&s.pool).await.map(drop),
+                Engine::Postgres(p) => sqlx::query(sql).execute(&p.pool).await.map(drop),
+            }
+            .unwrap()
+        }
+    }
+
+    /// SQLite in memory and a fresh PostgreSQL database, each with two users.
+    async fn engines() -> Vec<Engine> {
+        let pg = PgStore::connect(&crate::test_services::fresh_postgres_database().await)
+            .await
+            .unwrap();
+        let all = vec![
+            Engine::Sqlite(store_with_users().await),
+            Engine::Postgres(pg),
+        ];
+        add_users(&*all[1]).await;
+        all
     }
 
     pub fn spec() -> JobSpec {
@@ -1043,7 +1200,7 @@ mod tests {
         }
     }
 
-    async fn claim(s: &SqliteStore, device: &str) -> Option<JobRow> {
+    async fn claim(s: &dyn Store, device: &str) -> Option<JobRow> {
         lifecycle::claim(s, device, None).await.unwrap()
     }
 
@@ -1140,153 +1297,156 @@ mod tests {
 
     #[tokio::test]
     async fn keys_find_their_user_and_can_be_revoked() {
-        let s = store_with_users().await;
-        assert_eq!(
-            s.user_by_key_hash("hash-u2").await.unwrap().unwrap().name,
-            "ben"
-        );
-        let dup = User {
-            id: "u3".into(),
-            name: "ann".into(),
-            created_at: 1,
-        };
-        assert!(matches!(
-            s.create_user(&dup, "h3", "p").await,
-            Err(StoreError::Conflict(_))
-        ));
-        s.add_api_key("u1", "hash-u1-b", "sk-tuna-bbbb")
-            .await
-            .unwrap();
-        assert_eq!(s.list_api_keys().await.unwrap().len(), 3);
-        assert_eq!(
-            s.revoke_api_keys("u1", Some("sk-tuna-bbbb")).await.unwrap(),
-            1
-        );
-        assert!(s.user_by_key_hash("hash-u1-b").await.unwrap().is_none());
-        assert!(s.user_by_key_hash("hash-u1").await.unwrap().is_some());
-        assert_eq!(s.revoke_api_keys("u1", None).await.unwrap(), 1);
-        assert!(s.user_by_key_hash("hash-u1").await.unwrap().is_none());
-        assert_eq!(s.list_users().await.unwrap().len(), 2);
+        for s in engines().await {
+            assert_eq!(
+                s.user_by_key_hash("hash-u2").await.unwrap().unwrap().name,
+                "ben"
+            );
+            let dup = User {
+                id: "u3".into(),
+                name: "ann".into(),
+                created_at: 1,
+            };
+            assert!(matches!(
+                s.create_user(&dup, "h3", "p").await,
+                Err(StoreError::Conflict(_))
+            ));
+            s.add_api_key("u1", "hash-u1-b", "sk-tuna-bbbb")
+                .await
+                .unwrap();
+            assert_eq!(s.list_api_keys().await.unwrap().len(), 3);
+            assert_eq!(
+                s.revoke_api_keys("u1", Some("sk-tuna-bbbb")).await.unwrap(),
+                1
+            );
+            assert!(s.user_by_key_hash("hash-u1-b").await.unwrap().is_none());
+            assert!(s.user_by_key_hash("hash-u1").await.unwrap().is_some());
+            assert_eq!(s.revoke_api_keys("u1", None).await.unwrap(), 1);
+            assert!(s.user_by_key_hash("hash-u1").await.unwrap().is_none());
+            assert_eq!(s.list_users().await.unwrap().len(), 2);
+        }
     }
 
     #[tokio::test]
     async fn job_pages_are_per_user_newest_first() {
-        let s = store_with_users().await;
-        for i in 0..5 {
-            lifecycle::create(&s, &job(&format!("j{i}"), "u1"))
-                .await
-                .unwrap();
-        }
-        lifecycle::create(&s, &job("other", "u2")).await.unwrap();
-        let page = |after: Option<&str>, limit| Page {
-            after: after.map(str::to_string),
-            limit,
-        };
-        let (rows, more) = s.list_jobs("u1", &page(None, 2)).await.unwrap().unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["j4", "j3"]
-        );
-        assert!(more);
-        let (rows, more) = s
-            .list_jobs("u1", &page(Some("j3"), 10))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["j2", "j1", "j0"]
-        );
-        assert!(!more);
-        assert!(
-            s.list_jobs("u1", &page(Some("other"), 10))
+        for s in engines().await {
+            for i in 0..5 {
+                lifecycle::create(&*s, &job(&format!("j{i}"), "u1"))
+                    .await
+                    .unwrap();
+            }
+            lifecycle::create(&*s, &job("other", "u2")).await.unwrap();
+            let page = |after: Option<&str>, limit| Page {
+                after: after.map(str::to_string),
+                limit,
+            };
+            let (rows, more) = s.list_jobs("u1", &page(None, 2)).await.unwrap().unwrap();
+            assert_eq!(
+                rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                ["j4", "j3"]
+            );
+            assert!(more);
+            let (rows, more) = s
+                .list_jobs("u1", &page(Some("j3"), 10))
                 .await
                 .unwrap()
-                .is_none()
-        );
-        assert!(s.get_job("u2", "j1").await.unwrap().is_none());
-        // Creation wrote the job queued with its three events, in one transaction.
-        let j = s.get_job("u1", "j1").await.unwrap().unwrap();
-        assert_eq!(j.status, JobStatus::Queued);
-        assert_eq!(j.spec, spec());
-        assert_eq!(s.events_since("j1", 0, 10).await.unwrap().len(), 2);
+                .unwrap();
+            assert_eq!(
+                rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                ["j2", "j1", "j0"]
+            );
+            assert!(!more);
+            assert!(
+                s.list_jobs("u1", &page(Some("other"), 10))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(s.get_job("u2", "j1").await.unwrap().is_none());
+            // Creation wrote the job queued with its three events, in one transaction.
+            let j = s.get_job("u1", "j1").await.unwrap().unwrap();
+            assert_eq!(j.status, JobStatus::Queued);
+            assert_eq!(j.spec, spec());
+            assert_eq!(s.events_since("j1", 0, 10).await.unwrap().len(), 2);
+        }
     }
 
     #[tokio::test]
     async fn claims_are_fair_between_users_and_fenced_by_attempt() {
-        let s = store_with_users().await;
-        for i in 0..5 {
-            lifecycle::create(&s, &job(&format!("a{i}"), "u1"))
-                .await
-                .unwrap();
-        }
-        lifecycle::create(&s, &job("b0", "u2")).await.unwrap();
-        lifecycle::create(&s, &job("b1", "u2")).await.unwrap();
-        // Ann's first job starts; then Ben has no running job, so his comes before Ann's rest.
-        let first = claim(&s, "cpu:0").await.unwrap();
-        assert_eq!((first.id.as_str(), first.attempt), ("a0", 1));
-        assert_eq!(first.device.as_deref(), Some("cpu:0"));
-        assert_eq!(claim(&s, "cpu:1").await.unwrap().id, "b0");
-        // Both run one: the user whose jobs started least recently (Ann) goes next.
-        assert_eq!(claim(&s, "cpu:2").await.unwrap().id, "a1");
-        assert_eq!(claim(&s, "cpu:3").await.unwrap().id, "b1");
-        // A running-jobs quota of 2 holds Ann's next job back.
-        assert!(
-            lifecycle::claim(&s, "cpu:4", Some(2))
+        for s in engines().await {
+            for i in 0..5 {
+                lifecycle::create(&*s, &job(&format!("a{i}"), "u1"))
+                    .await
+                    .unwrap();
+            }
+            lifecycle::create(&*s, &job("b0", "u2")).await.unwrap();
+            lifecycle::create(&*s, &job("b1", "u2")).await.unwrap();
+            // Ann's first job starts; then Ben has no running job, so his comes before Ann's rest.
+            let first = claim(&*s, "cpu:0").await.unwrap();
+            assert_eq!((first.id.as_str(), first.attempt), ("a0", 1));
+            assert_eq!(first.device.as_deref(), Some("cpu:0"));
+            assert_eq!(claim(&*s, "cpu:1").await.unwrap().id, "b0");
+            // Both run one: the user whose jobs started least recently (Ann) goes next.
+            assert_eq!(claim(&*s, "cpu:2").await.unwrap().id, "a1");
+            assert_eq!(claim(&*s, "cpu:3").await.unwrap().id, "b1");
+            // A running-jobs quota of 2 holds Ann's next job back.
+            assert!(
+                lifecycle::claim(&*s, "cpu:4", Some(2))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert_eq!(claim(&*s, "cpu:4").await.unwrap().id, "a2");
+
+            // A crash puts a0 back in its place; its old worker's claim no longer holds.
+            lifecycle::worker_crashed(&*s, &first, "signal 9", "", 2)
                 .await
                 .unwrap()
-                .is_none()
-        );
-        assert_eq!(claim(&s, "cpu:4").await.unwrap().id, "a2");
-
-        // A crash puts a0 back in its place; its old worker's claim no longer holds.
-        lifecycle::worker_crashed(&s, &first, "signal 9", "", 2)
-            .await
-            .unwrap()
-            .unwrap();
-        let report = StepReport {
-            job_id: "a0".into(),
-            attempt: 1,
-            progress: Some(JobProgress {
-                step: 1,
-                total_steps: 2,
-                epoch: 0.5,
-            }),
-            metrics: vec![],
-            events: vec![],
-        };
-        assert!(!s.report(&report).await.unwrap(), "not running any more");
-        let again = claim(&s, "cpu:0").await.unwrap();
-        assert_eq!(
-            (again.id.as_str(), again.attempt, again.retries),
-            ("a0", 2, 1)
-        );
-        assert!(
-            !s.report(&report).await.unwrap(),
-            "an earlier claim's report is dropped"
-        );
-        assert!(
-            lifecycle::fail(
-                &s,
-                &first,
-                Some(1),
-                crate::openai::types::JobError {
-                    code: "x".into(),
-                    message: "stale".into(),
-                    param: None
-                }
-            )
-            .await
-            .unwrap()
-            .is_none(),
-            "a stale worker cannot fail the new run"
-        );
-        let fresh = StepReport {
-            attempt: 2,
-            ..report
-        };
-        assert!(s.report(&fresh).await.unwrap());
-        assert_eq!(s.get_job_unscoped("a0").await.unwrap().unwrap().step, 1);
+                .unwrap();
+            let report = StepReport {
+                job_id: "a0".into(),
+                attempt: 1,
+                progress: Some(JobProgress {
+                    step: 1,
+                    total_steps: 2,
+                    epoch: 0.5,
+                }),
+                metrics: vec![],
+                events: vec![],
+            };
+            assert!(!s.report(&report).await.unwrap(), "not running any more");
+            let again = claim(&*s, "cpu:0").await.unwrap();
+            assert_eq!(
+                (again.id.as_str(), again.attempt, again.retries),
+                ("a0", 2, 1)
+            );
+            assert!(
+                !s.report(&report).await.unwrap(),
+                "an earlier claim's report is dropped"
+            );
+            assert!(
+                lifecycle::fail(
+                    &*s,
+                    &first,
+                    Some(1),
+                    crate::openai::types::JobError {
+                        code: "x".into(),
+                        message: "stale".into(),
+                        param: None
+                    }
+                )
+                .await
+                .unwrap()
+                .is_none(),
+                "a stale worker cannot fail the new run"
+            );
+            let fresh = StepReport {
+                attempt: 2,
+                ..report
+            };
+            assert!(s.report(&fresh).await.unwrap());
+            assert_eq!(s.get_job_unscoped("a0").await.unwrap().unwrap().step, 1);
+        }
     }
 
     #[tokio::test]
@@ -1336,157 +1496,232 @@ mod tests {
 
     #[tokio::test]
     async fn recovery_settles_every_unfinished_state() {
-        let s = store_with_users().await;
-        for id in ["run", "pausing", "waiting", "validating", "held", "done"] {
-            lifecycle::create(&s, &job(id, "u1")).await.unwrap();
-        }
-        // `validating_files` can only come from a database of the old creation path.
-        sqlx::query("UPDATE jobs SET status = 'validating_files' WHERE id = 'validating'")
-            .execute(&s.pool)
-            .await
-            .unwrap();
-        let run = claim(&s, "cpu:0").await.unwrap();
-        assert_eq!(run.id, "run");
-        let pausing = claim(&s, "cpu:1").await.unwrap();
-        lifecycle::request_pause(&s, &pausing).await.unwrap();
-        let held = s.get_job_unscoped("held").await.unwrap().unwrap();
-        lifecycle::request_pause(&s, &held).await.unwrap();
-        let done = s.get_job_unscoped("done").await.unwrap().unwrap();
-        lifecycle::cancel(&s, &done).await.unwrap();
+        for s in engines().await {
+            for id in ["run", "pausing", "waiting", "validating", "held", "done"] {
+                lifecycle::create(&*s, &job(id, "u1")).await.unwrap();
+            }
+            // `validating_files` can only come from a database of the old creation path.
+            s.execute("UPDATE jobs SET status = 'validating_files' WHERE id = 'validating'")
+                .await;
+            let run = claim(&*s, "cpu:0").await.unwrap();
+            assert_eq!(run.id, "run");
+            let pausing = claim(&*s, "cpu:1").await.unwrap();
+            lifecycle::request_pause(&*s, &pausing).await.unwrap();
+            let held = s.get_job_unscoped("held").await.unwrap().unwrap();
+            lifecycle::request_pause(&*s, &held).await.unwrap();
+            let done = s.get_job_unscoped("done").await.unwrap().unwrap();
+            lifecycle::cancel(&*s, &done).await.unwrap();
 
-        lifecycle::recover(&s).await.unwrap();
-        let status = |id: &'static str| {
-            let s = s.clone();
-            async move { s.get_job_unscoped(id).await.unwrap().unwrap() }
-        };
-        let r = status("run").await;
-        assert_eq!(
-            (r.status, r.retries, r.device.clone()),
-            (JobStatus::Queued, 0, None)
-        );
-        assert!(r.run_started_at.is_none() && r.running_seconds >= 0.0);
-        assert_eq!(status("pausing").await.status, JobStatus::Paused);
-        assert_eq!(status("validating").await.status, JobStatus::Queued);
-        assert_eq!(status("held").await.status, JobStatus::Paused);
-        assert_eq!(status("done").await.status, JobStatus::Cancelled);
-        // The interrupted job keeps its place ahead of the ones that were waiting.
-        let order: Vec<String> = s
-            .queue_snapshot()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(order, ["run", "waiting", "validating"]);
-        let no_stuck = s
-            .jobs_with_status(&[JobStatus::Running, JobStatus::ValidatingFiles])
-            .await
-            .unwrap();
-        assert!(no_stuck.is_empty());
+            lifecycle::recover(&*s).await.unwrap();
+            let status = |id: &'static str| {
+                let s = s.clone();
+                async move { s.get_job_unscoped(id).await.unwrap().unwrap() }
+            };
+            let r = status("run").await;
+            assert_eq!(
+                (r.status, r.retries, r.device.clone()),
+                (JobStatus::Queued, 0, None)
+            );
+            assert!(r.run_started_at.is_none() && r.running_seconds >= 0.0);
+            assert_eq!(status("pausing").await.status, JobStatus::Paused);
+            assert_eq!(status("validating").await.status, JobStatus::Queued);
+            assert_eq!(status("held").await.status, JobStatus::Paused);
+            assert_eq!(status("done").await.status, JobStatus::Cancelled);
+            // The interrupted job keeps its place ahead of the ones that were waiting.
+            let order: Vec<String> = s
+                .queue_snapshot()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(order, ["run", "waiting", "validating"]);
+            let no_stuck = s
+                .jobs_with_status(&[JobStatus::Running, JobStatus::ValidatingFiles])
+                .await
+                .unwrap();
+            assert!(no_stuck.is_empty());
+        }
     }
 
     #[tokio::test]
     async fn metrics_pages_keep_steps_whole() {
-        let s = store_with_users().await;
-        lifecycle::create(&s, &job("j", "u1")).await.unwrap();
-        let j = claim(&s, "cpu:0").await.unwrap();
-        for step in 1..=5 {
-            let mut metrics = vec![MetricsRow {
-                kind: MetricsKind::Train,
-                step,
-                data: serde_json::json!({"type": "train", "step": step, "loss": 1.0}),
-            }];
-            if step % 2 == 0 {
-                metrics.push(MetricsRow {
-                    kind: MetricsKind::Eval,
+        for s in engines().await {
+            lifecycle::create(&*s, &job("j", "u1")).await.unwrap();
+            let j = claim(&*s, "cpu:0").await.unwrap();
+            for step in 1..=5 {
+                let mut metrics = vec![MetricsRow {
+                    kind: MetricsKind::Train,
                     step,
-                    data: serde_json::json!({"type": "eval", "step": step, "loss": 2.0}),
-                });
+                    data: serde_json::json!({"type": "train", "step": step, "loss": 1.0}),
+                }];
+                if step % 2 == 0 {
+                    metrics.push(MetricsRow {
+                        kind: MetricsKind::Eval,
+                        step,
+                        data: serde_json::json!({"type": "eval", "step": step, "loss": 2.0}),
+                    });
+                }
+                let r = StepReport {
+                    job_id: "j".into(),
+                    attempt: j.attempt,
+                    progress: Some(JobProgress {
+                        step,
+                        total_steps: 5,
+                        epoch: 0.0,
+                    }),
+                    metrics,
+                    events: vec![],
+                };
+                assert!(s.report(&r).await.unwrap());
             }
-            let r = StepReport {
-                job_id: "j".into(),
-                attempt: j.attempt,
-                progress: Some(JobProgress {
-                    step,
-                    total_steps: 5,
-                    epoch: 0.0,
-                }),
-                metrics,
-                events: vec![],
-            };
-            assert!(s.report(&r).await.unwrap());
+            let (rows, more) = s.list_metrics("j", 0, 2).await.unwrap();
+            assert!(more);
+            assert_eq!(
+                rows.iter().map(|r| (r.step, r.kind)).collect::<Vec<_>>(),
+                [
+                    (1, MetricsKind::Train),
+                    (2, MetricsKind::Train),
+                    (2, MetricsKind::Eval)
+                ]
+            );
+            let (rows, more) = s.list_metrics("j", 2, 10).await.unwrap();
+            assert!(!more);
+            assert_eq!(rows.len(), 4);
+            let latest = s
+                .get_job_unscoped("j")
+                .await
+                .unwrap()
+                .unwrap()
+                .latest_metrics;
+            assert_eq!(latest.unwrap()["step"], 5);
         }
-        let (rows, more) = s.list_metrics("j", 0, 2).await.unwrap();
-        assert!(more);
-        assert_eq!(
-            rows.iter().map(|r| (r.step, r.kind)).collect::<Vec<_>>(),
-            [
-                (1, MetricsKind::Train),
-                (2, MetricsKind::Train),
-                (2, MetricsKind::Eval)
-            ]
-        );
-        let (rows, more) = s.list_metrics("j", 2, 10).await.unwrap();
-        assert!(!more);
-        assert_eq!(rows.len(), 4);
-        let latest = s
-            .get_job_unscoped("j")
-            .await
-            .unwrap()
-            .unwrap()
-            .latest_metrics;
-        assert_eq!(latest.unwrap()["step"], 5);
     }
 
     #[tokio::test]
     async fn a_checkpoint_saved_again_replaces_its_row() {
-        let s = store_with_users().await;
-        lifecycle::create(&s, &job("j", "u1")).await.unwrap();
-        let j = claim(&s, "cpu:0").await.unwrap();
-        let mut c = CheckpointRow {
-            id: "ftckpt_1".into(),
-            job_id: "j".into(),
-            user_id: "u1".into(),
-            step: 2,
-            created_at: 1,
-            fine_tuned_model_checkpoint: "ft:demo:ann::j:ckpt-step-2".into(),
-            metrics: "{}".into(),
-            sample: None,
-            path: "/a".into(),
-            kind: "lora".into(),
-            bytes: 10,
-        };
-        let ev = NewEvent::info(&j, "c");
-        assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
-        c.id = "ftckpt_2".into();
-        c.path = "/b".into();
-        c.bytes = 30;
-        assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
-        assert!(!s.insert_checkpoint(&c, j.attempt + 1, &ev).await.unwrap());
-        let rows = s.job_checkpoints("j").await.unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(
-            (rows[0].id.as_str(), rows[0].path.as_str()),
-            ("ftckpt_1", "/b")
-        );
-        assert_eq!(s.usage("u1").await.unwrap().checkpoint_bytes, 30);
-        assert!(
-            s.checkpoint_by_model_id("u2", "ft:demo:ann::j:ckpt-step-2")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        for key in ["ftckpt_1", "2", "ft:demo:ann::j:ckpt-step-2"] {
-            assert!(
-                s.get_checkpoint("u1", "j", key).await.unwrap().is_some(),
-                "{key}"
+        for s in engines().await {
+            lifecycle::create(&*s, &job("j", "u1")).await.unwrap();
+            let j = claim(&*s, "cpu:0").await.unwrap();
+            let mut c = CheckpointRow {
+                id: "ftckpt_1".into(),
+                job_id: "j".into(),
+                user_id: "u1".into(),
+                step: 2,
+                created_at: 1,
+                fine_tuned_model_checkpoint: "ft:demo:ann::j:ckpt-step-2".into(),
+                metrics: "{}".into(),
+                sample: None,
+                path: "/a".into(),
+                kind: "lora".into(),
+                bytes: 10,
+            };
+            let ev = NewEvent::info(&j, "c");
+            assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
+            c.id = "ftckpt_2".into();
+            c.path = "/b".into();
+            c.bytes = 30;
+            assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
+            assert!(!s.insert_checkpoint(&c, j.attempt + 1, &ev).await.unwrap());
+            let rows = s.job_checkpoints("j").await.unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(
+                (rows[0].id.as_str(), rows[0].path.as_str()),
+                ("ftckpt_1", "/b")
             );
+            assert_eq!(s.usage("u1").await.unwrap().checkpoint_bytes, 30);
+            assert!(
+                s.checkpoint_by_model_id("u2", "ft:demo:ann::j:ckpt-step-2")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            for key in ["ftckpt_1", "2", "ft:demo:ann::j:ckpt-step-2"] {
+                assert!(
+                    s.get_checkpoint("u1", "j", key).await.unwrap().is_some(),
+                    "{key}"
+                );
+            }
+            let gone = s
+                .delete_checkpoints("j", &["ftckpt_1".into()], Some(&ev))
+                .await
+                .unwrap();
+            assert_eq!(gone.len(), 1);
+            assert!(s.job_checkpoints("j").await.unwrap().is_empty());
         }
-        let gone = s
-            .delete_checkpoints("j", &["ftckpt_1".into()], Some(&ev))
+    }
+
+    #[tokio::test]
+    async fn competing_claims_take_each_job_exactly_once() {
+        for s in engines().await {
+            for i in 0..40 {
+                let user = if i % 3 == 0 { "u2" } else { "u1" };
+                lifecycle::create(&*s, &job(&format!("j{i}"), user))
+                    .await
+                    .unwrap();
+            }
+            let workers: Vec<_> = (0..8)
+                .map(|w| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        while let Some(j) = claim(&*s, &format!("cpu:{w}")).await {
+                            got.push(j.id);
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let mut claimed = Vec::new();
+            for w in workers {
+                claimed.extend(w.await.unwrap());
+            }
+            claimed.sort();
+            let mut want: Vec<String> = (0..40).map(|i| format!("j{i}")).collect();
+            want.sort();
+            assert_eq!(claimed, want, "every job claimed once, none twice");
+            for id in &want {
+                assert_eq!(s.get_job_unscoped(id).await.unwrap().unwrap().attempt, 1);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_starting_together_migrate_once() {
+        let url = crate::test_services::fresh_postgres_database().await;
+        let nodes: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::connect(&url).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for n in nodes {
+            stores.push(n.await.unwrap().expect("every node starts"));
+        }
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&stores[0].pool)
             .await
             .unwrap();
-        assert_eq!(gone.len(), 1);
-        assert!(s.job_checkpoints("j").await.unwrap().is_empty());
+        assert_eq!(applied.len(), PG_MIGRATOR.iter().count());
+        add_users(&stores[0]).await;
+        assert_eq!(stores[3].list_users().await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn database_urls_are_checked_and_passwords_never_shown() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/tuna/tuna.db").unwrap(),
+            DatabaseUrl::Sqlite("/var/lib/tuna/tuna.db".into())
+        );
+        let pg = DatabaseUrl::parse("postgres://tuna:s3cret@db.internal:5432/tuna").unwrap();
+        assert_eq!(pg.display(), "postgres://tuna:***@db.internal:5432/tuna");
+        let err = DatabaseUrl::parse("mysql://root:hunter2@x/db").unwrap_err();
+        assert!(
+            err.contains("sqlite://PATH or postgres://") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert!(DatabaseUrl::parse("postgres://tuna@host:notaport/db").is_err());
     }
 }

@@ -47,6 +47,8 @@ pub mod spec;
 pub mod sse;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "test-services"))]
+pub mod test_services;
 pub mod validate;
 pub mod worker;
 
