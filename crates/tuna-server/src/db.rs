@@ -72,6 +72,14 @@ impl DatabaseUrl {
         ))
     }
 
+    /// The URL itself (with its password, if any).
+    pub fn url(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+            DatabaseUrl::Postgres(u) => u.clone(),
+        }
+    }
+
     /// The URL with its password hidden (for logs and errors).
     pub fn display(&self) -> String {
         match self {
@@ -94,6 +102,10 @@ fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// The variable `tuna serve` passes `--database` to its workers in, and every command reads
+/// `--database` from.
+pub const DATABASE_ENV: &str = "TUNA_DATABASE";
 
 /// Opens the store `url` names, applying its migrations.
 pub async fn open_store(url: &DatabaseUrl) -> StoreResult<Arc<dyn Store>> {

@@ -64,7 +64,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::blob::LocalBlobStore;
-use crate::db::SqliteStore;
+use crate::db::DatabaseUrl;
 use crate::error::ApiError;
 use crate::inference::Inference;
 use crate::queue::Scheduler;
@@ -160,9 +160,11 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         move |source| StartError::DataDir { path, source }
     };
     perms::private_dir(&settings.data_dir).map_err(data_dir_error(&settings.data_dir))?;
-    let db_path = settings.db_path();
-    perms::private_sqlite(&db_path).map_err(data_dir_error(&db_path))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path).await?);
+    let database = settings.database_url();
+    if let DatabaseUrl::Sqlite(db_path) = &database {
+        perms::private_sqlite(db_path).map_err(data_dir_error(db_path))?;
+    }
+    let store: Arc<dyn Store> = db::open_store(&database).await?;
     models::register_demo(&*store, &settings.demo_model_root).await?;
     models::register_models_file(&*store, &settings.models_file).await?;
     let settings = Arc::new(settings);

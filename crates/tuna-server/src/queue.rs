@@ -36,6 +36,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::DATABASE_ENV;
 use crate::lifecycle::{self, StopReason};
 use crate::openai::types::JobError;
 use crate::state::Settings;
@@ -203,6 +204,10 @@ impl Scheduler {
             .env(ATTEMPT_ENV, job.attempt.to_string())
             // Its own process group: a Ctrl-C in the server's terminal must not reach it.
             .process_group(0);
+        if let Some(db) = &self.settings.database {
+            // The environment, not the command line: a PostgreSQL URL may hold a password.
+            cmd.env(DATABASE_ENV, db.url());
+        }
         Ok(cmd)
     }
 

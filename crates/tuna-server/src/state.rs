@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::blob::BlobStore;
+use crate::db::DatabaseUrl;
 use crate::inference::{GenerationLimits, Inference};
 use crate::queue::Scheduler;
 use crate::quota::Quotas;
@@ -52,6 +53,8 @@ pub fn default_worker_launcher() -> WorkerLauncher {
 pub struct Settings {
     /// SQLite database, uploaded files, job directories and the demo model live here.
     pub data_dir: PathBuf,
+    /// Where the state and the queue live (`--database`); `None`: `<data_dir>/tuna.db`.
+    pub database: Option<DatabaseUrl>,
     /// Training slots on the CPU: jobs that may run at once. Default 1.
     pub cpu_slots: usize,
     /// Largest accepted upload in bytes. Default 512 MiB.
@@ -115,6 +118,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("data_dir", &self.data_dir)
+            .field("database", &self.database_url().display())
             .field("cpu_slots", &self.cpu_slots)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_retries", &self.max_retries)
@@ -162,12 +166,20 @@ impl Settings {
             memory_limit_bytes: None,
             disk_reserve_bytes: 100 << 20,
             worker_stop_timeout: Duration::from_secs(60),
+            database: None,
             data_dir,
         }
     }
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("tuna.db")
+    }
+
+    /// The database in use: `--database`, else the SQLite file in the data directory.
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.database
+            .clone()
+            .unwrap_or_else(|| DatabaseUrl::Sqlite(self.db_path()))
     }
 
     pub fn blob_root(&self) -> PathBuf {

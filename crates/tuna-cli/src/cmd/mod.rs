@@ -12,3 +12,40 @@ pub mod serve;
 pub mod train;
 pub mod users;
 pub mod worker;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tuna_server::db::{DATABASE_ENV, DatabaseUrl};
+use tuna_server::store::Store;
+
+/// `--database`, taken by every command that takes `--data-dir`, so an operator can run all of
+/// them against the shared state of several machines.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DatabaseArg {
+    /// Where the state and the queue live: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB
+    /// (default: tuna.db in the data directory)
+    #[arg(long, env = DATABASE_ENV)]
+    pub database: Option<String>,
+}
+
+impl DatabaseArg {
+    pub fn url(&self) -> anyhow::Result<Option<DatabaseUrl>> {
+        self.database
+            .as_deref()
+            .map(DatabaseUrl::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--database {e}"))
+    }
+
+    /// Opens (and migrates) the store: `--database`, else the data directory's SQLite file.
+    pub async fn open(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+        let mut settings = tuna_server::Settings::new(data_dir);
+        settings.database = self.url()?;
+        let url = settings.database_url();
+        tuna_server::db::open_store(&url)
+            .await
+            .with_context(|| format!("opening the database {}", url.display()))
+    }
+}

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tuna_server::db::SqliteStore;
-use tuna_server::store::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
@@ -26,6 +24,8 @@ pub struct AddArgs {
     /// The server's data directory
     #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: super::DatabaseArg,
 }
 
 #[derive(Args, Debug)]
@@ -33,12 +33,14 @@ pub struct ListArgs {
     /// The server's data directory
     #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: super::DatabaseArg,
 }
 
 pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
-    let data_dir = match &cmd {
-        ModelsCommand::Add(a) => a.data_dir.clone(),
-        ModelsCommand::List(a) => a.data_dir.clone(),
+    let (data_dir, database) = match &cmd {
+        ModelsCommand::Add(a) => (a.data_dir.clone(), a.database.clone()),
+        ModelsCommand::List(a) => (a.data_dir.clone(), a.database.clone()),
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -46,17 +48,15 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let settings = tuna_server::Settings::new(&data_dir);
-        let store = SqliteStore::open(&settings.db_path())
-            .await
-            .context("opening the database")?;
+        let store = database.open(&data_dir).await?;
+        let store = &*store;
         match cmd {
             ModelsCommand::Add(args) => {
                 let name = match args.name {
                     Some(n) => n,
                     None => default_name(&args.dir),
                 };
-                let row = tuna_server::models::add_model(&store, &name, &args.dir, "cli")
+                let row = tuna_server::models::add_model(store, &name, &args.dir, "cli")
                     .await
                     .with_context(|| format!("adding {}", args.dir.display()))?;
                 println!("{}\t{}", row.name, row.path);

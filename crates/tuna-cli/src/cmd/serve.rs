@@ -17,6 +17,8 @@ pub struct ServeArgs {
     /// Data directory: database, uploaded files, job directories, the demo model
     #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: super::DatabaseArg,
     /// Address to listen on
     #[arg(long, env = "TUNA_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -109,6 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let mut settings = Settings::new(&data_dir);
+    settings.database = args.database.url()?;
     settings.cpu_slots = args.cpu_slots.max(1);
     settings.max_upload_bytes = args.max_upload_mib.saturating_mul(1 << 20);
     settings.max_retries = args.max_retries.max(0);

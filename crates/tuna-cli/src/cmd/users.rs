@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use tuna_server::db::SqliteStore;
 use tuna_server::store::{Store, User};
 
 #[derive(Subcommand, Debug)]
@@ -25,6 +24,8 @@ pub struct DataDirArgs {
     /// The server's data directory
     #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: super::DatabaseArg,
 }
 
 #[derive(Args, Debug)]
@@ -47,26 +48,25 @@ pub struct RevokeArgs {
 }
 
 pub fn run(cmd: UsersCommand) -> anyhow::Result<()> {
-    let data_dir = match &cmd {
-        UsersCommand::Create(a) | UsersCommand::CreateKey(a) => a.dir.data_dir.clone(),
-        UsersCommand::List(a) => a.data_dir.clone(),
-        UsersCommand::Revoke(a) => a.dir.data_dir.clone(),
+    let dir = match &cmd {
+        UsersCommand::Create(a) | UsersCommand::CreateKey(a) => &a.dir,
+        UsersCommand::List(a) => a,
+        UsersCommand::Revoke(a) => &a.dir,
     };
+    let (data_dir, database) = (dir.data_dir.clone(), dir.database.clone());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let settings = tuna_server::Settings::new(&data_dir);
-        let store = SqliteStore::open(&settings.db_path())
-            .await
-            .context("opening the database")?;
+        let store = database.open(&data_dir).await?;
+        let store = &*store;
         match cmd {
-            UsersCommand::Create(a) => create(&store, &a.name).await,
-            UsersCommand::CreateKey(a) => create_key(&store, &a.name).await,
-            UsersCommand::List(_) => list(&store).await,
-            UsersCommand::Revoke(a) => revoke(&store, &a.name, a.key.as_deref()).await,
+            UsersCommand::Create(a) => create(store, &a.name).await,
+            UsersCommand::CreateKey(a) => create_key(store, &a.name).await,
+            UsersCommand::List(_) => list(store).await,
+            UsersCommand::Revoke(a) => revoke(store, &a.name, a.key.as_deref()).await,
         }
     })
 }
@@ -84,7 +84,7 @@ fn check_name(name: &str) -> anyhow::Result<&str> {
     Ok(name)
 }
 
-async fn existing(store: &SqliteStore, name: &str) -> anyhow::Result<User> {
+async fn existing(store: &dyn Store, name: &str) -> anyhow::Result<User> {
     match store.user_by_name(name).await? {
         Some(u) => Ok(u),
         None => bail!(
@@ -93,7 +93,7 @@ async fn existing(store: &SqliteStore, name: &str) -> anyhow::Result<User> {
     }
 }
 
-async fn create(store: &SqliteStore, name: &str) -> anyhow::Result<()> {
+async fn create(store: &dyn Store, name: &str) -> anyhow::Result<()> {
     let name = check_name(name)?;
     if store.user_by_name(name).await?.is_some() {
         bail!(
@@ -111,7 +111,7 @@ async fn create(store: &SqliteStore, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_key(store: &SqliteStore, name: &str) -> anyhow::Result<()> {
+async fn create_key(store: &dyn Store, name: &str) -> anyhow::Result<()> {
     let user = existing(store, check_name(name)?).await?;
     let key = tuna_server::ids::new_api_key();
     store
@@ -127,7 +127,7 @@ async fn create_key(store: &SqliteStore, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list(store: &SqliteStore) -> anyhow::Result<()> {
+async fn list(store: &dyn Store) -> anyhow::Result<()> {
     let users = store.list_users().await?;
     if users.is_empty() {
         eprintln!("No users yet: `tuna users create NAME` makes one.");
@@ -160,7 +160,7 @@ async fn list(store: &SqliteStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn revoke(store: &SqliteStore, name: &str, key: Option<&str>) -> anyhow::Result<()> {
+async fn revoke(store: &dyn Store, name: &str, key: Option<&str>) -> anyhow::Result<()> {
     let user = existing(store, check_name(name)?).await?;
     let n = store.revoke_api_keys(&user.id, key).await?;
     match (n, key) {

@@ -10,6 +10,8 @@ pub struct WorkerArgs {
     /// The server's data directory
     #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: super::DatabaseArg,
     /// The job to train (`ftjob-…`)
     #[arg(long)]
     pub job: String,
@@ -22,6 +24,11 @@ pub struct WorkerArgs {
 /// The exit code tells the server what happened (0 done, 10 paused, 11 orphaned, 12 stopped,
 /// 13 disk full, else a crash).
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let code = tuna_server::worker::run(&args.data_dir, &args.job, args.attempt)?;
+    let code = tuna_server::worker::run_with_database(
+        &args.data_dir,
+        args.database.url()?,
+        &args.job,
+        args.attempt,
+    )?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

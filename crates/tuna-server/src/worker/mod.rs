@@ -34,12 +34,12 @@ use tuna_train::{
 
 use crate::artifacts;
 use crate::blob::{BlobStore, LocalBlobStore};
-use crate::db::SqliteStore;
+use crate::db::{DATABASE_ENV, DatabaseUrl, open_store};
 use crate::openai::types::JobError;
 use crate::queue::{EXIT_DISK_FULL, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV};
 use crate::spec::{JobSpec, MethodSpec, Tuning};
 use crate::state::Settings;
-use crate::store::{JobStatus, Store, StoreError};
+use crate::store::{JobStatus, StoreError};
 use report::Reporter;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,8 @@ pub enum WorkerError {
     NoJob(String),
     #[error("the training thread panicked: {0}")]
     Panic(String),
+    #[error("--database: {0}")]
+    Database(String),
 }
 
 /// Why the run was asked to stop (the first reason wins).
@@ -69,12 +71,28 @@ fn request_stop(stop: &AtomicU8, why: u8) {
 
 /// Runs the worker for `job_id` under claim `attempt` (the job's current claim when `None`) and
 /// returns the process exit code (see `queue.rs`).
+/// The database is `TUNA_DATABASE` when set (as `tuna serve` sets it), else the data
+/// directory's SQLite file.
 pub fn run(data_dir: &Path, job_id: &str, attempt: Option<i64>) -> Result<i32, WorkerError> {
+    let database = match std::env::var(DATABASE_ENV) {
+        Ok(url) => Some(DatabaseUrl::parse(&url).map_err(WorkerError::Database)?),
+        Err(_) => None,
+    };
+    run_with_database(data_dir, database, job_id, attempt)
+}
+
+/// [`run`] against `database` (`None`: the data directory's SQLite file).
+pub fn run_with_database(
+    data_dir: &Path,
+    database: Option<DatabaseUrl>,
+    job_id: &str,
+    attempt: Option<i64>,
+) -> Result<i32, WorkerError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    rt.block_on(run_async(data_dir, job_id, attempt))
+    rt.block_on(run_async(data_dir, database, job_id, attempt))
 }
 
 /// The trainer's settings for one job's run.
@@ -189,11 +207,13 @@ fn job_error(code: &str, message: String, param: Option<&str>) -> JobError {
 
 async fn run_async(
     data_dir: &Path,
+    database: Option<DatabaseUrl>,
     job_id: &str,
     attempt: Option<i64>,
 ) -> Result<i32, WorkerError> {
-    let settings = Settings::new(data_dir);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.db_path()).await?);
+    let mut settings = Settings::new(data_dir);
+    settings.database = database;
+    let store = open_store(&settings.database_url()).await?;
     let dir = settings.job_dir(job_id);
     std::fs::create_dir_all(&dir)?;
     let lock = std::fs::OpenOptions::new()

@@ -95,6 +95,21 @@ pub fn settings(data_dir: &Path) -> Settings {
     s
 }
 
+/// Selects the engine every test server of this run uses: `TUNA_TEST_DATABASE=postgres` runs
+/// the suite on a fresh database of a throwaway PostgreSQL cluster per server (started by the
+/// test process itself); unset or `sqlite`, the data directory's SQLite file.
+pub const TEST_DATABASE_ENV: &str = "TUNA_TEST_DATABASE";
+
+pub async fn test_database() -> Option<tuna_server::db::DatabaseUrl> {
+    match std::env::var(TEST_DATABASE_ENV).as_deref() {
+        Ok("postgres") => Some(tuna_server::db::DatabaseUrl::Postgres(
+            tuna_server::test_services::fresh_postgres_database().await,
+        )),
+        Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("{TEST_DATABASE_ENV}={other}: expected `sqlite` or `postgres`"),
+    }
+}
+
 pub struct TestServer {
     pub server: RunningServer,
     pub dir: tempfile::TempDir,
@@ -108,6 +123,9 @@ impl TestServer {
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = settings(dir.path());
+        if let Some(url) = test_database().await {
+            s.database = Some(url);
+        }
         configure(&mut s);
         let server = RunningServer::start(s, "127.0.0.1:0".parse().unwrap())
             .await
