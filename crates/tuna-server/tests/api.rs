@@ -26,7 +26,7 @@ async fn harness() -> Harness {
 
 async fn harness_with(configure: impl FnOnce(&mut tuna_server::Settings)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = common::settings(dir.path());
+    let mut settings = common::test_settings(dir.path()).await;
     configure(&mut settings);
     let state = tuna_server::build_state(settings).await.unwrap();
     let (_, key) = tuna_server::auth::create_user(&*state.store, "tester")

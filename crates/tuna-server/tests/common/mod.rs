@@ -110,6 +110,13 @@ pub async fn test_database() -> Option<tuna_server::db::DatabaseUrl> {
     }
 }
 
+/// [`settings`] on the engine of this run ([`TEST_DATABASE_ENV`]).
+pub async fn test_settings(data_dir: &Path) -> Settings {
+    let mut s = settings(data_dir);
+    s.database = test_database().await;
+    s
+}
+
 pub struct TestServer {
     pub server: RunningServer,
     pub dir: tempfile::TempDir,
@@ -122,10 +129,7 @@ impl TestServer {
 
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = settings(dir.path());
-        if let Some(url) = test_database().await {
-            s.database = Some(url);
-        }
+        let mut s = test_settings(dir.path()).await;
         configure(&mut s);
         let server = RunningServer::start(s, "127.0.0.1:0".parse().unwrap())
             .await
