@@ -291,3 +291,56 @@ fn train_two_dpo_steps_on_preference_pairs() {
     assert_eq!(config["objective"], "dpo");
     assert!((config["dpo"]["beta"].as_f64().unwrap() - 0.2).abs() < 1e-6);
 }
+
+/// `--database` reaches PostgreSQL from every data directory: a user made from one folder is
+/// listed from another, a bad URL is a clear error without the password.
+#[test]
+fn users_and_models_commands_share_a_postgres_database() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(tuna_server::test_services::fresh_postgres_database());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = |d: &tempfile::TempDir| d.path().to_str().unwrap().to_string();
+    let out = tuna(
+        a.path(),
+        &[
+            "users",
+            "create",
+            "ann",
+            "--data-dir",
+            &dir(&a),
+            "--database",
+            &url,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("sk-tuna-"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tuna"))
+        .args(["users", "list", "--data-dir", &dir(&b)])
+        .env("TUNA_DATABASE", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ann"), "{}", text(&out.stdout));
+    assert!(
+        !b.path().join("tuna.db").exists(),
+        "no SQLite file when --database is given"
+    );
+    let out = tuna(
+        a.path(),
+        &[
+            "models",
+            "list",
+            "--data-dir",
+            &dir(&b),
+            "--database",
+            "mysql://root:hunter2@h/db",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("sqlite://PATH or postgres://") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
