@@ -145,6 +145,8 @@ impl PostgresCluster {
             wait $pg
             [ -d "/proc/$4" ] || rm -rf "$2"
         "#;
+        // Never waited for: the watchdog outlives this process on purpose (it cleans up after it).
+        #[allow(clippy::zombie_processes)]
         unprivileged(
             Command::new("sh")
                 .args(["-c", watchdog, "sh"])
