@@ -2,7 +2,9 @@
 # Runs every test of the project. Installs what the tests need first, so it works on a fresh
 # machine: the Rust toolchain, a Python venv with the official `openai` SDK (for the SDK test),
 # Debian's chromium and playwright-core (for the console tests), Debian's PostgreSQL (the tests
-# start their own throwaway clusters from its programs).
+# start their own throwaway clusters from its programs), Mesa's software Vulkan driver (lavapipe:
+# the GPU kernels run on it) and NVIDIA's NVRTC wheels (the generated CUDA C++ is compiled with
+# them; no GPU needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -37,6 +39,29 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   echo "==> installing postgresql (apt-get)"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+fi
+# The GPU kernels (crates/tuna-gpu) are checked on Mesa's software Vulkan driver, lavapipe; the
+# tests fail, never skip, without it. libvulkan1 is the loader wgpu opens.
+if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ! compgen -G '/usr/lib/*/libvulkan.so.1' >/dev/null; then
+  echo "==> installing Mesa's lavapipe (apt-get)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+# NVRTC and the CUDA headers it needs, from PyPI, to compile the CUDA C++ of every kernel for
+# sm_90a without a GPU (crates/tuna-gpu/tests/nvrtc.rs finds them in .venv-test).
+nvidia_wheels=(
+  "nvidia-cuda-nvrtc-cu12==12.9.86" "nvidia-cuda-runtime-cu12==12.9.79"
+  "nvidia-cuda-cccl-cu12==12.9.27" "nvidia-cuda-nvcc-cu12==12.9.86"
+)
+if ! .venv-test/bin/python - "${nvidia_wheels[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(name) != v for name, v in (w.split("==") for w in sys.argv[1:])))
+PY
+then
+  echo "==> installing NVRTC and CUDA headers into .venv-test (pip)"
+  .venv-test/bin/pip install -q --disable-pip-version-check "${nvidia_wheels[@]}"
 fi
 
 # Numeric code is tested optimized: a debug build runs it 10-50x slower.

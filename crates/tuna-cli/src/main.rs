@@ -44,6 +44,8 @@ enum Command {
     /// Manage the base models a server offers
     #[command(subcommand)]
     Models(cmd::models::ModelsCommand),
+    /// List the CPU and the GPUs Tuna can use (`gpu:N`)
+    Devices(cmd::devices::DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cmd::worker::run(args),
         Command::Users(args) => cmd::users::run(args).map(|()| ExitCode::SUCCESS),
         Command::Models(args) => cmd::models::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Devices(args) => cmd::devices::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -344,3 +344,31 @@ fn users_and_models_commands_share_a_postgres_database() {
         "{err}"
     );
 }
+
+#[test]
+#[test]
+fn devices_lists_the_cpu_and_the_software_vulkan_device() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tuna(cache.path(), &["devices"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("cpu "), "{stdout}");
+    // scripts/test.sh installs Mesa's lavapipe, so CI always has this one.
+    assert!(
+        stdout.contains("llvmpipe") && stdout.contains("software Vulkan device"),
+        "{stdout}"
+    );
+
+    let out = tuna(cache.path(), &["devices", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["cpu"]["threads"].as_u64().unwrap() >= 1, "{report}");
+    let gpus = report["gpus"].as_array().unwrap();
+    let soft = gpus
+        .iter()
+        .find(|g| g["software"] == true)
+        .unwrap_or_else(|| panic!("no software device in {report}"));
+    assert_eq!(soft["backend"], "vulkan");
+    assert!(soft["device"].as_str().unwrap().starts_with("gpu:"));
+    assert!(soft["memory_bytes"].as_u64().unwrap() > 0, "{report}");
+}

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_train;
 pub mod chat;
 pub mod data;
+pub mod devices;
 pub mod generate;
 pub mod merge;
 pub mod models;
