@@ -770,3 +770,50 @@ fn a_failing_kernel_is_reported_not_read_back_as_zeros() {
     g::elementwise::scale_in_place(&gpu, &y, 3.0);
     assert_eq!(gpu.download(&y).unwrap(), vec![3.0, 6.0]);
 }
+
+/// The kernels are generic over the storage float; bf16 cannot run on lavapipe, so the generic
+/// path is exercised in f16 (which lavapipe has): inputs rounded to f16, compute in f32, the
+/// result rounded to f16 once. Tolerance: 2 f16 ulps of the tensor's scale (2·2⁻¹⁰).
+#[test]
+fn half_precision_storage_matches_cpu_within_f16_rounding() {
+    use half::f16;
+    let gpu = lavapipe();
+    let tol = 2.0 * 2f64.powi(-10);
+    let (n, c) = (33, 256);
+    let mut r = rng(11);
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&x| f16::from_f32(x).to_f32()).collect() };
+    let to_f16 = |v: &[f32]| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
+    let inp = round(rand_vec(&mut r, n * c, 3.0));
+    let w = round(rand_vec(&mut r, c, 0.5).iter().map(|x| x + 1.0).collect());
+    let (mut out, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+    rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &inp, &w, n, c, 1e-6);
+    let go = gpu.alloc::<f16>(n * c);
+    let gr = gpu.alloc::<f32>(n);
+    let (gi, gw) = (gpu.upload(&to_f16(&inp)), gpu.upload(&to_f16(&w)));
+    g::rmsnorm::rmsnorm_forward(&gpu, &go, &gr, &gi, &gw, n, c, 1e-6);
+    // Widened on the device, so the cast kernel is checked as well.
+    let wide = gpu.alloc::<f32>(n * c);
+    g::elementwise::cast(&gpu, &wide, &go);
+    check_tensor("rmsnorm f16 out", &download(&gpu, &wide), &out, tol);
+    check_tensor("rmsnorm f16 rstd", &download(&gpu, &gr), &rstd, F32_REL_TOL);
+
+    let gate = round(rand_vec(&mut r, n * c, 8.0));
+    let up = round(rand_vec(&mut r, n * c, 2.0));
+    let mut sw = vec![0.0; n * c];
+    swiglu::swiglu_forward(&mut sw, &gate, &up);
+    let gs = gpu.alloc::<f16>(n * c);
+    g::swiglu::swiglu_forward(
+        &gpu,
+        &gs,
+        &gpu.upload(&to_f16(&gate)),
+        &gpu.upload(&to_f16(&up)),
+    );
+    let got: Vec<f32> = gpu
+        .download(&gs)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
+    check_tensor("swiglu f16 out", &got, &sw, tol);
+}

@@ -133,11 +133,11 @@ fn attention_forward_kernel<F: Float>(
     let units = comptime![ROWS_PER_CUBE];
     let tile_rows = comptime![TILE];
     let cube = CUBE_POS as u32;
-    let blocks = (bt + units as u32 - 1) / units as u32;
-    // The cube's condition is uniform, so the syncs inside are reached by all its units.
-    if cube < blocks * nh {
-        let h = cube % nh;
-        let t0 = (cube / nh) * units as u32;
+    let h = cube % nh;
+    let t0 = (cube / nh) * units as u32;
+    // Uniform over the cube, so the syncs inside are reached by all its units; false for the
+    // spare cubes of a two-axis grid.
+    if t0 < bt {
         let kvh = h / (nh / nkv);
         let t = t0 + UNIT_POS;
         let valid = t < bt;
@@ -234,10 +234,9 @@ fn attention_dq_kernel<F: Float>(
     let units = comptime![ROWS_PER_CUBE];
     let tile_rows = comptime![TILE];
     let cube = CUBE_POS as u32;
-    let blocks = (bt + units as u32 - 1) / units as u32;
-    if cube < blocks * nh {
-        let h = cube % nh;
-        let t0 = (cube / nh) * units as u32;
+    let h = cube % nh;
+    let t0 = (cube / nh) * units as u32;
+    if t0 < bt {
         let kvh = h / (nh / nkv);
         let t = t0 + UNIT_POS;
         let valid = t < bt;
@@ -311,10 +310,9 @@ fn attention_dkv_kernel<F: Float>(
     let units = comptime![ROWS_PER_CUBE];
     let tile_rows = comptime![TILE];
     let cube = CUBE_POS as u32;
-    let blocks = (bt + units as u32 - 1) / units as u32;
-    if cube < blocks * nkv {
-        let kvh = cube % nkv;
-        let u0 = (cube / nkv) * units as u32;
+    let kvh = cube % nkv;
+    let u0 = (cube / nkv) * units as u32;
+    if u0 < bt {
         let g = nh / nkv;
         let u = u0 + UNIT_POS;
         let valid = u < bt;

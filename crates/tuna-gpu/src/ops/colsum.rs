@@ -27,11 +27,11 @@ fn colsum_partial_kernel<F: Float>(
     s: &Array<f32>,
     n: u32,
     c: u32,
+    chunks: u32,
     #[comptime] rows_per_chunk: u32,
     #[comptime] product: bool,
 ) {
     let i = ABSOLUTE_POS;
-    let chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
     if i < (chunks * c) as usize {
         let chunk = i as u32 / c;
         let j = i as u32 % c;
@@ -66,6 +66,7 @@ fn colsum_finish_kernel<F: Float>(dst: &mut Array<F>, partial: &Array<f32>, chun
 }
 
 /// dst (c) += Σ_r term(r, ·) over the n rows of a (n, c) [, b (n, c), s (n)].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn colsum_accumulate<R: Runtime, F: Float + CubeElement>(
     gpu: &Gpu<R>,
     dst: &Buffer<R, F>,
@@ -92,6 +93,7 @@ pub(crate) fn colsum_accumulate<R: Runtime, F: Float + CubeElement>(
         s.arg(),
         dim("n", n),
         dim("c", c),
+        dim("chunks", chunks),
         ROWS_PER_CHUNK as u32,
         term == RowTerm::ProductScaled,
     );

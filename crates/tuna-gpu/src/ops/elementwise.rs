@@ -15,6 +15,14 @@ fn fill_kernel<E: Numeric>(out: &mut Array<E>, value: f32, n: u32) {
 }
 
 #[cube(launch)]
+fn cast_kernel<A: Float, B: Float>(out: &mut Array<B>, x: &Array<A>, n: u32) {
+    let i = ABSOLUTE_POS;
+    if i < n as usize {
+        out[i] = B::cast_from(x[i]);
+    }
+}
+
+#[cube(launch)]
 fn add_kernel<F: Float>(acc: &mut Array<F>, x: &Array<F>, n: u32) {
     let i = ABSOLUTE_POS;
     if i < n as usize {
@@ -50,6 +58,18 @@ pub fn zeros<R: Runtime, E: Numeric + CubeElement>(gpu: &Gpu<R>, len: usize) -> 
     let buf = gpu.alloc(len);
     fill(gpu, &buf, 0.0);
     buf
+}
+
+/// out (n) = x (n) converted to `B` (e.g. f32 master weights to a bf16 working copy).
+pub fn cast<R: Runtime, A: Float + CubeElement, B: Float + CubeElement>(
+    gpu: &Gpu<R>,
+    out: &Buffer<R, B>,
+    x: &Buffer<R, A>,
+) {
+    let n = x.len();
+    assert_eq!(out.len(), n, "cast: out has {} elements, x {n}", out.len());
+    let (count, cube) = elementwise(n);
+    cast_kernel::launch::<A, B, R>(gpu.client(), count, cube, out.arg(), x.arg(), dim("n", n));
 }
 
 /// `acc += x`, element-wise. acc (n), x (n).

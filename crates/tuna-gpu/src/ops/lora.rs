@@ -72,6 +72,7 @@ pub struct LoraDims {
 
 /// Accumulates y (bt, out) += s · (x_in · Aᵀ) · Bᵀ and overwrites u (bt, r) = x_in · Aᵀ, saved
 /// for the backward; x_in = x (bt, in) ⊙ keep (bt, in) when a dropout mask is given.
+#[allow(clippy::too_many_arguments)]
 pub fn lora_forward<R: Runtime>(
     gpu: &Gpu<R>,
     y: &Buffer<R, f32>,
