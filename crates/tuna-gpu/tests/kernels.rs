@@ -1,5 +1,5 @@
 //! Every GPU kernel's forward and backward against the CPU engine's, on Mesa's software Vulkan
-//! device (lavapipe), in f32. Tolerance: `common::F32_REL_TOL` (1e-4 of the tensor's largest
+//! device (lavapipe) — or on CUDA with `--features cuda-tests` (`scripts/gpu-check.sh`) —, in f32. Tolerance: `common::F32_REL_TOL` (1e-4 of the tensor's largest
 //! value). Backward outputs start from random values, so accumulation (`+=`) is checked too.
 //! Row reductions run on both paths: the shared-memory tree (what lavapipe gets by default)
 //! and the plane (subgroup) path, forced.
@@ -8,7 +8,7 @@ mod common;
 
 use rand::Rng;
 
-use common::{F32_REL_TOL, check_tensor, download, lavapipe, rand_vec, rng};
+use common::{Dev, F32_REL_TOL, check_tensor, device, download, rand_vec, rng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::matmul::{Layout, sgemm};
 use tuna_engine::ops::{
@@ -16,19 +16,20 @@ use tuna_engine::ops::{
 };
 use tuna_gpu::ops::attention::PackedSeqs;
 use tuna_gpu::ops::rope::GpuRopeTable;
-use tuna_gpu::{Gpu, ReduceMode, WgpuRuntime, ops as g};
+use tuna_gpu::{ReduceMode, ops as g};
 
-fn both_reduce_modes() -> [Gpu<WgpuRuntime>; 2] {
-    let gpu = lavapipe();
+fn both_reduce_modes() -> [Dev; 2] {
+    let gpu = device();
     [
         gpu.clone().with_reduce_mode(ReduceMode::SharedMemory),
         gpu.with_reduce_mode(ReduceMode::Plane),
     ]
 }
 
+#[cfg(not(feature = "cuda-tests"))]
 #[test]
 fn lavapipe_is_a_software_vulkan_device() {
-    let gpu = lavapipe();
+    let gpu = device();
     println!("adapter: {}", gpu.name());
     assert!(gpu.name().contains("llvmpipe"), "adapter {}", gpu.name());
     assert_eq!(
@@ -95,7 +96,7 @@ fn rmsnorm_matches_cpu_on_both_reduction_paths() {
 
 #[test]
 fn swiglu_and_residual_match_cpu() {
-    let gpu = lavapipe();
+    let gpu = device();
     let n = 5000;
     let mut r = rng(2);
     let gate = rand_vec(&mut r, n, 12.0);
@@ -129,7 +130,7 @@ fn swiglu_and_residual_match_cpu() {
 
 #[test]
 fn embedding_matches_cpu_with_repeated_ids() {
-    let gpu = lavapipe();
+    let gpu = device();
     let (v, c) = (50, 96);
     let ids: Vec<u32> = vec![3, 7, 3, 49, 0, 7, 7, 12, 3];
     let bt = ids.len();
@@ -155,7 +156,7 @@ fn embedding_matches_cpu_with_repeated_ids() {
 
 #[test]
 fn rope_matches_cpu() {
-    let gpu = lavapipe();
+    let gpu = device();
     let (nh, hd) = (3, 64);
     let table = rope::RopeTable::new(hd, 1_000_000.0, 256);
     let gtable = GpuRopeTable::upload(&gpu, &table);
@@ -180,7 +181,7 @@ fn rope_matches_cpu() {
 }
 
 fn check_attention(seq_lens: &[usize], nh: usize, nkv: usize, hd: usize, seed: u64) {
-    let gpu = lavapipe();
+    let gpu = device();
     let bt: usize = seq_lens.iter().sum();
     let mut r = rng(seed);
     let q = rand_vec(&mut r, bt * nh * hd, 1.5);
@@ -251,7 +252,7 @@ fn attention_matches_cpu_on_packed_sequences() {
 
 #[test]
 fn matmul_and_gemm_match_cpu() {
-    let gpu = lavapipe();
+    let gpu = device();
     let (bt, c, oc) = (67, 96, 130);
     let mut r = rng(7);
     let inp = rand_vec(&mut r, bt * c, 1.0);
@@ -619,7 +620,7 @@ fn lora_cpu(
 
 #[test]
 fn lora_products_match_cpu_and_finite_differences() {
-    let gpu = lavapipe();
+    let gpu = device();
     let d = g::lora::LoraDims {
         bt: 45,
         in_features: 72,
@@ -751,6 +752,7 @@ fn lora_products_match_cpu_and_finite_differences() {
     println!("lora finite differences: worst relative error {worst:.3e}");
 }
 
+#[cfg(not(feature = "cuda-tests"))]
 #[test]
 fn a_failing_kernel_is_reported_not_read_back_as_zeros() {
     // A device of its own: the failure must not reach the other tests' device.
@@ -777,7 +779,7 @@ fn a_failing_kernel_is_reported_not_read_back_as_zeros() {
 #[test]
 fn half_precision_storage_matches_cpu_within_f16_rounding() {
     use half::f16;
-    let gpu = lavapipe();
+    let gpu = device();
     let tol = 2.0 * 2f64.powi(-10);
     let (n, c) = (33, 256);
     let mut r = rng(11);

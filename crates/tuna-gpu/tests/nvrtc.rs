@@ -67,6 +67,9 @@ fn launch_every_op<F: Float + CubeElement>(gpu: &Gpu<CudaSourceRuntime>) {
     g::elementwise::residual_forward(gpu, &buf(8), &buf(8));
     g::elementwise::scale_in_place(gpu, &buf(8), 2.0);
     g::elementwise::mul(gpu, &buf(8), &buf(8), &buf(8));
+    // Both directions of the storage-float cast (bf16 ↔ f32 on NVIDIA).
+    g::elementwise::cast(gpu, &f32s(8), &buf(8));
+    g::elementwise::cast(gpu, &buf(8), &f32s(8));
     g::swiglu::swiglu_forward(gpu, &buf(8), &buf(8), &buf(8));
     g::swiglu::swiglu_backward(gpu, &buf(8), &buf(8), &buf(8), &buf(8), &buf(8));
     g::embedding::embedding_forward(gpu, &buf(n * c), &ids, &buf(v * c), c);

@@ -1,4 +1,4 @@
-//! Shared by the GPU test files: the software Vulkan device, seeded data, and a tensor check in
+//! Shared by the GPU test files: the device (lavapipe, or CUDA with `--features cuda-tests`), seeded data, and a tensor check in
 //! the style of llm.c's `check_tensor` (prints the max error, then applies a stated tolerance).
 
 #![allow(dead_code)]
@@ -13,16 +13,45 @@ use tuna_gpu::{Buffer, Gpu, WgpuRuntime};
 /// the tensor's largest |cpu| value.
 pub const F32_REL_TOL: f64 = 1e-4;
 
+/// The runtime the kernel tests run on: wgpu on lavapipe (CI), or, with the `cuda-tests`
+/// feature, CUDA (`scripts/gpu-check.sh` on a machine with an NVIDIA GPU).
+#[cfg(not(feature = "cuda-tests"))]
+pub type TestRuntime = WgpuRuntime;
+#[cfg(feature = "cuda-tests")]
+pub type TestRuntime = tuna_gpu::CudaRuntime;
+pub type Dev = Gpu<TestRuntime>;
+
 /// The software Vulkan device (Mesa's lavapipe). Panics — the test fails, it never skips —
 /// when there is none: `scripts/test.sh` installs `mesa-vulkan-drivers`.
-pub fn lavapipe() -> Gpu<WgpuRuntime> {
-    static GPU: OnceLock<Result<Gpu<WgpuRuntime>, String>> = OnceLock::new();
+#[cfg(not(feature = "cuda-tests"))]
+pub fn device() -> Dev {
+    static GPU: OnceLock<Result<Dev, String>> = OnceLock::new();
     match GPU.get_or_init(|| tuna_gpu::devices::open_software_vulkan().map_err(|e| e.to_string())) {
         Ok(gpu) => gpu.clone(),
         Err(e) => panic!(
             "{e}\n---> HINT: run `bash scripts/test.sh` (it installs lavapipe), or \
              `apt-get install mesa-vulkan-drivers`"
         ),
+    }
+}
+
+/// CUDA device `TUNA_TEST_CUDA_DEVICE` (default 0), with the plain matmul: the parity
+/// tolerance is f32's, and f32 on tensor cores is TF32.
+#[cfg(feature = "cuda-tests")]
+pub fn device() -> Dev {
+    static GPU: OnceLock<Result<Dev, String>> = OnceLock::new();
+    let gpu = GPU.get_or_init(|| {
+        let ordinal = std::env::var("TUNA_TEST_CUDA_DEVICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tuna_gpu::devices::open_cuda(ordinal)
+            .map(|gpu| gpu.with_plain_matmul(true))
+            .map_err(|e| e.to_string())
+    });
+    match gpu {
+        Ok(gpu) => gpu.clone(),
+        Err(e) => panic!("{e}\n---> HINT: the cuda-tests feature needs an NVIDIA GPU (scripts/gpu-check.sh)"),
     }
 }
 
@@ -34,8 +63,8 @@ pub fn rand_vec(rng: &mut StdRng, n: usize, amp: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-amp..amp)).collect()
 }
 
-pub fn download(gpu: &Gpu<WgpuRuntime>, buf: &Buffer<WgpuRuntime, f32>) -> Vec<f32> {
-    gpu.download(buf).expect("download from lavapipe")
+pub fn download(gpu: &Dev, buf: &Buffer<TestRuntime, f32>) -> Vec<f32> {
+    gpu.download(buf).expect("download from the device")
 }
 
 /// max |got − want| / max |want|; prints it with the absolute error; panics above `tol`.
