@@ -59,7 +59,8 @@ def main():
     cfg = Qwen2Config.from_pretrained(CONFIGS / args.shape, attn_implementation="sdpa")
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
-    model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype)
+    with device:  # random weights made on the device: a 7B's init on the CPU takes minutes
+        model = Qwen2ForCausalLM(cfg).to(dtype=dtype)
     lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=TARGETS)
     model = get_peft_model(model, lora)
     model.train()

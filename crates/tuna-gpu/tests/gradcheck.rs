@@ -95,7 +95,17 @@ fn rmsnorm_backward_matches_finite_differences() {
     let inputs = [inp, w];
     let (_, rstd, gi, gw) = forward(&inputs);
     let (di, dw) = (zeros(&gpu, n * c), zeros(&gpu, c));
-    g::rmsnorm::rmsnorm_backward(&gpu, &di, Some(&dw), &gpu.upload(&dout), &gi, &gw, &rstd, n, c);
+    g::rmsnorm::rmsnorm_backward(
+        &gpu,
+        &di,
+        Some(&dw),
+        &gpu.upload(&dout),
+        &gi,
+        &gw,
+        &rstd,
+        n,
+        c,
+    );
     let grads = [download(&gpu, &di), download(&gpu, &dw)];
     fd_check(
         "rmsnorm",
@@ -201,11 +211,7 @@ fn matmul_backward_matches_finite_differences() {
     let dout = rand_vec(&mut r, bt * oc, 1.0);
     let forward = |xs: &[Vec<f32>]| {
         let out = gpu.alloc::<f32>(bt * oc);
-        let (gi, gw, gb) = (
-            gpu.upload(&xs[0]),
-            gpu.upload(&xs[1]),
-            gpu.upload(&xs[2]),
-        );
+        let (gi, gw, gb) = (gpu.upload(&xs[0]), gpu.upload(&xs[1]), gpu.upload(&xs[2]));
         g::matmul::matmul_forward(&gpu, &out, &gi, &gw, Some(&gb), bt, c, oc).unwrap();
         download(&gpu, &out)
     };
@@ -255,11 +261,7 @@ fn attention_backward_matches_finite_differences() {
     let dout = rand_vec(&mut r, bt * nh * hd, 1.0);
     let forward = |xs: &[Vec<f32>]| {
         let (out, lse) = (gpu.alloc::<f32>(bt * nh * hd), gpu.alloc::<f32>(bt * nh));
-        let (q, k, v) = (
-            gpu.upload(&xs[0]),
-            gpu.upload(&xs[1]),
-            gpu.upload(&xs[2]),
-        );
+        let (q, k, v) = (gpu.upload(&xs[0]), gpu.upload(&xs[1]), gpu.upload(&xs[2]));
         g::attention::attention_forward(&gpu, &out, &lse, &q, &k, &v, &seqs, nh, nkv, hd);
         (out, lse, q, k, v)
     };
@@ -331,7 +333,13 @@ fn lm_head_ce_backward_matches_finite_differences() {
         &["hidden", "weight"],
         &inputs,
         &grads,
-        |xs| scale as f64 * download(&gpu, &forward(xs).0).iter().map(|&l| l as f64).sum::<f64>(),
+        |xs| {
+            scale as f64
+                * download(&gpu, &forward(xs).0)
+                    .iter()
+                    .map(|&l| l as f64)
+                    .sum::<f64>()
+        },
         &mut r,
     );
 }

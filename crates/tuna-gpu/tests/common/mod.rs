@@ -51,7 +51,9 @@ pub fn device() -> Dev {
     });
     match gpu {
         Ok(gpu) => gpu.clone(),
-        Err(e) => panic!("{e}\n---> HINT: the cuda-tests feature needs an NVIDIA GPU (scripts/gpu-check.sh)"),
+        Err(e) => panic!(
+            "{e}\n---> HINT: the cuda-tests feature needs an NVIDIA GPU (scripts/gpu-check.sh)"
+        ),
     }
 }
 
