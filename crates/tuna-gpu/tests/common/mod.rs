@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tuna_gpu::{Buffer, Gpu, WgpuRuntime};
+use tuna_gpu::{Buffer, Gpu};
 
 /// f32 tolerance of every GPU-vs-CPU comparison: max |gpu − cpu| over the tensor, relative to
 /// the tensor's largest |cpu| value.
@@ -16,7 +16,7 @@ pub const F32_REL_TOL: f64 = 1e-4;
 /// The runtime the kernel tests run on: wgpu on lavapipe (CI), or, with the `cuda-tests`
 /// feature, CUDA (`scripts/gpu-check.sh` on a machine with an NVIDIA GPU).
 #[cfg(not(feature = "cuda-tests"))]
-pub type TestRuntime = WgpuRuntime;
+pub type TestRuntime = tuna_gpu::WgpuRuntime;
 #[cfg(feature = "cuda-tests")]
 pub type TestRuntime = tuna_gpu::CudaRuntime;
 pub type Dev = Gpu<TestRuntime>;
