@@ -346,7 +346,6 @@ fn users_and_models_commands_share_a_postgres_database() {
 }
 
 #[test]
-#[test]
 fn devices_lists_the_cpu_and_the_software_vulkan_device() {
     let cache = tempfile::tempdir().unwrap();
     let out = tuna(cache.path(), &["devices"]);
