@@ -247,6 +247,50 @@ impl GenerationConfig {
     }
 }
 
+/// `tuna_defaults.json`: training settings a model directory recommends for itself, used where a
+/// run leaves them unset. Generic defaults suit the usual model sizes; a model far from them
+/// (Tuna's tiny demo model) says what suits it, as `generation_config.json` does for sampling.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingDefaults {
+    /// Peak learning rate for LoRA.
+    #[serde(default)]
+    pub lora_learning_rate: Option<f32>,
+    /// Peak learning rate for full fine-tuning.
+    #[serde(default)]
+    pub full_learning_rate: Option<f32>,
+    /// Why, for people reading the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl TrainingDefaults {
+    pub const FILE: &str = "tuna_defaults.json";
+
+    /// Reads `dir/tuna_defaults.json`; a missing file recommends nothing.
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join(Self::FILE);
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let d: Self = read_json(&path)?;
+        for (name, v) in [
+            ("lora_learning_rate", d.lora_learning_rate),
+            ("full_learning_rate", d.full_learning_rate),
+        ] {
+            if let Some(lr) = v
+                && !(lr.is_finite() && lr > 0.0 && lr <= 1.0)
+            {
+                return Err(Error::InvalidConfig {
+                    path: path.clone(),
+                    reason: format!("`{name}` must be in (0, 1], got {lr}"),
+                });
+            }
+        }
+        Ok(d)
+    }
+}
+
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

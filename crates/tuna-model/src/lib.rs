@@ -13,7 +13,7 @@ pub mod safetensors;
 pub mod tensor;
 pub mod train;
 
-pub use config::{Architecture, GenerationConfig, QwenConfig};
+pub use config::{Architecture, GenerationConfig, QwenConfig, TrainingDefaults};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, SamplingParams, generate};
 pub use lora::{LoraAdapter, LoraConfig, LoraTarget};

@@ -2,11 +2,11 @@
 //! transformers / torchtune / LLaMA-Factory expects. Serialisable (JSON), so the server stores it
 //! with the job and the CLI can read it from a file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tuna_data::pack::LengthPolicy;
-use tuna_model::{LoraConfig, LoraTarget};
+use tuna_model::{LoraConfig, LoraTarget, TrainingDefaults};
 
 use crate::error::{Error, Result};
 use crate::schedule::ScheduleKind;
@@ -154,8 +154,9 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many optimizer steps (overrides `epochs`; the data repeats as needed).
     pub max_steps: Option<usize>,
-    /// Peak learning rate. Default (None): SFT 1e-4 for LoRA, 1e-5 for full fine-tuning; DPO 5e-6
-    /// for LoRA (LLaMA-Factory's LoRA DPO example), 1e-6 for full (TRL's `DPOConfig`).
+    /// Peak learning rate. Default (None): SFT the model's recommendation, else 1e-4 for LoRA and
+    /// 1e-5 for full fine-tuning; DPO 5e-6 for LoRA (LLaMA-Factory's LoRA DPO example), 1e-6 for
+    /// full (TRL's `DPOConfig`). See [`default_learning_rate`].
     pub learning_rate: Option<f32>,
     /// `linear`, `cosine` (default) or `constant`, each after the warmup (transformers' schedules).
     pub lr_schedule: ScheduleKind,
@@ -242,21 +243,48 @@ impl Default for TrainConfig {
     }
 }
 
+/// The learning rate of a run that sets none. SFT: the model directory's recommendation for the
+/// method (`tuna_defaults.json`, see [`TrainingDefaults`]), else [`generic_learning_rate`]. DPO
+/// always takes the generic value: a model's recommendation is for supervised fine-tuning.
+pub fn default_learning_rate(
+    model_dir: &Path,
+    method: Method,
+    objective: Objective,
+) -> Result<f32> {
+    let generic = generic_learning_rate(objective, method);
+    if objective != Objective::Sft {
+        return Ok(generic);
+    }
+    let d = TrainingDefaults::from_model_dir(model_dir)?;
+    Ok(match method {
+        Method::Lora => d.lora_learning_rate,
+        Method::Full => d.full_learning_rate,
+    }
+    .unwrap_or(generic))
+}
+
+/// The usual learning rates for models of 0.5B parameters and up: SFT 1e-4 (LoRA) and 1e-5 (full),
+/// as transformers / LLaMA-Factory use; DPO 5e-6 (LoRA) and 1e-6 (full).
+pub fn generic_learning_rate(objective: Objective, method: Method) -> f32 {
+    match (objective, method) {
+        (Objective::Sft, Method::Lora) => 1e-4,
+        (Objective::Sft, Method::Full) => 1e-5,
+        (Objective::Dpo, Method::Lora) => 5e-6,
+        (Objective::Dpo, Method::Full) => 1e-6,
+    }
+}
+
 /// Examples held out by default: 5% of the data, at least 2 and at most 256, once there are 50.
 pub fn default_validation_count(n: usize) -> usize {
     if n < 50 { 0 } else { (n / 20).clamp(2, 256) }
 }
 
 impl TrainConfig {
-    /// The learning rate after defaults.
+    /// The learning rate after the generic defaults ([`crate::Trainer`] first fills in the
+    /// model's recommendation, [`default_learning_rate`]).
     pub fn lr(&self) -> f32 {
         self.learning_rate
-            .unwrap_or(match (self.objective, self.method) {
-                (Objective::Sft, Method::Lora) => 1e-4,
-                (Objective::Sft, Method::Full) => 1e-5,
-                (Objective::Dpo, Method::Lora) => 5e-6,
-                (Objective::Dpo, Method::Full) => 1e-6,
-            })
+            .unwrap_or_else(|| generic_learning_rate(self.objective, self.method))
     }
 
     /// Rejects settings that have no meaning, quoting the field.
@@ -452,6 +480,40 @@ mod tests {
         for (c, field) in cases.iter().zip(fields) {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_model_directory_can_recommend_its_learning_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            default_learning_rate(dir.path(), Method::Lora, Objective::Sft).unwrap(),
+            1e-4
+        );
+        assert_eq!(
+            default_learning_rate(dir.path(), Method::Full, Objective::Sft).unwrap(),
+            1e-5
+        );
+        let file = dir.path().join(TrainingDefaults::FILE);
+        std::fs::write(&file, r#"{"lora_learning_rate": 0.003}"#).unwrap();
+        assert_eq!(
+            default_learning_rate(dir.path(), Method::Lora, Objective::Sft).unwrap(),
+            3e-3
+        );
+        assert_eq!(
+            default_learning_rate(dir.path(), Method::Full, Objective::Sft).unwrap(),
+            1e-5
+        );
+        for bad in [
+            r#"{"lora_learning_rate": 0}"#,
+            r#"{"lora_learnin_rate": 1e-3}"#,
+            "{",
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let e = default_learning_rate(dir.path(), Method::Lora, Objective::Sft)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("tuna_defaults.json"), "{e}");
         }
     }
 

@@ -20,7 +20,9 @@ pub mod sample;
 pub mod schedule;
 pub mod sft;
 
-pub use config::{BatchSize, DpoSettings, LoraSettings, Method, Objective, TrainConfig};
+pub use config::{
+    BatchSize, DpoSettings, LoraSettings, Method, Objective, TrainConfig, default_learning_rate,
+};
 pub use data::{Dataset, SamplePrompt};
 pub use error::{Error, Result};
 pub use metrics::{

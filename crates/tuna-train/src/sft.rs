@@ -34,7 +34,7 @@ use tuna_model::train::{BatchStats, Gradients, TrainOptions};
 use tuna_model::{GenerationConfig, LoraAdapter, QwenConfig, QwenModel};
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{Method, Objective, TrainConfig};
+use crate::config::{Method, Objective, TrainConfig, default_learning_rate};
 use crate::data::{Dataset, MicroBatch, Plan};
 use crate::dpo::{self, ReferenceLogps};
 use crate::error::{Error, Result};
@@ -104,6 +104,13 @@ impl Trainer {
     /// tokenizes the data, and restores the newest checkpoint when `resume` is set.
     pub fn new(mut cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
+        if cfg.learning_rate.is_none() {
+            cfg.learning_rate = Some(default_learning_rate(
+                &cfg.model_dir,
+                cfg.method,
+                cfg.objective,
+            )?);
+        }
         let model_cfg = QwenConfig::from_model_dir(&cfg.model_dir)?;
         if cfg.max_seq_len > model_cfg.max_position_embeddings {
             tracing::info!(

@@ -17,6 +17,9 @@ pub struct ValidJobRequest {
     /// Every applicable setting at its canonical path; `"auto"` left only for rules that need
     /// the dataset.
     tree: Value,
+    /// The learning rate was `auto`: the plan scales the model's own recommendation instead of
+    /// the generic base ([`tuna_train::default_learning_rate`]).
+    learning_rate_auto: bool,
 }
 
 /// Top-level keys the API accepts besides the settings: OpenAI's `integrations` (none are
@@ -321,6 +324,7 @@ pub fn check_job_request(body: &Value) -> Result<ValidJobRequest, Vec<FieldError
         ));
     }
     let mut tree = Value::Object(Map::new());
+    let mut learning_rate_auto = false;
     for s in SETTINGS {
         let sent = match sent(body, s) {
             Ok(v) => v,
@@ -369,6 +373,9 @@ pub fn check_job_request(body: &Value) -> Result<ValidJobRequest, Vec<FieldError
                 }
             }
         };
+        if s.param == "tuna.learning_rate" && value.as_str() == Some("auto") {
+            learning_rate_auto = true;
+        }
         let value = match (value.as_str() == Some("auto"), s.auto) {
             (true, Some((AutoRule::Settings(rule), _))) => rule(&tree),
             (true, Some((AutoRule::Random, _))) => json!(rand::random_range(0..i32::MAX as i64)),
@@ -377,7 +384,10 @@ pub fn check_job_request(body: &Value) -> Result<ValidJobRequest, Vec<FieldError
         set(&mut tree, s.param, value);
     }
     if errors.is_empty() {
-        return Ok(ValidJobRequest { tree });
+        return Ok(ValidJobRequest {
+            tree,
+            learning_rate_auto,
+        });
     }
     if errors.len() > MAX_ERRORS {
         let more = errors.len() - MAX_ERRORS;
@@ -398,6 +408,11 @@ pub fn validate_job_request(body: &Value) -> Result<ValidJobRequest, ApiError> {
 impl ValidJobRequest {
     fn text(&self, param: &str) -> Option<&str> {
         get(&self.tree, param).and_then(Value::as_str)
+    }
+
+    /// Whether the request left the learning rate to the server.
+    pub fn learning_rate_auto(&self) -> bool {
+        self.learning_rate_auto
     }
 
     pub fn model(&self) -> &str {

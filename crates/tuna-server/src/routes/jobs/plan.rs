@@ -3,13 +3,14 @@
 //! so the estimate route answers exactly what creation would.
 
 use tuna_model::QwenConfig;
+use tuna_train::{Method, Objective, default_learning_rate};
 
 use crate::checker::{DatasetSize, check_dataset, dataset_size};
 use crate::error::{ApiError, ApiResult};
 use crate::estimate::{self, Footprint};
 use crate::models::model_shape;
 use crate::openai::types::Estimate;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, Tuning};
 use crate::state::AppState;
 use crate::store::{FileRow, ModelRow, Store, User};
 use crate::validate::ValidJobRequest;
@@ -104,7 +105,22 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
         size = dataset_size(&json)
             .ok_or_else(|| ApiError::internal("the re-check has no token statistics"))?;
     }
-    let spec = v.resolve(size.examples, cfg.max_position_embeddings as i64)?;
+    let mut spec = v.resolve(size.examples, cfg.max_position_embeddings as i64)?;
+    if v.learning_rate_auto() {
+        // The learning rate a multiplier of 1 stands for: the model's own recommendation
+        // (tuna_defaults.json), else the generic default.
+        let method = match spec.tuna.method {
+            Tuning::Full => Method::Full,
+            Tuning::Lora => Method::Lora,
+        };
+        let dir = std::path::PathBuf::from(&model.path);
+        let base = tokio::task::spawn_blocking(move || {
+            default_learning_rate(&dir, method, Objective::Sft)
+        })
+        .await?
+        .map_err(ApiError::internal)?;
+        spec.tuna.learning_rate = spec.hyperparameters().learning_rate_multiplier * f64::from(base);
+    }
     let device = "cpu";
     let method = spec.tuna.method.as_str();
     let tps = estimate::throughput(
