@@ -1,15 +1,17 @@
 // Charts drawn by hand: a <canvas> line chart for training metrics (several series against the
-// step, hover read-out, crisp on high-DPI screens) and an inline-SVG bar chart for the dataset's
-// token-length histogram. No library: a few hundred points per series is all a run produces.
+// step, hover read-out, optional smoothing, crisp on high-DPI screens) and an inline-SVG bar
+// chart for the dataset's token-length histogram. No library: a few hundred points per series is
+// all a run produces.
 
+import { plural, t } from "./i18n.js";
 import { fmtNum, h } from "./ui.js";
 
-const FONT = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
+const FONT = '11px system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans CJK SC", sans-serif';
 const AXIS = "#8a94a6";
 const GRID = "#eef1f5";
 
 /** "Nice" tick values covering [lo, hi], about `n` of them. */
-function ticks(lo, hi, n = 4) {
+export function ticks(lo, hi, n = 4) {
   if (!(hi > lo)) {
     const d = Math.abs(lo) || 1;
     lo -= d * 0.5;
@@ -19,22 +21,48 @@ function ticks(lo, hi, n = 4) {
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
   const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
   return { values: out, step, lo: Math.min(lo, out[0] ?? lo), hi: Math.max(hi, out[out.length - 1] ?? hi) };
+}
+
+/** Decimals that write every multiple of `step` exactly: 0.25 → 2, 0.5 → 1, 20 → 0. */
+export function stepDecimals(step) {
+  for (let d = 0; d < 10; d++) {
+    const scaled = step * 10 ** d;
+    if (Math.abs(scaled - Math.round(scaled)) < 1e-6 * Math.max(1, scaled)) return d;
+  }
+  return 10;
+}
+
+/**
+ * Exponential moving average with bias correction (TensorBoard's "smoothing"): `weight` 0 is the
+ * raw series, 0.9 averages over about the last ten points.
+ */
+export function smooth(points, weight) {
+  if (!(weight > 0)) return points;
+  let avg = 0;
+  let norm = 0;
+  return points.map((p) => {
+    avg = avg * weight + (1 - weight) * p.y;
+    norm = norm * weight + (1 - weight);
+    return { x: p.x, y: avg / norm };
+  });
 }
 
 export class LineChart {
   /**
    * @param {string} title shown above the plot
-   * @param {{name: string, color: string, dashed?: boolean}[]} series
-   * @param {{yFormat?: (v: number) => string, percent?: boolean, zeroBased?: boolean}} opts
+   * @param {{name: string, color: string, dashed?: boolean, smoothable?: boolean}[]} series
+   * @param {{yFormat?: (v: number) => string, percent?: boolean, zeroBased?: boolean, smoothing?: number}} opts
    */
   constructor(title, series, opts = {}) {
+    this.title = title;
     this.series = series;
     this.data = series.map(() => []);
     this.opts = opts;
+    this.smoothing = opts.smoothing || 0;
     this.hover = null;
-    this.canvas = h("canvas", { role: "img", "aria-label": `${title} chart` });
+    this.canvas = h("canvas", { role: "img", "aria-label": t("{title} chart", { title }) });
     this.legend = h(
       "div.chart-legend",
       series.map((s) => {
@@ -44,10 +72,10 @@ export class LineChart {
       }),
     );
     this.readout = h("span.chart-readout");
-    this.emptyNote = h("div.chart-empty", "Waiting for the first step…");
+    this.emptyNote = h("div.chart-empty", t("Waiting for the first step…"));
     this.el = h(
       "figure.chart",
-      { dataset: { chart: title } },
+      { dataset: { chart: opts.key || title } },
       h("figcaption", h("span.chart-title", title), this.readout),
       h("div.chart-canvas", this.canvas, this.emptyNote),
       series.length > 1 ? this.legend : null,
@@ -69,19 +97,31 @@ export class LineChart {
     this.draw();
   }
 
+  /** Smoothing weight in [0, 1) for the series marked `smoothable`. */
+  setSmoothing(weight) {
+    this.smoothing = weight;
+    this.el.dataset.smoothing = String(weight);
+    this.draw();
+  }
+
   destroy() {
     this.resize.disconnect();
+  }
+
+  /** The series as drawn: smoothed where asked, the raw points kept for the faint line. */
+  shown() {
+    return this.data.map((pts, i) => (this.series[i].smoothable && this.smoothing > 0 && pts.length > 2 ? smooth(pts, this.smoothing) : pts));
   }
 
   layout() {
     const all = this.data.flat();
     const xs = all.map((p) => p.x);
     const ys = all.map((p) => p.y);
-    let xlo = Math.min(...xs, 0);
+    const xlo = Math.min(...xs, 0);
     let xhi = Math.max(...xs, 1);
     if (xhi <= xlo) xhi = xlo + 1;
     let ylo = Math.min(...ys);
-    let yhi = Math.max(...ys);
+    const yhi = Math.max(...ys);
     if (this.opts.zeroBased) ylo = Math.min(0, ylo);
     const pad = (yhi - ylo) * 0.08 || Math.abs(yhi) * 0.1 || 1;
     // Losses, norms, rates and accuracies are never negative: the axis stops at 0.
@@ -91,6 +131,21 @@ export class LineChart {
     const yt = ticks(lo, yhi + pad);
     const xt = ticks(xlo, xhi, 5);
     return { xlo, xhi, ylo: yt.lo, yhi: yt.hi, yticks: yt.values, ystep: yt.step, xticks: xt.values.filter((v) => v > xlo && v <= xhi && Number.isInteger(v)) };
+  }
+
+  /** Tick labels: as many decimals as the tick step needs, so neighbours never read alike. */
+  tickFormat(step) {
+    if (this.opts.percent) {
+      const d = Math.min(6, stepDecimals(step * 100));
+      return (v) => `${(v * 100).toFixed(d)}%`;
+    }
+    if (this.opts.yFormat) return this.opts.yFormat;
+    const d = Math.min(8, stepDecimals(step));
+    return (v) => (Math.abs(v) >= 1e5 ? fmtNum(v, 3) : v.toFixed(d));
+  }
+
+  valueFormat() {
+    return this.opts.percent ? (v) => `${fmtNum(v * 100, 3)}%` : this.opts.yFormat || ((v) => fmtNum(v, 4));
   }
 
   draw() {
@@ -106,24 +161,22 @@ export class LineChart {
     const g = c.getContext("2d");
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, hgt);
-    if (!this.data.some((p) => p.length)) return;
+    if (!this.data.some((p) => p.length)) {
+      this.readout.textContent = "";
+      return;
+    }
     const L = this.layout();
-    // Tick labels get as many decimals as the tick step needs, so neighbours never read alike.
-    const decimals = Math.min(8, Math.max(0, -Math.floor(Math.log10(L.ystep || 1) + 1e-9)));
-    const pctDecimals = Math.min(6, Math.max(0, -Math.floor(Math.log10((L.ystep || 1) * 100) + 1e-9)));
-    const fmt = this.opts.percent
-      ? (v) => `${(v * 100).toFixed(pctDecimals)}%`
-      : this.opts.yFormat || ((v) => (Math.abs(v) >= 1e5 ? fmtNum(v, 3) : v.toFixed(decimals)));
-    const readout = this.opts.percent ? (v) => `${fmtNum(v * 100, 3)}%` : this.opts.yFormat || ((v) => fmtNum(v, 4));
+    const fmt = this.tickFormat(L.ystep);
+    const readout = this.valueFormat();
     g.font = FONT;
     const left = Math.max(...L.yticks.map((v) => g.measureText(fmt(v)).width)) + 10;
-    const box = { x0: left, x1: w - 8, y0: 6, y1: hgt - 20 };
+    // Room below the plot for the x tick labels and the axis title.
+    const box = { x0: left, x1: w - 8, y0: 6, y1: hgt - 32 };
     this.box = box;
     this.L = L;
     // A few pixels of inset keep points at either end whole.
     const X = (x) => box.x0 + 5 + ((x - L.xlo) / (L.xhi - L.xlo)) * (box.x1 - box.x0 - 10);
     const Y = (y) => box.y1 - ((y - L.ylo) / (L.yhi - L.ylo)) * (box.y1 - box.y0);
-    this.X = X;
 
     // Grid and axis labels.
     g.lineWidth = 1;
@@ -142,34 +195,47 @@ export class LineChart {
     g.textAlign = "center";
     g.textBaseline = "top";
     for (const v of L.xticks) g.fillText(String(v), X(v), box.y1 + 5);
+    g.fillText(t("step"), (box.x0 + box.x1) / 2, box.y1 + 18);
+    this.el.dataset.yticks = L.yticks.map(fmt).join("|");
 
-    // Series.
+    // Series: raw points faint under their smoothed line when smoothing is on.
+    const shown = this.shown();
     g.save();
     g.beginPath();
     g.rect(box.x0, box.y0 - 2, box.x1 - box.x0, box.y1 - box.y0 + 4);
     g.clip();
-    this.data.forEach((pts, i) => {
-      const s = this.series[i];
-      g.strokeStyle = s.color;
-      g.fillStyle = s.color;
-      g.lineWidth = 1.75;
-      g.setLineDash(s.dashed ? [5, 3] : []);
+    const line = (pts, color, width, dashed, alpha) => {
+      g.globalAlpha = alpha;
+      g.strokeStyle = color;
+      g.lineWidth = width;
+      g.setLineDash(dashed ? [5, 3] : []);
       g.beginPath();
       pts.forEach((p, j) => (j ? g.lineTo(X(p.x), Y(p.y)) : g.moveTo(X(p.x), Y(p.y))));
       g.stroke();
       g.setLineDash([]);
+      g.globalAlpha = 1;
+    };
+    this.data.forEach((pts, i) => {
+      const s = this.series[i];
+      const smoothed = shown[i] !== pts;
+      if (smoothed) line(pts, s.color, 1.25, s.dashed, 0.25);
+      line(shown[i], s.color, 1.75, s.dashed, 1);
       // Sparse series (validation loss) get dots so single points show.
-      if (pts.length < 40)
+      if (pts.length < 40) {
+        g.fillStyle = s.color;
         for (const p of pts) {
           g.beginPath();
           g.arc(X(p.x), Y(p.y), 2.5, 0, Math.PI * 2);
           g.fill();
         }
+      }
     });
     g.restore();
 
-    // Hover read-out: the nearest step of each series.
+    const named = (i, text) => (this.series.length > 1 ? `${this.series[i].name} ${text}` : text);
     if (this.hover !== null) {
+      // Hover read-out: each series' value at exactly the hovered step; a series without a point
+      // there (validation runs every few steps) is left out rather than shown from another step.
       const x = this.hover;
       g.strokeStyle = "#c3cad6";
       g.beginPath();
@@ -177,43 +243,56 @@ export class LineChart {
       g.lineTo(Math.round(X(x)) + 0.5, box.y1);
       g.stroke();
       const parts = this.data.map((pts, i) => {
-        const p = nearest(pts, x);
-        if (!p) return null;
+        const j = pts.findIndex((p) => p.x === x);
+        if (j < 0) return null;
+        const y = shown[i][j].y;
         g.fillStyle = this.series[i].color;
         g.beginPath();
-        g.arc(X(p.x), Y(p.y), 3, 0, Math.PI * 2);
+        g.arc(X(x), Y(y), 3, 0, Math.PI * 2);
         g.fill();
-        return `${this.series.length > 1 ? this.series[i].name + " " : ""}${readout(p.y)}`;
+        return named(i, readout(y));
       });
-      this.readout.textContent = `step ${Math.round(x)} · ${parts.filter(Boolean).join(" · ")}`;
+      this.readout.textContent = `${t("step")} ${x} · ${parts.filter(Boolean).join(" · ")}`;
     } else {
-      const last = this.data.map((pts) => pts[pts.length - 1]).filter(Boolean);
-      this.readout.textContent = last.length ? `latest ${last.map((p) => readout(p.y)).join(" / ")}` : "";
+      // The newest value of each series, named, with its step when the series ends earlier.
+      const lastX = Math.max(...this.data.map((pts) => (pts.length ? pts[pts.length - 1].x : -Infinity)));
+      const parts = this.data
+        .map((pts, i) => {
+          if (!pts.length) return null;
+          const p = shown[i][pts.length - 1];
+          const at = p.x === lastX ? "" : ` (${t("step")} ${p.x})`;
+          return named(i, `${readout(p.y)}${at}`);
+        })
+        .filter(Boolean);
+      this.readout.textContent = parts.length ? `${t("latest")} ${parts.join(" · ")}` : "";
     }
   }
 
-  onMove(e) {
-    if (!this.box || !this.L) return;
+  /** The step under the pointer: the nearest step that has a point in any series. */
+  stepAt(clientX) {
+    if (!this.box || !this.L) return null;
     const r = this.canvas.getBoundingClientRect();
-    const px = e.clientX - r.left;
+    const px = clientX - r.left;
     const { x0, x1 } = this.box;
-    if (px < x0 || px > x1) return;
+    if (px < x0 || px > x1) return null;
     const x = this.L.xlo + ((px - x0 - 5) / (x1 - x0 - 10)) * (this.L.xhi - this.L.xlo);
-    const p = nearest(this.data.flat(), x);
-    this.hover = p ? p.x : null;
+    let best = null;
+    for (const p of this.data.flat()) if (best === null || Math.abs(p.x - x) < Math.abs(best - x)) best = p.x;
+    return best;
+  }
+
+  onMove(e) {
+    const step = this.stepAt(e.clientX);
+    if (step === null) return;
+    this.hover = step;
     this.draw();
   }
 }
 
-function nearest(pts, x) {
-  let best = null;
-  for (const p of pts) if (!best || Math.abs(p.x - x) < Math.abs(best.x - x)) best = p;
-  return best;
-}
-
 /**
  * The dataset's token-length histogram as an SVG bar chart. `buckets` are `{min, max, count}`
- * (`max: null` is open-ended); `limit` marks the maximum sequence length.
+ * (`max: null` is open-ended); `limit` marks the maximum sequence length. Drawn at its natural
+ * size (never scaled up), so its text stays 11 px however few the bars; a phone scales it down.
  */
 export function histogram(buckets, limit) {
   const ns = "http://www.w3.org/2000/svg";
@@ -233,7 +312,6 @@ export function histogram(buckets, limit) {
   first = Math.max(0, first - 1);
   last = Math.min(buckets.length - 1, last + 1);
   const shown = buckets.slice(first, last + 1);
-  // The drawing is as wide as its bars need, so that text keeps its size on a phone.
   const W = Math.max(320, Math.min(560, shown.length * 84 + 44));
   const H = 180;
   const pad = { l: 36, r: 8, t: 18, b: 34 };
@@ -241,7 +319,7 @@ export function histogram(buckets, limit) {
   // Bars at most 96 units wide, centred, so a file with few lengths does not get slabs.
   const bw = Math.min(96, (W - pad.l - pad.r) / shown.length);
   const x0 = pad.l + (W - pad.l - pad.r - bw * shown.length) / 2;
-  const svg = mk("svg", { viewBox: `0 0 ${W} ${H}`, class: "histogram", role: "img", "aria-label": "Token length histogram" });
+  const svg = mk("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "histogram", role: "img", "aria-label": t("Token length histogram") });
   const yt = ticks(0, max, 3).values.filter((v) => Number.isInteger(v));
   for (const v of yt) {
     const y = H - pad.b - (v / max) * (H - pad.t - pad.b);
@@ -252,7 +330,7 @@ export function histogram(buckets, limit) {
   shown.forEach((b, i) => {
     const bh = (b.count / max) * (H - pad.t - pad.b);
     const x = x0 + i * bw;
-    const over = limit && b.min >= limit;
+    const over = isOver(b, limit);
     const rect = mk("rect", {
       x: x + 3,
       y: H - pad.b - bh,
@@ -260,13 +338,20 @@ export function histogram(buckets, limit) {
       height: Math.max(b.count ? 1.5 : 0, bh),
       rx: 2,
       fill: over ? "#e8833a" : "#2f7fb5",
+      "data-over": over ? "true" : "false",
     });
-    rect.append(mk("title", {}, `${b.count} example${b.count === 1 ? "" : "s"} with ${b.max === null ? `≥ ${b.min}` : `${b.min}–${b.max - 1}`} tokens`));
+    const range = b.max === null ? `≥ ${b.min}` : `${b.min}–${b.max - 1}`;
+    rect.append(mk("title", {}, plural(b.count, "{n} example with {range} tokens", "{n} examples with {range} tokens", { range })));
     svg.append(rect);
     if (b.count) svg.append(mk("text", { x: x + bw / 2, y: H - pad.b - bh - 4, "text-anchor": "middle", fill: "#334155", "font-size": 11 }, String(b.count)));
     const label = b.max === null ? `≥${short(b.min)}` : `<${short(b.max)}`;
     svg.append(mk("text", { x: x + bw / 2, y: H - pad.b + 15, "text-anchor": "middle", fill: AXIS, "font-size": 11 }, label));
   });
-  svg.append(mk("text", { x: W / 2, y: H - 3, "text-anchor": "middle", fill: AXIS, "font-size": 11 }, "tokens per example"));
+  svg.append(mk("text", { x: W / 2, y: H - 3, "text-anchor": "middle", fill: AXIS, "font-size": 11 }, t("tokens per example")));
   return svg;
+}
+
+/** Whether a bucket's examples are all longer than the maximum sequence length. */
+export function isOver(bucket, limit) {
+  return Boolean(limit) && bucket.count > 0 && bucket.min >= limit;
 }

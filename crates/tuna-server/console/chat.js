@@ -1,9 +1,12 @@
 // The "Effect test" dialog: chat with a checkpoint through POST /v1/chat/completions with
 // `stream: true`, reading the SSE chunks as they arrive (fetch + ReadableStream). Side-by-side
-// mode sends each prompt to the base model and to the checkpoint at once, each keeping its own
-// conversation, so the effect of training is visible on the same questions.
+// mode sends each prompt to two models at once — the base model or another checkpoint of the
+// task on the left, this checkpoint on the right — and both get the same conversation: the same
+// user turns, each with its own earlier answers. Changing what is compared starts a new
+// conversation, so that the two histories never differ.
 
 import * as api from "./api.js";
+import { t } from "./i18n.js";
 import { errorBox, fmtInt, h, mount, svgIcon } from "./ui.js";
 
 /** The system prompt of the checkpoint's samples (taken from the dataset), if any. */
@@ -17,8 +20,8 @@ function datasetSystemPrompt(checkpoint) {
 
 /** Sampling defaults of a model as the server reports them (`tuna.generation`), when it does. */
 function modelDefaults(model) {
-  const t = (model && model.tuna) || {};
-  const g = t.generation || t.generation_config || t.defaults || {};
+  const tu = (model && model.tuna) || {};
+  const g = tu.generation || tu.generation_config || tu.defaults || {};
   return {
     temperature: g.temperature,
     top_p: g.top_p,
@@ -26,46 +29,97 @@ function modelDefaults(model) {
   };
 }
 
-export function openEffectTest({ job, checkpoint }) {
+/** The messages one pane sends for a new user turn: the shared turns with its own answers. */
+export function conversationFor(paneKey, system, turns, text) {
+  const messages = [];
+  if (system.trim()) messages.push({ role: "system", content: system });
+  for (const turn of turns) {
+    messages.push({ role: "user", content: turn.user });
+    messages.push({ role: "assistant", content: turn.answers[paneKey] ?? "" });
+  }
+  messages.push({ role: "user", content: text });
+  return messages;
+}
+
+/**
+ * Opens the dialog for `checkpoint` of `job`; `checkpoints` (all of the job's) are offered for the
+ * left pane of a side-by-side comparison besides the base model.
+ */
+export function openEffectTest({ job, checkpoint, checkpoints = [] }) {
   const ckptModel = checkpoint.fine_tuned_model_checkpoint;
   const baseModel = job.model;
   let controllers = [];
+  /** The conversation: `{user, answers: {left?, right}}` per finished turn. */
+  let turns = [];
 
   const numberField = (id, label, attrs, help) => {
     const input = h("input", { type: "number", id, ...attrs });
     return { input, el: h("div.field", h("span.field-label", h("label", { for: id }, label), h("span.default", { id: `${id}-default` })), input, help ? h("span.help", help) : null) };
   };
-  const system = h("textarea", { id: "et-system", rows: "4", placeholder: "You are a helpful assistant." });
+  const system = h("textarea", { id: "et-system", rows: "4", placeholder: t("You are a helpful assistant.") });
   system.value = datasetSystemPrompt(checkpoint);
-  const temp = numberField("et-temperature", "Temperature", { min: "0", max: "2", step: "0.05" }, "Higher is more varied; 0 is greedy.");
-  const topP = numberField("et-top-p", "Top-p", { min: "0", max: "1", step: "0.05" }, "Sample from the smallest set of tokens with this much probability.");
-  const maxTok = numberField("et-max-tokens", "Max tokens", { min: "1", max: "8192", step: "1" }, "Longest answer, in tokens.");
+  const temp = numberField("et-temperature", t("Temperature"), { min: "0", max: "2", step: "0.05" }, t("Higher is more varied; 0 is greedy."));
+  const topP = numberField("et-top-p", t("Top-p"), { min: "0", max: "1", step: "0.05" }, t("Sample from the smallest set of tokens with this much probability."));
+  const maxTok = numberField("et-max-tokens", t("Max tokens"), { min: "1", max: "8192", step: "1" }, t("Longest answer, in tokens."));
   const sideBySide = h("input", { type: "checkbox", id: "et-side-by-side" });
+  const others = checkpoints.filter((c) => c.fine_tuned_model_checkpoint !== ckptModel).sort((a, b) => a.step_number - b.step_number);
+  const compareWith = h(
+    "select",
+    { id: "et-compare" },
+    h("option", { value: baseModel }, t("Base model · {model}", { model: baseModel })),
+    others.map((c) => h("option", { value: c.fine_tuned_model_checkpoint }, t("Checkpoint · step {step}", { step: c.step_number }))),
+  );
+  const compareField = h("div.field.compare-field", { hidden: true }, h("label", { for: "et-compare" }, t("Compare with")), compareWith);
   const settingsErr = h("div");
 
   const transcripts = h("div.transcripts");
-  const panes = [];
-  const makePane = (model, title) => {
-    const messages = h("div.messages", { dataset: { model } }, h("p.chat-hint", "Send a message to see how this model answers."));
-    const pane = { model, title, history: [], messages, el: h("div.transcript", { dataset: { model } }, h("div.transcript-head", { title: model }, title), messages) };
-    return pane;
+  const hint = () => h("p.chat-hint", t("Send a message to see how this model answers."));
+  const makePane = (key) => {
+    const messages = h("div.messages", hint());
+    const head = h("div.transcript-head");
+    return { key, model: null, messages, head, el: h("div.transcript", { dataset: { pane: key } }, head, messages) };
   };
-  const ckptPane = makePane(ckptModel, `Checkpoint · step ${checkpoint.step_number}`);
-  const basePane = makePane(baseModel, `Base model · ${baseModel}`);
+  const left = makePane("left");
+  const right = makePane("right");
+  const titleOf = (model) => {
+    if (model === baseModel) return t("Base model · {model}", { model: baseModel });
+    const c = checkpoints.find((x) => x.fine_tuned_model_checkpoint === model) || (model === ckptModel ? checkpoint : null);
+    return c ? t("Checkpoint · step {step}", { step: c.step_number }) : model;
+  };
+  const setModel = (pane, model) => {
+    pane.model = model;
+    pane.el.dataset.model = model;
+    mount(pane.head, titleOf(model));
+    pane.head.title = model;
+  };
+  setModel(right, ckptModel);
+  setModel(left, baseModel);
+  const panes = () => (sideBySide.checked ? [left, right] : [right]);
   const layoutPanes = () => {
-    panes.length = 0;
-    if (sideBySide.checked) panes.push(basePane, ckptPane);
-    else panes.push(ckptPane);
     transcripts.classList.toggle("side-by-side", sideBySide.checked);
-    mount(transcripts, panes.map((p) => p.el));
+    compareField.hidden = !sideBySide.checked;
+    mount(transcripts, panes().map((p) => p.el));
   };
-  sideBySide.addEventListener("change", layoutPanes);
+  /** Empties both transcripts; `note` says why when a conversation was under way. */
+  const newConversation = (note) => {
+    const had = turns.length > 0;
+    turns = [];
+    for (const p of [left, right]) mount(p.messages, had && note ? h("p.chat-note", note) : null, hint());
+  };
+  const compareChanged = () => {
+    controllers.forEach((c) => c.abort());
+    setModel(left, compareWith.value);
+    newConversation(t("A new conversation: both models see the same history from here."));
+    layoutPanes();
+  };
+  sideBySide.addEventListener("change", compareChanged);
+  compareWith.addEventListener("change", compareChanged);
   layoutPanes();
 
-  const prompt = h("textarea", { id: "et-prompt", rows: "2", placeholder: "Ask something… (Enter to send, Shift+Enter for a new line)" });
-  const send = h("button.btn.btn-primary", { type: "submit", id: "et-send" }, svgIcon("send"), "Send");
-  const stop = h("button.btn", { type: "button", id: "et-stop", hidden: true }, "Stop");
-  const clear = h("button.btn.btn-sm.btn-ghost", { type: "button", id: "et-clear" }, "Clear chat");
+  const prompt = h("textarea", { id: "et-prompt", rows: "2", placeholder: t("Ask something… (Enter to send, Shift+Enter for a new line)") });
+  const send = h("button.btn.btn-primary", { type: "submit", id: "et-send" }, svgIcon("send"), t("Send"));
+  const stop = h("button.btn", { type: "button", id: "et-stop", hidden: true }, t("Stop"));
+  const clear = h("button.btn.btn-sm.btn-ghost", { type: "button", id: "et-clear" }, t("Clear chat"));
   const composer = h("form.composer", prompt, stop, send);
 
   const dialog = h(
@@ -75,8 +129,8 @@ export function openEffectTest({ job, checkpoint }) {
       "div.modal-inner",
       h(
         "div.modal-head",
-        h("div", h("h2", { id: "et-title" }, `Effect test · step ${checkpoint.step_number}`), h("div.sub", ckptModel)),
-        h("button.btn.btn-sm.btn-ghost", { type: "button", id: "et-close", "aria-label": "Close", onclick: () => dialog.close() }, svgIcon("close")),
+        h("div", h("h2", { id: "et-title" }, t("Effect test · step {step}", { step: checkpoint.step_number })), h("div.sub", ckptModel)),
+        h("button.btn.btn-sm.btn-ghost", { type: "button", id: "et-close", "aria-label": t("Close"), onclick: () => dialog.close() }, svgIcon("close")),
       ),
       h(
         "div.effect",
@@ -86,16 +140,17 @@ export function openEffectTest({ job, checkpoint }) {
           h(
             "details.settings-fold",
             { open: !window.matchMedia("(max-width: 760px)").matches },
-            h("summary", "System prompt and sampling"),
+            h("summary", t("System prompt and sampling")),
             h(
               "div.settings-body",
-              h("div.field", h("label", { for: "et-system" }, "System prompt"), system, h("span.help", "Filled in from your dataset when it has one. Keep it as in training.")),
+              h("div.field", h("label", { for: "et-system" }, t("System prompt")), system, h("span.help", t("Filled in from your dataset when it has one. Keep it as in training."))),
               temp.el,
               topP.el,
               maxTok.el,
             ),
           ),
-          h("label.switch", sideBySide, "Side by side with the base model"),
+          h("label.switch", sideBySide, t("Side by side")),
+          compareField,
           settingsErr,
           clear,
         ),
@@ -119,25 +174,23 @@ export function openEffectTest({ job, checkpoint }) {
       const d = modelDefaults(m);
       const fill = (f, v) => {
         if (v === undefined || v === null) {
-          f.input.placeholder = "model default";
+          f.input.placeholder = t("model default");
           return;
         }
         if (f.input.value === "") f.input.value = String(v);
-        f.el.querySelector(".default").textContent = `default ${v}`;
+        f.el.querySelector(".default").textContent = t("default {value}", { value: v });
       };
       fill(temp, d.temperature);
       fill(topP, d.top_p);
       fill(maxTok, d.max_tokens);
     })
     .catch(() => {
-      for (const f of [temp, topP, maxTok]) f.input.placeholder = "model default";
+      for (const f of [temp, topP, maxTok]) f.input.placeholder = t("model default");
     });
 
   clear.addEventListener("click", () => {
-    for (const p of [ckptPane, basePane]) {
-      p.history = [];
-      mount(p.messages, h("p.chat-hint", "Send a message to see how this model answers."));
-    }
+    controllers.forEach((c) => c.abort());
+    newConversation(null);
   });
   stop.addEventListener("click", () => controllers.forEach((c) => c.abort()));
   prompt.addEventListener("keydown", (e) => {
@@ -154,7 +207,8 @@ export function openEffectTest({ job, checkpoint }) {
       if (raw === "") return true;
       const v = Number(raw);
       if (!Number.isFinite(v) || (int && !Number.isInteger(v))) {
-        mount(settingsErr, errorBox(`${f.el.querySelector("label").textContent} must be a${int ? " whole" : ""} number.`, "Check the settings"));
+        const label = f.el.querySelector("label").textContent;
+        mount(settingsErr, errorBox(int ? t("{label} must be a whole number.", { label }) : t("{label} must be a number.", { label }), t("Check the settings")));
         return false;
       }
       out[key] = v;
@@ -175,23 +229,28 @@ export function openEffectTest({ job, checkpoint }) {
     send.hidden = true;
     stop.hidden = false;
     controllers = [];
-    await Promise.all(panes.map((p) => ask(p, text, params)));
+    const asked = panes();
+    const history = turns;
+    const answers = await Promise.all(asked.map((p) => ask(p, conversationFor(p.key, system.value, history, text), text, params)));
+    // A turn joins the shared history only when every pane answered it (and nothing reset it).
+    if (turns === history && answers.every((a) => a !== null)) {
+      const turn = { user: text, answers: {} };
+      asked.forEach((p, i) => (turn.answers[p.key] = answers[i]));
+      turns = [...history, turn];
+    }
     send.hidden = false;
     stop.hidden = true;
     prompt.focus();
   });
 
-  async function ask(pane, text, params) {
-    if (!pane.history.length) pane.messages.replaceChildren();
-    pane.history.push({ role: "user", content: text });
+  /** Streams one pane's answer; the answer text, or null when the request failed. */
+  async function ask(pane, messages, text, params) {
+    if (!pane.messages.querySelector(".msg")) pane.messages.querySelector(".chat-hint")?.remove();
     pane.messages.append(h("div.msg.msg-user", text));
     const bubble = h("div.msg.msg-assistant.streaming", { dataset: { role: "assistant" } });
     const meta = h("div.msg-meta");
     pane.messages.append(bubble);
     scroll(pane);
-    const messages = [];
-    if (system.value.trim()) messages.push({ role: "system", content: system.value });
-    messages.push(...pane.history);
     const ctrl = new AbortController();
     controllers.push(ctrl);
     let answer = "";
@@ -214,28 +273,29 @@ export function openEffectTest({ job, checkpoint }) {
       bubble.classList.remove("streaming");
       bubble.dataset.done = "true";
       bubble.textContent = answer.trim();
-      if (!answer.trim()) bubble.append(h("span.muted", "(empty answer)"));
-      pane.history.push({ role: "assistant", content: answer });
+      if (!answer.trim()) bubble.append(h("span.muted", t("(empty answer)")));
       const secs = (performance.now() - started) / 1000;
       const parts = [];
-      if (usage) parts.push(`${fmtInt(usage.completion_tokens)} tokens`, `${(usage.completion_tokens / Math.max(secs, 1e-3)).toFixed(1)} tokens/s`);
-      if (finish === "length") parts.push("stopped at max tokens");
+      if (usage) parts.push(t("{n} tokens", { n: fmtInt(usage.completion_tokens) }), t("{rate} tokens/s", { rate: (usage.completion_tokens / Math.max(secs, 1e-3)).toFixed(1) }));
+      if (finish === "length") parts.push(t("stopped at max tokens"));
       meta.textContent = parts.join(" · ");
       if (parts.length) bubble.after(meta);
+      scroll(pane);
+      return answer;
     } catch (err) {
       bubble.classList.remove("streaming");
       if (err.name === "AbortError") {
         bubble.dataset.done = "true";
-        bubble.append(h("span.muted", " (stopped)"));
-        pane.history.push({ role: "assistant", content: answer });
-      } else {
-        // The question stays out of the history so that it can be asked again.
-        pane.history.pop();
-        if (!answer) bubble.remove();
-        pane.messages.append(h("div.msg.msg-error", { role: "alert" }, err.message));
+        bubble.append(h("span.muted", ` ${t("(stopped)")}`));
+        scroll(pane);
+        return answer;
       }
+      // The question stays out of the history so that it can be asked again.
+      if (!answer) bubble.remove();
+      pane.messages.append(h("div.msg.msg-error", { role: "alert" }, err.message));
+      scroll(pane);
+      return null;
     }
-    scroll(pane);
   }
 
   function scroll(pane) {

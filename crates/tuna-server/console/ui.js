@@ -1,6 +1,8 @@
 // Small DOM and formatting helpers shared by the pages. No framework: `h()` builds elements,
 // pages re-render the parts that change.
 
+import { lang, t } from "./i18n.js";
+
 /**
  * h("div.card#main", {onclick, dataset: {...}, ...attrs}, ...children) → HTMLElement.
  * Children may be strings, numbers, nodes, arrays, or null/false (skipped). Text is never parsed
@@ -61,6 +63,9 @@ export function svgIcon(name) {
     close: "M6 6l12 12M18 6L6 18",
     check: "M5 12l5 5 9-10",
     alert: "M12 8v5m0 3.5v.01M10.3 3.9L2.4 18a2 2 0 0 0 1.7 3h15.8a2 2 0 0 0 1.7-3L13.7 3.9a2 2 0 0 0-3.4 0z",
+    copy: "M9 9h10v10H9zM5 15V5h10",
+    code: "M8 8l-4 4 4 4M16 8l4 4-4 4",
+    globe: "M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM3 12h18M12 3c2.5 2.5 3.5 5.5 3.5 9s-1 6.5-3.5 9c-2.5-2.5-3.5-5.5-3.5-9s1-6.5 3.5-9z",
   };
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -75,10 +80,17 @@ export function svgIcon(name) {
 
 // ---- formatting ----------------------------------------------------------------------------
 
+/** The locale for dates and numbers: Chinese when the console is, else the browser's own. */
+export function locale() {
+  if (lang() === "zh") return "zh-CN";
+  const nav = navigator.language || "en";
+  return nav.toLowerCase().startsWith("zh") ? "en" : nav;
+}
+
 export function fmtDate(unixSeconds) {
   if (!unixSeconds) return "—";
   const d = new Date(unixSeconds * 1000);
-  return d.toLocaleString(undefined, {
+  return d.toLocaleString(locale(), {
     year: "numeric",
     month: "short",
     day: "numeric",
@@ -91,21 +103,21 @@ export function fmtDate(unixSeconds) {
 export function fmtTime(unixSeconds) {
   if (!unixSeconds) return "—";
   const d = new Date(unixSeconds * 1000);
-  const time = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const time = d.toLocaleTimeString(locale(), { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   if (d.toDateString() === new Date().toDateString()) return time;
-  return `${d.toLocaleDateString(undefined, { month: "short", day: "numeric" })} ${time}`;
+  return `${d.toLocaleDateString(locale(), { month: "short", day: "numeric" })} ${time}`;
 }
 
 /** 3725 → "1h 2m 5s"; small values keep seconds. */
 export function fmtDuration(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds) || seconds < 0) return "—";
   const s = Math.round(seconds);
-  if (s < 60) return `${s}s`;
+  if (s < 60) return t("{s}s", { s });
   const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m ${s % 60}s`;
+  if (m < 60) return t("{m}m {s}s", { m, s: s % 60 });
   const hr = Math.floor(m / 60);
-  if (hr < 48) return `${hr}h ${m % 60}m`;
-  return `${Math.floor(hr / 24)}d ${hr % 24}h`;
+  if (hr < 48) return t("{h}h {m}m", { h: hr, m: m % 60 });
+  return t("{d}d {h}h", { d: Math.floor(hr / 24), h: hr % 24 });
 }
 
 /** Numbers for metric tables: 4 significant digits, exponent for tiny learning rates. */
@@ -115,12 +127,12 @@ export function fmtNum(v, digits = 4) {
   if (v === 0) return "0";
   const a = Math.abs(v);
   if (a < 1e-3 || a >= 1e6) return v.toExponential(2);
-  if (Number.isInteger(v)) return v.toLocaleString();
+  if (Number.isInteger(v)) return v.toLocaleString(locale());
   return Number(v.toPrecision(digits)).toString();
 }
 
 export function fmtInt(v) {
-  return v === null || v === undefined ? "—" : Math.round(v).toLocaleString();
+  return v === null || v === undefined ? "—" : Math.round(v).toLocaleString(locale());
 }
 
 export function fmtBytes(n) {
@@ -136,20 +148,25 @@ export function fmtBytes(n) {
 
 // ---- shared widgets ------------------------------------------------------------------------
 
-const STATUS_LABELS = {
-  validating_files: "Validating",
-  queued: "Queued",
-  running: "Running",
-  paused: "Paused",
-  pausing: "Pausing",
-  succeeded: "Succeeded",
-  failed: "Failed",
-  cancelled: "Cancelled",
-  cancelling: "Cancelling",
-};
+/** Status names as people read them. */
+function statusLabels() {
+  return {
+    validating_files: t("Validating"),
+    queued: t("Queued"),
+    running: t("Running"),
+    paused: t("Paused"),
+    pausing: t("Pausing"),
+    succeeded: t("Succeeded"),
+    failed: t("Failed"),
+    cancelled: t("Cancelled"),
+    cancelling: t("Cancelling"),
+  };
+}
 
 export function statusLabel(status) {
-  return STATUS_LABELS[status] || (status ? status[0].toUpperCase() + status.slice(1).replace(/_/g, " ") : "Unknown");
+  const labels = statusLabels();
+  if (Object.hasOwn(labels, status)) return labels[status];
+  return status ? status[0].toUpperCase() + status.slice(1).replace(/_/g, " ") : t("Unknown");
 }
 
 export function statusBadge(status, extra) {
@@ -168,13 +185,13 @@ export function progressBar(fraction, label) {
   fill.style.width = `${pct.toFixed(1)}%`;
   return h(
     "div.progress",
-    { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": pct.toFixed(0), "aria-label": label || "progress" },
+    { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": pct.toFixed(0), "aria-label": label || t("progress") },
     fill,
   );
 }
 
 /** A red box with the server's message; `null` message → nothing. */
-export function errorBox(message, title = "The server refused this") {
+export function errorBox(message, title = t("The server refused this")) {
   if (!message) return null;
   return h("div.alert.alert-error", { role: "alert" }, svgIcon("alert"), h("div", h("strong", title), h("p", message)));
 }
@@ -196,4 +213,66 @@ export function empty(title, text, action) {
 /** Copy of `v` with keys whose value is "" / null / undefined left out. */
 export function compact(v) {
   return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== "" && x !== null && x !== undefined));
+}
+
+/** Puts `text` on the clipboard; the older `execCommand` way where the async API is unavailable. */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return;
+  } catch {
+    /* not a secure context, or permission refused: fall back */
+  }
+  const area = h("textarea", { style: { position: "fixed", top: "-1000px", opacity: "0" } });
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  const ok = document.execCommand("copy");
+  area.remove();
+  if (!ok) throw new Error(t("The browser did not allow copying."));
+}
+
+/** A small button that copies `text` (an id, a snippet) and says so. */
+export function copyButton(text, label = t("Copy")) {
+  const btn = h(
+    "button.btn.btn-xs.btn-copy",
+    {
+      type: "button",
+      title: label,
+      "aria-label": `${label}: ${text.length > 60 ? text.slice(0, 60) + "…" : text}`,
+      dataset: { copy: text },
+      onclick: async (e) => {
+        e.stopPropagation();
+        try {
+          await copyText(text);
+          btn.classList.add("copied");
+          btn.lastChild.textContent = t("Copied");
+          setTimeout(() => {
+            btn.classList.remove("copied");
+            btn.lastChild.textContent = label;
+          }, 1500);
+        } catch (ex) {
+          toast(ex.message, "error");
+        }
+      },
+    },
+    svgIcon("copy"),
+    h("span", label),
+  );
+  return btn;
+}
+
+/** An id in monospace with a copy button beside it. */
+export function copyableId(text, attrs = {}) {
+  return h("span.copyable", attrs, h("span.mono", text), copyButton(text));
+}
+
+/** Offers `text` as a file download named `name`. */
+export function saveText(name, text, type = "text/plain") {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }

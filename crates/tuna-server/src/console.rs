@@ -64,6 +64,41 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../console/chat.js"),
     },
     Asset {
+        name: "i18n.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/i18n.js"),
+    },
+    Asset {
+        name: "zh.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/zh.js"),
+    },
+    Asset {
+        name: "router.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/router.js"),
+    },
+    Asset {
+        name: "jobs.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/jobs.js"),
+    },
+    Asset {
+        name: "tasks.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/tasks.js"),
+    },
+    Asset {
+        name: "wizard.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/wizard.js"),
+    },
+    Asset {
+        name: "task.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/task.js"),
+    },
+    Asset {
         name: "icon.svg",
         content_type: "image/svg+xml",
         body: include_str!("../console/icon.svg"),
@@ -228,6 +263,21 @@ mod tests {
             get("/", Some(&format!("\"x\", W/{etag}"))).await.status(),
             StatusCode::NOT_MODIFIED
         );
+    }
+
+    /// Every module a console script imports (`from "./x.js"`) is one of the served assets.
+    #[test]
+    fn every_imported_module_is_served() {
+        for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
+            for part in a.body.split("from \"./").skip(1) {
+                let module = part.split('"').next().unwrap_or_default();
+                assert!(
+                    ASSETS.iter().any(|b| b.name == module),
+                    "{} imports ./{module}, which is not served",
+                    a.name
+                );
+            }
+        }
     }
 
     #[tokio::test]
