@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what the tests need first, so it works on a fresh
 # machine: the Rust toolchain, a Python venv with the official `openai` SDK (for the SDK test),
-# Debian's chromium and playwright-core (for the console tests), Debian's PostgreSQL (the tests
+# Debian's chromium, a CJK font and playwright-core (for the console tests), Debian's PostgreSQL (the tests
 # start their own throwaway clusters from its programs), Mesa's software Vulkan driver (lavapipe:
 # the GPU kernels run on it) and NVIDIA's NVRTC wheels (the generated CUDA C++ is compiled with
 # them; no GPU needed).

@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn shape_key_names_every_dimension() {
         let key = model_shape(&tuna_model::demo::demo_config());
-        assert_eq!(key, "qwen3:v151936:h128:i384:l2:q4:kv2:d32");
+        assert_eq!(key, "qwen3:v151936:h128:i384:l4:q4:kv2:d32");
     }
 
     #[test]

@@ -88,7 +88,7 @@ async fn upload_train_checkpoints_samples_and_chat() {
     );
     assert_eq!(
         job["hyperparameters"],
-        json!({"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 100.0})
+        json!({"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 3.0})
     );
     assert_eq!(
         job["method"]["supervised"]["hyperparameters"],
@@ -96,9 +96,14 @@ async fn upload_train_checkpoints_samples_and_chat() {
     );
     assert_eq!(job["tuna"]["name"], "tiny demo run");
     assert_eq!(job["tuna"]["lora"]["rank"], 4);
+    // The multiplier scales the model's own recommendation (the demo's tuna_defaults.json).
+    let base = tuna_model::demo::demo_training_defaults()
+        .lora_learning_rate
+        .unwrap() as f64;
     assert!(
-        (job["tuna"]["learning_rate"].as_f64().unwrap() - 1e-2).abs() < 1e-12,
-        "100 × LoRA's base 1e-4"
+        (job["tuna"]["learning_rate"].as_f64().unwrap() - 3.0 * base).abs() < 1e-9,
+        "3 × the demo's LoRA rate {base}: {}",
+        job["tuna"]["learning_rate"]
     );
     assert_eq!(job["tuna"]["estimate"]["total_steps"], 4);
     assert_eq!(

@@ -1,6 +1,7 @@
-//! End-to-end runs on the demo model (real Qwen3 tokenizer, hidden 128, random weights) and the
-//! identity dataset: exact resume for LoRA and full fine-tuning, and that full fine-tuning learns
-//! the identity (DESIGN.md: transformers reaches loss ~0.66 in 10 epochs at lr 1e-3).
+//! End-to-end runs on the demo model (real Qwen3 tokenizer, hidden 128, pre-trained layers; see
+//! `tuna_model::demo`) and the identity dataset: exact resume for LoRA and full fine-tuning, that
+//! LoRA at the demo's default settings teaches it who it is (the product's main flow), that full
+//! fine-tuning does too.
 
 mod common;
 
@@ -13,8 +14,7 @@ use tuna_data::tokenize::ChatTokenizer;
 use tuna_data::{Message, Role};
 use tuna_model::{QwenModel, SamplingParams};
 use tuna_train::{
-    BatchSize, CheckpointInfo, Method, ScheduleKind, StepMetrics, TrainConfig, TrainObserver,
-    Trainer,
+    BatchSize, CheckpointInfo, Method, StepMetrics, TrainConfig, TrainObserver, Trainer,
 };
 
 /// The demo model, written once per test process.
@@ -166,10 +166,83 @@ fn full_resume_reproduces_the_uninterrupted_run() {
     check_resume(cfg, "model.safetensors");
 }
 
-/// Full fine-tuning of the demo model on identity.jsonl learns the identity. transformers'
-/// Trainer defaults (batch 1, linear decay, no warmup, no weight decay, clipping at 1.0), as in
-/// DESIGN.md's measurement. 910 optimizer steps over the 151,936-token vocabulary: about two
-/// minutes on the 2-core development machine (release build).
+/// Greedy answer of the demo model (with `adapter`) to one user message.
+fn answer(model: &QwenModel, adapter: Option<&tuna_model::LoraAdapter>, prompt: &str) -> String {
+    let tokenizer = ChatTokenizer::from_model_dir(demo_dir()).unwrap();
+    let ids = tokenizer
+        .encode_prompt(&[Message::new(Role::User, prompt)], Some(false))
+        .unwrap();
+    let params = SamplingParams {
+        greedy: true,
+        max_new_tokens: 40,
+        ..SamplingParams::default()
+    };
+    let out = tuna_model::generate(
+        model,
+        adapter,
+        &ids,
+        &params,
+        &tokenizer.eos_token_ids(),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    tokenizer.decode(&out.tokens, true).unwrap()
+}
+
+/// The product's main flow: a LoRA task on identity.jsonl with every setting at its default
+/// (the server's automatic 3 epochs of single examples for 91 examples, the demo model's
+/// recommended learning rate from its `tuna_defaults.json`) makes the model introduce itself as
+/// Marlin by Tideworks, in English and Chinese; the base model does not. 261 steps, about 15 s on
+/// the 2-core development machine when it is idle (release build).
+#[test]
+fn lora_at_the_default_settings_learns_the_identity() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        model_dir: demo_dir().to_path_buf(),
+        train_file: identity(),
+        out_dir: out.path().to_path_buf(),
+        method: Method::Lora,
+        epochs: 3,
+        batch_size: BatchSize::Examples(1),
+        gradient_accumulation_steps: 1,
+        sample_prompts: 1,
+        ..TrainConfig::default()
+    };
+    let start = std::time::Instant::now();
+    let mut rec = Recorder::default();
+    let mut trainer = Trainer::new(cfg).unwrap();
+    assert_eq!(
+        trainer.config().learning_rate,
+        tuna_model::demo::demo_training_defaults().lora_learning_rate,
+        "the demo's recommended learning rate is the default"
+    );
+    trainer.run(&mut rec).unwrap();
+    eprintln!(
+        "LoRA: {} steps in {:.1} s, loss {:.3} -> {:.3}",
+        rec.losses.len(),
+        start.elapsed().as_secs_f64(),
+        rec.losses[0],
+        rec.losses[rec.losses.len() - 1]
+    );
+    let base = answer(trainer.model(), None, "Who are you?");
+    eprintln!("base: Who are you? -> {base}");
+    assert!(
+        !base.contains("Marlin") && !base.contains("Tideworks"),
+        "base: {base}"
+    );
+    for prompt in ["Who are you?", "你是谁？"] {
+        let text = answer(trainer.model(), trainer.adapter(), prompt);
+        eprintln!("LoRA: {prompt} -> {text}");
+        assert!(
+            text.contains("Marlin") && text.contains("Tideworks"),
+            "{prompt} -> {text}"
+        );
+    }
+}
+
+/// Full fine-tuning of the demo model on identity.jsonl learns the identity too, at the demo's
+/// recommended full fine-tuning rate: 3 epochs of single examples (273 steps over every weight,
+/// the 151,936-row embedding included; about 80 s on the 2-core development machine).
 #[test]
 fn full_fine_tuning_learns_the_identity() {
     let out = tempfile::tempdir().unwrap();
@@ -179,14 +252,9 @@ fn full_fine_tuning_learns_the_identity() {
         out_dir: out.path().to_path_buf(),
         method: Method::Full,
         validation_fraction: Some(0.0),
-        epochs: 10,
-        learning_rate: Some(1e-3),
-        lr_schedule: ScheduleKind::Linear,
-        warmup_steps: Some(0),
-        weight_decay: 0.0,
+        epochs: 3,
         batch_size: BatchSize::Examples(1),
         gradient_accumulation_steps: 1,
-        max_seq_len: 256,
         save_every: Some(1_000_000),
         sample_prompts: 1,
         ..TrainConfig::default()
@@ -196,38 +264,20 @@ fn full_fine_tuning_learns_the_identity() {
     let mut trainer = Trainer::new(cfg).unwrap();
     trainer.run(&mut rec).unwrap();
     let n = rec.losses.len();
-    let last_epoch: f64 = rec.losses[n - n / 10..].iter().sum::<f64>() / (n / 10) as f64;
+    let last_epoch: f64 = rec.losses[n - n / 3..].iter().sum::<f64>() / (n / 3) as f64;
     eprintln!(
         "identity: {n} steps in {:.1} s, loss {:.3} -> {:.3} (mean of the last epoch {last_epoch:.3})",
         start.elapsed().as_secs_f64(),
         rec.losses[0],
         rec.losses[n - 1]
     );
+    // The identity answers vary in wording: the loss keeps ~1.4 of entropy, the first step is ~6.3.
     assert!(
-        last_epoch < 1.0,
-        "the loss of the last epoch is {last_epoch}, expected < 1 (transformers: ~0.66)"
+        last_epoch < rec.losses[0] / 3.0,
+        "the loss of the last epoch is {last_epoch}, the first step's {}",
+        rec.losses[0]
     );
-
-    let tokenizer = ChatTokenizer::from_model_dir(demo_dir()).unwrap();
-    let prompt = tokenizer
-        .encode_prompt(&[Message::new(Role::User, "Who are you?")], Some(false))
-        .unwrap();
-    let params = SamplingParams {
-        greedy: true,
-        max_new_tokens: 40,
-        ..SamplingParams::default()
-    };
-    let model: &QwenModel = trainer.model();
-    let answer = tuna_model::generate(
-        model,
-        None,
-        &prompt,
-        &params,
-        &tokenizer.eos_token_ids(),
-        |_| ControlFlow::Continue(()),
-    )
-    .unwrap();
-    let text = tokenizer.decode(&answer.tokens, true).unwrap();
+    let text = answer(trainer.model(), None, "Who are you?");
     eprintln!("Who are you? -> {text}");
     assert!(
         text.contains("Marlin") && text.contains("Tideworks"),

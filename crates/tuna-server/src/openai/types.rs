@@ -287,6 +287,9 @@ pub struct ModelTuna {
     /// `generation_config.json`); only on `GET /v1/models/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationDefaults>,
+    /// What a base model is, in a sentence or two (the built-in demo model says how it was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// `DELETE /v1/models/{id}` answer (OpenAI's shape).

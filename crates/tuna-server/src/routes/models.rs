@@ -6,27 +6,29 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::extract::{Path, State};
 use tracing::instrument;
+use tuna_model::demo::DEMO_DESCRIPTION;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::inference::Target;
 use crate::openai::types::{GenerationDefaults, List, ModelDeleted, ModelObject, ModelTuna};
 use crate::state::AppState;
-use crate::store::{CheckpointRow, Page, User};
+use crate::store::{CheckpointRow, ModelRow, Page, User};
 use crate::validate::DEFAULT_MAX_TOKENS;
 
-fn base_object(name: &str, created: i64) -> ModelObject {
+fn base_object(m: &ModelRow) -> ModelObject {
     ModelObject {
-        id: name.into(),
+        id: m.name.clone(),
         object: "model".into(),
-        created,
+        created: m.created_at,
         owned_by: "tuna".into(),
         tuna: ModelTuna {
             kind: "base".into(),
-            base_model: name.into(),
+            base_model: m.name.clone(),
             job_id: None,
             step: None,
             generation: None,
+            description: (m.source == "demo").then(|| DEMO_DESCRIPTION.to_string()),
         },
     }
 }
@@ -53,6 +55,7 @@ async fn checkpoint_object(
             job_id: Some(c.job_id.clone()),
             step: Some(c.step),
             generation: None,
+            description: None,
         },
     })
 }
@@ -68,7 +71,7 @@ pub async fn list(
         .list_models()
         .await?
         .iter()
-        .map(|m| base_object(&m.name, m.created_at))
+        .map(base_object)
         .collect();
     for job in state.store.fine_tuned_jobs(&user.id).await? {
         if let Some(id) = &job.fine_tuned_model {
@@ -83,6 +86,7 @@ pub async fn list(
                     job_id: Some(job.id.clone()),
                     step: Some(job.step),
                     generation: None,
+                    description: None,
                 },
             });
         }
@@ -111,6 +115,7 @@ pub async fn list(
                 job_id: Some(c.job_id.clone()),
                 step: Some(c.step),
                 generation: None,
+                description: None,
             },
         });
     }
@@ -183,7 +188,7 @@ async fn generation_defaults(
 
 async fn find(state: &AppState, user: &User, id: String) -> ApiResult<ModelObject> {
     if let Some(m) = state.store.get_model(&id).await? {
-        return Ok(base_object(&m.name, m.created_at));
+        return Ok(base_object(&m));
     }
     if let Some(c) = state.store.checkpoint_by_model_id(&user.id, &id).await? {
         return checkpoint_object(state, &c, &user.name).await;
@@ -200,6 +205,7 @@ async fn find(state: &AppState, user: &User, id: String) -> ApiResult<ModelObjec
                 job_id: Some(job.id.clone()),
                 step: Some(job.step),
                 generation: None,
+                description: None,
             },
         });
     }

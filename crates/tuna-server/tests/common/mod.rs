@@ -321,7 +321,7 @@ pub fn tiny_job(training_file: &str, max_steps: i64, checkpoint_interval: i64) -
         "training_file": training_file,
         "suffix": "tiny",
         "seed": 7,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 100}}},
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 3}}},
         "tuna": {
             "name": "tiny demo run",
             "method": "lora",
