@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end tests of the web console: installs what they need (Debian's chromium, the pinned
-# playwright-core), builds `tuna`, starts `tuna serve` on a free port with a fresh data directory
-# and two users, runs `node --test`, and stops the server. Screenshots land in
+# End-to-end tests of the web console: installs what they need (Debian's chromium, a CJK font,
+# the pinned playwright-core), builds `tuna`, starts `tuna serve` on a free port with a fresh data
+# directory and two users, runs `node --test`, and stops the server. Screenshots land in
 # test-output/console/ (gitignored), the server's log beside them.
 #
 #   bash tests/console/run.sh            # from anywhere in the repository
@@ -29,6 +29,13 @@ if [ -z "$chromium_bin" ]; then
   chromium_bin="$(command -v chromium)"
 fi
 export CHROMIUM="$chromium_bin"
+
+# --- fonts: the Chinese interface's screenshots need a CJK font ------------------------------
+if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then
+  echo "console tests: installing fonts-noto-cjk (apt-get)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq fonts-noto-cjk fontconfig >/dev/null
+fi
 
 # --- node and the test driver ---------------------------------------------------------------
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -86,7 +93,7 @@ done
 
 status=0
 TUNA_URL="$url" TUNA_API_KEY="$key1" TUNA_API_KEY_2="$key2" TUNA_TEST_OUT="$out" \
-  node --test --test-concurrency=1 "$here/console.test.mjs" || status=$?
+  node --test --test-concurrency=1 "$here/console.test.mjs" "$here/defects.test.mjs" "$here/demo.test.mjs" || status=$?
 if [ "$status" != 0 ]; then
   echo "console tests failed; the server's log is $out/server.log, screenshots are in $out" >&2
 fi

@@ -689,8 +689,10 @@ function stepCompute(body, draft) {
     })
     .catch((e) => {
       mount(estBox, errorBox(e.message, t("The server cannot run these settings")));
-      // The estimate is advice: let the user try anyway; the job request will say what is wrong.
-      start.disabled = false;
+      // Settings the server refuses would be refused again by Start: go back and change them.
+      // Any other failure (the server unreachable for a moment) leaves Start to try again.
+      start.disabled = e.status === 400;
+      if (start.disabled) estBox.append(h("p.small.muted", t("Go back to the parameters to change them.")));
     });
   start.addEventListener("click", async () => {
     start.disabled = true;

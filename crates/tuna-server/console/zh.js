@@ -340,4 +340,5 @@ export const ZH = {
   "Failed": "失败",
   "Cancelled": "已取消",
   "Cancelling": "取消中",
+  "Go back to the parameters to change them.": "请返回参数页修改这些设置。",
 };
