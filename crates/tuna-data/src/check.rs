@@ -226,6 +226,7 @@ pub(crate) fn run_check<R: Read>(
             .map_or(DataFormat::Chat, DataFormat::detect)
     });
     let mut acc = Accumulator::new(opts, format, counter.is_some());
+    acc.head = chunks.head().to_vec();
     if let Some((code, message)) = line::sniff_binary(chunks.head()) {
         // Binary data or UTF-16: every "line" would be noise, so report the file once and stop.
         acc.stats.lines = 1;
@@ -323,6 +324,73 @@ struct Accumulator<'o> {
     /// A non-blank line has been merged (for the JSON-array check).
     seen_content: bool,
     stopped: bool,
+    /// The file's first bytes, to say what a file that is not JSONL is instead ([`not_jsonl`]).
+    head: Vec<u8>,
+}
+
+/// Per-line codes that, when they are all a file has, mean it is not JSONL at all.
+const NOT_JSONL_CODES: [Code; 4] = [
+    Code::InvalidJson,
+    Code::InvalidUtf8,
+    Code::NulByte,
+    Code::NotAnObject,
+];
+
+/// The one error for a file none of whose `lines` is a JSON object: what it looks like (binary
+/// data, CSV, plain text, from its first bytes `head`) and what was expected instead. None when
+/// the first line starts like JSON: broken JSONL is better explained line by line.
+fn not_jsonl(head: &[u8], lines: u64, format: DataFormat) -> Option<String> {
+    let text = match std::str::from_utf8(head) {
+        Ok(t) => Some(t),
+        // A cut multi-byte character at the end of the head is still text.
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    let text = text.filter(|t| !t.contains('\0'));
+    let what = match text {
+        None => {
+            let bytes: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!(
+                "binary data, not text (it starts with the bytes {})",
+                bytes.join(" ")
+            )
+        }
+        Some(t) => {
+            let first = t
+                .trim_start_matches('\u{FEFF}')
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            if first.trim_start().starts_with(['{', '[']) {
+                return None;
+            }
+            let shown: String = first.chars().take(60).collect();
+            let cut = if shown.len() < first.len() { "…" } else { "" };
+            let kind = if first.contains(',') || first.contains('\t') || first.contains(';') {
+                "CSV (or TSV)"
+            } else {
+                "plain text"
+            };
+            format!("{kind}; its first line is `{shown}{cut}`")
+        }
+    };
+    let expected = match format {
+        DataFormat::Chat => {
+            "JSONL: UTF-8 text with one conversation per line, {\"messages\": [{\"role\": \"user\", \"content\": \"…\"}, {\"role\": \"assistant\", \"content\": \"…\"}]}"
+        }
+        DataFormat::Preference => {
+            "JSONL: UTF-8 text with one preference pair per line, {\"input\": {\"messages\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]}"
+        }
+    };
+    let lines = if lines == 1 {
+        "its only line is not".to_string()
+    } else {
+        format!("none of its {lines} lines is")
+    };
+    Some(format!(
+        "the file is not JSONL: {lines} a JSON object; it looks like {what}. Expected {expected}"
+    ))
 }
 
 impl<'o> Accumulator<'o> {
@@ -340,6 +408,7 @@ impl<'o> Accumulator<'o> {
             tokens: with_tokens.then(TokenAcc::new),
             seen_content: false,
             stopped: false,
+            head: Vec::new(),
         }
     }
 
@@ -441,6 +510,31 @@ impl<'o> Accumulator<'o> {
     }
 
     fn finish(mut self) -> CheckReport {
+        // Not one JSON object: an error per line would repeat one fact (a CSV file, a binary
+        // file) hundreds of times, so say it once.
+        let only_per_line = self
+            .stats
+            .errors_by_code
+            .keys()
+            .all(|c| NOT_JSONL_CODES.contains(c));
+        let content_lines = self.stats.lines - self.stats.blank_lines;
+        let not_jsonl = (!self.stopped
+            && self.stats.examples == 0
+            && self.stats.error_count > 0
+            && only_per_line)
+            .then(|| not_jsonl(&self.head, content_lines, self.stats.format))
+            .flatten();
+        if let Some(message) = not_jsonl {
+            self.errors.clear();
+            self.stats.error_count = 0;
+            self.stats.errors_by_code.clear();
+            self.push(Issue {
+                line: 0,
+                message_index: None,
+                code: Code::NotJsonl,
+                message,
+            });
+        }
         if !self.stopped && self.stats.examples == 0 && self.stats.error_count == 0 {
             let message = if self.stats.lines == 0 {
                 match self.stats.format {

@@ -123,6 +123,10 @@ pub(crate) struct LineChunks<R> {
     head: Vec<u8>,
 }
 
+/// How much of the input's start [`LineChunks::head`] keeps: enough for the magic numbers of
+/// binary formats and for the first line of a file that is not JSONL.
+pub const HEAD_BYTES: usize = 4096;
+
 impl<R: Read> LineChunks<R> {
     pub fn new(reader: R, chunk_bytes: usize, max_line: usize) -> Self {
         let target = chunk_bytes.max(max_line.saturating_add(1)).max(2);
@@ -137,7 +141,7 @@ impl<R: Read> LineChunks<R> {
         }
     }
 
-    /// Up to the first 8 bytes of the input, once the first chunk has been read.
+    /// Up to the first [`HEAD_BYTES`] of the input, once the first chunk has been read.
     pub fn head(&self) -> &[u8] {
         &self.head
     }
@@ -166,7 +170,7 @@ impl<R: Read> LineChunks<R> {
         }
 
         if self.next_line == 1 && self.head.is_empty() {
-            self.head = data[..data.len().min(8)].to_vec();
+            self.head = data[..data.len().min(HEAD_BYTES)].to_vec();
         }
         let first_line = self.next_line;
         let mut lines = Vec::new();

@@ -79,6 +79,8 @@ fn every_error_code_at_its_line_and_message() {
         ("json_array.jsonl", &[(1, None, JsonArray)]),
         ("json_array_one_line.jsonl", &[(1, None, JsonArray)]),
         ("binary_file.jsonl", &[(1, None, BinaryFile)]),
+        ("not_jsonl_csv.jsonl", &[(0, None, NotJsonl)]),
+        ("not_jsonl_image.jsonl", &[(0, None, NotJsonl)]),
         ("utf16.jsonl", &[(1, None, InvalidUtf8)]),
         ("invalid_utf8.jsonl", &[(2, None, InvalidUtf8)]),
         ("nul_byte.jsonl", &[(2, None, NulByte)]),
@@ -231,6 +233,31 @@ fn every_error_code_at_its_line_and_message() {
     seen.extend([TokenizationFailed, NoTrainableExamples]);
     let all_errors: BTreeSet<Code> = Code::ALL.into_iter().filter(|c| c.is_error()).collect();
     assert_eq!(seen, all_errors, "an error code without a fixture");
+}
+
+/// A CSV export or an image is said to be one once, with what was expected, instead of an
+/// error per line ("expected ident at column 2" on every line, 400 UTF-8 errors).
+#[test]
+fn a_file_that_is_not_jsonl_is_named_once() {
+    let r = check("not_jsonl_csv.jsonl");
+    assert_eq!(r.stats.error_count, 1);
+    assert_eq!(r.stats.invalid_lines, 3);
+    let m = message(&r, NotJsonl, 0);
+    assert!(m.contains("none of its 3 lines"), "{m}");
+    assert!(m.contains("CSV") && m.contains("`prompt,response`"), "{m}");
+    assert!(m.contains(r#"{"messages": [{"role": "user""#), "{m}");
+
+    let r = check("not_jsonl_image.jsonl");
+    assert_eq!(r.errors.len(), 1);
+    let m = message(&r, NotJsonl, 0);
+    assert!(m.contains("binary data") && m.contains("89 50 4e 47"), "{m}");
+
+    // Broken JSONL stays explained line by line, even when no line is usable.
+    let broken = "{\"messages\": [}\n{\"messages\": \n";
+    let r = tuna_data::check::check_reader(broken.as_bytes(), &CheckOptions::default(), None)
+        .unwrap();
+    assert_eq!(r.stats.error_count, 2);
+    assert!(r.errors.iter().all(|i| i.code == InvalidJson), "{r:#?}");
 }
 
 #[test]

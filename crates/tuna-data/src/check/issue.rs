@@ -17,6 +17,9 @@ pub enum Code {
     JsonArray,
     /// gzip, zip, Parquet, xz or zstd data, not text. Checking stops.
     BinaryFile,
+    /// Not one line is a JSON object: the file is CSV, plain text or binary data. Reported once
+    /// instead of an error per line.
+    NotJsonl,
     /// Every example is longer than the maximum sequence length and would be dropped.
     NoTrainableExamples,
     // --- errors: one line
@@ -78,10 +81,11 @@ pub enum Code {
 
 impl Code {
     /// Every code, in declaration order.
-    pub const ALL: [Code; 41] = [
+    pub const ALL: [Code; 42] = [
         Code::EmptyFile,
         Code::JsonArray,
         Code::BinaryFile,
+        Code::NotJsonl,
         Code::NoTrainableExamples,
         Code::InvalidUtf8,
         Code::NulByte,
@@ -142,6 +146,7 @@ impl Code {
             Code::EmptyFile => "empty_file",
             Code::JsonArray => "json_array",
             Code::BinaryFile => "binary_file",
+            Code::NotJsonl => "not_jsonl",
             Code::NoTrainableExamples => "no_trainable_examples",
             Code::InvalidUtf8 => "invalid_utf8",
             Code::NulByte => "nul_byte",
