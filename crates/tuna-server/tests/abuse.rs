@@ -46,6 +46,7 @@ fn server_process_entry() {
     };
     tuna_server::prepare_server_process();
     let mut settings = common::settings(&dir.join("data"));
+    common::with_noise_model(&mut settings);
     if let Some(t) = ms(SERVE_HEADER_TIMEOUT_MS_ENV) {
         settings.header_read_timeout = t;
     }
@@ -192,9 +193,10 @@ fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
 }
 
+/// A chat that runs until `max_tokens` (on the noise model, which never stops by itself).
 fn long_chat(max_tokens: u32, stream: bool) -> Value {
     json!({
-        "model": "demo",
+        "model": common::NOISE_MODEL,
         "messages": [{"role": "user", "content": "Tell me a very long story."}],
         "max_tokens": max_tokens,
         "stream": stream,
@@ -257,6 +259,7 @@ fn json_of(answer: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chat_generation_stops_when_the_client_disconnects() {
     let t = TestServer::start_with(|s| {
+        common::with_noise_model(s);
         s.max_generations_per_user = Some(2);
         s.generation_queue_timeout = Duration::from_secs(5);
     })
@@ -297,7 +300,11 @@ async fn chat_generation_stops_when_the_client_disconnects() {
 /// While one user keeps both slots' worth of long chats going, another user's chat is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_user_is_served_while_the_first_hammers_the_slots() {
-    let t = TestServer::start_with(|s| s.generation_queue_timeout = Duration::from_secs(20)).await;
+    let t = TestServer::start_with(|s| {
+        common::with_noise_model(s);
+        s.generation_queue_timeout = Duration::from_secs(20);
+    })
+    .await;
     let alice = t.user("alice").await;
     let bob = t.user("bob").await;
     let mut hammer = Vec::new();

@@ -372,12 +372,14 @@ async fn full_fine_tuning_checkpoints_are_whole_models() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_holding_the_only_slot_makes_others_wait_with_429() {
     let t = TestServer::start_with(|s| {
+        common::with_noise_model(s);
         s.max_concurrent_generations = 1;
         s.generation_queue_timeout = Duration::from_millis(300);
     })
     .await;
     let c = t.user("chat").await;
-    let long = json!({"model": "demo", "messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 3000, "stream": true, "temperature": 1.0, "seed": 1});
+    // The noise model talks until max_tokens (the demo model would end after a sentence).
+    let long = json!({"model": common::NOISE_MODEL, "messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 3000, "stream": true, "temperature": 1.0, "seed": 1});
     let mut first = c
         .http
         .post(format!("{}/v1/chat/completions", c.base))

@@ -82,6 +82,27 @@ pub fn demo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tuna-server-demo")
 }
 
+/// A model that never stops talking, for tests whose chats must run until `max_tokens`: the demo
+/// model's untrained start (seeded random weights, the demo's shape and tokenizer; the trained
+/// demo model ends its answers after a sentence). Written once per target directory.
+pub const NOISE_MODEL: &str = "noise";
+
+/// Registers [`NOISE_MODEL`] through the server's models file.
+pub fn with_noise_model(s: &mut Settings) {
+    let root = demo_root();
+    let dir = root.join(format!("noise-v{}", tuna_model::demo::DEMO_VERSION));
+    if !dir.join("model.safetensors").exists() {
+        // Written aside, then renamed: test processes running at once share the result.
+        let tmp = root.join(format!(".noise-{}", std::process::id()));
+        tuna_model::demo::write_init_model(&tmp).unwrap();
+        let _ = std::fs::rename(&tmp, &dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    std::fs::create_dir_all(s.models_file.parent().unwrap()).unwrap();
+    let entry = serde_json::json!([{"name": NOISE_MODEL, "path": dir}]);
+    std::fs::write(&s.models_file, entry.to_string()).unwrap();
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
