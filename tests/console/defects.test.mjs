@@ -15,6 +15,7 @@ import {
   KEY,
   KEY2,
   PHONE,
+  WIDTHS,
   apiCall,
   close,
   createJob,
@@ -116,10 +117,7 @@ describe("defects of issue 12", { concurrency: false }, () => {
     }
   });
 
-  for (const [label, viewport] of [
-    ["desktop", DESKTOP],
-    ["phone", PHONE],
-  ]) {
+  for (const [label, viewport] of WIDTHS) {
     test(`3 (${label}): step 2 opens at the top; an invalid field is scrolled into view and named`, async () => {
       const { ctx, page, problems } = await openPage(viewport, { key: KEY });
       try {
@@ -306,10 +304,7 @@ describe("defects of issue 12", { concurrency: false }, () => {
     }
   });
 
-  for (const [label, viewport] of [
-    ["desktop", DESKTOP],
-    ["phone", PHONE],
-  ]) {
+  for (const [label, viewport] of WIDTHS) {
     test(`6 (${label}): the histogram keeps its text size and legend honest; a file without conversations draws no statistics`, async () => {
       const { ctx, page, problems } = await openPage(viewport, { key: KEY });
       try {

@@ -21,6 +21,11 @@ export const OUT = process.env.TUNA_TEST_OUT || path.join(repo, "test-output/con
 export const FIXTURES = path.join(here, "fixtures");
 export const DESKTOP = { width: 1440, height: 900 };
 export const PHONE = { width: 390, height: 844 };
+/** The two widths a test that depends on the layout runs at: `[label, viewport]`. */
+export const WIDTHS = [
+  ["desktop", DESKTOP],
+  ["phone", PHONE],
+];
 
 if (!BASE || !KEY) {
   throw new Error("TUNA_URL and TUNA_API_KEY must be set: run tests/console/run.sh, which starts the server");

@@ -197,6 +197,32 @@ export function uploadFile(file, purpose = "fine-tune") {
 }
 
 export const getFile = (id) => request(`/v1/files/${encodeURIComponent(id)}`);
+export const deleteFile = (id) => request(`/v1/files/${encodeURIComponent(id)}`, { method: "DELETE" });
+/** The user's files, newest first (one page of up to 1,000; the list trims each check report). */
+export const listFiles = () => request("/v1/files?limit=1000");
+
+/** The first `maxBytes` of a file's content as text (the rest is not downloaded). */
+export async function fileHead(id, maxBytes = 16_384) {
+  const resp = await send(`/v1/files/${encodeURIComponent(id)}/content`);
+  const reader = resp.body.getReader();
+  const parts = [];
+  let size = 0;
+  while (size < maxBytes) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    size += value.length;
+  }
+  await reader.cancel().catch(() => {});
+  const bytes = new Uint8Array(Math.min(size, maxBytes));
+  let at = 0;
+  for (const p of parts) {
+    const n = Math.min(p.length, bytes.length - at);
+    bytes.set(p.subarray(0, n), at);
+    at += n;
+  }
+  return { text: new TextDecoder("utf-8", { fatal: false }).decode(bytes), truncated: size >= maxBytes };
+}
 
 export const listJobs = (limit = 100, after = null) =>
   request(`/v1/fine_tuning/jobs?limit=${limit}${after ? `&after=${encodeURIComponent(after)}` : ""}`);

@@ -1,11 +1,12 @@
 // Tuna console: the shell (sidebar, language switch), sign in, and the routing to the pages —
-// the task list (tasks.js), the new-task wizard (wizard.js) and the task page (task.js). Every
-// page is built from the API's objects; Tuna's extras sit in their `tuna` / `check` keys
-// (see docs/api.md).
+// the task list (tasks.js), the new-task wizard (wizard.js), the task page (task.js) and the
+// files page (files.js). Every page is built from the API's objects; Tuna's extras sit in their
+// `tuna` / `check` keys (see docs/api.md).
 
 import * as api from "./api.js";
 import { LANGUAGES, applyDocumentLang, lang, setLang, t } from "./i18n.js";
 import { currentRoute, leavePage, setRenderer } from "./router.js";
+import { pageFiles } from "./files.js";
 import { pageTask } from "./task.js";
 import { pageTasks } from "./tasks.js";
 import { pageNewTask } from "./wizard.js";
@@ -37,6 +38,7 @@ function render() {
   if (r.page === "new") pageNewTask(main, r.step);
   else if (r.page === "task") pageTask(main, r.id);
   else if (r.page === "tasks") pageTasks(main);
+  else if (r.page === "files") pageFiles(main);
   else pageNotFound(main, r.address);
   window.scrollTo(0, 0);
 }
@@ -93,6 +95,7 @@ function shell(page, main) {
         h("div.nav-section", t("Model fine-tuning")),
         link("#/", "list", t("Tasks"), page === "tasks" || page === "task"),
         link("#/new", "plus", t("New task"), page === "new"),
+        link("#/files", "file", t("Files"), page === "files"),
       ),
       h(
         "div.user-box",

@@ -19,7 +19,7 @@ export function leavePage() {
 }
 
 /**
- * The page the address names: `{page: "tasks" | "new" | "task" | "not-found", ...}`. The wizard's
+ * The page the address names: `{page: "tasks" | "new" | "task" | "files" | "not-found", ...}`. The wizard's
  * step is part of the address (`#/new/2`), so Back, Forward and reload land on the same step.
  */
 export function currentRoute() {
@@ -35,6 +35,7 @@ export function currentRoute() {
   if (parts[0] === "new" && parts.length === 1) return { page: "new", step: null };
   if (parts[0] === "new" && parts.length === 2 && /^[123]$/.test(parts[1])) return { page: "new", step: Number(parts[1]) };
   if (parts[0] === "tasks" && parts.length === 2) return { page: "task", id: parts[1] };
+  if (parts[0] === "files" && parts.length === 1) return { page: "files" };
   return { page: "not-found", address: `#/${hash}` };
 }
 

@@ -1,5 +1,6 @@
 // The task page: progress, live charts (smoothing, CSV export), checkpoints with their samples
-// and effect test, "Use this model" snippets, events and settings. Polls the job while it runs.
+// and effect test, "Use this model" snippets, events and settings. While the job runs, its event
+// stream (SSE) says when metrics, events and checkpoints change; only the job itself is polled.
 
 import * as api from "./api.js";
 import { LineChart } from "./charts.js";
@@ -7,6 +8,7 @@ import { openEffectTest } from "./chat.js";
 import { plural, t } from "./i18n.js";
 import { TERMINAL, fmtCost, jobDuration, jobMethod, jobName, jobProgress, statusExtra } from "./jobs.js";
 import { onLeave } from "./router.js";
+import { draftFromJob } from "./wizard.js";
 import { copyButton, copyableId, empty, errorBox, fmtDate, fmtDuration, fmtInt, fmtNum, fmtTime, h, mount, progressBar, saveText, statusBadge, svgIcon, toast } from "./ui.js";
 
 const SMOOTHING_STORAGE = "tuna.lossSmoothing";
@@ -179,6 +181,19 @@ export function pageTask(main, id) {
           t("Cancel"),
         ),
       );
+    // Clone: a new task with these settings, to change first; retry: the same task again.
+    const fromJob = (retry) => async (e) => {
+      const btn = e.currentTarget;
+      btn.disabled = true;
+      try {
+        await draftFromJob(j, { retry });
+      } finally {
+        btn.disabled = false;
+      }
+    };
+    if (j.status === "failed" || j.status === "cancelled")
+      actions.push(h("button.btn", { type: "button", id: "retry", title: t("A new task with the same settings and data"), onclick: fromJob(true) }, svgIcon("play"), t("Retry")));
+    actions.push(h("button.btn", { type: "button", id: "clone", title: t("A new task starting from these settings"), onclick: fromJob(false) }, svgIcon("plus"), t("Clone")));
     mount(
       view.head,
       h(
@@ -362,6 +377,54 @@ export function pageTask(main, id) {
     }
   };
 
+  // The job's event stream is open: it, not the poll, says when metrics, events and checkpoints
+  // change (a `metrics` event per step, a `message` event for the rest).
+  let live = false;
+  let listening = false;
+  let polled = false;
+  let eventsTimer = null;
+  let metricsTimer = null;
+  onLeave(() => {
+    clearTimeout(eventsTimer);
+    clearTimeout(metricsTimer);
+  });
+  // Events arrive in bursts (the stream first replays every earlier one): one refresh per burst.
+  const eventsChanged = () => {
+    if (eventsTimer) return;
+    eventsTimer = setTimeout(async () => {
+      eventsTimer = null;
+      if (!alive) return;
+      await Promise.all([loadEvents(), loadCheckpoints()]);
+      schedule(0);
+    }, 250);
+  };
+  // A step a second at most: the charts need no more.
+  const metricsChanged = () => {
+    if (metricsTimer) return;
+    metricsTimer = setTimeout(() => {
+      metricsTimer = null;
+      if (alive) loadMetrics();
+    }, 1000);
+  };
+  const listen = async () => {
+    listening = true;
+    const ctrl = new AbortController();
+    onLeave(() => ctrl.abort());
+    try {
+      const path = `/v1/fine_tuning/jobs/${encodeURIComponent(id)}/events?stream=true`;
+      for await (const ev of api.streamEvents(path, undefined, { signal: ctrl.signal, method: "GET" })) {
+        if (!alive) return;
+        live = true;
+        if (ev && ev.type === "metrics") metricsChanged();
+        else eventsChanged();
+      }
+    } catch {
+      /* refused (too many streams) or cut: the poll takes over */
+    } finally {
+      live = false;
+    }
+  };
+
   const poll = async () => {
     if (!alive) return;
     try {
@@ -382,10 +445,18 @@ export function pageTask(main, id) {
     if (!alive) return;
     if (!view.head.isConnected) layout();
     drawJob();
-    await Promise.all([loadCheckpoints(), loadEvents()]);
-    await loadMetrics();
+    // Without the stream (or at the start, or at the end), checkpoints, events and metrics are
+    // polled too.
+    const all = !live || !polled || TERMINAL.has(job.status);
+    polled = true;
+    if (all) {
+      await Promise.all([loadCheckpoints(), loadEvents()]);
+      await loadMetrics(); // after the checkpoints: validation points may come from them
+    }
     if (!alive) return;
-    if (!TERMINAL.has(job.status)) schedule(job.status === "running" ? 1500 : 3000);
+    if (TERMINAL.has(job.status)) return;
+    if (!listening) listen();
+    schedule(job.status === "running" ? 1500 : 3000);
   };
   const schedule = (ms) => {
     clearTimeout(timer);

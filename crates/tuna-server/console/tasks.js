@@ -22,6 +22,10 @@ export function pageTasks(main) {
     body,
   );
   drawDraft(draftBox);
+  const statsBox = h("div");
+  const filters = h("div");
+  const tableBox = h("div");
+  let current = [];
   let timer = null;
   let alive = true;
   onLeave(() => {
@@ -33,7 +37,12 @@ export function pageTasks(main) {
       const list = await api.listAllJobs();
       if (!alive) return;
       const jobs = [...list].sort((a, b) => b.created_at - a.created_at || (a.id < b.id ? 1 : -1));
-      mount(body, taskStats(jobs), taskTable(jobs));
+      current = jobs;
+      // The filter is drawn once, so a refresh never takes the focus from the search field.
+      if (!filters.firstChild && jobs.length) mount(filters, taskFilters(() => current, tableBox));
+      if (!body.contains(tableBox)) mount(body, statsBox, filters, tableBox);
+      mount(statsBox, taskStats(jobs));
+      drawTable(tableBox, jobs);
       if (jobs.some((j) => ACTIVE.has(j.status))) timer = setTimeout(load, 3000);
     } catch (e) {
       if (!alive) return;
@@ -87,6 +96,85 @@ function taskStats(jobs) {
     stat(t("Queued"), count((j) => j.status === "queued" || j.status === "validating_files")),
     stat(t("Succeeded"), count((j) => j.status === "succeeded")),
   );
+}
+
+/** The list's filter, kept while the console is open (back from a task finds it as it was). */
+const filter = { status: "all", query: "" };
+
+const FILTERS = {
+  all: () => true,
+  active: (j) => ACTIVE.has(j.status) || j.status === "paused",
+  succeeded: (j) => j.status === "succeeded",
+  failed: (j) => j.status === "failed",
+  cancelled: (j) => j.status === "cancelled",
+};
+
+function matches(j) {
+  const q = filter.query.trim().toLowerCase();
+  return (FILTERS[filter.status] || FILTERS.all)(j) && (!q || jobName(j).toLowerCase().includes(q) || j.id.toLowerCase().includes(q) || String(j.fine_tuned_model || "").toLowerCase().includes(q));
+}
+
+/** Status filter and search by name (or id, or model id). */
+function taskFilters(jobs, tableBox) {
+  const redraw = () => drawTable(tableBox, jobs());
+  const labels = { all: t("All statuses"), active: t("Running, queued or paused"), succeeded: t("Succeeded"), failed: t("Failed"), cancelled: t("Cancelled") };
+  return h(
+    "div.list-tools",
+    h(
+      "select",
+      {
+        id: "task-filter",
+        "aria-label": t("Filter by status"),
+        onchange: (e) => {
+          filter.status = e.target.value;
+          redraw();
+        },
+      },
+      Object.entries(labels).map(([k, label]) => h("option", { value: k, selected: k === filter.status }, label)),
+    ),
+    h("input", {
+      type: "search",
+      id: "task-search",
+      value: filter.query,
+      placeholder: t("Search by name or id"),
+      "aria-label": t("Search by name or id"),
+      oninput: (e) => {
+        filter.query = e.target.value;
+        redraw();
+      },
+    }),
+  );
+}
+
+function drawTable(box, jobs) {
+  const shown = jobs.filter(matches);
+  if (jobs.length && !shown.length) {
+    return mount(
+      box,
+      h(
+        "div.card",
+        { id: "tasks-none" },
+        empty(
+          t("No task matches"),
+          plural(jobs.length, "None of your {n} task matches this filter.", "None of your {n} tasks match this filter."),
+          h(
+            "button.btn",
+            {
+              type: "button",
+              id: "clear-filter",
+              onclick: () => {
+                filter.status = "all";
+                filter.query = "";
+                navigate("#/");
+              },
+            },
+            t("Show all tasks"),
+          ),
+        ),
+      ),
+    );
+  }
+  mount(box, taskTable(shown));
 }
 
 function taskTable(jobs) {

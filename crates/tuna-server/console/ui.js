@@ -65,6 +65,8 @@ export function svgIcon(name) {
     alert: "M12 8v5m0 3.5v.01M10.3 3.9L2.4 18a2 2 0 0 0 1.7 3h15.8a2 2 0 0 0 1.7-3L13.7 3.9a2 2 0 0 0-3.4 0z",
     copy: "M9 9h10v10H9zM5 15V5h10",
     code: "M8 8l-4 4 4 4M16 8l4 4-4 4",
+    file: "M6 3h8l4 4v14H6zM14 3v4h4M9 12h6M9 16h6",
+    trash: "M4 7h16M9 7V4h6v3M6 7l1 13h10l1-13M10 11v6M14 11v6",
     globe: "M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM3 12h18M12 3c2.5 2.5 3.5 5.5 3.5 9s-1 6.5-3.5 9c-2.5-2.5-3.5-5.5-3.5-9s1-6.5 3.5-9z",
   };
   const ns = "http://www.w3.org/2000/svg";

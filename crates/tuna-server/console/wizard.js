@@ -70,6 +70,54 @@ export function discardDraft() {
   return true;
 }
 
+/**
+ * A new draft from an existing job: its base model, method, files and the settings it ran with
+ * (as resolved by the server). A clone is named "… (copy)" and opens on step 1; a retry keeps the
+ * name and opens on the last step, ready to start. Asks before replacing an unfinished draft.
+ * False when the user kept the old draft.
+ */
+export async function draftFromJob(job, { retry = false } = {}) {
+  if (hasContent(loadDraft()) && !confirm(t("Replace your unfinished new task with this task's settings?"))) return false;
+  const tu = job.tuna || {};
+  const hp = (job.method && job.method.supervised && job.method.supervised.hyperparameters) || job.hyperparameters || {};
+  const lora = tu.lora || {};
+  const values = {
+    n_epochs: hp.n_epochs,
+    batch_size: hp.batch_size,
+    learning_rate: tu.learning_rate,
+    max_steps: tu.max_steps,
+    warmup_ratio: tu.warmup_ratio,
+    seed: job.seed,
+    lora_rank: lora.rank,
+    lora_alpha: lora.alpha,
+    lora_dropout: lora.dropout,
+    max_seq_len: tu.max_seq_len,
+    checkpoint_interval: tu.checkpoint_interval,
+    eval_interval: tu.eval_interval,
+    validation_fraction: tu.validation_fraction,
+    sample_max_tokens: tu.sample_max_tokens,
+  };
+  const params = {};
+  for (const [k, v] of Object.entries(values)) if (typeof v === "number" && Number.isFinite(v)) params[k] = String(v);
+  // A dataset deleted since is left empty: step 1 asks for it again.
+  const file = (id) => (id ? api.getFile(id).then(fileForDraft, () => null) : Promise.resolve(null));
+  const [training, validation] = await Promise.all([file(job.training_file), file(job.validation_file)]);
+  const name = retry ? jobName(job) : t("{name} (copy)", { name: jobName(job) });
+  const d = {
+    ...emptyDraft(),
+    name: name.slice(0, 64),
+    method: tu.method === "full" ? "full" : "lora",
+    model: job.model,
+    training,
+    validation,
+    params,
+    step: retry && training ? 3 : 1,
+  };
+  saveDraft(d);
+  navigate(`#/new/${d.step}`);
+  return true;
+}
+
 // ---- parameters ----------------------------------------------------------------------------
 
 /**
@@ -82,7 +130,7 @@ function paramGroups() {
       group: t("Training"),
       fields: [
         { id: "n_epochs", label: t("Epochs"), type: "int", min: 1, max: 50, placeholder: t("auto"), def: t("auto (3; more for small sets)"), help: t("Passes over the training data. More epochs fit the data more closely; too many over-fit.") },
-        { id: "learning_rate", label: t("Learning rate"), type: "float", min: 0, minExclusive: true, max: 1, placeholder: t("auto"), def: t("1e-4 LoRA, 1e-5 full"), help: t("Peak step size of the optimizer. Too high diverges, too low learns slowly.") },
+        { id: "learning_rate", label: t("Learning rate"), type: "float", min: 0, minExclusive: true, max: 1, placeholder: t("auto"), def: t("the model's recommendation, else 1e-4 LoRA, 1e-5 full"), help: t("Peak step size of the optimizer. Too high diverges, too low learns slowly.") },
         { id: "batch_size", label: t("Batch size"), type: "int", min: 1, max: 256, placeholder: t("auto"), def: t("auto (0.2% of examples)"), help: t("Examples per optimizer step. Larger batches give smoother, fewer steps.") },
         { id: "max_steps", label: t("Max steps"), type: "int", min: 1, max: 10_000_000, placeholder: t("none"), def: t("none"), help: t("Stop after this many optimizer steps, whatever the epochs.") },
         { id: "warmup_ratio", label: t("Warmup ratio"), type: "float", min: 0, max: 0.99, placeholder: "0.03", def: "0.03", help: t("Share of the steps over which the learning rate rises from zero.") },

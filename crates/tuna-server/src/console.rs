@@ -99,6 +99,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../console/task.js"),
     },
     Asset {
+        name: "files.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../console/files.js"),
+    },
+    Asset {
         name: "icon.svg",
         content_type: "image/svg+xml",
         body: include_str!("../console/icon.svg"),
