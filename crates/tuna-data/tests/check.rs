@@ -250,12 +250,15 @@ fn a_file_that_is_not_jsonl_is_named_once() {
     let r = check("not_jsonl_image.jsonl");
     assert_eq!(r.errors.len(), 1);
     let m = message(&r, NotJsonl, 0);
-    assert!(m.contains("binary data") && m.contains("89 50 4e 47"), "{m}");
+    assert!(
+        m.contains("binary data") && m.contains("89 50 4e 47"),
+        "{m}"
+    );
 
     // Broken JSONL stays explained line by line, even when no line is usable.
     let broken = "{\"messages\": [}\n{\"messages\": \n";
-    let r = tuna_data::check::check_reader(broken.as_bytes(), &CheckOptions::default(), None)
-        .unwrap();
+    let r =
+        tuna_data::check::check_reader(broken.as_bytes(), &CheckOptions::default(), None).unwrap();
     assert_eq!(r.stats.error_count, 2);
     assert!(r.errors.iter().all(|i| i.code == InvalidJson), "{r:#?}");
 }

@@ -83,7 +83,7 @@ function languageSwitch() {
 function shell(page, main) {
   const key = api.getKey() || "";
   const masked = key.length > 14 ? `${key.slice(0, 12)}…${key.slice(-4)}` : "••••";
-  const link = (href, icon, label, active) => h("a", { href, class: active ? "active" : "" }, svgIcon(icon), h("span", label));
+  const link = (href, icon, label, active) => h("a", { href, class: active ? "active" : "", title: label }, svgIcon(icon), h("span.nav-label", label));
   return h(
     "div.shell",
     h(
