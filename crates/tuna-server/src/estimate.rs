@@ -577,7 +577,7 @@ mod tests {
         };
         let l = footprint(&cfg, &spec(Tuning::Lora, Some(lora.clone())), 10, 0);
         let adapter = lora_parameters(&cfg, &lora);
-        assert_eq!(adapter, (4 * (128 + 128) * 2) as u64);
+        assert_eq!(adapter, (4 * (128 + 128) * cfg.num_layers) as u64);
         assert_eq!(l.checkpoint_bytes, 4 * adapter);
         assert!(l.memory_bytes < full.memory_bytes);
     }

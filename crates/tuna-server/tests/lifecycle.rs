@@ -399,7 +399,7 @@ async fn a_checkpoint_written_but_not_recorded_is_recorded_when_the_job_resumes(
     let t = TestServer::start().await;
     let c = t.user("gap").await;
     let file = upload(&c).await;
-    let id = create(&c, &tiny_job(&file, 100_000, 2)).await;
+    let id = create(&c, &tiny_job(&file, 10_000, 2)).await;
     c.wait_job(&id, T, |j| {
         j["tuna"]["progress"]["step"].as_i64().unwrap_or(0) >= 3
     })
