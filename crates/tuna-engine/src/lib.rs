@@ -8,6 +8,8 @@
 //! Not supported: GPUs (a CUDA backend is planned behind the same signatures).
 
 pub mod ops;
+mod scratch;
+mod simd;
 pub mod weight;
 
 pub use weight::{DType, WeightRef};

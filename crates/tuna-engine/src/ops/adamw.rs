@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::avx512_or_baseline;
+
 /// Below this many elements the rayon fork/join costs more than the work.
 const PAR_MIN: usize = 1 << 15;
 /// Elements per rayon task.
@@ -80,20 +82,9 @@ pub fn adamw_update(
     }
 }
 
-/// Compiled twice (AVX-512 and baseline), picked at run time: sqrt and divide dominate.
-fn update_chunk(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: StepScalars) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { update_avx512(params, grads, m, v, s) };
-    }
-    update_body(params, grads, m, v, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn update_avx512(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: StepScalars) {
-    update_body(params, grads, m, v, s)
+avx512_or_baseline! {
+    /// Compiled twice (AVX-512 and baseline), picked at run time: sqrt and divide dominate.
+    fn update_chunk(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: StepScalars) = update_body;
 }
 
 #[inline(always)]

@@ -14,12 +14,11 @@
 //!
 //! Not supported: sliding-window attention, attention sinks, dropout, non-causal masks.
 
-use std::cell::Cell;
-
 use rayon::prelude::*;
 
 use super::matmul::{Layout, sgemm};
-use super::swiglu::exp_fast;
+use crate::scratch::with_scratch;
+use crate::simd::{dot, exp_affine, row_max, softmax_grad};
 
 /// Target number of score rows (query heads × query positions) per block: large enough for
 /// `sgemm` to run near peak, small enough that a block's scores (rows × keys) stay modest.
@@ -33,171 +32,6 @@ fn block_len(g: usize) -> usize {
 fn softmax_scale(hd: usize) -> f32 {
     // HF: `scaling = head_dim ** -0.5` (a Python float), applied to f32 scores as f32.
     (1.0 / (hd as f64).sqrt()) as f32
-}
-
-// ---------------------------------------------------------------------------------------------
-// Row primitives. Each body is written over 16-lane arrays so LLVM vectorises it, and compiled
-// twice: for AVX-512 (picked at run time) and for the baseline target. `exp_fast` (Cephes expf,
-// ~2 ulp) replaces libm's scalar `expf`, which otherwise dominates the softmax.
-
-#[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn max_body(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let mut chunks = xs.chunks_exact(16);
-    for ch in &mut chunks {
-        for l in 0..16 {
-            acc[l] = if ch[l] > acc[l] { ch[l] } else { acc[l] };
-        }
-    }
-    let mut m = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for a in acc {
-        m = m.max(a);
-    }
-    m
-}
-
-/// `x ← s·exp(a·x − b)` in place; returns the sum of the new values.
-#[inline(always)]
-fn exp_affine_body(xs: &mut [f32], a: f32, b: f32, s: f32) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let mut chunks = xs.chunks_exact_mut(16);
-    for ch in &mut chunks {
-        for l in 0..16 {
-            let e = s * exp_fast(ch[l] * a - b);
-            ch[l] = e;
-            acc[l] += e;
-        }
-    }
-    let mut tail = 0.0;
-    for x in chunks.into_remainder() {
-        let e = s * exp_fast(*x * a - b);
-        *x = e;
-        tail += e;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `ds ← s·p·(ds − d)` (softmax backward of one row, with the score scale folded in).
-#[inline(always)]
-fn softmax_grad_body(ds: &mut [f32], p: &[f32], d: f32, s: f32) {
-    for (x, &pv) in ds.iter_mut().zip(p) {
-        *x = s * pv * (*x - d);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_body(a, b)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn max(xs: &[f32]) -> f32 {
-        super::max_body(xs)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn exp_affine(xs: &mut [f32], a: f32, b: f32, s: f32) -> f32 {
-        super::exp_affine_body(xs, a, b, s)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn softmax_grad(ds: &mut [f32], p: &[f32], d: f32, s: f32) {
-        super::softmax_grad_body(ds, p, d, s)
-    }
-}
-
-/// Whether the AVX-512 bodies may run (cached by std after the first query).
-#[inline]
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Σ a·b.
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { avx512::dot(a, b) };
-    }
-    dot_body(a, b)
-}
-
-/// Largest element (−∞ for an empty slice; NaNs are skipped).
-#[inline]
-pub(crate) fn row_max(xs: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { avx512::max(xs) };
-    }
-    max_body(xs)
-}
-
-/// `x ← s·exp(a·x − b)` in place; returns the new sum.
-#[inline]
-pub(crate) fn exp_affine(xs: &mut [f32], a: f32, b: f32, s: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { avx512::exp_affine(xs, a, b, s) };
-    }
-    exp_affine_body(xs, a, b, s)
-}
-
-#[inline]
-fn softmax_grad(ds: &mut [f32], p: &[f32], d: f32, s: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { avx512::softmax_grad(ds, p, d, s) };
-    }
-    softmax_grad_body(ds, p, d, s)
-}
-
-thread_local! {
-    /// Reused per-thread scratch. Taken out while in use (not borrowed), so a re-entrant call
-    /// (a rayon task stolen while `sgemm` waits) just allocates its own.
-    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-}
-
-/// Runs `f` with a scratch buffer of `len` elements (contents unspecified).
-pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = SCRATCH.with(|s| s.take());
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let r = f(&mut buf[..len]);
-    SCRATCH.with(|s| s.set(buf));
-    r
 }
 
 /// x (bt, nkv, hd) → (nkv, bt, hd): each kv head's rows become contiguous, so any key prefix of

@@ -11,8 +11,9 @@
 
 use rayon::prelude::*;
 
-use super::attention::{exp_affine, row_max, with_scratch};
 use super::matmul::{Layout, sgemm};
+use crate::scratch::with_scratch;
+use crate::simd::{exp_affine, row_max};
 use crate::weight::WeightRef;
 
 /// Vocabulary rows per chunk: 4096 × 896 f32 = 14.7 MB of widened weights per task.
