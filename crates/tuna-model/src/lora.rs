@@ -85,6 +85,15 @@ impl LoraTarget {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether the checkpoint has a bias for this linear layer (Qwen2's q/k/v; `attention_bias`).
+    pub fn has_bias(self, cfg: &QwenConfig) -> bool {
+        match self {
+            LoraTarget::QProj | LoraTarget::KProj | LoraTarget::VProj => cfg.qkv_bias,
+            LoraTarget::OProj => cfg.o_bias,
+            LoraTarget::GateProj | LoraTarget::UpProj | LoraTarget::DownProj => false,
+        }
+    }
 }
 
 /// Hyperparameters of an adapter, as in PEFT's `LoraConfig`.
@@ -130,13 +139,40 @@ pub struct LoraLinear {
     pub scale: f32,
 }
 
+/// What one LoRA branch keeps for its backward.
+#[derive(Debug, Clone, Default)]
+pub struct LoraActs {
+    /// Dropout multipliers (0 or 1/(1−p)) the branch input was multiplied by, when dropout is on.
+    keep: Option<Vec<f32>>,
+    /// `dropout(x) · Aᵀ` (bt, r), unscaled.
+    u: Vec<f32>,
+}
+
 impl LoraLinear {
-    /// `out (bt, out) += scale · (inp (bt, in) · Aᵀ) · Bᵀ`; `tmp` receives `inp · Aᵀ` (bt, r).
-    pub fn forward_accumulate(&self, out: &mut [f32], tmp: &mut [f32], inp: &[f32], bt: usize) {
+    /// The LoRA branch of a linear layer, for generation and training alike:
+    /// `out (bt, out) += scale · (dropout(x) · Aᵀ) · Bᵀ` with x (bt, in), where dropout multiplies
+    /// x by `keep` (see [`dropout_keep`]; None at inference). Returns what [`Self::backward`] needs.
+    pub fn forward(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        keep: Option<Vec<f32>>,
+        bt: usize,
+    ) -> LoraActs {
         let (r, i, o) = (self.rank, self.in_features, self.out_features);
+        let dropped: Vec<f32>;
+        let x_in = match &keep {
+            Some(k) => {
+                dropped = x.iter().zip(k).map(|(a, b)| a * b).collect();
+                &dropped[..]
+            }
+            None => x,
+        };
+        // u (bt, r) = dropout(x) · Aᵀ
+        let mut u = vec![0.0; bt * r];
         sgemm(
-            tmp,
-            inp,
+            &mut u,
+            x_in,
             Layout::Normal,
             &self.a,
             Layout::Transposed,
@@ -145,12 +181,11 @@ impl LoraLinear {
             r,
             false,
         );
-        if self.scale != 1.0 {
-            tmp.iter_mut().for_each(|x| *x *= self.scale);
-        }
+        // out (bt, o) += (scale · u) · Bᵀ
+        let us: Vec<f32> = u.iter().map(|v| v * self.scale).collect();
         sgemm(
             out,
-            tmp,
+            &us,
             Layout::Normal,
             &self.b,
             Layout::Transposed,
@@ -159,7 +194,120 @@ impl LoraLinear {
             o,
             true,
         );
+        LoraActs { keep, u }
     }
+
+    /// Backward of [`Self::forward`] given dy (bt, out) and the branch input x (bt, in).
+    /// Accumulates dx (bt, in), da (r, in) and db (out, r).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        dx: &mut [f32],
+        da: &mut [f32],
+        db: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        acts: &LoraActs,
+        bt: usize,
+    ) {
+        let (r, i, o, s) = (self.rank, self.in_features, self.out_features, self.scale);
+        // dB (o, r) += s · dyᵀ · u
+        let us: Vec<f32> = acts.u.iter().map(|v| v * s).collect();
+        sgemm(
+            db,
+            dy,
+            Layout::Transposed,
+            &us,
+            Layout::Normal,
+            o,
+            bt,
+            r,
+            true,
+        );
+        // du (bt, r) = s · dy · B
+        let mut du = vec![0.0; bt * r];
+        sgemm(
+            &mut du,
+            dy,
+            Layout::Normal,
+            &self.b,
+            Layout::Normal,
+            bt,
+            o,
+            r,
+            false,
+        );
+        du.iter_mut().for_each(|v| *v *= s);
+        // dA (r, i) += duᵀ · dropout(x); dx += (du · A) ⊙ keep
+        match &acts.keep {
+            None => {
+                sgemm(
+                    da,
+                    &du,
+                    Layout::Transposed,
+                    x,
+                    Layout::Normal,
+                    r,
+                    bt,
+                    i,
+                    true,
+                );
+                sgemm(
+                    dx,
+                    &du,
+                    Layout::Normal,
+                    &self.a,
+                    Layout::Normal,
+                    bt,
+                    r,
+                    i,
+                    true,
+                );
+            }
+            Some(keep) => {
+                let dropped: Vec<f32> = x.iter().zip(keep).map(|(a, b)| a * b).collect();
+                sgemm(
+                    da,
+                    &du,
+                    Layout::Transposed,
+                    &dropped,
+                    Layout::Normal,
+                    r,
+                    bt,
+                    i,
+                    true,
+                );
+                let mut dxd = vec![0.0; bt * i];
+                sgemm(
+                    &mut dxd,
+                    &du,
+                    Layout::Normal,
+                    &self.a,
+                    Layout::Normal,
+                    bt,
+                    r,
+                    i,
+                    false,
+                );
+                dx.iter_mut()
+                    .zip(dxd.iter().zip(keep))
+                    .for_each(|(d, (g, k))| *d += g * k);
+            }
+        }
+    }
+}
+
+/// LoRA dropout multipliers for the `n` inputs of `target` in `layer`: 0 with probability `p`, else
+/// `1/(1−p)` (inverted dropout, as `torch.nn.Dropout`), from a stream seeded by `seed` and the
+/// layer, so every branch draws its own mask and a replayed step draws the same ones.
+pub fn dropout_keep(p: f32, seed: u64, layer: usize, target: LoraTarget, n: usize) -> Vec<f32> {
+    let seed =
+        seed ^ ((layer as u64) << 8 | target.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let kept = 1.0 / (1.0 - p);
+    (0..n)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { kept })
+        .collect()
 }
 
 /// An adapter over every layer of a model: `layers[l][target.index()]`.

@@ -371,17 +371,14 @@ impl QwenModel {
         let mut gate = vec![0.0; bt * im];
         let mut up = vec![0.0; bt * im];
         let mut act = vec![0.0; bt * im];
-        let max_rank = adapter.map(|a| a.config.r).unwrap_or(0);
-        let mut lora_tmp = vec![0.0; bt * max_rank];
 
-        let linear =
-            |l: usize, target: LoraTarget, out: &mut [f32], inp: &[f32], tmp: &mut [f32]| {
-                let layer = &self.layers[l];
-                layer.linear(target).forward(out, inp, bt);
-                if let Some(lora) = adapter.and_then(|a| a.get(l, target)) {
-                    lora.forward_accumulate(out, &mut tmp[..bt * lora.rank], inp, bt);
-                }
-            };
+        let linear = |l: usize, target: LoraTarget, out: &mut [f32], inp: &[f32]| {
+            let layer = &self.layers[l];
+            layer.linear(target).forward(out, inp, bt);
+            if let Some(lora) = adapter.and_then(|a| a.get(l, target)) {
+                lora.forward(out, inp, None, bt);
+            }
+        };
 
         for (l, layer) in self.layers.iter().enumerate() {
             rmsnorm::rmsnorm_forward(
@@ -393,9 +390,9 @@ impl QwenModel {
                 c,
                 cfg.rms_norm_eps,
             );
-            linear(l, LoraTarget::QProj, &mut q, &h, &mut lora_tmp);
-            linear(l, LoraTarget::KProj, &mut k, &h, &mut lora_tmp);
-            linear(l, LoraTarget::VProj, &mut v, &h, &mut lora_tmp);
+            linear(l, LoraTarget::QProj, &mut q, &h);
+            linear(l, LoraTarget::KProj, &mut k, &h);
+            linear(l, LoraTarget::VProj, &mut v, &h);
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 rmsnorm::rmsnorm_forward(
                     &mut q_normed,
@@ -437,7 +434,7 @@ impl QwenModel {
                 nkv,
                 hd,
             );
-            linear(l, LoraTarget::OProj, &mut o, &att, &mut lora_tmp);
+            linear(l, LoraTarget::OProj, &mut o, &att);
             residual::residual_forward(&mut x, &o);
 
             rmsnorm::rmsnorm_forward(
@@ -449,10 +446,10 @@ impl QwenModel {
                 c,
                 cfg.rms_norm_eps,
             );
-            linear(l, LoraTarget::GateProj, &mut gate, &h, &mut lora_tmp);
-            linear(l, LoraTarget::UpProj, &mut up, &h, &mut lora_tmp);
+            linear(l, LoraTarget::GateProj, &mut gate, &h);
+            linear(l, LoraTarget::UpProj, &mut up, &h);
             swiglu::swiglu_forward(&mut act, &gate, &up);
-            linear(l, LoraTarget::DownProj, &mut o, &act, &mut lora_tmp);
+            linear(l, LoraTarget::DownProj, &mut o, &act);
             residual::residual_forward(&mut x, &o);
         }
         cache.len = past + bt;

@@ -41,23 +41,6 @@ impl BatchStats {
     }
 }
 
-/// Gradient buffers, one per trainable parameter tensor, in the order of
-/// [`LoraAdapter::parameters_mut`] or [`QwenModel::full_parameters_mut`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gradients {
-    pub tensors: Vec<Vec<f32>>,
-}
-
-impl Gradients {
-    pub fn zero(&mut self) {
-        self.tensors.iter_mut().for_each(|t| t.fill(0.0));
-    }
-
-    pub fn as_slices(&self) -> Vec<&[f32]> {
-        self.tensors.iter().map(Vec::as_slice).collect()
-    }
-}
-
 /// Choices that change memory and randomness, not the maths.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TrainOptions {
@@ -67,212 +50,17 @@ pub struct TrainOptions {
     pub dropout_seed: u64,
 }
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_engine::IGNORE_INDEX;
-use tuna_engine::ops::matmul::{Layout, sgemm};
 use tuna_engine::ops::{attention, embedding, lm_head_ce, matmul, residual, rmsnorm, rope, swiglu};
 
 use crate::error::Error;
-use crate::lora::{LoraLinear, LoraTarget};
-
-/// Where each trainable tensor's gradient lives in [`Gradients::tensors`].
-#[derive(Debug, Clone)]
-struct GradIndex {
-    embed: Option<usize>,
-    layers: Vec<LayerGradIndex>,
-    norm: Option<usize>,
-    lm_head: Option<usize>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct LayerGradIndex {
-    input_layernorm: Option<usize>,
-    post_attention_layernorm: Option<usize>,
-    q_norm: Option<usize>,
-    k_norm: Option<usize>,
-    /// Full fine-tuning: weight and bias of each linear layer.
-    weight: [Option<usize>; 7],
-    bias: [Option<usize>; 7],
-    /// LoRA: index of A (B follows at A + 1).
-    lora_a: [Option<usize>; 7],
-}
-
-impl GradIndex {
-    fn full(model: &QwenModel) -> Self {
-        let mut next = 0;
-        let mut take = || {
-            next += 1;
-            Some(next - 1)
-        };
-        let embed = take();
-        let layers = model
-            .layers
-            .iter()
-            .map(|layer| {
-                let mut idx = LayerGradIndex {
-                    input_layernorm: take(),
-                    post_attention_layernorm: take(),
-                    ..Default::default()
-                };
-                if layer.q_norm.is_some() {
-                    idx.q_norm = take();
-                }
-                if layer.k_norm.is_some() {
-                    idx.k_norm = take();
-                }
-                for target in LoraTarget::ALL {
-                    idx.weight[target.index()] = take();
-                    if layer.linear(target).bias.is_some() {
-                        idx.bias[target.index()] = take();
-                    }
-                }
-                idx
-            })
-            .collect();
-        let norm = take();
-        let lm_head = if model.lm_head.is_some() {
-            take()
-        } else {
-            None
-        };
-        GradIndex {
-            embed,
-            layers,
-            norm,
-            lm_head,
-        }
-    }
-
-    fn lora(adapter: &LoraAdapter) -> Self {
-        let mut next = 0;
-        let layers = adapter
-            .layers
-            .iter()
-            .map(|slots| {
-                let mut idx = LayerGradIndex::default();
-                for target in LoraTarget::ALL {
-                    if slots[target.index()].is_some() {
-                        idx.lora_a[target.index()] = Some(next);
-                        next += 2;
-                    }
-                }
-                idx
-            })
-            .collect();
-        GradIndex {
-            embed: None,
-            layers,
-            norm: None,
-            lm_head: None,
-        }
-    }
-}
+use crate::lora::{LoraActs, LoraLinear, LoraTarget, dropout_keep};
+use crate::params::{Gradients, Param, ParamLayout};
 
 impl QwenModel {
-    /// Every parameter as mutable f32 (weights are widened to owned f32 on first call), in the
-    /// order of [`full_parameter_names`](Self::full_parameter_names).
-    pub fn full_parameters_mut(&mut self) -> Vec<&mut [f32]> {
-        let mut out: Vec<&mut [f32]> = Vec::new();
-        out.push(self.embed_tokens.f32_mut());
-        for layer in &mut self.layers {
-            let super::qwen::DecoderLayer {
-                input_layernorm,
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                q_norm,
-                k_norm,
-                post_attention_layernorm,
-                gate_proj,
-                up_proj,
-                down_proj,
-            } = layer;
-            out.push(input_layernorm);
-            out.push(post_attention_layernorm);
-            if let Some(n) = q_norm {
-                out.push(n);
-            }
-            if let Some(n) = k_norm {
-                out.push(n);
-            }
-            // LoraTarget::ALL order.
-            for lin in [
-                q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
-            ] {
-                out.push(lin.weight.f32_mut());
-                if let Some(b) = &mut lin.bias {
-                    out.push(b);
-                }
-            }
-        }
-        out.push(&mut self.norm);
-        if let Some(h) = &mut self.lm_head {
-            out.push(h.f32_mut());
-        }
-        out
-    }
-
-    /// Hugging Face names of [`full_parameters_mut`](Self::full_parameters_mut), same order.
-    pub fn full_parameter_names(&self) -> Vec<String> {
-        let mut names = vec!["model.embed_tokens.weight".to_string()];
-        for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            names.push(format!("{p}.input_layernorm.weight"));
-            names.push(format!("{p}.post_attention_layernorm.weight"));
-            if layer.q_norm.is_some() {
-                names.push(format!("{p}.self_attn.q_norm.weight"));
-            }
-            if layer.k_norm.is_some() {
-                names.push(format!("{p}.self_attn.k_norm.weight"));
-            }
-            for target in LoraTarget::ALL {
-                names.push(format!("{p}.{}.weight", target.module_path()));
-                if layer.linear(target).bias.is_some() {
-                    names.push(format!("{p}.{}.bias", target.module_path()));
-                }
-            }
-        }
-        names.push("model.norm.weight".into());
-        if self.lm_head.is_some() {
-            names.push("lm_head.weight".into());
-        }
-        names
-    }
-
-    /// Zeroed gradients for full fine-tuning, matching [`full_parameters_mut`](Self::full_parameters_mut).
-    pub fn full_gradients(&self) -> Gradients {
-        let c = self.config.hidden_size;
-        let mut sizes = vec![self.embed_tokens.len()];
-        for layer in &self.layers {
-            sizes.push(c);
-            sizes.push(c);
-            if let Some(n) = &layer.q_norm {
-                sizes.push(n.len());
-            }
-            if let Some(n) = &layer.k_norm {
-                sizes.push(n.len());
-            }
-            for target in LoraTarget::ALL {
-                let lin = layer.linear(target);
-                sizes.push(lin.weight.len());
-                if let Some(b) = &lin.bias {
-                    sizes.push(b.len());
-                }
-            }
-        }
-        sizes.push(c);
-        if let Some(h) = &self.lm_head {
-            sizes.push(h.len());
-        }
-        Gradients {
-            tensors: sizes.into_iter().map(|n| vec![0.0; n]).collect(),
-        }
-    }
-
     /// Forward and backward on one packed micro-batch (see the module docs). With `adapter`, only
-    /// LoRA gradients are computed (in [`LoraAdapter::parameters_mut`] order); without, every
-    /// parameter's (in [`full_parameters_mut`](Self::full_parameters_mut) order).
+    /// LoRA gradients are computed (in [`LoraAdapter::layout`] order); without, every
+    /// parameter's (in [`full_layout`](Self::full_layout) order).
     pub fn forward_backward(
         &self,
         batch: &TrainBatch,
@@ -281,12 +69,9 @@ impl QwenModel {
         scale: f32,
         opts: &TrainOptions,
     ) -> Result<BatchStats> {
-        let index = match adapter {
-            Some(a) => GradIndex::lora(a),
-            None => GradIndex::full(self),
-        };
+        let layout = self.checked_layout(adapter, grads)?;
         let pass = Pass::new(self, batch, adapter, opts, true)?;
-        pass.run(Some((grads, &index, scale)), None)
+        pass.run(Some((grads, &layout, scale)), None)
     }
 
     /// Loss and accuracy of a batch without gradients (evaluation).
@@ -333,12 +118,34 @@ impl QwenModel {
         opts: &TrainOptions,
         weigh: PerTokenWeights<'_>,
     ) -> Result<BatchStats> {
-        let index = match adapter {
-            Some(a) => GradIndex::lora(a),
-            None => GradIndex::full(self),
-        };
+        let layout = self.checked_layout(adapter, grads)?;
         let pass = Pass::new(self, batch, adapter, opts, true)?;
-        pass.run(Some((grads, &index, 1.0)), Some(weigh))
+        pass.run(Some((grads, &layout, 1.0)), Some(weigh))
+    }
+
+    /// The trainable tensors of a pass (the adapter's, or every parameter), checked against the
+    /// gradient buffers it will fill.
+    fn checked_layout(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        grads: &Gradients,
+    ) -> Result<ParamLayout> {
+        let layout = match adapter {
+            Some(a) => a.layout(),
+            None => self.full_layout(),
+        };
+        let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
+        if sizes != layout.sizes() {
+            return Err(Error::InvalidConfig {
+                path: "gradients".into(),
+                reason: format!(
+                    "{} gradient buffers do not match the {} trainable tensors",
+                    sizes.len(),
+                    layout.len()
+                ),
+            });
+        }
+        Ok(layout)
     }
 
     /// The loss of every labelled position, without gradients (no dropout). With `adapter: None`
@@ -366,53 +173,6 @@ impl QwenModel {
             stats,
         })
     }
-}
-
-impl LoraAdapter {
-    /// A and B of every adapted layer: layer by layer, targets in `LoraTarget::ALL` order, A then B.
-    pub fn parameters_mut(&mut self) -> Vec<&mut [f32]> {
-        let mut out: Vec<&mut [f32]> = Vec::new();
-        for slots in &mut self.layers {
-            for lin in slots.iter_mut().flatten() {
-                out.push(&mut lin.a);
-                out.push(&mut lin.b);
-            }
-        }
-        out
-    }
-
-    /// PEFT names of [`parameters_mut`](Self::parameters_mut), same order.
-    pub fn parameter_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        for (l, slots) in self.layers.iter().enumerate() {
-            for target in LoraTarget::ALL {
-                if slots[target.index()].is_some() {
-                    names.push(crate::lora::peft_tensor_name(l, target, "lora_A"));
-                    names.push(crate::lora::peft_tensor_name(l, target, "lora_B"));
-                }
-            }
-        }
-        names
-    }
-
-    /// Zeroed gradients matching [`parameters_mut`](Self::parameters_mut).
-    pub fn gradients(&self) -> Gradients {
-        let mut tensors = Vec::new();
-        for lin in self.layers.iter().flatten().flatten() {
-            tensors.push(vec![0.0; lin.a.len()]);
-            tensors.push(vec![0.0; lin.b.len()]);
-        }
-        Gradients { tensors }
-    }
-}
-
-/// What one LoRA branch keeps for backward.
-#[derive(Debug, Default)]
-struct LoraActs {
-    /// Dropout multipliers (0 or 1/(1-p)) applied to the branch input, when dropout is on.
-    keep: Option<Vec<f32>>,
-    /// `dropout(x) · Aᵀ` (bt, r), unscaled.
-    u: Vec<f32>,
 }
 
 /// Activations of one decoder layer kept for its backward.
@@ -544,48 +304,9 @@ impl<'a> Pass<'a> {
             return;
         };
         let p = self.adapter.map(|a| a.config.lora_dropout).unwrap_or(0.0);
-        let keep = (self.training && p > 0.0).then(|| {
-            let seed = self.opts.dropout_seed
-                ^ ((l as u64) << 8 | target.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut rng = StdRng::seed_from_u64(seed);
-            let kept = 1.0 / (1.0 - p);
-            (0..x.len())
-                .map(|_| if rng.random::<f32>() < p { 0.0 } else { kept })
-                .collect::<Vec<f32>>()
-        });
-        let dropped: Vec<f32>;
-        let x_in = match &keep {
-            Some(k) => {
-                dropped = x.iter().zip(k).map(|(a, b)| a * b).collect();
-                &dropped[..]
-            }
-            None => x,
-        };
-        let mut u = vec![0.0; bt * lora.rank];
-        sgemm(
-            &mut u,
-            x_in,
-            Layout::Normal,
-            &lora.a,
-            Layout::Transposed,
-            bt,
-            lora.in_features,
-            lora.rank,
-            false,
-        );
-        let us: Vec<f32> = u.iter().map(|v| v * lora.scale).collect();
-        sgemm(
-            y,
-            &us,
-            Layout::Normal,
-            &lora.b,
-            Layout::Transposed,
-            bt,
-            lora.rank,
-            lora.out_features,
-            true,
-        );
-        acts.lora[target.index()] = Some(LoraActs { keep, u });
+        let keep = (self.training && p > 0.0)
+            .then(|| dropout_keep(p, self.opts.dropout_seed, l, target, x.len()));
+        acts.lora[target.index()] = Some(lora.forward(y, x, keep, bt));
     }
 
     /// Backward of [`linear_forward`]: accumulates dx (bt, in) and the trainable gradients.
@@ -599,12 +320,14 @@ impl<'a> Pass<'a> {
         x: &[f32],
         acts: &LayerActs,
         grads: &mut Gradients,
-        index: &LayerGradIndex,
+        layout: &ParamLayout,
     ) {
         let bt = self.bt;
         let lin = self.model.layers[l].linear(target);
-        let t = target.index();
-        let (dw, db) = split_two(&mut grads.tensors, index.weight[t], index.bias[t]);
+        let (dw, db) = grads.get_two_mut(
+            layout.slot(Param::Weight(l, target)),
+            layout.slot(Param::Bias(l, target)),
+        );
         matmul::matmul_backward(
             Some(dx),
             dw,
@@ -616,96 +339,17 @@ impl<'a> Pass<'a> {
             lin.in_features,
             lin.out_features,
         );
-        let (Some(lora), Some(a_idx), Some(la)) =
-            (self.lora(l, target), index.lora_a[t], acts.lora[t].as_ref())
+        let (Some(lora), Some(la)) = (self.lora(l, target), acts.lora[target.index()].as_ref())
         else {
             return;
         };
-        let (r, i, o, s) = (lora.rank, lora.in_features, lora.out_features, lora.scale);
-        let (da, db) = grads.tensors[a_idx..a_idx + 2].split_at_mut(1);
-        // dB (o, r) += s · dyᵀ · u
-        let us: Vec<f32> = la.u.iter().map(|v| v * s).collect();
-        sgemm(
-            &mut db[0],
-            dy,
-            Layout::Transposed,
-            &us,
-            Layout::Normal,
-            o,
-            bt,
-            r,
-            true,
-        );
-        // du (bt, r) = s · dy · B
-        let mut du = vec![0.0; bt * r];
-        sgemm(
-            &mut du,
-            dy,
-            Layout::Normal,
-            &lora.b,
-            Layout::Normal,
-            bt,
-            o,
-            r,
-            false,
-        );
-        du.iter_mut().for_each(|v| *v *= s);
-        // dA (r, i) += duᵀ · dropout(x); dx += (du · A) ⊙ keep
-        match &la.keep {
-            None => {
-                sgemm(
-                    &mut da[0],
-                    &du,
-                    Layout::Transposed,
-                    x,
-                    Layout::Normal,
-                    r,
-                    bt,
-                    i,
-                    true,
-                );
-                sgemm(
-                    dx,
-                    &du,
-                    Layout::Normal,
-                    &lora.a,
-                    Layout::Normal,
-                    bt,
-                    r,
-                    i,
-                    true,
-                );
-            }
-            Some(keep) => {
-                let dropped: Vec<f32> = x.iter().zip(keep).map(|(a, b)| a * b).collect();
-                sgemm(
-                    &mut da[0],
-                    &du,
-                    Layout::Transposed,
-                    &dropped,
-                    Layout::Normal,
-                    r,
-                    bt,
-                    i,
-                    true,
-                );
-                let mut dxd = vec![0.0; bt * i];
-                sgemm(
-                    &mut dxd,
-                    &du,
-                    Layout::Normal,
-                    &lora.a,
-                    Layout::Normal,
-                    bt,
-                    r,
-                    i,
-                    false,
-                );
-                dx.iter_mut()
-                    .zip(dxd.iter().zip(keep))
-                    .for_each(|(d, (g, k))| *d += g * k);
-            }
-        }
+        let (Some(da), Some(db)) = grads.get_two_mut(
+            layout.slot(Param::LoraA(l, target)),
+            layout.slot(Param::LoraB(l, target)),
+        ) else {
+            return;
+        };
+        lora.backward(dx, da, db, dy, x, la, bt);
     }
 
     /// One decoder layer forward: x_in (bt, c) → returns x_out (bt, c), filling `acts`.
@@ -812,11 +456,10 @@ impl<'a> Pass<'a> {
         acts: &LayerActs,
         dx: &mut [f32],
         grads: &mut Gradients,
-        index: &GradIndex,
+        layout: &ParamLayout,
     ) {
         let cfg = &self.model.config;
         let layer = &self.model.layers[l];
-        let idx = &index.layers[l];
         let (bt, c, hd, nh, nkv, im) = (
             self.bt,
             cfg.hidden_size,
@@ -837,7 +480,7 @@ impl<'a> Pass<'a> {
             &acts.act,
             acts,
             grads,
-            idx,
+            layout,
         );
         let mut d_gate = vec![0.0; bt * im];
         let mut d_up = vec![0.0; bt * im];
@@ -852,7 +495,7 @@ impl<'a> Pass<'a> {
             &acts.h2,
             acts,
             grads,
-            idx,
+            layout,
         );
         self.linear_backward(
             l,
@@ -862,12 +505,10 @@ impl<'a> Pass<'a> {
             &acts.h2,
             acts,
             grads,
-            idx,
+            layout,
         );
         drop((d_gate, d_up));
-        let dw = idx
-            .post_attention_layernorm
-            .map(|i| grads.tensors[i].as_mut_slice());
+        let dw = grads.get_mut(layout.slot(Param::PostAttentionLayernorm(l)));
         rmsnorm::rmsnorm_backward(
             dx,
             dw,
@@ -889,7 +530,7 @@ impl<'a> Pass<'a> {
             &acts.att,
             acts,
             grads,
-            idx,
+            layout,
         );
         let mut dq = vec![0.0; bt * nh * hd];
         let mut dk = vec![0.0; bt * nkv * hd];
@@ -915,7 +556,7 @@ impl<'a> Pass<'a> {
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             let mut dq_raw = vec![0.0; dq.len()];
             let mut dk_raw = vec![0.0; dk.len()];
-            let dw = idx.q_norm.map(|i| grads.tensors[i].as_mut_slice());
+            let dw = grads.get_mut(layout.slot(Param::QNorm(l)));
             rmsnorm::rmsnorm_backward(
                 &mut dq_raw,
                 dw,
@@ -926,7 +567,7 @@ impl<'a> Pass<'a> {
                 bt * nh,
                 hd,
             );
-            let dw = idx.k_norm.map(|i| grads.tensors[i].as_mut_slice());
+            let dw = grads.get_mut(layout.slot(Param::KNorm(l)));
             rmsnorm::rmsnorm_backward(
                 &mut dk_raw,
                 dw,
@@ -948,7 +589,7 @@ impl<'a> Pass<'a> {
             &acts.h1,
             acts,
             grads,
-            idx,
+            layout,
         );
         self.linear_backward(
             l,
@@ -958,7 +599,7 @@ impl<'a> Pass<'a> {
             &acts.h1,
             acts,
             grads,
-            idx,
+            layout,
         );
         self.linear_backward(
             l,
@@ -968,9 +609,9 @@ impl<'a> Pass<'a> {
             &acts.h1,
             acts,
             grads,
-            idx,
+            layout,
         );
-        let dw = idx.input_layernorm.map(|i| grads.tensors[i].as_mut_slice());
+        let dw = grads.get_mut(layout.slot(Param::InputLayernorm(l)));
         rmsnorm::rmsnorm_backward(
             dx,
             dw,
@@ -988,7 +629,7 @@ impl<'a> Pass<'a> {
     /// scale in `backward` must then be 1.
     fn run(
         &self,
-        backward: Option<(&mut Gradients, &GradIndex, f32)>,
+        backward: Option<(&mut Gradients, &ParamLayout, f32)>,
         per_token: Option<PerTokenWeights<'_>>,
     ) -> Result<BatchStats> {
         let cfg = &self.model.config;
@@ -1040,12 +681,12 @@ impl<'a> Pass<'a> {
         let mut lse = vec![0.0; n];
         let head = self.model.lm_head_weight();
         // With a frozen head (LoRA), loss and d(hidden) come from one fused pass over the vocabulary.
-        let head_grad_idx = backward.as_ref().and_then(|(_, index, _)| {
-            if self.model.lm_head.is_some() {
-                index.lm_head
+        let head_grad_idx = backward.as_ref().and_then(|(_, layout, _)| {
+            layout.slot(if self.model.lm_head.is_some() {
+                Param::LmHead
             } else {
-                index.embed
-            }
+                Param::EmbedTokens
+            })
         });
         let mut dhsel = vec![0.0; if backward.is_some() { n * c } else { 0 }];
         let fused = backward.is_some() && head_grad_idx.is_none() && n > 0;
@@ -1080,7 +721,7 @@ impl<'a> Pass<'a> {
             correct,
         };
         let row_scale = per_token.map(|weigh| weigh(&rows, &losses));
-        let Some((grads, index, scale)) = backward else {
+        let Some((grads, layout, scale)) = backward else {
             return Ok(stats);
         };
         if let Some(w) = &row_scale
@@ -1104,14 +745,14 @@ impl<'a> Pass<'a> {
                 }
             }
             (Some(w), false) => {
-                let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
+                let dhead = grads.get_mut(head_grad_idx);
                 lm_head_ce::lm_head_ce_backward_weighted(
                     &mut dhsel, dhead, &hsel, head, &targets, &lse, w, n, c, v,
                 );
             }
             (None, true) => {}
             (None, false) => {
-                let dhead = head_grad_idx.map(|i| grads.tensors[i].as_mut_slice());
+                let dhead = grads.get_mut(head_grad_idx);
                 lm_head_ce::lm_head_ce_backward(
                     &mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v,
                 );
@@ -1123,7 +764,7 @@ impl<'a> Pass<'a> {
             dhf[t * c..(t + 1) * c].copy_from_slice(&dhsel[j * c..(j + 1) * c]);
         }
         let mut dx = vec![0.0; bt * c];
-        let dw = index.norm.map(|i| grads.tensors[i].as_mut_slice());
+        let dw = grads.get_mut(layout.slot(Param::Norm));
         rmsnorm::rmsnorm_backward(&mut dx, dw, &dhf, &x, &self.model.norm, &rstdf, bt, c);
         drop(dhf);
         for l in (0..n_layers).rev() {
@@ -1136,34 +777,11 @@ impl<'a> Pass<'a> {
                     a
                 }
             };
-            self.layer_backward(l, x_in, &acts, &mut dx, grads, index);
+            self.layer_backward(l, x_in, &acts, &mut dx, grads, layout);
         }
-        if let Some(i) = index.embed {
-            embedding::embedding_backward(&mut grads.tensors[i], &dx, self.batch.input_ids, c);
+        if let Some(dembed) = grads.get_mut(layout.slot(Param::EmbedTokens)) {
+            embedding::embedding_backward(dembed, &dx, self.batch.input_ids, c);
         }
         Ok(stats)
-    }
-}
-
-/// Two distinct optional elements of `v` borrowed mutably at once.
-fn split_two(
-    v: &mut [Vec<f32>],
-    a: Option<usize>,
-    b: Option<usize>,
-) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
-    match (a, b) {
-        (Some(i), Some(j)) => {
-            assert_ne!(i, j, "one gradient buffer used twice");
-            if i < j {
-                let (lo, hi) = v.split_at_mut(j);
-                (Some(lo[i].as_mut_slice()), Some(hi[0].as_mut_slice()))
-            } else {
-                let (lo, hi) = v.split_at_mut(i);
-                (Some(hi[0].as_mut_slice()), Some(lo[j].as_mut_slice()))
-            }
-        }
-        (Some(i), None) => (Some(v[i].as_mut_slice()), None),
-        (None, Some(j)) => (None, Some(v[j].as_mut_slice())),
-        (None, None) => (None, None),
     }
 }

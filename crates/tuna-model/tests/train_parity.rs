@@ -136,10 +136,10 @@ fn lora_gradients_match_peft() {
         let expected = read_f32(&dir.join("expected.safetensors"));
         let p = batch(&dir);
         for recompute in [false, true] {
-            let mut grads = adapter.gradients();
+            let mut grads = adapter.layout().zero_gradients();
             let loss = run(&model, &p, Some(&adapter), &mut grads, recompute);
             check_relative(&format!("{name} loss"), &[loss as f32], &expected["loss"]);
-            for (pname, g) in adapter.parameter_names().iter().zip(&grads.tensors) {
+            for (pname, g) in adapter.layout().names().iter().zip(&grads.tensors) {
                 check_relative(
                     &format!("{name} {pname}"),
                     g,
@@ -157,10 +157,10 @@ fn full_gradients_match_pytorch() {
     let dir = train_fixture("full-tiny-qwen2");
     let expected = read_f32(&dir.join("expected.safetensors"));
     let p = batch(&dir);
-    let mut grads = model.full_gradients();
+    let mut grads = model.full_layout().zero_gradients();
     let loss = run(&model, &p, None, &mut grads, false);
     check_relative("loss", &[loss as f32], &expected["loss"]);
-    for (pname, g) in model.full_parameter_names().iter().zip(&grads.tensors) {
+    for (pname, g) in model.full_layout().names().iter().zip(&grads.tensors) {
         check_relative(pname, g, &expected[&format!("{pname}.grad")]);
     }
 }
@@ -183,8 +183,8 @@ fn weighted_pass_is_the_sum_of_per_token_passes() {
             seq_lens: &p.lens,
         };
         let zero = || match &adapter {
-            Some(a) => a.gradients(),
-            None => model.full_gradients(),
+            Some(a) => a.layout().zero_gradients(),
+            None => model.full_layout().zero_gradients(),
         };
         let opts = TrainOptions::default();
         let factor = |t: usize| {

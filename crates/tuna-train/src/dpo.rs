@@ -30,7 +30,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use tuna_model::train::{BatchStats, Gradients, TrainOptions};
+use tuna_model::Gradients;
+use tuna_model::train::{BatchStats, TrainOptions};
 use tuna_model::{LoraAdapter, QwenModel};
 
 use crate::config::BatchSize;

@@ -2,10 +2,11 @@
 //! ([`Gradients`] order), plus global-norm clipping as `torch.nn.utils.clip_grad_norm_`.
 //!
 //! The element-wise update is the engine's `adamw_update` (PyTorch's `torch.optim.AdamW`
-//! arithmetic); this file only keeps the state and decides which tensors are decayed.
+//! arithmetic); this file only keeps the state. Which tensors are decayed comes from the model's
+//! parameter table (`tuna_model::ParamLayout::decay_flags`).
 
 use tuna_engine::ops::adamw::{AdamWConfig, adamw_update, grad_norm, scale_in_place};
-use tuna_model::train::Gradients;
+use tuna_model::Gradients;
 
 /// Optimizer hyper-parameters other than the learning rate (which the schedule sets per step).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,12 +29,6 @@ pub struct AdamW {
     pub decay: Vec<bool>,
     /// Steps taken (PyTorch's `state["step"]`); the next update uses `step + 1`.
     pub step: u64,
-}
-
-/// transformers' Trainer convention: no weight decay for biases and norm weights (1-D tensors
-/// whose decay would pull them towards 0 instead of regularising a projection).
-pub fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.ends_with("norm.weight"))
 }
 
 impl AdamW {
@@ -113,18 +108,6 @@ mod tests {
         let after = grad_norm(&g.as_slices());
         assert!((after - 1.0).abs() < 1e-5, "{after}");
         assert_eq!(clip_grad_norm(&mut g, None), after);
-    }
-
-    #[test]
-    fn decay_mask_spares_norms_and_biases() {
-        assert!(decays("model.layers.0.self_attn.q_proj.weight"));
-        assert!(decays(
-            "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"
-        ));
-        assert!(!decays("model.layers.0.self_attn.q_proj.bias"));
-        assert!(!decays("model.layers.0.input_layernorm.weight"));
-        assert!(!decays("model.layers.0.self_attn.k_norm.weight"));
-        assert!(!decays("model.norm.weight"));
     }
 
     #[test]

@@ -30,8 +30,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tuna_data::tokenize::ChatTokenizer;
-use tuna_model::train::{BatchStats, Gradients, TrainOptions};
-use tuna_model::{GenerationConfig, LoraAdapter, QwenConfig, QwenModel};
+use tuna_model::train::{BatchStats, TrainOptions};
+use tuna_model::{GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig, QwenModel};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Method, Objective, TrainConfig, default_learning_rate};
@@ -42,7 +42,7 @@ use crate::metrics::{
     CheckpointInfo, EvalMetrics, MetricsWriter, PreferenceMetrics, Sample, StepMetrics,
     TrainObserver,
 };
-use crate::optim::{AdamW, AdamWSettings, clip_grad_norm, decays};
+use crate::optim::{AdamW, AdamWSettings, clip_grad_norm};
 use crate::schedule::Schedule;
 
 /// What a finished (or stopped) run did.
@@ -79,7 +79,8 @@ pub struct Trainer {
     plan: Plan,
     schedule: Schedule,
     optimizer: AdamW,
-    param_names: Vec<String>,
+    /// The trainable tensors (names, shapes, decay), in the order of `grads` and the optimizer.
+    layout: ParamLayout,
     grads: Gradients,
     /// DPO: the reference policy's log-probabilities of every pair.
     reference: Option<ReferenceLogps>,
@@ -208,14 +209,15 @@ impl Trainer {
                 )?)
             }
         };
-        let (param_names, grads) = match &adapter {
-            Some(a) => (a.parameter_names(), a.gradients()),
+        let layout = match &adapter {
+            Some(a) => a.layout(),
             None => {
                 // Widen the weights to owned f32 now, so the first step does not pay for it.
                 let _ = model.full_parameters_mut();
-                (model.full_parameter_names(), model.full_gradients())
+                model.full_layout()
             }
         };
+        let grads = layout.zero_gradients();
 
         // Data plan and schedule.
         let plan = Plan::new(&data, &cfg);
@@ -235,13 +237,7 @@ impl Trainer {
             eps: cfg.adam_eps,
             weight_decay: cfg.weight_decay,
         };
-        let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
-        let decay = match cfg.method {
-            // PEFT and torchtune decay every LoRA matrix.
-            Method::Lora => vec![true; sizes.len()],
-            Method::Full => param_names.iter().map(|n| decays(n)).collect(),
-        };
-        let optimizer = AdamW::new(settings, &sizes, decay);
+        let optimizer = AdamW::new(settings, &layout.sizes(), layout.decay_flags());
 
         let eos_token_ids = {
             let mut eos = GenerationConfig::from_model_dir(&cfg.model_dir)
@@ -265,7 +261,7 @@ impl Trainer {
             plan,
             schedule,
             optimizer,
-            param_names,
+            layout,
             grads,
             reference,
             step: 0,
@@ -333,7 +329,7 @@ impl Trainer {
         }
         checkpoint::load_optimizer(
             &dir.join(checkpoint::OPTIMIZER_STATE),
-            &self.param_names,
+            &self.layout.names(),
             &mut self.optimizer,
         )?;
         if self.optimizer.step as usize != state.step {
@@ -643,7 +639,7 @@ impl Trainer {
         }
         checkpoint::save_optimizer(
             &tmp.join(checkpoint::OPTIMIZER_STATE),
-            &self.param_names,
+            &self.layout.names(),
             &self.optimizer,
         )?;
         if let Some(reference) = &self.reference {

@@ -155,7 +155,7 @@ fn one_step_matches_trl(model: &str) {
         6,
         "three pairs, both sequences each"
     );
-    let mut grads = adapter.gradients();
+    let mut grads = adapter.layout().zero_gradients();
     let sums = dpo::accumulate_step(
         &base,
         Some(&adapter),
@@ -172,7 +172,7 @@ fn one_step_matches_trl(model: &str) {
     close(&format!("{model} loss"), loss, want_loss, 1e-5);
 
     let mut worst = 0.0f64;
-    for (name, g) in adapter.parameter_names().iter().zip(&grads.tensors) {
+    for (name, g) in adapter.layout().names().iter().zip(&grads.tensors) {
         let (_, want) = &expected[&format!("{name}.grad")];
         assert!(
             want.iter().any(|&x| x != 0.0),

@@ -9,7 +9,8 @@ use std::ops::ControlFlow;
 use common::*;
 use tuna_data::tokenize::TokenizedExample;
 use tuna_engine::IGNORE_INDEX;
-use tuna_model::train::{Gradients, TrainOptions};
+use tuna_model::Gradients;
+use tuna_model::train::TrainOptions;
 use tuna_model::{LoraAdapter, QwenModel};
 use tuna_train::data::pack_group;
 use tuna_train::optim::{AdamW, AdamWSettings};
@@ -40,7 +41,7 @@ fn peft_step_parity(model_name: &str) {
     assert_eq!(batch.packed.seq_lens, [11, 7]);
     assert_eq!(batch.trained_tokens, 10);
 
-    let mut grads = adapter.gradients();
+    let mut grads = adapter.layout().zero_gradients();
     let scale = 1.0 / batch.trained_tokens as f32;
     let stats = model
         .forward_backward(
@@ -58,7 +59,7 @@ fn peft_step_parity(model_name: &str) {
         "{model_name}: loss {loss} vs PEFT {want_loss}"
     );
 
-    let names = adapter.parameter_names();
+    let names = adapter.layout().names();
     assert_eq!(
         names.len() * 2 + 1,
         expected.len(),
@@ -224,7 +225,7 @@ fn full_fine_tuning_gradients_match_transformers() {
     let examples = batch_examples(&dir);
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let batch = pack_group(&refs);
-    let mut grads = model.full_gradients();
+    let mut grads = model.full_layout().zero_gradients();
     let scale = 1.0 / batch.trained_tokens as f32;
     let stats = model
         .forward_backward(
@@ -241,7 +242,7 @@ fn full_fine_tuning_gradients_match_transformers() {
         ((loss - want_loss) / want_loss).abs() < 1e-4,
         "loss {loss} vs transformers {want_loss}"
     );
-    let names = model.full_parameter_names();
+    let names = model.full_layout().names();
     assert_eq!(
         names.len() + 1,
         expected.len(),

@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_data::tokenize::{TokenizedExample, TokenizedPair};
 use tuna_engine::IGNORE_INDEX;
 use tuna_engine::ops::matmul::{Layout, sgemm};
-use tuna_model::train::{Gradients, TrainOptions};
-use tuna_model::{LoraAdapter, LoraConfig, LoraTarget, QwenConfig, QwenModel};
+use tuna_model::train::TrainOptions;
+use tuna_model::{Gradients, LoraAdapter, LoraConfig, LoraTarget, QwenConfig, QwenModel};
 use tuna_train::data::{DataStats, Dataset, Plan};
 use tuna_train::dpo::{self, ReferenceLogps};
 use tuna_train::optim::{AdamW, AdamWSettings, clip_grad_norm};
@@ -169,21 +169,21 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         use_rslora: false,
     });
     let mut adapter = lora.as_ref().map(|l| LoraAdapter::new_random(&cfg, l, 1));
-    let mut grads = match &adapter {
-        Some(a) => a.gradients(),
+    let layout = match &adapter {
+        Some(a) => a.layout(),
         None => {
             let _ = model.full_parameters_mut();
-            model.full_gradients()
+            model.full_layout()
         }
     };
-    let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
+    let mut grads = layout.zero_gradients();
     let settings = AdamWSettings {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: 0.01,
     };
-    let mut opt = AdamW::new(settings, &sizes, vec![true; sizes.len()]);
+    let mut opt = AdamW::new(settings, &layout.sizes(), layout.decay_flags());
     let build_s = build.elapsed().as_secs_f64();
 
     // One example: random ids; positions of the second half predict their next token. With DPO
@@ -317,7 +317,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         let mut out = serde_json::json!({
             "shape": args.shape, "method": method, "dtype": tuna_engine::DType::from(args.dtype).name(),
             "threads": threads, "seq_len": t, "labelled_tokens": labelled, "recompute": args.recompute,
-            "parameters": cfg.num_parameters(), "trainable_parameters": sizes.iter().sum::<usize>(),
+            "parameters": cfg.num_parameters(), "trainable_parameters": layout.num_elements(),
             "step_s": step_s, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
             "gflops": gflops, "peak_gflops": peak, "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
         });
