@@ -15,6 +15,7 @@ use tuna_engine::ops::attention::{attention_backward, attention_cached, attentio
 use tuna_engine::ops::lm_head_ce::{
     lm_head_ce_backward, lm_head_ce_forward, lm_head_ce_forward_backward,
 };
+use tuna_engine::ops::matmul::Precision;
 
 fn rand_vec(rng: &mut StdRng, n: usize, amp: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-amp..amp)).collect()
@@ -85,7 +86,17 @@ fn lm_head_ce(c: &mut Criterion) {
     ] {
         g.bench_function(format!("fwd_bwd_n256_{name}"), |b| {
             b.iter(|| {
-                lm_head_ce_forward(&mut losses, &mut lse, &hidden, weight, &targets, n, ch, v);
+                lm_head_ce_forward(
+                    &mut losses,
+                    &mut lse,
+                    &hidden,
+                    weight,
+                    &targets,
+                    n,
+                    ch,
+                    v,
+                    Precision::F32,
+                );
                 lm_head_ce_backward(
                     &mut dh,
                     None,
@@ -97,6 +108,7 @@ fn lm_head_ce(c: &mut Criterion) {
                     n,
                     ch,
                     v,
+                    Precision::F32,
                 );
             })
         });
@@ -117,6 +129,7 @@ fn lm_head_ce(c: &mut Criterion) {
                 n,
                 ch,
                 v,
+                Precision::F32,
             );
         })
     });
@@ -125,7 +138,17 @@ fn lm_head_ce(c: &mut Criterion) {
     g.bench_function("fwd_bwd_n256_f32_dweight", |b| {
         b.iter(|| {
             let w = WeightRef::F32(&w32);
-            lm_head_ce_forward(&mut losses, &mut lse, &hidden, w, &targets, n, ch, v);
+            lm_head_ce_forward(
+                &mut losses,
+                &mut lse,
+                &hidden,
+                w,
+                &targets,
+                n,
+                ch,
+                v,
+                Precision::F32,
+            );
             lm_head_ce_backward(
                 &mut dh,
                 Some(&mut dw),
@@ -137,6 +160,7 @@ fn lm_head_ce(c: &mut Criterion) {
                 n,
                 ch,
                 v,
+                Precision::F32,
             );
         })
     });

@@ -13,7 +13,7 @@ use half::bf16;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::adamw::{AdamWConfig, adamw_update};
-use tuna_engine::ops::matmul::{matmul_backward, matmul_forward};
+use tuna_engine::ops::matmul::{Precision, matmul_backward, matmul_forward};
 use tuna_engine::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use tuna_engine::ops::swiglu::{swiglu_backward, swiglu_forward};
 
@@ -47,7 +47,18 @@ fn bench_matmul(cr: &mut Criterion) {
                 };
                 group.throughput(tp);
                 group.bench_function(BenchmarkId::new(name, weight.dtype().name()), |b| {
-                    b.iter(|| matmul_forward(&mut out, black_box(&inp), weight, None, bt, c, oc))
+                    b.iter(|| {
+                        matmul_forward(
+                            &mut out,
+                            black_box(&inp),
+                            weight,
+                            None,
+                            bt,
+                            c,
+                            oc,
+                            Precision::F32,
+                        )
+                    })
                 });
             }
         }
@@ -83,6 +94,7 @@ fn bench_matmul(cr: &mut Criterion) {
                             bt,
                             c,
                             oc,
+                            Precision::F32,
                         )
                     })
                 },
@@ -100,6 +112,7 @@ fn bench_matmul(cr: &mut Criterion) {
                     bt,
                     c,
                     oc,
+                    Precision::F32,
                 )
             })
         });

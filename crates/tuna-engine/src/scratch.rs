@@ -11,6 +11,7 @@ const POOL: usize = 4;
 
 thread_local! {
     static F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static U16: RefCell<Vec<Vec<u16>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_pool<T: Copy + Default, R>(
@@ -35,6 +36,11 @@ fn with_pool<T: Copy + Default, R>(
 /// Runs `f` with an f32 scratch buffer of `len` elements (contents unspecified).
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_pool(&F32, len, f)
+}
+
+/// Runs `f` with a u16 scratch buffer (bf16 bits) of `len` elements (contents unspecified).
+pub(crate) fn with_scratch_u16<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
+    with_pool(&U16, len, f)
 }
 
 #[cfg(test)]

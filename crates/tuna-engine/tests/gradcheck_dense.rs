@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::adamw::{AdamWConfig, adamw_update};
 use tuna_engine::ops::embedding::{embedding_backward, embedding_forward};
-use tuna_engine::ops::matmul::{matmul_backward, matmul_forward};
+use tuna_engine::ops::matmul::{Precision, matmul_backward, matmul_forward};
 use tuna_engine::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use tuna_engine::ops::swiglu::{swiglu_backward, swiglu_forward};
 
@@ -121,7 +121,16 @@ fn matmul_gradients_f32_weight() {
         let (inp64, w64, b64, r64) = (to_f64(&inp), to_f64(&w), to_f64(&b), to_f64(&r));
 
         let mut out = vec![0.0; bt * oc];
-        matmul_forward(&mut out, &inp, WeightRef::F32(&w), Some(&b), bt, c, oc);
+        matmul_forward(
+            &mut out,
+            &inp,
+            WeightRef::F32(&w),
+            Some(&b),
+            bt,
+            c,
+            oc,
+            Precision::F32,
+        );
         // tolerance: f32 forward vs f64, c ≤ 9 unit-size products
         check(
             "matmul forward",
@@ -142,6 +151,7 @@ fn matmul_gradients_f32_weight() {
             bt,
             c,
             oc,
+            Precision::F32,
         );
         let fd_inp = fd_grad(&inp64, |x| dot(&matmul_ref(x, &w64, &b64, bt, c, oc), &r64));
         let fd_w = fd_grad(&w64, |x| dot(&matmul_ref(&inp64, x, &b64, bt, c, oc), &r64));
@@ -169,7 +179,16 @@ fn matmul_gradients_bf16_weight() {
     let (inp64, r64) = (to_f64(&inp), to_f64(&r));
 
     let mut out = vec![0.0; bt * oc];
-    matmul_forward(&mut out, &inp, WeightRef::BF16(&wb), None, bt, c, oc);
+    matmul_forward(
+        &mut out,
+        &inp,
+        WeightRef::BF16(&wb),
+        None,
+        bt,
+        c,
+        oc,
+        Precision::F32,
+    );
     check(
         "matmul bf16 forward",
         &out,
@@ -189,6 +208,7 @@ fn matmul_gradients_bf16_weight() {
         bt,
         c,
         oc,
+        Precision::F32,
     );
     let fd_inp = fd_grad(&inp64, |x| {
         dot(&matmul_ref(x, &w64, &zero, bt, c, oc), &r64)
@@ -326,6 +346,7 @@ fn backwards_accumulate() {
                     bt,
                     c,
                     oc,
+                    Precision::F32,
                 );
             }
             (dinp, dw, db)

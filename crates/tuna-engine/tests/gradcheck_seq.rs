@@ -16,6 +16,7 @@ use tuna_engine::ops::lm_head_ce::{
     lm_head_ce_backward, lm_head_ce_backward_weighted, lm_head_ce_forward,
     lm_head_ce_forward_backward,
 };
+use tuna_engine::ops::matmul::Precision;
 use tuna_engine::ops::rope::{RopeTable, rope_backward, rope_forward};
 
 const ATOL: f64 = 1e-6;
@@ -420,7 +421,17 @@ fn lm_head_ce_backward_matches_finite_differences() {
     for weight in [WeightRef::F32(&w32), WeightRef::BF16(&wbf)] {
         let wf = weight.to_f32_vec();
         let (mut losses, mut lse) = (vec![0.0; n], vec![0.0; n]);
-        lm_head_ce_forward(&mut losses, &mut lse, &hidden, weight, &targets, n, c, v);
+        lm_head_ce_forward(
+            &mut losses,
+            &mut lse,
+            &hidden,
+            weight,
+            &targets,
+            n,
+            c,
+            v,
+            Precision::F32,
+        );
         let (hd, wd) = (widen(&hidden), widen(&wf));
         let want = ce_ref(&hd, &wd, &targets, 1.0, n, c, v);
         let got: f64 = losses.iter().map(|&l| l as f64).sum();
@@ -443,6 +454,7 @@ fn lm_head_ce_backward_matches_finite_differences() {
             n,
             c,
             v,
+            Precision::F32,
         );
         let sc = scale as f64;
         let label = format!("{:?}", weight.dtype());
@@ -467,6 +479,7 @@ fn lm_head_ce_backward_matches_finite_differences() {
             n,
             c,
             v,
+            Precision::F32,
         );
         let got_f: f64 = losses_f.iter().map(|&l| l as f64).sum();
         assert!(
@@ -595,6 +608,7 @@ fn lm_head_ce_backward_accumulates() {
         n,
         c,
         v,
+        Precision::F32,
     );
     let run = |times: usize| {
         let (mut dh, mut dw) = (vec![0.0; n * c], vec![0.0; v * c]);
@@ -610,6 +624,7 @@ fn lm_head_ce_backward_accumulates() {
                 n,
                 c,
                 v,
+                Precision::F32,
             );
         }
         (dh, dw)
@@ -621,7 +636,17 @@ fn lm_head_ce_backward_accumulates() {
             let (mut l, mut s) = (vec![0.0; n], vec![0.0; n]);
             let w = WeightRef::F32(&w);
             lm_head_ce_forward_backward(
-                &mut l, &mut s, &mut dh, &hidden, w, &targets, 0.25, n, c, v,
+                &mut l,
+                &mut s,
+                &mut dh,
+                &hidden,
+                w,
+                &targets,
+                0.25,
+                n,
+                c,
+                v,
+                Precision::F32,
             );
         }
         dh

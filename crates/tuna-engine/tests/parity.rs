@@ -9,6 +9,7 @@
 
 use safetensors::{Dtype, SafeTensors};
 use tuna_engine::WeightRef;
+use tuna_engine::ops::matmul::Precision;
 use tuna_engine::ops::{attention, lm_head_ce, rmsnorm, rope, swiglu};
 
 /// Forward outputs: f32 compute on both sides, O(1) values.
@@ -274,6 +275,7 @@ fn lm_head_ce_matches_torch_cross_entropy() {
         n,
         c,
         v,
+        Precision::F32,
     );
     check_tensor(
         "lm_head_ce.losses",
@@ -309,6 +311,7 @@ fn lm_head_ce_matches_torch_cross_entropy() {
         n,
         c,
         v,
+        Precision::F32,
     );
     check_tensor(
         "lm_head_ce.dhidden",

@@ -1,17 +1,22 @@
 //! Fused LM head + cross-entropy over the labeled rows only.
 //!
 //! The vocabulary is processed in chunks of `VOCAB_CHUNK` rows of the LM head: each chunk's
-//! logits come from one `sgemm` and are folded into a running (online) log-sum-exp, so the full
+//! logits come from one matrix product and are folded into a running (online) log-sum-exp, so the full
 //! `(n, v)` logits (151,936 columns for Qwen) never exist at once. Chunks run in parallel. The
 //! backward recomputes each chunk's logits from the saved `lse` (as Liger-Kernel's fused linear
 //! cross-entropy does) instead of storing them.
 //!
 //! Positions without a label (`IGNORE_INDEX`) are dropped by the caller before this op: `hidden`
 //! holds only labeled rows. Not supported: label smoothing, z-loss, logit soft-capping.
+//!
+//! The products run at the caller's [`Precision`]: at bf16 the head is read as stored (no widened
+//! chunk) and hidden states, probabilities and the head are rounded to bf16 as they enter a
+//! product; logits, the log-sum-exp and the softmax stay f32 (as PyTorch autocast runs
+//! `cross_entropy` in f32).
 
 use rayon::prelude::*;
 
-use super::matmul::{Layout, sgemm};
+use super::matmul::{Mat, Precision, gemm, round_to_bf16_f32};
 use crate::scratch::with_scratch;
 use crate::simd::{exp_affine, row_max};
 use crate::weight::WeightRef;
@@ -21,34 +26,109 @@ const VOCAB_CHUNK: usize = 4096;
 /// Hidden rows per logits tile, bounding a tile at `ROW_TILE × VOCAB_CHUNK` floats (8 MB).
 const ROW_TILE: usize = 512;
 
-/// Scratch elements a chunk needs: widened weights (unless stored as f32) and a logits tile.
-fn scratch_len(weight: &WeightRef, n: usize, c: usize) -> usize {
-    let widened = if matches!(weight, WeightRef::F32(_)) {
-        0
-    } else {
+/// Whether a chunk's weight rows must be widened to f32 first (f32 products of half weights).
+fn widens(weight: &WeightRef, precision: Precision) -> bool {
+    precision == Precision::F32 && !matches!(weight, WeightRef::F32(_))
+}
+
+/// Scratch elements a chunk needs: widened weights (when [`widens`]) and a logits tile.
+fn scratch_len(weight: &WeightRef, precision: Precision, n: usize, c: usize) -> usize {
+    let widened = if widens(weight, precision) {
         VOCAB_CHUNK * c
+    } else {
+        0
     };
     widened + ROW_TILE.min(n) * VOCAB_CHUNK
 }
 
-/// Splits `buf` into the chunk's weight rows (vc, c) as f32 — borrowed from `weight` when stored
-/// as f32, else widened into `buf` — and the rest of `buf`.
+/// Splits `buf` into the chunk's weight rows (vc, c) — as stored, or widened into `buf` when
+/// [`widens`] — and the rest of `buf`.
 fn chunk_weight<'a>(
     buf: &'a mut [f32],
     weight: &WeightRef<'a>,
+    precision: Precision,
     v0: usize,
     v1: usize,
     c: usize,
-) -> (&'a [f32], &'a mut [f32]) {
-    match weight {
-        WeightRef::F32(w) => (&w[v0 * c..v1 * c], buf),
-        other => {
-            let (wbuf, rest) = buf.split_at_mut(VOCAB_CHUNK * c);
-            let wbuf = &mut wbuf[..(v1 - v0) * c];
-            other.slice(v0 * c..v1 * c).widen_into(wbuf);
-            (wbuf, rest)
-        }
+) -> (WeightRef<'a>, &'a mut [f32]) {
+    if !widens(weight, precision) {
+        return (weight.slice(v0 * c..v1 * c), buf);
     }
+    let (wbuf, rest) = buf.split_at_mut(VOCAB_CHUNK * c);
+    let wbuf = &mut wbuf[..(v1 - v0) * c];
+    weight.slice(v0 * c..v1 * c).widen_into(wbuf);
+    (WeightRef::F32(wbuf), rest)
+}
+
+/// logits (rows, vc) = hidden (rows, c) · wcᵀ.
+fn chunk_logits(
+    precision: Precision,
+    logits: &mut [f32],
+    hidden: &[f32],
+    wc: WeightRef,
+    rows: usize,
+    c: usize,
+    vc: usize,
+) {
+    // As logitsᵀ (vc, rows) = wc (vc, c) · hiddenᵀ, so the head is the row-major operand.
+    let wc = Mat {
+        data: wc,
+        rs: c,
+        cs: 1,
+    };
+    let h = Mat {
+        data: WeightRef::F32(hidden),
+        rs: 1,
+        cs: c,
+    };
+    gemm(precision, logits, (1, vc), wc, h, vc, c, rows, false);
+}
+
+/// g (rows, c) += p (rows, vc) · wc (vc, c).
+fn chunk_grad_hidden(
+    precision: Precision,
+    g: &mut [f32],
+    p: &[f32],
+    wc: WeightRef,
+    rows: usize,
+    vc: usize,
+    c: usize,
+) {
+    let p = Mat {
+        data: WeightRef::F32(p),
+        rs: vc,
+        cs: 1,
+    };
+    let wc = Mat {
+        data: wc,
+        rs: c,
+        cs: 1,
+    };
+    gemm(precision, g, (c, 1), p, wc, rows, vc, c, true);
+}
+
+/// dw (vc, c) += pᵀ (vc, rows) · hidden (rows, c).
+#[allow(clippy::too_many_arguments)]
+fn chunk_grad_weight(
+    precision: Precision,
+    dw: &mut [f32],
+    p: &[f32],
+    hidden: &[f32],
+    vc: usize,
+    rows: usize,
+    c: usize,
+) {
+    let pt = Mat {
+        data: WeightRef::F32(p),
+        rs: 1,
+        cs: vc,
+    };
+    let h = Mat {
+        data: WeightRef::F32(hidden),
+        rs: c,
+        cs: 1,
+    };
+    gemm(precision, dw, (c, 1), pt, h, vc, rows, c, true);
 }
 
 fn check(hidden: &[f32], weight: &WeightRef, targets: &[u32], n: usize, c: usize, v: usize) {
@@ -105,9 +185,10 @@ impl Running {
     #[allow(clippy::too_many_arguments)]
     fn add_chunk(
         &mut self,
+        precision: Precision,
         logits: &mut [f32],
         hidden: &[f32],
-        wc: &[f32],
+        wc: WeightRef,
         targets: &[u32],
         v0: usize,
         v1: usize,
@@ -119,18 +200,7 @@ impl Running {
             let rows = ROW_TILE.min(n - r0);
             let lg = &mut logits[..rows * vc];
             let hid = &hidden[r0 * c..(r0 + rows) * c];
-            // logits (rows, vc) = hidden (rows, c) · wcᵀ
-            sgemm(
-                lg,
-                hid,
-                Layout::Normal,
-                wc,
-                Layout::Transposed,
-                rows,
-                c,
-                vc,
-                false,
-            );
+            chunk_logits(precision, lg, hid, wc, rows, c, vc);
             for (i, row) in lg.chunks_exact_mut(vc).enumerate() {
                 let r = r0 + i;
                 let t = targets[r] as usize;
@@ -158,7 +228,7 @@ impl Running {
             if let Some(g) = self.grad.as_mut() {
                 // grad (rows, c) += exp(logits − max) (rows, vc) · wc (vc, c)
                 let g = &mut g[r0 * c..(r0 + rows) * c];
-                sgemm(g, lg, Layout::Normal, wc, Layout::Normal, rows, vc, c, true);
+                chunk_grad_hidden(precision, g, lg, wc, rows, vc, c);
             }
         }
     }
@@ -194,7 +264,9 @@ impl Running {
 }
 
 /// One pass over the vocabulary: the merged statistics of every chunk.
+#[allow(clippy::too_many_arguments)]
 fn run_chunks(
+    precision: Precision,
     hidden: &[f32],
     weight: &WeightRef,
     targets: &[u32],
@@ -210,9 +282,9 @@ fn run_chunks(
             let mut st = Running::new(n, c, with_grad);
             for ci in group {
                 let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
-                with_scratch(scratch_len(weight, n, c), |buf| {
-                    let (wc, logits) = chunk_weight(buf, weight, v0, v1, c);
-                    st.add_chunk(logits, hidden, wc, targets, v0, v1, n, c);
+                with_scratch(scratch_len(weight, precision, n, c), |buf| {
+                    let (wc, logits) = chunk_weight(buf, weight, precision, v0, v1, c);
+                    st.add_chunk(precision, logits, hidden, wc, targets, v0, v1, n, c);
                 });
             }
             st
@@ -253,7 +325,7 @@ fn finish(st: &Running, losses: &mut [f32], lse: &mut [f32], targets: &[u32]) ->
 }
 
 /// hidden (n, c) are the final-norm outputs of the n labeled positions; weight (v, c) the LM head
-/// (may be BF16/F16; widened chunk by chunk into a reused buffer, then sgemm); targets (n) < v.
+/// (may be BF16/F16; at f32 widened chunk by chunk into a reused buffer); targets (n) < v.
 /// Writes losses (n) = lse − logit[target], lse (n) saved; returns the number of rows whose
 /// argmax == target (token accuracy; ties → lowest index, like torch.argmax).
 #[allow(clippy::too_many_arguments)]
@@ -266,6 +338,7 @@ pub fn lm_head_ce_forward(
     n: usize,
     c: usize,
     v: usize,
+    precision: Precision,
 ) -> usize {
     check(hidden, &weight, targets, n, c, v);
     assert_eq!(
@@ -279,7 +352,7 @@ pub fn lm_head_ce_forward(
         return 0;
     }
     assert!(v > 0, "lm_head_ce: empty vocabulary");
-    let st = run_chunks(hidden, &weight, targets, n, c, v, false);
+    let st = run_chunks(precision, hidden, &weight, targets, n, c, v, false);
     finish(&st, losses, lse, targets)
 }
 
@@ -304,6 +377,7 @@ pub fn lm_head_ce_forward_backward(
     n: usize,
     c: usize,
     v: usize,
+    precision: Precision,
 ) -> usize {
     check(hidden, &weight, targets, n, c, v);
     assert_eq!(
@@ -323,13 +397,17 @@ pub fn lm_head_ce_forward_backward(
         return 0;
     }
     assert!(v > 0, "lm_head_ce: empty vocabulary");
-    let st = run_chunks(hidden, &weight, targets, n, c, v, true);
+    let st = run_chunks(precision, hidden, &weight, targets, n, c, v, true);
     let correct = finish(&st, losses, lse, targets);
     let grad = st.grad.as_deref().unwrap_or(&[]);
     dhidden.par_chunks_mut(c).enumerate().for_each(|(r, d)| {
         let t = targets[r] as usize;
         let mut wt = vec![0.0; c];
         weight.slice(t * c..(t + 1) * c).widen_into(&mut wt);
+        if precision != Precision::F32 {
+            // The target's row as the products saw it.
+            wt.iter_mut().for_each(|x| *x = round_to_bf16_f32(*x));
+        }
         let inv = scale / st.sum[r];
         for ((x, &gv), &w) in d.iter_mut().zip(&grad[r * c..(r + 1) * c]).zip(&wt) {
             *x += gv * inv - scale * w;
@@ -354,6 +432,7 @@ pub fn lm_head_ce_backward(
     n: usize,
     c: usize,
     v: usize,
+    precision: Precision,
 ) {
     backward(
         dhidden,
@@ -478,23 +557,13 @@ fn backward(
                 let (v0, v1) = (ci * VOCAB_CHUNK, ((ci + 1) * VOCAB_CHUNK).min(v));
                 let vc = v1 - v0;
                 let mut dw = dw;
-                with_scratch(scratch_len(&weight, n, c), |buf| {
-                    let (wc, dl) = chunk_weight(buf, &weight, v0, v1, c);
+                with_scratch(scratch_len(&weight, precision, n, c), |buf| {
+                    let (wc, dl) = chunk_weight(buf, &weight, precision, v0, v1, c);
                     for r0 in (0..n).step_by(ROW_TILE) {
                         let rows = ROW_TILE.min(n - r0);
                         let hid = &hidden[r0 * c..(r0 + rows) * c];
                         let dlt = &mut dl[..rows * vc];
-                        sgemm(
-                            dlt,
-                            hid,
-                            Layout::Normal,
-                            wc,
-                            Layout::Transposed,
-                            rows,
-                            c,
-                            vc,
-                            false,
-                        );
+                        chunk_logits(precision, dlt, hid, wc, rows, c, vc);
                         // dlogits = scale · (softmax − onehot(target))
                         for (i, row) in dlt.chunks_exact_mut(vc).enumerate() {
                             let s = scale.at(r0 + i);
@@ -506,30 +575,10 @@ fn backward(
                         }
                         // dhidden (rows, c) += dlogits (rows, vc) · wc (vc, c)
                         let acc_rows = &mut acc[r0 * c..(r0 + rows) * c];
-                        sgemm(
-                            acc_rows,
-                            dlt,
-                            Layout::Normal,
-                            wc,
-                            Layout::Normal,
-                            rows,
-                            vc,
-                            c,
-                            true,
-                        );
+                        chunk_grad_hidden(precision, acc_rows, dlt, wc, rows, vc, c);
                         // dweight (vc, c) += dlogitsᵀ (vc, rows) · hidden (rows, c)
                         if let Some(dw) = dw.as_deref_mut() {
-                            sgemm(
-                                dw,
-                                dlt,
-                                Layout::Transposed,
-                                hid,
-                                Layout::Normal,
-                                vc,
-                                rows,
-                                c,
-                                true,
-                            );
+                            chunk_grad_weight(precision, dw, dlt, hid, vc, rows, c);
                         }
                     }
                 });
@@ -642,6 +691,7 @@ pub fn lm_head_ce_backward_naive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::matmul::Precision;
     use half::bf16;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -671,6 +721,7 @@ mod tests {
             1,
             1,
             3,
+            Precision::F32,
         );
         let want_lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
         assert!((lse[0] as f64 - want_lse).abs() < 1e-6);
@@ -685,6 +736,7 @@ mod tests {
             1,
             1,
             3,
+            Precision::F32,
         );
         assert_eq!(correct, 1);
     }
@@ -704,6 +756,7 @@ mod tests {
             3,
             2,
             v,
+            Precision::F32,
         );
         assert_eq!(correct, 1);
         for &l in &loss {
@@ -730,7 +783,17 @@ mod tests {
         }
         for weight in [WeightRef::F32(&w32), WeightRef::BF16(&wbf)] {
             let (mut loss, mut lse) = (vec![0.0; n], vec![0.0; n]);
-            let acc = lm_head_ce_forward(&mut loss, &mut lse, &hidden, weight, &targets, n, c, v);
+            let acc = lm_head_ce_forward(
+                &mut loss,
+                &mut lse,
+                &hidden,
+                weight,
+                &targets,
+                n,
+                c,
+                v,
+                Precision::F32,
+            );
             let (mut loss_n, mut lse_n) = (vec![0.0; n], vec![0.0; n]);
             let acc_n = lm_head_ce_forward_naive(
                 &mut loss_n,
@@ -770,6 +833,7 @@ mod tests {
                 n,
                 c,
                 v,
+                Precision::F32,
             );
             let (mut dhn, mut dwn) = (dh0.clone(), dw0);
             lm_head_ce_backward_naive(
@@ -792,7 +856,17 @@ mod tests {
             // Without dweight the dhidden result is the same.
             let mut dh2 = dh0.clone();
             lm_head_ce_backward(
-                &mut dh2, None, &hidden, weight, &targets, &lse, scale, n, c, v,
+                &mut dh2,
+                None,
+                &hidden,
+                weight,
+                &targets,
+                &lse,
+                scale,
+                n,
+                c,
+                v,
+                Precision::F32,
             );
             assert!(max_diff(&dh2, &dh) < 1e-6);
             // The fused single pass gives the same losses, lse, accuracy and dhidden.
@@ -808,6 +882,7 @@ mod tests {
                 n,
                 c,
                 v,
+                Precision::F32,
             );
             assert_eq!(acc_f, acc);
             let (dl, dlse, ddh) = (
@@ -820,6 +895,107 @@ mod tests {
                 "fused: loss diff {dl}, lse diff {dlse}"
             );
             assert!(ddh < 1e-6, "fused: dhidden diff {ddh}");
+        }
+    }
+
+    /// At bf16, on every kernel this machine has (and the f32 fallback), against the f32 oracle
+    /// over bf16-rounded hidden states and head. Tolerances: the losses as at f32 (only the
+    /// summation order differs); the gradients also see the probabilities rounded to bf16 at
+    /// the products' input (relative 2⁻⁸ of each term): for dhidden at most
+    /// 2⁻⁸·max|w|·Σ|g| = 2⁻⁸·0.5·2·scale ≈ 1.3e-5, for dweight ≈ 2⁻⁸·max|h|·(a few rows)·2·scale.
+    #[test]
+    fn bf16_matches_naive_over_rounded_inputs_on_every_kernel() {
+        use crate::ops::matmul::{Bf16Kernel, round_to_bf16_f32};
+        let mut rng = StdRng::seed_from_u64(12);
+        let (n, c, v) = (70, 48, VOCAB_CHUNK + 777);
+        let mut hidden = rand_vec(&mut rng, n * c, 1.0);
+        let w32 = rand_vec(&mut rng, v * c, 0.5);
+        let wbf: Vec<bf16> = w32.iter().map(|&x| bf16::from_f32(x)).collect();
+        let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+        for (r, t) in targets.iter().enumerate().take(n / 4) {
+            for k in 0..c {
+                hidden[r * c + k] = 4.0 * w32[*t as usize * c + k];
+            }
+        }
+        let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| round_to_bf16_f32(v)).collect() };
+        let (hidden_r, w_r) = (round(&hidden), round(&w32));
+        let scale = 1.0 / 300.0;
+        let (mut loss_n, mut lse_n) = (vec![0.0; n], vec![0.0; n]);
+        let acc_n = lm_head_ce_forward_naive(
+            &mut loss_n,
+            &mut lse_n,
+            &hidden_r,
+            WeightRef::F32(&w_r),
+            &targets,
+            n,
+            c,
+            v,
+        );
+        let (mut dhn, mut dwn) = (vec![0.0; n * c], vec![0.0; v * c]);
+        lm_head_ce_backward_naive(
+            &mut dhn,
+            Some(&mut dwn),
+            &hidden_r,
+            WeightRef::F32(&w_r),
+            &targets,
+            scale,
+            n,
+            c,
+            v,
+        );
+        for kernel in Bf16Kernel::available() {
+            let precision = Precision::Bf16(kernel);
+            for weight in [WeightRef::F32(&w32), WeightRef::BF16(&wbf)] {
+                let label = format!("{} {:?}", kernel.name(), weight.dtype());
+                let (mut loss, mut lse) = (vec![0.0; n], vec![0.0; n]);
+                let acc = lm_head_ce_forward(
+                    &mut loss, &mut lse, &hidden, weight, &targets, n, c, v, precision,
+                );
+                assert_eq!(acc, acc_n, "{label}");
+                let (dl, dlse) = (max_diff(&loss, &loss_n), max_diff(&lse, &lse_n));
+                assert!(
+                    dl < 2e-4 && dlse < 2e-4,
+                    "{label}: loss diff {dl}, lse diff {dlse}"
+                );
+                let (mut dh, mut dw) = (vec![0.0; n * c], vec![0.0; v * c]);
+                lm_head_ce_backward(
+                    &mut dh,
+                    Some(&mut dw),
+                    &hidden,
+                    weight,
+                    &targets,
+                    &lse,
+                    scale,
+                    n,
+                    c,
+                    v,
+                    precision,
+                );
+                let (ddh, ddw) = (max_diff(&dh, &dhn), max_diff(&dw, &dwn));
+                assert!(
+                    ddh < 2e-5 && ddw < 2e-4,
+                    "{label}: dhidden diff {ddh}, dweight diff {ddw}"
+                );
+                let (mut loss_f, mut lse_f, mut dh_f) =
+                    (vec![0.0; n], vec![0.0; n], vec![0.0; n * c]);
+                let acc_f = lm_head_ce_forward_backward(
+                    &mut loss_f,
+                    &mut lse_f,
+                    &mut dh_f,
+                    &hidden,
+                    weight,
+                    &targets,
+                    scale,
+                    n,
+                    c,
+                    v,
+                    precision,
+                );
+                assert_eq!(acc_f, acc_n, "{label} fused");
+                assert!(max_diff(&loss_f, &loss_n) < 2e-4, "{label} fused loss");
+                let ddh = max_diff(&dh_f, &dhn);
+                assert!(ddh < 2e-5, "{label} fused: dhidden diff {ddh}");
+            }
         }
     }
 }

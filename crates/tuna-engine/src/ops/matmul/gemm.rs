@@ -54,7 +54,7 @@ pub fn sgemm(
         Layout::Normal => (n, 1),
         Layout::Transposed => (1, k),
     };
-    sgemm_strided(dst, n, a, a_st, b, b_st, m, k, n, accumulate);
+    sgemm_strided(dst, (n, 1), a, a_st, b, b_st, m, k, n, accumulate);
 }
 
 /// Largest index a (rows, cols) operand with strides (rs, cs) touches, plus one.
@@ -66,13 +66,14 @@ pub(super) fn extent(rows: usize, cols: usize, (rs, cs): (usize, usize)) -> usiz
     }
 }
 
-/// `dst (m, n) [+]= a (m, k) · b (k, n)` with explicit (row, column) strides for `a` and `b`
-/// and row stride `dst_rs` for `dst` (column stride 1): lets a product land in a column block of
-/// a wider matrix, or read a column block of one, without copies.
+/// `dst (m, n) [+]= a (m, k) · b (k, n)` with explicit (row, column) strides for `dst`, `a` and
+/// `b`: lets a product land in a column block of a wider matrix (or in its transpose), or read a
+/// column block of one, without copies. The `dst` strides must map distinct (i, j) to distinct
+/// elements.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sgemm_strided(
     dst: &mut [f32],
-    dst_rs: usize,
+    dst_st: (usize, usize),
     a: &[f32],
     a_st: (usize, usize),
     b: &[f32],
@@ -83,7 +84,7 @@ pub(super) fn sgemm_strided(
     accumulate: bool,
 ) {
     assert!(
-        extent(m, n, (dst_rs, 1)) <= dst.len(),
+        extent(m, n, dst_st) <= dst.len(),
         "sgemm: dst too short for {m}x{n}"
     );
     assert!(
@@ -99,23 +100,26 @@ pub(super) fn sgemm_strided(
     }
     if k == 0 {
         if !accumulate {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_st.0 + j * dst_st.1] = 0.0;
+                }
             }
         }
         return;
     }
     // SAFETY: the asserts above bound every index gemm derives from (m, k, n) and these strides
     // inside `dst`, `a` and `b` (strides are non-negative, so the extent is the largest index);
-    // `dst` is borrowed mutably, so it aliases neither input.
+    // `dst` is borrowed mutably, so it aliases neither input, and its strides are injective
+    // (the caller's contract), so no element is written twice.
     unsafe {
         gemm::gemm(
             /* m: usize = */ m,
             /* n: usize = */ n,
             /* k: usize = */ k,
             /* dst: *mut T = */ dst.as_mut_ptr(),
-            /* dst_cs: isize = */ 1,
-            /* dst_rs: isize = */ dst_rs as isize,
+            /* dst_cs: isize = */ dst_st.1 as isize,
+            /* dst_rs: isize = */ dst_st.0 as isize,
             /* read_dst: bool = */ accumulate,
             /* lhs: *const T = */ a.as_ptr(),
             /* lhs_cs: isize = */ a_st.1 as isize,

@@ -1,28 +1,97 @@
 //! Matrix products: the linear layer (`matmul_forward`/`matmul_backward`, here) over the f32
-//! `sgemm` (`gemm.rs`, the only caller of `gemm::gemm`), the GEMV for few rows (`gemv.rs`) and
-//! the widening of half-float weights (`widen.rs`).
+//! `sgemm` (`gemm.rs`, the only caller of `gemm::gemm`), the bf16 products (`bf16/`), the GEMV
+//! for few rows (`gemv.rs`) and the widening of half-float weights (`widen.rs`).
 //!
-//! Weights may be f32, bf16 or f16 (`WeightRef`); activations and accumulation are f32.
-//! Paths of `matmul_forward`, picked by dtype and batch rows `bt`:
-//! - many rows (bt > 32: prefill, training): f32 weights go straight to `sgemm`; half weights are widened
-//!   a block of rows at a time into a reused f32 scratch buffer (bounded memory: the LM head is
-//!   151936×896) and each block is multiplied into its output columns.
-//! - few rows (bt ≤ 32: decode, short prompts): the GEMV, which streams the weight once.
+//! Weights may be f32, bf16 or f16 (`WeightRef`); activations and accumulation are f32. Each
+//! product runs at a [`Precision`]: `F32` (f32 operands), or `Bf16`, where both operands are
+//! rounded to bf16 as they enter the product and the products are summed in f32 (PyTorch's bf16
+//! autocast) on the machine's bf16 kernel (AMX, AVX512-BF16, or the f32 fallback).
+//! Paths of `matmul_forward`, picked by precision, dtype and batch rows `bt`:
+//! - many rows (bt > 32: prefill, training), f32: f32 weights go straight to `sgemm`; half weights
+//!   are widened a block of rows at a time into a reused f32 scratch buffer (bounded memory: the
+//!   LM head is 151936×896) and each block is multiplied into its output columns.
+//! - many rows, bf16: the bf16 kernel reads the weight as it is stored (f32 weights are rounded as
+//!   they are packed), computing outᵀ = W·inpᵀ so the weight is its row-major A operand.
+//! - few rows (bt ≤ 32: decode, short prompts): the GEMV, which streams the weight once (bf16:
+//!   with the input rounded to bf16 first; an f32 weight under bf16 takes the bf16 kernel).
 //!
 //! `matmul_forward_naive` is the oracle the fast paths are tested against.
 
+mod bf16;
 mod gemm;
 mod gemv;
+pub mod peak;
 mod widen;
 
+pub use bf16::Bf16Kernel;
 pub use gemm::{Layout, sgemm};
 
+use bf16::gemm_bf16;
+pub(crate) use bf16::pack::Mat;
+pub(crate) use bf16::pack::round_to_bf16_f32;
 use gemm::sgemm_strided;
 use gemv::gemv;
 use widen::widen_par;
 
 use crate::scratch::with_scratch;
 use crate::weight::WeightRef;
+
+/// How the matrix products of a pass multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands and sums (matches transformers in f32 to about 1e-4).
+    #[default]
+    F32,
+    /// Operands rounded to bf16 at the product's inputs, products summed in f32 by the kernel.
+    Bf16(Bf16Kernel),
+}
+
+impl Precision {
+    /// bf16 on this process's kernel ([`Bf16Kernel::detect`]).
+    pub fn bf16() -> Precision {
+        Precision::Bf16(Bf16Kernel::detect())
+    }
+
+    /// `f32`, or `bf16` with the kernel: `bf16 (avx512-bf16)`.
+    pub fn describe(self) -> String {
+        match self {
+            Precision::F32 => "f32".into(),
+            Precision::Bf16(k) => format!("bf16 ({})", k.name()),
+        }
+    }
+}
+
+/// `dst (m, n) [+]= a (m, k) · b (k, n)` at `precision`; `dst` element (i, j) at
+/// `i·dst_st.0 + j·dst_st.1` (injective strides). At `F32` both operands must be f32.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    precision: Precision,
+    dst: &mut [f32],
+    dst_st: (usize, usize),
+    a: Mat,
+    b: Mat,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    match (precision, a.data, b.data) {
+        (Precision::F32, WeightRef::F32(av), WeightRef::F32(bv)) => sgemm_strided(
+            dst,
+            dst_st,
+            av,
+            (a.rs, a.cs),
+            bv,
+            (b.rs, b.cs),
+            m,
+            k,
+            n,
+            accumulate,
+        ),
+        (Precision::F32, ..) => panic!("gemm: f32 products take f32 operands"),
+        (Precision::Bf16(kernel), ..) => gemm_bf16(kernel, dst, dst_st, a, b, m, k, n, accumulate),
+    }
+}
 
 // ----------------------------------------------------------------------------------------------
 // Linear layer
@@ -39,7 +108,8 @@ fn widen_block_rows(c: usize, oc: usize) -> usize {
     (WIDEN_BLOCK_ELEMS / c.max(1)).clamp(16, oc.max(16))
 }
 
-/// out (bt, oc) = inp (bt, c) · weight (oc, c)ᵀ [+ bias (oc)]. Overwrites out.
+/// out (bt, oc) = inp (bt, c) · weight (oc, c)ᵀ [+ bias (oc)] at `precision`. Overwrites out.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -48,6 +118,7 @@ pub fn matmul_forward(
     bt: usize,
     c: usize,
     oc: usize,
+    precision: Precision,
 ) {
     assert_eq!(
         out.len(),
@@ -75,8 +146,40 @@ pub fn matmul_forward(
             b.len()
         );
     }
-    match weight {
-        WeightRef::F32(w) if bt > GEMV_MAX_BT => sgemm(
+    match (precision, weight) {
+        (Precision::Bf16(_), WeightRef::BF16(_)) if bt <= GEMV_MAX_BT => {
+            // Products of bf16 values are exact in f32: the f32 GEMV over the rounded input is
+            // a bf16 product with f32 sums.
+            with_scratch(bt * c, |x| {
+                for (r, &v) in x.iter_mut().zip(inp) {
+                    *r = round_to_bf16_f32(v);
+                }
+                gemv(out, x, weight, bt, c, oc)
+            })
+        }
+        (Precision::Bf16(kernel), _) => {
+            // outᵀ (oc, bt) = weight (oc, c) · inpᵀ (c, bt)
+            gemm_bf16(
+                kernel,
+                out,
+                (1, oc),
+                Mat {
+                    data: weight,
+                    rs: c,
+                    cs: 1,
+                },
+                Mat {
+                    data: WeightRef::F32(inp),
+                    rs: 1,
+                    cs: c,
+                },
+                oc,
+                c,
+                bt,
+                false,
+            )
+        }
+        (Precision::F32, WeightRef::F32(w)) if bt > GEMV_MAX_BT => sgemm(
             out,
             inp,
             Layout::Normal,
@@ -87,10 +190,10 @@ pub fn matmul_forward(
             oc,
             false,
         ),
-        WeightRef::BF16(_) | WeightRef::F16(_) if bt > GEMV_MAX_BT => {
+        (Precision::F32, WeightRef::BF16(_) | WeightRef::F16(_)) if bt > GEMV_MAX_BT => {
             forward_widened(out, inp, weight, bt, c, oc, widen_block_rows(c, oc))
         }
-        _ => gemv(out, inp, weight, bt, c, oc),
+        (Precision::F32, _) => gemv(out, inp, weight, bt, c, oc),
     }
     if let Some(b) = bias {
         for row in out.chunks_exact_mut(oc) {
@@ -124,7 +227,8 @@ pub fn matmul_forward_naive(
 }
 
 /// Accumulates: dinp (bt, c) += dout (bt, oc) · weight (oc, c); dweight (oc, c) += doutᵀ · inp
-/// (f32, for trainable weights); dbias (oc) += Σ_rows dout. Each output is optional.
+/// (f32, for trainable weights); dbias (oc) += Σ_rows dout. Each output is optional. The two
+/// products run at `precision`; dbias is summed in f32.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     dinp: Option<&mut [f32]>,
@@ -136,6 +240,7 @@ pub fn matmul_backward(
     bt: usize,
     c: usize,
     oc: usize,
+    precision: Precision,
 ) {
     assert_eq!(
         dout.len(),
@@ -156,8 +261,27 @@ pub fn matmul_backward(
             "matmul_backward: weight has {} elements, want {oc}x{c}",
             weight.len()
         );
-        match weight {
-            WeightRef::F32(w) => sgemm(
+        match (precision, weight) {
+            (Precision::Bf16(kernel), _) => gemm_bf16(
+                kernel,
+                dinp,
+                (c, 1),
+                Mat {
+                    data: WeightRef::F32(dout),
+                    rs: oc,
+                    cs: 1,
+                },
+                Mat {
+                    data: weight,
+                    rs: c,
+                    cs: 1,
+                },
+                bt,
+                oc,
+                c,
+                true,
+            ),
+            (Precision::F32, WeightRef::F32(w)) => sgemm(
                 dinp,
                 dout,
                 Layout::Normal,
@@ -168,7 +292,7 @@ pub fn matmul_backward(
                 c,
                 true,
             ),
-            WeightRef::BF16(_) | WeightRef::F16(_) => {
+            (Precision::F32, WeightRef::BF16(_) | WeightRef::F16(_)) => {
                 backward_dinp_widened(dinp, dout, weight, bt, c, oc, widen_block_rows(c, oc))
             }
         }
@@ -187,12 +311,20 @@ pub fn matmul_backward(
             dweight.len()
         );
         // dweight (oc, c) += doutᵀ (oc, bt) · inp (bt, c)
-        sgemm(
+        gemm(
+            precision,
             dweight,
-            dout,
-            Layout::Transposed,
-            inp,
-            Layout::Normal,
+            (c, 1),
+            Mat {
+                data: WeightRef::F32(dout),
+                rs: 1,
+                cs: oc,
+            },
+            Mat {
+                data: WeightRef::F32(inp),
+                rs: c,
+                cs: 1,
+            },
             oc,
             bt,
             c,
@@ -233,7 +365,7 @@ fn forward_widened(
             // out[:, o0..o0+nb] = inp (bt, c) · wb (nb, c)ᵀ
             sgemm_strided(
                 &mut out[o0..],
-                oc,
+                (oc, 1),
                 inp,
                 (c, 1),
                 wb,
@@ -265,7 +397,18 @@ fn backward_dinp_widened(
             let wb = &mut buf[..nb * c];
             widen_par(weight.slice(o0 * c..(o0 + nb) * c), wb);
             // dinp += dout[:, o0..o0+nb] (bt, nb) · wb (nb, c)
-            sgemm_strided(dinp, c, &dout[o0..], (oc, 1), wb, (c, 1), bt, nb, c, true);
+            sgemm_strided(
+                dinp,
+                (c, 1),
+                &dout[o0..],
+                (oc, 1),
+                wb,
+                (c, 1),
+                bt,
+                nb,
+                c,
+                true,
+            );
         }
     });
 }
@@ -335,7 +478,16 @@ mod tests {
             WeightRef::F16(&wh),
         ] {
             let mut out = [f32::NAN; 4];
-            matmul_forward(&mut out, &inp, weight, Some(&[10.0, 20.0]), 2, 3, 2);
+            matmul_forward(
+                &mut out,
+                &inp,
+                weight,
+                Some(&[10.0, 20.0]),
+                2,
+                3,
+                2,
+                Precision::F32,
+            );
             assert_eq!(out, want, "{:?}", weight.dtype());
             // The blocked path with one row per block.
             forward_widened(&mut out, &inp, weight, 2, 3, 2, 1);
@@ -365,7 +517,16 @@ mod tests {
                 let mut want = vec![0.0; bt * oc];
                 matmul_forward_naive(&mut want, &inp, weight, Some(&bias), bt, c, oc);
                 let mut got = vec![f32::NAN; bt * oc];
-                matmul_forward(&mut got, &inp, weight, Some(&bias), bt, c, oc);
+                matmul_forward(
+                    &mut got,
+                    &inp,
+                    weight,
+                    Some(&bias),
+                    bt,
+                    c,
+                    oc,
+                    Precision::F32,
+                );
                 // tolerance: f32 sums of c products of magnitude ≤ 1 (√c·ulp-ish), 1e-5 plenty
                 let d = max_diff(&got, &want);
                 assert!(
@@ -424,6 +585,7 @@ mod tests {
                     bt,
                     c,
                     oc,
+                    Precision::F32,
                 );
                 let mut want_dinp = init_dinp.clone();
                 for b in 0..bt {
@@ -460,6 +622,93 @@ mod tests {
                     assert!(
                         max_diff(&d2, &want_dinp) < tol,
                         "dinp widened blocks {dt:?} bt={bt}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The linear layer at bf16 on every kernel this machine has (and the f32 fallback): forward
+    /// (GEMV and kernel paths, f32 and bf16 weights), dinp and dweight against f64 sums of the
+    /// bf16-rounded operands. Tolerance: `n·2⁻²³·Σ|products|` per element (f32 summation of n
+    /// exact products), plus the f32 rounding of what was accumulated onto.
+    #[test]
+    fn bf16_linear_matches_rounded_oracle_on_every_kernel() {
+        let r = |x: f32| round_to_bf16_f32(x) as f64;
+        let mut rng = StdRng::seed_from_u64(15);
+        for kernel in Bf16Kernel::available() {
+            let precision = Precision::Bf16(kernel);
+            for (bt, c, oc) in [(3, 40, 9), (20, 64, 70), (45, 96, 33)] {
+                let inp = rand_vec(&mut rng, bt * c);
+                let dout = rand_vec(&mut rng, bt * oc);
+                let w = Weights::new(&mut rng, oc * c);
+                for weight in [WeightRef::F32(&w.f32), WeightRef::BF16(&w.bf16)] {
+                    let wf = weight.to_f32_vec();
+                    let label = format!("{} bt={bt} {:?}", kernel.name(), weight.dtype());
+                    let check = |got: &[f32],
+                                 base: &[f32],
+                                 want: &dyn Fn(usize) -> (f64, f64, usize),
+                                 what: &str| {
+                        for (idx, (&g, &b0)) in got.iter().zip(base).enumerate() {
+                            let (s, abs, n) = want(idx);
+                            let tol = n as f64 * f32::EPSILON as f64 * abs
+                                + 2.0 * f32::EPSILON as f64 * (b0.abs() as f64 + s.abs());
+                            assert!(
+                                (g as f64 - b0 as f64 - s).abs() <= tol + 1e-30,
+                                "{label} {what}[{idx}]: {g} vs {}",
+                                b0 as f64 + s
+                            );
+                        }
+                    };
+                    let mut out = vec![f32::NAN; bt * oc];
+                    matmul_forward(&mut out, &inp, weight, None, bt, c, oc, precision);
+                    check(
+                        &out,
+                        &vec![0.0; bt * oc],
+                        &|idx| {
+                            let (t, o) = (idx / oc, idx % oc);
+                            let terms = (0..c).map(|j| r(inp[t * c + j]) * r(wf[o * c + j]));
+                            let (s, a) = terms.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()));
+                            (s, a, c)
+                        },
+                        "out",
+                    );
+                    let init_dinp = rand_vec(&mut rng, bt * c);
+                    let init_dw = rand_vec(&mut rng, oc * c);
+                    let (mut dinp, mut dw) = (init_dinp.clone(), init_dw.clone());
+                    matmul_backward(
+                        Some(&mut dinp),
+                        Some(&mut dw),
+                        None,
+                        &dout,
+                        &inp,
+                        weight,
+                        bt,
+                        c,
+                        oc,
+                        precision,
+                    );
+                    check(
+                        &dinp,
+                        &init_dinp,
+                        &|idx| {
+                            let (t, j) = (idx / c, idx % c);
+                            let terms = (0..oc).map(|o| r(dout[t * oc + o]) * r(wf[o * c + j]));
+                            let (s, a) = terms.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()));
+                            (s, a, oc)
+                        },
+                        "dinp",
+                    );
+                    check(
+                        &dw,
+                        &init_dw,
+                        &|idx| {
+                            let (o, j) = (idx / c, idx % c);
+                            let terms = (0..bt).map(|t| r(dout[t * oc + o]) * r(inp[t * c + j]));
+                            let (s, a) = terms.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()));
+                            (s, a, bt)
+                        },
+                        "dweight",
                     );
                 }
             }
