@@ -2,10 +2,12 @@
 
 Default: the same job as `tuna bench train --shape qwen2.5-0.5b --seq-len 512 --method lora` on
 the CPU: a random-weight Qwen2.5-0.5B-shaped model in float32, LoRA r=8 (alpha 16) on all seven
-linear layers, one sequence of 512 tokens with the last half labelled, batch 1, AdamW;
-threads = 2.
+linear layers, one sequence of 512 tokens with the last half labelled (`--labels all`: every
+position), batch 1, AdamW; threads = 2. `--autocast` runs the forward under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (PyTorch's mixed precision: bf16 matmuls through
+oneDNN, f32 weights, gradients and optimizer).
 
-    /path/to/venv/bin/python scripts/bench/hf_lora_train.py [--steps 5] [--seq-len 512]
+    /path/to/venv/bin/python scripts/bench/hf_lora_train.py [--steps 5] [--seq-len 512] [--autocast] [--labels all]
 
 On a GPU (`scripts/gpu-check.sh`): `--device cuda --dtype bfloat16 --shape qwen2.5-7b
 --rank 16 --seq-len 2048` (base weights in bf16; PEFT keeps the LoRA weights in f32), timed with
@@ -13,7 +15,8 @@ CUDA synchronisation, and also reports peak GPU memory and MFU (model FLOPs util
 `model_flops_per_token`, against `--peak-tflops`, 989 = H100/H200 SXM dense bf16).
 
 Shapes are the configs in assets/configs/ (the ones `tuna bench train --shape` uses).
-Prints one JSON line. Run by hand (needs torch, transformers, peft).
+Prints one JSON line (tokens_per_s, peak_rss_mb, ...). Run by hand or by train_side_by_side.py
+(needs torch, transformers, peft).
 """
 import argparse
 import json
@@ -42,6 +45,14 @@ def model_flops_per_token(cfg, seq_len, lora_params):
     return 4 * linear + 6 * lora_params + attention
 
 
+def mkldnn_bf16():
+    """Whether oneDNN has a native bf16 path on this CPU (else autocast emulates bf16)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=5)
@@ -53,6 +64,8 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast forward")
+    ap.add_argument("--labels", choices=["half", "all"], default="half")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,14 +81,16 @@ def main():
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (1, args.seq_len), device=device)
     labels = ids.clone()
-    labels[:, : args.seq_len // 2] = -100
+    if args.labels == "half":
+        labels[:, : args.seq_len // 2] = -100
     cuda = device.type == "cuda"
     times = []
     for step in range(args.warmup + args.steps):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -90,7 +105,9 @@ def main():
         "impl": "transformers+peft", "torch": torch.__version__, "shape": args.shape,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": args.dtype,
         "rank": args.rank, "threads": args.threads, "seq_len": args.seq_len, "steps": args.steps,
-        "step_s": step_s, "tokens_per_s": tokens_per_s,
+        "precision": "bf16 autocast" if args.autocast else "f32", "labels": args.labels,
+        "mkldnn_bf16": mkldnn_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "step_s": step_s, "loss": loss.item(), "tokens_per_s": tokens_per_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if cuda:

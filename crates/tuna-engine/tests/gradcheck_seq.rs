@@ -538,7 +538,17 @@ fn lm_head_ce_backward_weighted_matches_finite_differences() {
         let wf = weight.to_f32_vec();
         let (hd, wd) = (widen(&hidden), widen(&wf));
         let (mut losses, mut lse) = (vec![0.0; n], vec![0.0; n]);
-        lm_head_ce_forward(&mut losses, &mut lse, &hidden, weight, &targets, n, c, v);
+        lm_head_ce_forward(
+            &mut losses,
+            &mut lse,
+            &hidden,
+            weight,
+            &targets,
+            n,
+            c,
+            v,
+            Precision::F32,
+        );
         let mut dh = vec![0.0; n * c];
         let mut dw = vec![0.0; v * c];
         lm_head_ce_backward_weighted(
@@ -552,6 +562,7 @@ fn lm_head_ce_backward_weighted_matches_finite_differences() {
             n,
             c,
             v,
+            Precision::F32,
         );
         let label = format!("{:?} weighted", weight.dtype());
         check_grad(
@@ -575,11 +586,31 @@ fn lm_head_ce_backward_weighted_matches_finite_differences() {
         // Equal factors give exactly what the uniform backward gives; a second call doubles.
         let (mut dh_u, mut dh_w) = (vec![0.0; n * c], vec![0.0; n * c]);
         lm_head_ce_backward(
-            &mut dh_u, None, &hidden, weight, &targets, &lse, 0.5, n, c, v,
+            &mut dh_u,
+            None,
+            &hidden,
+            weight,
+            &targets,
+            &lse,
+            0.5,
+            n,
+            c,
+            v,
+            Precision::F32,
         );
         for _ in 0..2 {
             lm_head_ce_backward_weighted(
-                &mut dh_w, None, &hidden, weight, &targets, &lse, &[0.5; 6], n, c, v,
+                &mut dh_w,
+                None,
+                &hidden,
+                weight,
+                &targets,
+                &lse,
+                &[0.5; 6],
+                n,
+                c,
+                v,
+                Precision::F32,
             );
         }
         for (a, b) in dh_u.iter().zip(&dh_w) {

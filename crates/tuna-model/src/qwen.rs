@@ -3,13 +3,16 @@
 //! One file for both: they differ only in q/k/v biases (Qwen2) versus per-head `q_norm`/`k_norm`
 //! and an explicit `head_dim` (Qwen3), so a flag per difference is clearer than two copies.
 //! Reference: transformers `models/qwen2/modeling_qwen2.py`, `models/qwen3/modeling_qwen3.py`.
-//! Compute is f32; weights stay in their checkpoint dtype. Not supported: sliding-window attention,
-//! rope scaling, MoE variants.
+//! Weights stay in their checkpoint dtype. Matrix products run at the model's [`Precision`]: f32
+//! (the default), or bf16 operands with f32 sums (`set_precision`, mixed precision as PyTorch
+//! autocast does it: norms, RoPE, attention's softmax, losses and LoRA stay f32). Not supported:
+//! sliding-window attention, rope scaling, MoE variants.
 
 use std::path::Path;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
+use tuna_engine::ops::matmul::Precision;
 use tuna_engine::ops::{attention, embedding, matmul, residual, rmsnorm, rope, swiglu};
 use tuna_engine::{DType, WeightRef};
 
@@ -50,8 +53,8 @@ impl Linear {
         })
     }
 
-    /// out (bt, out) = inp (bt, in) · Wᵀ + b
-    pub fn forward(&self, out: &mut [f32], inp: &[f32], bt: usize) {
+    /// out (bt, out) = inp (bt, in) · Wᵀ + b, the product at `precision`.
+    pub fn forward(&self, out: &mut [f32], inp: &[f32], bt: usize, precision: Precision) {
         matmul::matmul_forward(
             out,
             inp,
@@ -60,6 +63,7 @@ impl Linear {
             bt,
             self.in_features,
             self.out_features,
+            precision,
         );
     }
 }
@@ -116,6 +120,8 @@ pub struct QwenModel {
     pub norm: Vec<f32>,
     /// (vocab, hidden); `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// How the matrix products multiply (prefill, training passes); f32 unless set.
+    pub precision: Precision,
 }
 
 impl QwenModel {
@@ -179,6 +185,7 @@ impl QwenModel {
             layers,
             norm,
             lm_head,
+            precision: Precision::F32,
         })
     }
 
@@ -225,7 +232,13 @@ impl QwenModel {
             layers,
             norm: vec![1.0; c],
             lm_head,
+            precision: Precision::F32,
         }
+    }
+
+    /// Sets how the matrix products multiply from now on (see the module docs).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// The LM head matrix (vocab, hidden): `lm_head` or the tied embedding.
@@ -307,6 +320,7 @@ impl QwenModel {
             1,
             c,
             self.config.vocab_size,
+            self.precision,
         );
         Ok(logits)
     }
@@ -329,6 +343,7 @@ impl QwenModel {
             tokens.len(),
             c,
             v,
+            self.precision,
         );
         Ok(logits)
     }
@@ -374,7 +389,7 @@ impl QwenModel {
 
         let linear = |l: usize, target: LoraTarget, out: &mut [f32], inp: &[f32]| {
             let layer = &self.layers[l];
-            layer.linear(target).forward(out, inp, bt);
+            layer.linear(target).forward(out, inp, bt, self.precision);
             if let Some(lora) = adapter.and_then(|a| a.get(l, target)) {
                 lora.forward(out, inp, None, bt);
             }
@@ -474,15 +489,42 @@ fn random_tensor(rows: usize, cols: usize, dtype: DType, std: f32, seed: u64) ->
     // Uniform(-a, a) has std a/sqrt(3).
     let a = std * 3f32.sqrt();
     let chunk = 1 << 16;
-    let mut data = vec![0.0f32; rows * cols];
-    data.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(i, part)| {
-            let mut rng =
-                StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            part.iter_mut().for_each(|x| *x = rng.random_range(-a..a));
-        });
-    Tensor::from_f32(vec![rows, cols], data).to_dtype(dtype)
+    // Each chunk draws its f32 values from its own stream and stores them in `dtype` directly, so
+    // a half-precision model never holds an f32 copy (peak memory of the benchmarks).
+    fn fill<T: Send>(
+        data: &mut [T],
+        chunk: usize,
+        seed: u64,
+        a: f32,
+        cast: impl Fn(f32) -> T + Sync,
+    ) {
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, part)| {
+                let mut rng =
+                    StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                part.iter_mut()
+                    .for_each(|x| *x = cast(rng.random_range(-a..a)));
+            });
+    }
+    let shape = vec![rows, cols];
+    match dtype {
+        DType::F32 => {
+            let mut data = vec![0.0f32; rows * cols];
+            fill(&mut data, chunk, seed, a, |x| x);
+            Tensor::from_f32(shape, data)
+        }
+        DType::BF16 => {
+            let mut data = vec![half::bf16::ZERO; rows * cols];
+            fill(&mut data, chunk, seed, a, half::bf16::from_f32);
+            Tensor::from_bf16(shape, data)
+        }
+        DType::F16 => {
+            let mut data = vec![0.0f32; rows * cols];
+            fill(&mut data, chunk, seed, a, |x| x);
+            Tensor::from_f32(shape, data).to_dtype(dtype)
+        }
+    }
 }
 
 /// Keys and values of every layer for the tokens seen so far, plus the rotary table.

@@ -299,7 +299,9 @@ impl<'a> Pass<'a> {
         acts: &mut LayerActs,
     ) {
         let bt = self.bt;
-        self.model.layers[l].linear(target).forward(y, x, bt);
+        self.model.layers[l]
+            .linear(target)
+            .forward(y, x, bt, self.model.precision);
         let Some(lora) = self.lora(l, target) else {
             return;
         };
@@ -338,6 +340,7 @@ impl<'a> Pass<'a> {
             bt,
             lin.in_features,
             lin.out_features,
+            self.model.precision,
         );
         let (Some(lora), Some(la)) = (self.lora(l, target), acts.lora[target.index()].as_ref())
         else {
@@ -703,6 +706,7 @@ impl<'a> Pass<'a> {
                 n,
                 c,
                 v,
+                self.model.precision,
             ),
             _ => lm_head_ce::lm_head_ce_forward(
                 &mut losses,
@@ -713,6 +717,7 @@ impl<'a> Pass<'a> {
                 n,
                 c,
                 v,
+                self.model.precision,
             ),
         };
         let stats = BatchStats {
@@ -748,6 +753,7 @@ impl<'a> Pass<'a> {
                 let dhead = grads.get_mut(head_grad_idx);
                 lm_head_ce::lm_head_ce_backward_weighted(
                     &mut dhsel, dhead, &hsel, head, &targets, &lse, w, n, c, v,
+                    self.model.precision,
                 );
             }
             (None, true) => {}
@@ -755,6 +761,7 @@ impl<'a> Pass<'a> {
                 let dhead = grads.get_mut(head_grad_idx);
                 lm_head_ce::lm_head_ce_backward(
                     &mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v,
+                    self.model.precision,
                 );
             }
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tuna_data::pack::LengthPolicy;
+use tuna_engine::ops::matmul::{Bf16Kernel, Precision};
 use tuna_model::{LoraConfig, LoraTarget, TrainingDefaults};
 
 use crate::error::{Error, Result};
@@ -109,6 +110,42 @@ impl LoraSettings {
     }
 }
 
+/// How the matrix products of training multiply (mixed precision as PyTorch's bf16 autocast:
+/// norms, RoPE, softmax, losses, LoRA A/B, master weights and AdamW state stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    /// bf16 where the CPU has bf16 units (AMX-BF16, AVX512-BF16), else f32.
+    #[default]
+    Auto,
+    /// f32 operands and sums everywhere.
+    F32,
+    /// bf16 operands, f32 sums; on a CPU without bf16 units the rounded operands are multiplied
+    /// in f32 (the same numbers, at f32 speed).
+    Bf16,
+}
+
+impl PrecisionSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecisionSetting::Auto => "auto",
+            PrecisionSetting::F32 => "f32",
+            PrecisionSetting::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision this setting means on this machine (its bf16 kernel is chosen once per
+    /// process: [`Bf16Kernel::detect`]).
+    pub fn resolve(self) -> Precision {
+        let kernel = Bf16Kernel::detect();
+        match self {
+            PrecisionSetting::Auto if kernel.is_native() => Precision::Bf16(kernel),
+            PrecisionSetting::Auto | PrecisionSetting::F32 => Precision::F32,
+            PrecisionSetting::Bf16 => Precision::Bf16(kernel),
+        }
+    }
+}
+
 /// How examples are grouped into micro-batches (one forward + backward each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,6 +229,9 @@ pub struct TrainConfig {
     pub save_total_limit: Option<usize>,
     /// Recompute activations in backward instead of keeping them (less memory, ~30% slower).
     pub recompute_activations: bool,
+    /// `auto` (default: bf16 matrix products where the CPU has bf16 units, else f32), `f32` or
+    /// `bf16`. Full fine-tuning keeps f32 master weights either way.
+    pub precision: PrecisionSetting,
     /// Held-out conversations answered (greedy) at every checkpoint, to see the effect. Default 1.
     pub sample_prompts: usize,
     /// Longest sample answer in tokens. Default 64.
@@ -235,6 +275,7 @@ impl Default for TrainConfig {
             save_every: None,
             save_total_limit: None,
             recompute_activations: false,
+            precision: PrecisionSetting::Auto,
             sample_prompts: 1,
             sample_max_tokens: 64,
             resume: false,
@@ -434,6 +475,13 @@ mod tests {
             serde_json::from_str(r#"{"model_dir": "m", "train_file": "t", "out_dir": "o", "batch_size": {"tokens": 4096}}"#)
                 .unwrap();
         assert_eq!(partial.batch_size, BatchSize::Tokens(4096));
+        assert_eq!(partial.precision, PrecisionSetting::Auto);
+        let bf16: TrainConfig = serde_json::from_str(
+            r#"{"model_dir": "m", "train_file": "t", "out_dir": "o", "precision": "bf16"}"#,
+        )
+        .unwrap();
+        assert_eq!(bf16.precision, PrecisionSetting::Bf16);
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"precision": "fp8"}"#).is_err());
         assert_eq!(partial.lora.target_modules.len(), 7);
         assert!(serde_json::from_str::<TrainConfig>(r#"{"learning_rat": 1}"#).is_err());
     }
@@ -514,6 +562,19 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("tuna_defaults.json"), "{e}");
+        }
+    }
+
+    #[test]
+    fn precision_settings_resolve_on_this_machine() {
+        let kernel = Bf16Kernel::detect();
+        assert_eq!(PrecisionSetting::F32.resolve(), Precision::F32);
+        assert_eq!(PrecisionSetting::Bf16.resolve(), Precision::Bf16(kernel));
+        let auto = PrecisionSetting::Auto.resolve();
+        if kernel.is_native() {
+            assert_eq!(auto, Precision::Bf16(kernel));
+        } else {
+            assert_eq!(auto, Precision::F32);
         }
     }
 

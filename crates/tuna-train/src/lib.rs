@@ -21,7 +21,8 @@ pub mod schedule;
 pub mod sft;
 
 pub use config::{
-    BatchSize, DpoSettings, LoraSettings, Method, Objective, TrainConfig, default_learning_rate,
+    BatchSize, DpoSettings, LoraSettings, Method, Objective, PrecisionSetting, TrainConfig,
+    default_learning_rate,
 };
 pub use data::{Dataset, SamplePrompt};
 pub use error::{Error, Result};

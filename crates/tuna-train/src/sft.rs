@@ -19,8 +19,9 @@
 //! 6. report [`StepMetrics`] (observer + `metrics.jsonl`), evaluate and checkpoint when due.
 //!
 //! Supported: LoRA (PEFT checkpoints) and full fine-tuning (HF checkpoints), gradient accumulation,
-//! batches in examples or tokens, linear / cosine / constant schedules with warmup, exact resume.
-//! Not supported: multi-device training, mixed precision (compute and optimizer state are f32).
+//! batches in examples or tokens, linear / cosine / constant schedules with warmup, exact resume,
+//! mixed precision (`precision`: bf16 matrix products with f32 sums; master weights, LoRA A/B and
+//! AdamW state stay f32). Not supported: multi-device training.
 //!
 //! Errors: invalid config ([`Error::Config`]), unreadable data or model, a non-finite loss
 //! ([`Error::NonFinite`]), a checkpoint that does not match the run ([`Error::Resume`]).
@@ -30,6 +31,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tuna_data::tokenize::ChatTokenizer;
+use tuna_engine::ops::matmul::Precision;
 use tuna_model::train::{BatchStats, TrainOptions};
 use tuna_model::{GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig, QwenModel};
 
@@ -56,6 +58,8 @@ pub struct TrainSummary {
     pub resumed_from: Option<PathBuf>,
     /// Loss of the last step.
     pub train_loss: Option<f64>,
+    /// How the matrix products ran: `f32`, or `bf16 (<kernel>)`.
+    pub precision: String,
     /// The last validation pass.
     pub eval: Option<EvalMetrics>,
     /// Checkpoints written by this call, oldest first.
@@ -171,7 +175,11 @@ impl Trainer {
                 if dpo { "preference-pair" } else { "chat" }
             )));
         }
-        // Model: the adapter (fresh, or the checkpoint's), or every weight as trainable f32.
+        // Model: its precision, the adapter (fresh, or the checkpoint's), or every weight as
+        // trainable f32.
+        let precision = cfg.precision.resolve();
+        model.set_precision(precision);
+        tracing::info!("matrix products: {}", precision.describe());
         let mut adapter = match (cfg.method, &resume, &cfg.init_adapter) {
             (Method::Lora, Some(dir), _) | (Method::Lora, None, Some(dir)) => {
                 Some(LoraAdapter::load(dir, &model.config)?)
@@ -378,6 +386,17 @@ impl Trainer {
         self.resumed_from.as_deref()
     }
 
+    /// How the matrix products run (the resolved `precision` setting and its kernel).
+    pub fn precision(&self) -> Precision {
+        self.model.precision
+    }
+
+    /// Overrides the precision the config resolved to, e.g. to run a bf16 kernel other than
+    /// this process's (tests of every kernel, benchmarks).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.model.set_precision(precision);
+    }
+
     /// Trainable parameters: the adapter's, or the whole model's.
     pub fn trainable_parameters(&self) -> usize {
         self.grads.tensors.iter().map(Vec::len).sum()
@@ -410,6 +429,7 @@ impl Trainer {
             stopped: false,
             resumed_from: self.resumed_from.clone(),
             train_loss: self.last_loss,
+            precision: self.model.precision.describe(),
             eval: None,
             checkpoints: Vec::new(),
             elapsed_s: 0.0,

@@ -15,7 +15,8 @@ use tuna_model::{LoraAdapter, QwenModel};
 use tuna_train::data::pack_group;
 use tuna_train::optim::{AdamW, AdamWSettings};
 use tuna_train::{
-    BatchSize, Dataset, Method, ScheduleKind, StepMetrics, TrainConfig, TrainObserver, Trainer,
+    BatchSize, Dataset, Method, PrecisionSetting, ScheduleKind, StepMetrics, TrainConfig,
+    TrainObserver, Trainer,
 };
 
 /// Loss and gradients within 1e-4 relative (DESIGN.md's parity target), one AdamW step within 1e-5.
@@ -185,6 +186,8 @@ fn peft_loss_curve(model_name: &str) {
         max_seq_len: 64,
         sample_prompts: 0,
         save_every: Some(1000),
+        // f32 parity with PEFT in f32 (bf16 has its own test: mixed_precision.rs).
+        precision: PrecisionSetting::F32,
         ..TrainConfig::default()
     };
     let model = QwenModel::load(&cfg.model_dir).unwrap();

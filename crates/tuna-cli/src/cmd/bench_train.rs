@@ -1,10 +1,12 @@
 //! `tuna bench train`: training throughput on a random-weight model of a real shape.
 //!
 //! One example of `--seq-len` random tokens whose last half carries labels (the first half plays
-//! the prompt: no LM head or loss there), LoRA of rank 8 on all seven projections (or full
-//! fine-tuning), a few warm-up steps, then timed steps of forward + backward + clipping + AdamW.
-//! Reports tokens/s, the GFLOP/s of the matrix products the step actually does, the machine's f32
-//! matmul peak (a timed large sgemm) and the peak RSS. Numbers are printed, never asserted.
+//! the prompt: no LM head or loss there; `--labels all` labels every position, as a plain causal-LM
+//! batch does), LoRA of rank 8 on all seven projections (or full fine-tuning), a few warm-up steps,
+//! then timed steps of forward + backward + clipping + AdamW, at `--precision`.
+//! Reports which matmul kernels ran, tokens/s, the GFLOP/s of the matrix products the step actually
+//! does against the machine's measured peaks (the bf16 dot-product instruction, the f32 FMA, and
+//! large f32 / bf16 products), and the peak RSS. Numbers are printed, never asserted.
 //!
 //! `--objective dpo` times DPO steps instead: one preference pair whose two sequences are each
 //! `--seq-len` tokens (a shared prompt of the first half, two different answers of the second
@@ -18,15 +20,26 @@ use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_data::tokenize::{TokenizedExample, TokenizedPair};
 use tuna_engine::IGNORE_INDEX;
-use tuna_engine::ops::matmul::{Layout, sgemm};
+use tuna_engine::ops::matmul::{Bf16Kernel, Precision, matmul_forward, peak};
+use tuna_engine::{DType, WeightRef};
 use tuna_model::train::TrainOptions;
 use tuna_model::{Gradients, LoraAdapter, LoraConfig, LoraTarget, QwenConfig, QwenModel};
 use tuna_train::data::{DataStats, Dataset, Plan};
 use tuna_train::dpo::{self, ReferenceLogps};
 use tuna_train::optim::{AdamW, AdamWSettings, clip_grad_norm};
-use tuna_train::{BatchSize, Objective, TrainConfig};
+use tuna_train::{BatchSize, Objective, PrecisionSetting, TrainConfig};
 
 use super::bench::BenchDType;
+use super::train::PrecisionArg;
+
+/// Which positions carry a label.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelShare {
+    /// The last half (a prompt, then its answer): the LM head runs on half the positions.
+    Half,
+    /// Every position but the last (a plain causal-LM batch, as transformers computes logits for).
+    All,
+}
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchMethod {
@@ -61,9 +74,16 @@ pub struct TrainBenchArgs {
     /// LoRA rank (all seven projections)
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
-    /// Dtype the frozen weights are stored in (compute is f32; full fine-tuning trains f32 weights)
+    /// Dtype the frozen weights are stored in (Qwen checkpoints are bf16; full fine-tuning trains
+    /// f32 master weights either way)
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: BenchDType,
+    /// Matrix products: bf16 where the CPU has bf16 units (auto), f32, or bf16
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
+    /// Labelled positions: the last half, or all (SFT only)
+    #[arg(long, value_enum, default_value = "half")]
+    pub labels: LabelShare,
     /// Recompute activations in backward
     #[arg(long)]
     pub recompute: bool,
@@ -117,50 +137,84 @@ fn step_flops(
     layers + head
 }
 
-/// Best of a few timed `n`×`n`×`n` f32 products, in GFLOP/s.
-fn sgemm_peak_gflops(n: usize) -> f64 {
+/// CPU time of this process (all threads), in seconds.
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Best of a few timed `n`×`n`×`n` products at `precision` (through the linear layer), in GFLOP/s.
+fn product_peak_gflops(n: usize, precision: Precision) -> f64 {
     let mut rng = StdRng::seed_from_u64(3);
     let a: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
     let b: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
     let mut c = vec![0.0f32; n * n];
-    sgemm(
-        &mut c,
-        &a,
-        Layout::Normal,
-        &b,
-        Layout::Normal,
-        n,
-        n,
-        n,
-        false,
-    ); // warm-up
+    let mut run = || matmul_forward(&mut c, &a, WeightRef::F32(&b), None, n, n, n, precision);
+    run(); // warm-up
     let mut best = f64::MAX;
     for _ in 0..4 {
         let t0 = Instant::now();
-        sgemm(
-            &mut c,
-            &a,
-            Layout::Normal,
-            &b,
-            Layout::Normal,
-            n,
-            n,
-            n,
-            false,
-        );
+        run();
         best = best.min(t0.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
+/// The machine's peaks, measured before the model is built.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Peaks {
+    /// The bf16 dot-product instruction of the detected kernel (`vdpbf16ps` / `tdpbf16ps`).
+    bf16_dot: Option<f64>,
+    /// AVX-512 f32 FMA.
+    f32_fma: Option<f64>,
+    /// A 2048³ f32 product (sgemm).
+    f32_product: f64,
+    /// A 2048³ product through the bf16 kernel (None without one).
+    bf16_product: Option<f64>,
+}
+
+impl Peaks {
+    fn measure(kernel: Bf16Kernel) -> Peaks {
+        Peaks {
+            bf16_dot: peak::bf16_dot_peak_gflops(kernel),
+            f32_fma: peak::f32_fma_peak_gflops(),
+            f32_product: product_peak_gflops(2048, Precision::F32),
+            bf16_product: kernel
+                .is_native()
+                .then(|| product_peak_gflops(2048, Precision::Bf16(kernel))),
+        }
+    }
+
+    /// The instruction peak the step's products are bounded by.
+    fn for_precision(&self, precision: Precision) -> Option<f64> {
+        match precision {
+            Precision::Bf16(k) if k.is_native() => self.bf16_dot,
+            _ => self.f32_fma,
+        }
+    }
+}
+
 pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
+    tuna_engine::alloc::reuse_freed_memory();
     let cfg = crate::shapes::config(&args.shape)?;
     anyhow::ensure!(args.seq_len >= 4, "--seq-len must be at least 4");
     anyhow::ensure!(args.steps > 0, "--steps must be positive");
-    let peak = sgemm_peak_gflops(2048);
+    anyhow::ensure!(
+        args.objective == BenchObjective::Sft || args.labels == LabelShare::Half,
+        "--labels all is for SFT steps (a DPO pair labels its answers)"
+    );
+    let precision = PrecisionSetting::from(args.precision).resolve();
+    let kernel = Bf16Kernel::detect();
+    let peaks = Peaks::measure(kernel);
 
     let build = Instant::now();
     let mut model = QwenModel::random(cfg.clone(), args.dtype.into(), 0.02, 1);
+    model.set_precision(precision);
     let lora = (args.method == BenchMethod::Lora).then(|| LoraConfig {
         r: args.lora_rank,
         lora_alpha: 2.0 * args.lora_rank as f32,
@@ -186,9 +240,14 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     let mut opt = AdamW::new(settings, &layout.sizes(), layout.decay_flags());
     let build_s = build.elapsed().as_secs_f64();
 
-    // One example: random ids; positions of the second half predict their next token. With DPO
-    // it is the preferred sequence of a pair whose other answer is different random ids.
+    // One example: random ids; positions from the first label on predict their next token (the
+    // second half, or all). With DPO it is the preferred sequence of a pair whose other answer is
+    // different random ids.
     let t = args.seq_len;
+    let first_label = match args.labels {
+        LabelShare::Half => t / 2,
+        LabelShare::All => 0,
+    };
     let mut rng = StdRng::seed_from_u64(2);
     let mut random_ids = |n: usize| -> Vec<u32> {
         (0..n)
@@ -198,10 +257,10 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     let prompt = random_ids(t / 2);
     let answer = |ids: Vec<u32>| {
         let input_ids: Vec<u32> = prompt.iter().copied().chain(ids).collect();
-        // Labels unshifted: the targets of positions t/2 .. t-2.
+        // Labels unshifted: the targets of positions first_label .. t-2.
         let labels = (0..t)
             .map(|i| {
-                if i > t / 2 {
+                if i > first_label {
                     input_ids[i] as i32
                 } else {
                     IGNORE_INDEX
@@ -246,12 +305,14 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     };
 
     // Times warm-up + timed steps of `step` (gradients into `grads`, returning the loss), each
-    // followed by clipping and AdamW; returns the mean step time and the last loss.
-    let mut timed = |step: &mut StepFn| -> anyhow::Result<(f64, f64)> {
-        let mut times = Vec::new();
+    // followed by clipping and AdamW; returns the mean step time, the mean CPU seconds of all
+    // threads per step (on a loaded machine the wall time mostly measures the share of the CPUs
+    // this process got; this does not, as idle rayon threads sleep) and the last loss.
+    let mut timed = |step: &mut StepFn| -> anyhow::Result<(f64, f64, f64)> {
+        let (mut times, mut cpu_times) = (Vec::new(), Vec::new());
         let mut loss = 0.0;
         for i in 0..args.warmup_steps + args.steps {
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), process_cpu_s());
             grads.zero();
             loss = step(&mut grads, adapter.as_ref(), &model)?;
             clip_grad_norm(&mut grads, Some(1.0));
@@ -262,14 +323,16 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
             opt.update(params, &grads, 1e-4);
             if i >= args.warmup_steps {
                 times.push(t0.elapsed().as_secs_f64());
+                cpu_times.push(process_cpu_s() - c0);
             }
         }
-        Ok((times.iter().sum::<f64>() / times.len() as f64, loss))
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        Ok((mean(&times), mean(&cpu_times), loss))
     };
 
     let dpo = match &dpo_setup {
         Some((plan, batches, reference, reference_s)) => {
-            let (step_s, loss) = timed(&mut |grads, adapter, model| {
+            let (step_s, _, loss) = timed(&mut |grads, adapter, model| {
                 let sums = dpo::accumulate_step(
                     model,
                     adapter,
@@ -288,7 +351,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     };
 
     let batch = tuna_train::data::pack_group(&[&chosen]);
-    let (step_s, loss) = timed(&mut |grads, adapter, model| {
+    let (step_s, cpu_s, loss) = timed(&mut |grads, adapter, model| {
         let stats = model.forward_backward(
             &batch.as_train_batch(),
             adapter,
@@ -313,13 +376,28 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         BenchMethod::Lora => format!("lora r={} (all 7 projections)", args.lora_rank),
         BenchMethod::Full => "full".to_string(),
     };
+    let dtype = DType::from(args.dtype).name();
+    let peak = peaks.for_precision(precision);
+    // The LoRA products (rank r) and attention stay f32 at every precision.
+    let kernels = match precision {
+        Precision::F32 => "f32 sgemm (gemm crate); GEMV for <= 32 rows".to_string(),
+        Precision::Bf16(k) => format!(
+            "{} for linear layers and the LM head (bf16 operands, f32 sums); f32 for LoRA (rank-r kernels) and attention",
+            k.name()
+        ),
+    };
     if args.json {
         let mut out = serde_json::json!({
-            "shape": args.shape, "method": method, "dtype": tuna_engine::DType::from(args.dtype).name(),
-            "threads": threads, "seq_len": t, "labelled_tokens": labelled, "recompute": args.recompute,
+            "shape": args.shape, "method": method, "dtype": dtype,
+            "precision": precision.describe(), "precision_setting": PrecisionSetting::from(args.precision).as_str(),
+            "bf16_kernel_detected": kernel.name(), "kernels": kernels,
+            "threads": threads, "seq_len": t, "labelled_tokens": labelled, "labels": format!("{:?}", args.labels).to_lowercase(),
+            "recompute": args.recompute,
             "parameters": cfg.num_parameters(), "trainable_parameters": layout.num_elements(),
             "step_s": step_s, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
-            "gflops": gflops, "peak_gflops": peak, "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
+            "cpu_s_per_step": cpu_s, "tokens_per_cpu_s": t as f64 / cpu_s,
+            "gflops": gflops, "peak_gflops": peak, "peaks": peaks,
+            "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
         });
         if let (Some((dpo_s, dpo_loss, reference_s, dpo_rss)), Some(obj)) =
             (dpo, out.as_object_mut())
@@ -337,16 +415,16 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "shape {} ({:.0}M parameters), {method}, weights {}, {threads} threads{}",
+        "shape {} ({:.0}M parameters), {method}, weights {dtype}, {threads} threads{}",
         args.shape,
         cfg.num_parameters() as f64 / 1e6,
-        tuna_engine::DType::from(args.dtype).name(),
         if args.recompute {
             ", recomputed activations"
         } else {
             ""
         }
     );
+    println!("precision {} ({kernels})", precision.describe());
     if let Some((dpo_s, _, reference_s, dpo_rss)) = dpo {
         println!(
             "DPO: one pair of two {t}-token sequences (shared prompt of {}, answers of {} labelled tokens) in one micro-batch; {} timed steps after {} warm-up",
@@ -367,18 +445,36 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         println!("SFT on the pair's preferred sequence, for comparison:");
     }
     println!(
-        "one example of {t} tokens, the last half ({labelled} targets) labelled; {} timed steps after {} warm-up",
-        args.steps, args.warmup_steps
+        "one example of {t} tokens, {labelled} labelled targets ({:?}); {} timed steps after {} warm-up",
+        args.labels, args.steps, args.warmup_steps
     );
     println!(
         "step      {:>8.3} s   ({:.1} GFLOP of matrix products)",
         step_s,
         flops / 1e9
     );
-    println!("training  {tokens_per_s:>8.1} tokens/s");
     println!(
-        "achieved  {gflops:>8.1} GFLOP/s   (f32 sgemm peak of this machine: {peak:.1} GFLOP/s, {:.0}%)",
-        100.0 * gflops / peak
+        "training  {tokens_per_s:>8.1} tokens/s   ({:.1} tokens per CPU-second of all threads)",
+        t as f64 / cpu_s
+    );
+    match peak {
+        Some(p) => println!(
+            "achieved  {gflops:>8.1} GFLOP/s   ({:.0}% of the {} instruction peak, {p:.1} GFLOP/s)",
+            100.0 * gflops / p,
+            if matches!(precision, Precision::Bf16(k) if k.is_native()) {
+                "bf16 dot-product"
+            } else {
+                "f32 FMA"
+            }
+        ),
+        None => println!("achieved  {gflops:>8.1} GFLOP/s"),
+    }
+    println!(
+        "peaks     bf16 dot {}, f32 FMA {}, 2048^3 product: f32 {:.1}, bf16 {} GFLOP/s",
+        peaks.bf16_dot.map_or("-".into(), |p| format!("{p:.1}")),
+        peaks.f32_fma.map_or("-".into(), |p| format!("{p:.1}")),
+        peaks.f32_product,
+        peaks.bf16_product.map_or("-".into(), |p| format!("{p:.1}")),
     );
     if let (Some(rss), None) = (rss, dpo) {
         println!("peak RSS  {rss:>8.0} MB");

@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tuna_data::pack::LengthPolicy;
 use tuna_model::LoraTarget;
 use tuna_train::{
-    BatchSize, CheckpointInfo, EvalMetrics, Method, Objective, PreferenceMetrics, ScheduleKind,
-    StepMetrics, TrainConfig, TrainObserver, Trainer,
+    BatchSize, CheckpointInfo, EvalMetrics, Method, Objective, PrecisionSetting,
+    PreferenceMetrics, ScheduleKind, StepMetrics, TrainConfig, TrainObserver, Trainer,
 };
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -37,6 +37,24 @@ pub enum ScheduleArg {
     Linear,
     Cosine,
     Constant,
+}
+
+/// How the matrix products multiply: bf16 where the CPU has bf16 units (auto), f32, or bf16.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl From<PrecisionArg> for PrecisionSetting {
+    fn from(p: PrecisionArg) -> PrecisionSetting {
+        match p {
+            PrecisionArg::Auto => PrecisionSetting::Auto,
+            PrecisionArg::F32 => PrecisionSetting::F32,
+            PrecisionArg::Bf16 => PrecisionSetting::Bf16,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -147,6 +165,10 @@ pub struct TrainArgs {
     /// Recompute activations in backward (less memory, ~30% slower)
     #[arg(long)]
     pub recompute: bool,
+    /// Matrix products: bf16 operands with f32 sums where the CPU has bf16 units (auto), f32, or
+    /// bf16; master weights, LoRA and AdamW state stay f32 [default: auto]
+    #[arg(long, value_enum, env = "TUNA_PRECISION")]
+    pub precision: Option<PrecisionArg>,
     /// Held-out prompts answered at each checkpoint [default: 1]
     #[arg(long)]
     pub sample_prompts: Option<usize>,
@@ -245,6 +267,7 @@ impl TrainArgs {
         set(&mut c.save_every, self.save_every.map(Some));
         set(&mut c.save_total_limit, self.save_total_limit.map(Some));
         c.recompute_activations |= self.recompute;
+        set(&mut c.precision, self.precision.map(PrecisionSetting::from));
         set(&mut c.sample_prompts, self.sample_prompts);
         c.resume |= self.resume;
         set(&mut c.resume_from, self.resume_from.clone().map(Some));
@@ -432,6 +455,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             d.train_tokens,
             d.train_trained_tokens,
         );
+        eprintln!(
+            "matrix products: {} (precision {})",
+            trainer.precision().describe(),
+            c.precision.as_str()
+        );
         if d.truncated + d.dropped_too_long + d.dropped_no_labels > 0 {
             eprintln!(
                 "note: {} {what} truncated to {} tokens, {} dropped as too long, {} dropped without a trained token",
@@ -475,10 +503,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "finished"
     };
     println!(
-        "{verb} after {}/{} steps in {}: train loss {}, eval loss {}",
+        "{verb} after {}/{} steps in {} ({} matrix products): train loss {}, eval loss {}",
         summary.steps,
         summary.total_steps,
         format_duration(summary.elapsed_s),
+        summary.precision,
         summary.train_loss.map_or("-".into(), |l| format!("{l:.4}")),
         summary
             .eval

@@ -445,6 +445,7 @@ pub fn lm_head_ce_backward(
         n,
         c,
         v,
+        precision,
     );
 }
 
@@ -463,6 +464,7 @@ pub fn lm_head_ce_backward_weighted(
     n: usize,
     c: usize,
     v: usize,
+    precision: Precision,
 ) {
     assert_eq!(
         row_scale.len(),
@@ -481,6 +483,7 @@ pub fn lm_head_ce_backward_weighted(
         n,
         c,
         v,
+        precision,
     );
 }
 
@@ -512,6 +515,7 @@ fn backward(
     n: usize,
     c: usize,
     v: usize,
+    precision: Precision,
 ) {
     check(hidden, &weight, targets, n, c, v);
     assert_eq!(
