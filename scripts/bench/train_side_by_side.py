@@ -20,7 +20,8 @@ GFLOP/s achieved against the measured bf16 dot-product peak.
     cargo build --release -p tuna-cli
     python3 scripts/bench/train_side_by_side.py [--rounds 2] [--full] [--python /path/to/venv/bin/python]
 
-Prints every run as it finishes, then a summary table and the ratios; --json FILE also writes all of it.
+Prints every run as it finishes, then a summary table and the ratios (of wall-clock tokens/s, and of tokens per
+CPU-second, which a loaded machine disturbs less); --json FILE also writes all of it.
 Needs the venv of scripts/fixtures/requirements.txt (torch, transformers, peft) for the PEFT side.
 """
 
@@ -126,6 +127,7 @@ def main():
                 res.update(config=name, labels=labels, round=r, load_after=load())
                 runs.append(res)
                 print(f"[{labels:4} round {r}] {name:15} {res['tokens_per_s']:8.1f} tokens/s  "
+                      f"{res.get('tokens_per_cpu_s', float('nan')):7.1f} tokens/CPU-s  "
                       f"{res.get('gflops', float('nan')):7.1f} GFLOP/s  peak RSS {res['peak_rss_mb']:7.0f} MB  "
                       f"{res.get('precision', '')}  load {res['load_after'][0] if res['load_after'] else '-'}\n"
                       f"    $ {' '.join(cmd)}", flush=True)
@@ -135,17 +137,18 @@ def main():
         return statistics.median(vals) if vals else None
 
     summary = {}
-    print("\nmedians (tokens/s | GFLOP/s | peak RSS MB):")
+    print("\nmedians (tokens/s | tokens per CPU-second | GFLOP/s | peak RSS MB):")
     for labels in shares:
         rows = {}
         for name, _ in configs:
             tps = med(name, labels, "tokens_per_s")
             if tps is None:
                 continue
-            rows[name] = {k: med(name, labels, k) for k in ["tokens_per_s", "gflops", "peak_rss_mb"]}
+            rows[name] = {k: med(name, labels, k)
+                          for k in ["tokens_per_s", "tokens_per_cpu_s", "gflops", "peak_rss_mb"]}
             g = rows[name]["gflops"]
-            print(f"  {labels:4} {name:15} {tps:8.1f} | {g if g is None else round(g, 1)!s:>7} | "
-                  f"{rows[name]['peak_rss_mb']:7.0f}")
+            print(f"  {labels:4} {name:15} {tps:8.1f} | {rows[name]['tokens_per_cpu_s']:7.1f} | "
+                  f"{g if g is None else round(g, 1)!s:>7} | {rows[name]['peak_rss_mb']:7.0f}")
         t, pf, pb = rows.get("tuna-bf16"), rows.get("peft-f32"), rows.get("peft-bf16")
         ratios = {}
         if t and pf:
@@ -153,6 +156,12 @@ def main():
             ratios["peak_rss_vs_peft_f32"] = t["peak_rss_mb"] / pf["peak_rss_mb"]
         if t and pb:
             ratios["tokens_per_s_vs_peft_bf16_autocast"] = t["tokens_per_s"] / pb["tokens_per_s"]
+        # Per CPU-second of all threads: less sensitive to a loaded machine, but PyTorch's OpenMP
+        # workers spin while they wait, which counts against it (exact with --threads 1).
+        if t and pf:
+            ratios["tokens_per_cpu_s_vs_peft_f32"] = t["tokens_per_cpu_s"] / pf["tokens_per_cpu_s"]
+        if t and pb:
+            ratios["tokens_per_cpu_s_vs_peft_bf16_autocast"] = t["tokens_per_cpu_s"] / pb["tokens_per_cpu_s"]
         bf16_runs = [r for r in runs if r["config"] == "tuna-bf16" and r["labels"] == labels]
         if bf16_runs and bf16_runs[0].get("peak_gflops"):
             ratios["gflops_share_of_bf16_dot_peak"] = statistics.median(

@@ -1,8 +1,9 @@
 //! Kernel benchmarks at Qwen2.5-0.5B shapes (hidden 896, MLP 4864, vocab 151936).
 //!
 //! `matmul_bt512` (prefill/training) and `matmul_backward_bt512` report FLOP/s as elements/s
-//! (2·bt·c·oc per product); `matmul_bt1` (decode) reports the weight bytes streamed per second,
-//! since a GEMV is memory bound. Element-wise groups report elements/s.
+//! (2·bt·c·oc per product) at f32 and, on a CPU with a bf16 unit, at bf16 (ids `bf16/<weight
+//! dtype>`); `matmul_bt1` (decode) reports the weight bytes streamed per second, since a GEMV is
+//! memory bound. Element-wise groups report elements/s.
 //!
 //! `cargo bench -p tuna-engine --bench kernels -- --warm-up-time 1 --measurement-time 3 matmul`
 
@@ -13,7 +14,7 @@ use half::bf16;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_engine::WeightRef;
 use tuna_engine::ops::adamw::{AdamWConfig, adamw_update};
-use tuna_engine::ops::matmul::{Precision, matmul_backward, matmul_forward};
+use tuna_engine::ops::matmul::{Bf16Kernel, Precision, matmul_backward, matmul_forward};
 use tuna_engine::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use tuna_engine::ops::swiglu::{swiglu_backward, swiglu_forward};
 
@@ -27,6 +28,16 @@ const SHAPES: [(&str, usize, usize); 4] = [
 
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// The precisions to time: f32, and bf16 when the CPU multiplies bf16 natively.
+fn precisions() -> Vec<(&'static str, Precision)> {
+    let kernel = Bf16Kernel::detect();
+    let mut p = vec![("f32", Precision::F32)];
+    if kernel.is_native() {
+        p.push(("bf16", Precision::Bf16(kernel)));
+    }
+    p
 }
 
 fn bench_matmul(cr: &mut Criterion) {
@@ -46,20 +57,23 @@ fn bench_matmul(cr: &mut Criterion) {
                     Throughput::Elements((2 * bt * c * oc) as u64)
                 };
                 group.throughput(tp);
-                group.bench_function(BenchmarkId::new(name, weight.dtype().name()), |b| {
-                    b.iter(|| {
-                        matmul_forward(
-                            &mut out,
-                            black_box(&inp),
-                            weight,
-                            None,
-                            bt,
-                            c,
-                            oc,
-                            Precision::F32,
-                        )
-                    })
-                });
+                for (pname, precision) in precisions() {
+                    let id = format!("{pname}/{}", weight.dtype().name());
+                    group.bench_function(BenchmarkId::new(name, id), |b| {
+                        b.iter(|| {
+                            matmul_forward(
+                                &mut out,
+                                black_box(&inp),
+                                weight,
+                                None,
+                                bt,
+                                c,
+                                oc,
+                                precision,
+                            )
+                        })
+                    });
+                }
             }
         }
         group.finish();
@@ -79,43 +93,51 @@ fn bench_matmul(cr: &mut Criterion) {
         let mut dinp = vec![0.0f32; bt * c];
         let mut dw = vec![0.0f32; oc * c];
         group.throughput(Throughput::Elements((2 * bt * c * oc) as u64));
-        for weight in [WeightRef::F32(&w), WeightRef::BF16(&wb)] {
+        for (pname, precision) in precisions() {
+            for weight in [WeightRef::F32(&w), WeightRef::BF16(&wb)] {
+                group.bench_function(
+                    BenchmarkId::new(
+                        format!("{name}/dinp"),
+                        format!("{pname}/{}", weight.dtype().name()),
+                    ),
+                    |b| {
+                        b.iter(|| {
+                            matmul_backward(
+                                Some(&mut dinp),
+                                None,
+                                None,
+                                black_box(&dout),
+                                &inp,
+                                weight,
+                                bt,
+                                c,
+                                oc,
+                                precision,
+                            )
+                        })
+                    },
+                );
+            }
             group.bench_function(
-                BenchmarkId::new(format!("{name}/dinp"), weight.dtype().name()),
+                BenchmarkId::new(format!("{name}/dweight"), format!("{pname}/f32")),
                 |b| {
                     b.iter(|| {
                         matmul_backward(
-                            Some(&mut dinp),
                             None,
+                            Some(&mut dw),
                             None,
                             black_box(&dout),
                             &inp,
-                            weight,
+                            WeightRef::F32(&w),
                             bt,
                             c,
                             oc,
-                            Precision::F32,
+                            precision,
                         )
                     })
                 },
             );
         }
-        group.bench_function(BenchmarkId::new(format!("{name}/dweight"), "f32"), |b| {
-            b.iter(|| {
-                matmul_backward(
-                    None,
-                    Some(&mut dw),
-                    None,
-                    black_box(&dout),
-                    &inp,
-                    WeightRef::F32(&w),
-                    bt,
-                    c,
-                    oc,
-                    Precision::F32,
-                )
-            })
-        });
     }
     group.finish();
 }

@@ -7,6 +7,7 @@
 //!
 //! Not supported: GPUs (a CUDA backend is planned behind the same signatures).
 
+pub mod alloc;
 pub mod ops;
 mod scratch;
 mod simd;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
-use tuna_engine::ops::matmul::{Layout, sgemm};
+use tuna_engine::ops::matmul::{skinny_a_bt, skinny_at_b, skinny_update};
 
 use crate::config::QwenConfig;
 use crate::error::{Error, Result};
@@ -152,6 +152,10 @@ impl LoraLinear {
     /// The LoRA branch of a linear layer, for generation and training alike:
     /// `out (bt, out) += scale · (dropout(x) · Aᵀ) · Bᵀ` with x (bt, in), where dropout multiplies
     /// x by `keep` (see [`dropout_keep`]; None at inference). Returns what [`Self::backward`] needs.
+    ///
+    /// Its products are f32 at every precision, through the engine's rank-r kernels (`skinny_*`):
+    /// they are a small share of the work, and a bf16 kernel would spend more on packing the wide
+    /// operand than it saves.
     pub fn forward(
         &self,
         out: &mut [f32],
@@ -168,32 +172,12 @@ impl LoraLinear {
             }
             None => x,
         };
-        // u (bt, r) = dropout(x) · Aᵀ
+        // u (bt, r) = dropout(x) (bt, i) · Aᵀ
         let mut u = vec![0.0; bt * r];
-        sgemm(
-            &mut u,
-            x_in,
-            Layout::Normal,
-            &self.a,
-            Layout::Transposed,
-            bt,
-            i,
-            r,
-            false,
-        );
-        // out (bt, o) += (scale · u) · Bᵀ
+        skinny_a_bt(&mut u, x_in, &self.a, bt, i, r);
+        // out (bt, o) += (scale · u) (bt, r) · Bᵀ (r, o)
         let us: Vec<f32> = u.iter().map(|v| v * self.scale).collect();
-        sgemm(
-            out,
-            &us,
-            Layout::Normal,
-            &self.b,
-            Layout::Transposed,
-            bt,
-            r,
-            o,
-            true,
-        );
+        skinny_update(out, &us, &self.b_transposed(), bt, r, o);
         LoraActs { keep, u }
     }
 
@@ -211,89 +195,41 @@ impl LoraLinear {
         bt: usize,
     ) {
         let (r, i, o, s) = (self.rank, self.in_features, self.out_features, self.scale);
-        // dB (o, r) += s · dyᵀ · u
+        // dBᵀ (r, o) += (s · u)ᵀ (r, bt) · dy (bt, o); dB is stored (o, r)
         let us: Vec<f32> = acts.u.iter().map(|v| v * s).collect();
-        sgemm(
-            db,
-            dy,
-            Layout::Transposed,
-            &us,
-            Layout::Normal,
-            o,
-            bt,
-            r,
-            true,
-        );
-        // du (bt, r) = s · dy · B
+        skinny_at_b(db, (1, r), &us, dy, bt, r, o);
+        // du (bt, r) = s · dy (bt, o) · B (o, r)
         let mut du = vec![0.0; bt * r];
-        sgemm(
-            &mut du,
-            dy,
-            Layout::Normal,
-            &self.b,
-            Layout::Normal,
-            bt,
-            o,
-            r,
-            false,
-        );
+        skinny_a_bt(&mut du, dy, &self.b_transposed(), bt, o, r);
         du.iter_mut().for_each(|v| *v *= s);
-        // dA (r, i) += duᵀ · dropout(x); dx += (du · A) ⊙ keep
+        // dA (r, i) += duᵀ (r, bt) · dropout(x) (bt, i); dx += (du · A) ⊙ keep
         match &acts.keep {
             None => {
-                sgemm(
-                    da,
-                    &du,
-                    Layout::Transposed,
-                    x,
-                    Layout::Normal,
-                    r,
-                    bt,
-                    i,
-                    true,
-                );
-                sgemm(
-                    dx,
-                    &du,
-                    Layout::Normal,
-                    &self.a,
-                    Layout::Normal,
-                    bt,
-                    r,
-                    i,
-                    true,
-                );
+                skinny_at_b(da, (i, 1), &du, x, bt, r, i);
+                skinny_update(dx, &du, &self.a, bt, r, i);
             }
             Some(keep) => {
                 let dropped: Vec<f32> = x.iter().zip(keep).map(|(a, b)| a * b).collect();
-                sgemm(
-                    da,
-                    &du,
-                    Layout::Transposed,
-                    &dropped,
-                    Layout::Normal,
-                    r,
-                    bt,
-                    i,
-                    true,
-                );
+                skinny_at_b(da, (i, 1), &du, &dropped, bt, r, i);
                 let mut dxd = vec![0.0; bt * i];
-                sgemm(
-                    &mut dxd,
-                    &du,
-                    Layout::Normal,
-                    &self.a,
-                    Layout::Normal,
-                    bt,
-                    r,
-                    i,
-                    false,
-                );
+                skinny_update(&mut dxd, &du, &self.a, bt, r, i);
                 dx.iter_mut()
                     .zip(dxd.iter().zip(keep))
                     .for_each(|(d, (g, k))| *d += g * k);
             }
         }
+    }
+
+    /// Bᵀ (r, out), row-major.
+    fn b_transposed(&self) -> Vec<f32> {
+        let (r, o) = (self.rank, self.out_features);
+        let mut bt = vec![0.0; r * o];
+        for (row, b) in self.b.chunks_exact(r).enumerate() {
+            for (j, &v) in b.iter().enumerate() {
+                bt[j * o + row] = v;
+            }
+        }
+        bt
     }
 }
 

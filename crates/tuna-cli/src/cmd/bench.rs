@@ -43,6 +43,10 @@ pub struct GenerateBenchArgs {
     pub prompt_len: usize,
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// Matrix products (prefill): f32, bf16 (operands rounded to bf16, f32 sums), or auto (bf16
+    /// where the CPU has bf16 units). Decode reads the weights as stored either way.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: super::train::PrecisionArg,
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
@@ -70,7 +74,9 @@ fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
         "--prompt-len and --new-tokens must be positive"
     );
     let build = Instant::now();
-    let model = QwenModel::random(cfg.clone(), args.dtype.into(), 0.02, 1);
+    let mut model = QwenModel::random(cfg.clone(), args.dtype.into(), 0.02, 1);
+    let precision = tuna_train::PrecisionSetting::from(args.precision).resolve();
+    model.set_precision(precision);
     let build_s = build.elapsed().as_secs_f64();
     let mut rng = StdRng::seed_from_u64(2);
     let prompt: Vec<u32> = (0..args.prompt_len)
@@ -100,6 +106,7 @@ fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "shape": args.shape, "dtype": DType::from(args.dtype).name(), "threads": threads,
+                "precision": precision.describe(),
                 "parameters": cfg.num_parameters(), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                 "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
                 "peak_rss_mb": rss, "build_s": build_s,
@@ -107,10 +114,11 @@ fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "shape {} ({:.0}M parameters), weights {}, {threads} threads",
+            "shape {} ({:.0}M parameters), weights {}, {} products, {threads} threads",
             args.shape,
             cfg.num_parameters() as f64 / 1e6,
-            DType::from(args.dtype).name()
+            DType::from(args.dtype).name(),
+            precision.describe()
         );
         println!(
             "prefill  {:>4} tokens  {:>8.1} tokens/s",

@@ -421,6 +421,7 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    tuna_engine::alloc::reuse_freed_memory();
     let model_dir = crate::model_dir::resolve(&args.model)?;
     let cfg = args.to_config(model_dir)?;
     if !args.json {

@@ -10,8 +10,8 @@
 //! - many rows (bt > 32: prefill, training), f32: f32 weights go straight to `sgemm`; half weights
 //!   are widened a block of rows at a time into a reused f32 scratch buffer (bounded memory: the
 //!   LM head is 151936×896) and each block is multiplied into its output columns.
-//! - many rows, bf16: the bf16 kernel reads the weight as it is stored (f32 weights are rounded as
-//!   they are packed), computing outᵀ = W·inpᵀ so the weight is its row-major A operand.
+//! - many rows, bf16: the bf16 kernel packs the weight as it is stored (f32 weights are rounded as
+//!   they are packed), a piece at a time into L2, and multiplies every input row by it.
 //! - few rows (bt ≤ 32: decode, short prompts): the GEMV, which streams the weight once (bf16:
 //!   with the input rounded to bf16 first; an f32 weight under bf16 takes the bf16 kernel).
 //!
@@ -21,13 +21,15 @@ mod bf16;
 mod gemm;
 mod gemv;
 pub mod peak;
+mod skinny;
 mod widen;
 
 pub use bf16::Bf16Kernel;
 pub use gemm::{Layout, sgemm};
+pub use skinny::{skinny_a_bt, skinny_at_b, skinny_update};
 
 use bf16::gemm_bf16;
-pub(crate) use bf16::pack::Mat;
+pub use bf16::pack::Mat;
 pub(crate) use bf16::pack::round_to_bf16_f32;
 use gemm::sgemm_strided;
 use gemv::gemv;
@@ -62,9 +64,10 @@ impl Precision {
 }
 
 /// `dst (m, n) [+]= a (m, k) · b (k, n)` at `precision`; `dst` element (i, j) at
-/// `i·dst_st.0 + j·dst_st.1` (injective strides). At `F32` both operands must be f32.
+/// `i·dst_st.0 + j·dst_st.1` (one stride 1, the other at least the row or column count). At `F32`
+/// both operands must be f32 (`sgemm`); at bf16 they may be weights in any dtype.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
+pub fn gemm(
     precision: Precision,
     dst: &mut [f32],
     dst_st: (usize, usize),
@@ -158,24 +161,24 @@ pub fn matmul_forward(
             })
         }
         (Precision::Bf16(kernel), _) => {
-            // outᵀ (oc, bt) = weight (oc, c) · inpᵀ (c, bt)
+            // out (bt, oc) = inp (bt, c) · weightᵀ (c, oc)
             gemm_bf16(
                 kernel,
                 out,
-                (1, oc),
+                (oc, 1),
                 Mat {
-                    data: weight,
+                    data: WeightRef::F32(inp),
                     rs: c,
                     cs: 1,
                 },
                 Mat {
-                    data: WeightRef::F32(inp),
+                    data: weight,
                     rs: 1,
                     cs: c,
                 },
-                oc,
-                c,
                 bt,
+                c,
+                oc,
                 false,
             )
         }

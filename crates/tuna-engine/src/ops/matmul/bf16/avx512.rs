@@ -30,7 +30,7 @@ impl TileKernel for Avx512 {
     fn pack_a(dst: &mut [u16], a: &Mat, i0: usize, rows: usize, m: usize, k: usize) {
         #[cfg(target_arch = "x86_64")]
         if !matches!(a.data, WeightRef::F16(_)) && (a.cs == 1 || a.rs == 1) {
-            // SAFETY: this kernel only runs on CPUs with AVX-512F/BW (and BF16); the driver
+            // SAFETY: this kernel only runs on CPUs with AVX-512F/BW/VL (and BF16); the driver
             // checked A's extent.
             return unsafe { pack_a_simd(dst, a, i0, rows, m, k) };
         }
@@ -72,9 +72,9 @@ pub(super) fn pack_a_portable(
 /// transposes, transposed A (rs = 1) by interleaving its rows.
 ///
 /// # Safety
-/// The CPU must have AVX-512F/BW; A's extent must have been checked.
+/// The CPU must have AVX-512F/BW/VL; A's extent must have been checked.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack_a_simd(dst: &mut [u16], a: &Mat, i0: usize, rows: usize, m: usize, k: usize) {
     use super::pack_avx512::{interleave_bf16, interleave_f32, transpose16, words_bf16, words_f32};
     use std::arch::x86_64::*;

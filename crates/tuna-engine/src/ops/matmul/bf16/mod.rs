@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use pack::{Mat, NR, pack_b_panel, padded_k, round_bf16};
+use pack::{Mat, NR, pack_b_all, pack_b_panel, padded_k, round_bf16};
 
 use super::gemm::{extent, sgemm_strided};
 use crate::scratch::{with_scratch, with_scratch_u16};
@@ -139,8 +139,11 @@ trait TileKernel {
 
 /// Largest MR of the kernels (the stack tile holds MR × NR floats).
 const MAX_MR: usize = 32;
-/// Bytes of a task's packed A block: small enough to stay in L2 while every panel passes by.
-const A_BLOCK_BYTES: usize = 192 << 10;
+/// Bytes of a task's packed piece of the larger operand: small enough to stay in L2 while the
+/// other operand streams past.
+const BLOCK_BYTES: usize = 256 << 10;
+/// k per block (a multiple of 32): bounds the packed pieces, so they stay in cache.
+const KC: usize = 1024;
 /// Tasks per thread, for balance.
 const TASKS_PER_THREAD: usize = 4;
 
@@ -209,7 +212,27 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
-/// The driver over one microkernel (see the module docs).
+/// Columns `k0 .. k0 + kc` of A (m, k), as an operand of its own.
+fn a_columns<'a>(a: &Mat<'a>, k0: usize) -> Mat<'a> {
+    Mat {
+        data: a.data.slice(k0 * a.cs..a.data.len()),
+        ..*a
+    }
+}
+
+/// Rows `k0 .. k0 + kc` of B (k, n), as an operand of its own.
+fn b_rows<'a>(b: &Mat<'a>, k0: usize) -> Mat<'a> {
+    Mat {
+        data: b.data.slice(k0 * b.rs..b.data.len()),
+        ..*b
+    }
+}
+
+/// The driver over one microkernel (see the module docs): k in blocks of [`KC`], each block's
+/// partial products added into dst. Per block, the smaller operand is packed whole first
+/// (in parallel); then tasks each pack an L2-sized piece of the larger one and multiply it by all
+/// of the smaller, so the large operand (a weight, usually) is read from memory once and used
+/// from L2 while it is hot.
 #[allow(clippy::too_many_arguments)]
 fn run<K: TileKernel>(
     dst: &mut [f32],
@@ -221,70 +244,176 @@ fn run<K: TileKernel>(
     n: usize,
     accumulate: bool,
 ) {
-    let mr = K::MR;
-    let kp = padded_k(k);
-    let panels = n.div_ceil(NR);
+    let out = SharedOut(dst.as_mut_ptr());
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let (a, b) = (a_columns(a, k0), b_rows(b, k0));
+        let accumulate = accumulate || k0 > 0;
+        if m * kc >= kc * n {
+            run_row_tasks::<K>(out, dst_st, &a, &b, m, kc, n, accumulate);
+        } else {
+            run_col_tasks::<K>(out, dst_st, &a, &b, m, kc, n, accumulate);
+        }
+    }
+}
+
+/// Tasks own blocks of A rows (A is the larger operand): B packed whole, each task packs its A
+/// block and walks every panel.
+#[allow(clippy::too_many_arguments)]
+fn run_row_tasks<K: TileKernel>(
+    out: SharedOut,
+    dst_st: (usize, usize),
+    a: &Mat,
+    b: &Mat,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    let (mr, kp, panels) = (K::MR, padded_k(k), n.div_ceil(NR));
     let tasks_wanted = TASKS_PER_THREAD * rayon::current_num_threads();
-    let cache_rows = (A_BLOCK_BYTES / (2 * kp)) / mr * mr;
+    let cache_rows = (BLOCK_BYTES / (2 * kp)) / mr * mr;
     let mb = cache_rows
         .min(m.div_ceil(tasks_wanted).next_multiple_of(mr))
         .max(mr);
-    let row_blocks = m.div_ceil(mb);
-    let col_groups = tasks_wanted.div_ceil(row_blocks).clamp(1, panels);
-    let per_group = panels.div_ceil(col_groups);
-    let out = SharedOut(dst.as_mut_ptr());
     with_scratch_u16(panels * kp * NR, |bpack| {
-        bpack
-            .par_chunks_mut(kp * NR)
-            .enumerate()
-            .for_each(|(q, d)| pack_b_panel(d, b, q, k, n));
+        pack_b_all(bpack, b, k, n);
         let bpack = &*bpack;
-        (0..row_blocks * col_groups)
-            .into_par_iter()
-            .for_each(|task| {
-                let (rb, g) = (task / col_groups, task % col_groups);
-                let (q0, q1) = (g * per_group, ((g + 1) * per_group).min(panels));
-                if q0 >= q1 {
-                    return;
-                }
-                let i0 = rb * mb;
-                let rows = mb.min(m - i0).next_multiple_of(mr);
-                with_scratch_u16(K::a_block_len(rows, kp), |ablock| {
-                    K::pack_a(ablock, a, i0, rows, m, k);
-                    let mut tile = [0.0f32; MAX_MR * NR];
-                    let mut unit = K::begin();
-                    for q in q0..q1 {
-                        let panel = &bpack[q * kp * NR..(q + 1) * kp * NR];
-                        let (c0, cols) = (q * NR, NR.min(n - q * NR));
-                        for s in 0..rows / mr {
-                            let r0 = i0 + s * mr;
-                            if r0 >= m {
-                                break;
-                            }
-                            // SAFETY: `run::<K>` is only called for an available kernel
-                            // (asserted in `gemm_bf16`).
-                            unsafe { K::tile(&mut unit, &mut tile, ablock, s, panel, kp) };
-                            // SAFETY: this task alone owns rows i0..i0+mb × panels q0..q1 of
-                            // dst; the strides map distinct (i, j) to distinct in-bounds
-                            // elements (asserted in `gemm_bf16`).
-                            unsafe {
-                                store_tile(
-                                    out,
-                                    dst_st,
-                                    &tile[..mr * NR],
-                                    r0,
-                                    mr.min(m - r0),
-                                    c0,
-                                    cols,
-                                    accumulate,
-                                )
-                            };
-                        }
+        (0..m.div_ceil(mb)).into_par_iter().for_each(|rb| {
+            let i0 = rb * mb;
+            let rows = mb.min(m - i0).next_multiple_of(mr);
+            with_scratch_u16(K::a_block_len(rows, kp), |ablock| {
+                K::pack_a(ablock, a, i0, rows, m, k);
+                let mut unit = K::begin();
+                for q in 0..panels {
+                    let panel = &bpack[q * kp * NR..(q + 1) * kp * NR];
+                    for s in 0..rows / mr {
+                        // SAFETY: this task alone owns rows i0 .. i0 + mb of dst.
+                        unsafe {
+                            tile_into::<K>(
+                                &mut unit, out, dst_st, ablock, s, i0, m, panel, q, n, kp,
+                                accumulate,
+                            )
+                        };
                     }
-                    K::end(unit);
-                });
+                }
+                K::end(unit);
             });
+        });
     });
+}
+
+/// Tasks own groups of B panels (B is the larger operand): A packed whole, each task packs its
+/// panels and multiplies all of A by them.
+#[allow(clippy::too_many_arguments)]
+fn run_col_tasks<K: TileKernel>(
+    out: SharedOut,
+    dst_st: (usize, usize),
+    a: &Mat,
+    b: &Mat,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    let (mr, kp, panels) = (K::MR, padded_k(k), n.div_ceil(NR));
+    let m_pad = m.next_multiple_of(mr);
+    let tasks_wanted = TASKS_PER_THREAD * rayon::current_num_threads();
+    let cache_panels = (BLOCK_BYTES / (2 * kp * NR)).max(1);
+    let per_task = cache_panels.min(panels.div_ceil(tasks_wanted)).max(1);
+    // A is packed in chunks of whole tiles, in parallel.
+    let chunk_rows = (4 * mr).min(m_pad);
+    with_scratch_u16(K::a_block_len(m_pad, kp), |apack| {
+        let chunk_len = K::a_block_len(chunk_rows, kp);
+        apack
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(c, d)| {
+                K::pack_a(d, a, c * chunk_rows, d.len() / kp, m, k);
+            });
+        let apack = &*apack;
+        // B with contiguous rows (a weight in a backward product) is packed whole, reading it
+        // in order (a K block of it fits in L3); otherwise each task packs its own panels.
+        let whole = b.cs == 1;
+        with_scratch_u16(if whole { panels * kp * NR } else { 0 }, |ball| {
+            if whole {
+                pack_b_all(ball, b, k, n);
+            }
+            let ball = &*ball;
+            (0..panels.div_ceil(per_task))
+                .into_par_iter()
+                .for_each(|g| {
+                    let (q0, q1) = (g * per_task, ((g + 1) * per_task).min(panels));
+                    with_scratch_u16(if whole { 0 } else { (q1 - q0) * kp * NR }, |bown| {
+                        let bpack: &[u16] = if whole {
+                            &ball[q0 * kp * NR..q1 * kp * NR]
+                        } else {
+                            for (q, d) in (q0..q1).zip(bown.chunks_exact_mut(kp * NR)) {
+                                pack_b_panel(d, b, q, k, n);
+                            }
+                            bown
+                        };
+                        let mut unit = K::begin();
+                        // Panel by panel, so each stays in L1 while all of A streams from L2.
+                        for (q, panel) in (q0..q1).zip(bpack.chunks_exact(kp * NR)) {
+                            for s in 0..m_pad / mr {
+                                // SAFETY: this task alone owns the columns of panels q0 .. q1.
+                                unsafe {
+                                    tile_into::<K>(
+                                        &mut unit, out, dst_st, apack, s, 0, m, panel, q, n, kp,
+                                        accumulate,
+                                    )
+                                };
+                            }
+                        }
+                        K::end(unit);
+                    });
+                });
+        });
+    });
+}
+
+/// One tile: rows `i0 + s·MR ..` (tile `s` of the packed A block starting at row i0) × panel q.
+///
+/// # Safety
+/// The kernel must be available; the caller must own the tile's elements of dst.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_into<K: TileKernel>(
+    unit: &mut K::Unit,
+    out: SharedOut,
+    dst_st: (usize, usize),
+    ablock: &[u16],
+    s: usize,
+    i0: usize,
+    m: usize,
+    panel: &[u16],
+    q: usize,
+    n: usize,
+    kp: usize,
+    accumulate: bool,
+) {
+    let r0 = i0 + s * K::MR;
+    if r0 >= m {
+        return;
+    }
+    let mut tile = [0.0f32; MAX_MR * NR];
+    // SAFETY: the caller guarantees the kernel is available.
+    unsafe { K::tile(unit, &mut tile, ablock, s, panel, kp) };
+    // SAFETY: the caller owns these elements; the strides map distinct (i, j) to distinct
+    // in-bounds elements (asserted in `gemm_bf16`).
+    unsafe {
+        store_tile(
+            out,
+            dst_st,
+            &tile[..K::MR * NR],
+            r0,
+            K::MR.min(m - r0),
+            q * NR,
+            NR.min(n - q * NR),
+            accumulate,
+        )
+    };
 }
 
 /// dst(r0 + i, c0 + j) (+)= tile[i][j] for i < rows, j < cols (tile rows are NR wide).
@@ -302,6 +431,25 @@ unsafe fn store_tile(
     cols: usize,
     accumulate: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512() && (cs == 1 || rs == 1) {
+        for i0 in (0..rows).step_by(16) {
+            // SAFETY: AVX-512 checked just above; the rest is the caller's contract.
+            unsafe {
+                pack_avx512::store_tile(
+                    out.0,
+                    (rs, cs),
+                    &tile[i0 * NR..],
+                    r0 + i0,
+                    (rows - i0).min(16),
+                    c0,
+                    cols,
+                    accumulate,
+                )
+            };
+        }
+        return;
+    }
     for i in 0..rows {
         let src = &tile[i * NR..i * NR + cols];
         for (j, &v) in src.iter().enumerate() {
@@ -397,12 +545,16 @@ mod tests {
             (33, 70, 45),
             (61, 96, 130),
             (29, 33, 7),
+            // k past one K block (KC = 1024), A taller than B and B wider than A.
+            (40, 1100, 9),
+            (7, 2100, 50),
         ] {
             let af: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bf: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let ab: Vec<bf16> = af.iter().map(|&x| bf16::from_f32(x * 3.0)).collect();
             let bt: Vec<f32> = (0..n * k).map(|idx| bf[(idx % k) * n + idx / k]).collect();
             let at: Vec<f32> = (0..k * m).map(|idx| af[(idx % m) * k + idx / m]).collect();
+            let bbt: Vec<bf16> = bt.iter().map(|&x| bf16::from_f32(x * 0.5)).collect();
             let a_mats = [
                 Mat {
                     data: WeightRef::F32(&af),
@@ -428,6 +580,12 @@ mod tests {
                 },
                 Mat {
                     data: WeightRef::F32(&bt),
+                    rs: 1,
+                    cs: k,
+                },
+                // A bf16 weight (out, in) as the transposed B of a forward product.
+                Mat {
+                    data: WeightRef::BF16(&bbt),
                     rs: 1,
                     cs: k,
                 },

@@ -13,6 +13,7 @@
 //! operands as the oracle.
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::weight::WeightRef;
 
@@ -28,10 +29,31 @@ pub(crate) fn padded_k(k: usize) -> usize {
 
 /// A matrix operand: element (i, j) of the logical (rows, cols) matrix is `data[i·rs + j·cs]`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Mat<'a> {
+pub struct Mat<'a> {
     pub data: WeightRef<'a>,
     pub rs: usize,
     pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// An f32 matrix stored row-major with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Mat<'a> {
+        Mat {
+            data: WeightRef::F32(data),
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of an f32 matrix stored row-major with `stored_cols` columns: element
+    /// (i, j) is stored at `j·stored_cols + i`.
+    pub fn transposed(data: &'a [f32], stored_cols: usize) -> Mat<'a> {
+        Mat {
+            data: WeightRef::F32(data),
+            rs: 1,
+            cs: stored_cols,
+        }
+    }
 }
 
 /// f32 → bf16 bits, round to nearest even; NaN → quiet NaN (as `half::bf16::from_f32`).
@@ -128,10 +150,18 @@ pub(crate) fn pack_a(dst: &mut [u16], a: &Mat, i0: usize, rows: usize, m: usize,
 pub(crate) fn pack_b_panel(dst: &mut [u16], b: &Mat, q: usize, k: usize, n: usize) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx512() && !matches!(b.data, WeightRef::F16(_)) {
-        // SAFETY: AVX-512F/BW checked just above; the caller checked B's extent.
+        // SAFETY: AVX-512F/BW/VL checked just above; the caller checked B's extent.
         unsafe {
             if b.cs == 1 {
-                return super::pack_avx512::pack_b_rows(dst, b, q, k, n);
+                let base = dst.as_mut_ptr().wrapping_sub(q * padded_k(k) * NR);
+                return super::pack_avx512::pack_b_rows(
+                    base,
+                    b,
+                    q..q + 1,
+                    0..padded_k(k) / 2,
+                    k,
+                    n,
+                );
             }
             if b.rs == 1 {
                 return super::pack_avx512::pack_b_cols(dst, b, q, k, n);
@@ -139,6 +169,38 @@ pub(crate) fn pack_b_panel(dst: &mut [u16], b: &Mat, q: usize, k: usize, n: usiz
         }
     }
     pack_b_panel_portable(dst, b, q, k, n)
+}
+
+/// Every panel of B into `dst` (panel q at `q·kp·NR`), in parallel. B with contiguous rows is
+/// packed a band of rows at a time across all panels, so the operand (usually a weight) is read
+/// from memory in order, once.
+pub(crate) fn pack_b_all(dst: &mut [u16], b: &Mat, k: usize, n: usize) {
+    let kp = padded_k(k);
+    let panels = n.div_ceil(NR);
+    debug_assert_eq!(dst.len(), panels * kp * NR);
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512() && b.cs == 1 && !matches!(b.data, WeightRef::F16(_)) {
+        /// Pair rows per task.
+        const BAND: usize = 16;
+        #[derive(Clone, Copy)]
+        struct Shared(*mut u16);
+        // SAFETY: tasks write disjoint pair rows (see below).
+        unsafe impl Send for Shared {}
+        // SAFETY: as above.
+        unsafe impl Sync for Shared {}
+        let out = Shared(dst.as_mut_ptr());
+        (0..(kp / 2).div_ceil(BAND)).into_par_iter().for_each(|t| {
+            let out = out;
+            let pairs = t * BAND..((t + 1) * BAND).min(kp / 2);
+            // SAFETY: AVX-512 checked above; `dst` holds every panel; each task writes only its
+            // own band of pair rows; the caller checked B's extent.
+            unsafe { super::pack_avx512::pack_b_rows(out.0, b, 0..panels, pairs, k, n) };
+        });
+        return;
+    }
+    dst.par_chunks_mut(kp * NR)
+        .enumerate()
+        .for_each(|(q, d)| pack_b_panel(d, b, q, k, n));
 }
 
 /// [`pack_b_panel`] in portable code (the reference for the AVX-512 versions).
@@ -332,8 +394,16 @@ mod tests {
                         }
                     }
                 }
-                // As B (k = rows, n = cols): every panel, both implementations.
+                // As B (k = rows, n = cols): every panel, both implementations, one by one and
+                // all at once.
                 let kp = padded_k(rows);
+                let mut all = vec![0xffff; cols.div_ceil(NR) * kp * NR];
+                pack_b_all(&mut all, &mat, rows, cols);
+                for (q, panel) in all.chunks_exact(kp * NR).enumerate() {
+                    let mut want = vec![0xeeee; kp * NR];
+                    pack_b_panel_portable(&mut want, &mat, q, rows, cols);
+                    assert_eq!(panel, &want[..], "B {which}: panel {q} of pack_b_all");
+                }
                 for (q, portable) in (0..cols.div_ceil(NR)).flat_map(|q| [(q, false), (q, true)]) {
                     let mut dst = vec![0xffff; kp * NR];
                     if portable {
