@@ -752,7 +752,16 @@ impl<'a> Pass<'a> {
             (Some(w), false) => {
                 let dhead = grads.get_mut(head_grad_idx);
                 lm_head_ce::lm_head_ce_backward_weighted(
-                    &mut dhsel, dhead, &hsel, head, &targets, &lse, w, n, c, v,
+                    &mut dhsel,
+                    dhead,
+                    &hsel,
+                    head,
+                    &targets,
+                    &lse,
+                    w,
+                    n,
+                    c,
+                    v,
                     self.model.precision,
                 );
             }
@@ -760,7 +769,16 @@ impl<'a> Pass<'a> {
             (None, false) => {
                 let dhead = grads.get_mut(head_grad_idx);
                 lm_head_ce::lm_head_ce_backward(
-                    &mut dhsel, dhead, &hsel, head, &targets, &lse, scale, n, c, v,
+                    &mut dhsel,
+                    dhead,
+                    &hsel,
+                    head,
+                    &targets,
+                    &lse,
+                    scale,
+                    n,
+                    c,
+                    v,
                     self.model.precision,
                 );
             }

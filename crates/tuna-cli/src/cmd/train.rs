@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tuna_data::pack::LengthPolicy;
 use tuna_model::LoraTarget;
 use tuna_train::{
-    BatchSize, CheckpointInfo, EvalMetrics, Method, Objective, PrecisionSetting,
-    PreferenceMetrics, ScheduleKind, StepMetrics, TrainConfig, TrainObserver, Trainer,
+    BatchSize, CheckpointInfo, EvalMetrics, Method, Objective, PrecisionSetting, PreferenceMetrics,
+    ScheduleKind, StepMetrics, TrainConfig, TrainObserver, Trainer,
 };
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

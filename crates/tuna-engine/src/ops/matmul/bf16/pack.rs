@@ -188,13 +188,18 @@ pub(crate) fn pack_b_all(dst: &mut [u16], b: &Mat, k: usize, n: usize) {
         unsafe impl Send for Shared {}
         // SAFETY: as above.
         unsafe impl Sync for Shared {}
+        impl Shared {
+            /// Through a method, so closures capture the whole (Send) wrapper, not the pointer.
+            fn ptr(self) -> *mut u16 {
+                self.0
+            }
+        }
         let out = Shared(dst.as_mut_ptr());
         (0..(kp / 2).div_ceil(BAND)).into_par_iter().for_each(|t| {
-            let out = out;
             let pairs = t * BAND..((t + 1) * BAND).min(kp / 2);
             // SAFETY: AVX-512 checked above; `dst` holds every panel; each task writes only its
             // own band of pair rows; the caller checked B's extent.
-            unsafe { super::pack_avx512::pack_b_rows(out.0, b, 0..panels, pairs, k, n) };
+            unsafe { super::pack_avx512::pack_b_rows(out.ptr(), b, 0..panels, pairs, k, n) };
         });
         return;
     }
