@@ -22,6 +22,40 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The `summary` line of `tuna train --json`.
+fn summary_line(out: &Output) -> serde_json::Value {
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary line in {}", text(&out.stdout)))
+}
+
+#[test]
+fn unknown_precision_is_refused_with_the_choices() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tuna(
+        cache.path(),
+        &[
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            "x.jsonl",
+            "--out",
+            "o",
+            "--precision",
+            "fp8",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("fp8") && err.contains("auto") && err.contains("bf16"),
+        "{err}"
+    );
+}
+
 #[test]
 fn data_check_exit_codes_and_reports() {
     let cache = tempfile::tempdir().unwrap();
@@ -120,10 +154,16 @@ fn train_two_steps_then_chat_with_the_adapter_and_merge() {
             "1",
             "--max-seq-len",
             "64",
+            "--precision",
+            "bf16",
             "--json",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // bf16 products on every machine: the kernel this CPU has, or the f32 fallback, named.
+    let summary = summary_line(&out);
+    let precision = summary["precision"].as_str().unwrap_or_default();
+    assert!(precision.starts_with("bf16 ("), "{summary}");
     let ckpt = run.join("checkpoint-2");
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
         assert!(
@@ -268,10 +308,13 @@ fn train_two_dpo_steps_on_preference_pairs() {
             "1",
             "--max-seq-len",
             "64",
+            "--precision",
+            "f32",
             "--json",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(summary_line(&out)["precision"], "f32");
     let lines: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -289,6 +332,7 @@ fn train_two_dpo_steps_on_preference_pairs() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("train_config.json")).unwrap()).unwrap();
     assert_eq!(config["objective"], "dpo");
+    assert_eq!(config["precision"], "f32");
     assert!((config["dpo"]["beta"].as_f64().unwrap() - 0.2).abs() < 1e-6);
 }
 
