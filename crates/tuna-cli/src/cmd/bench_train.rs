@@ -168,9 +168,10 @@ fn product_peak_gflops(n: usize, precision: Precision) -> f64 {
 /// The machine's peaks, measured before the model is built.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Peaks {
-    /// The bf16 dot-product instruction of the detected kernel (`vdpbf16ps` / `tdpbf16ps`).
+    /// The bf16 dot-product instruction of the detected kernel (`vdpbf16ps` / `tdpbf16ps`), all
+    /// threads, each at its rate over its own CPU time (robust to a busy machine).
     bf16_dot: Option<f64>,
-    /// AVX-512 f32 FMA.
+    /// AVX-512 f32 FMA, measured likewise.
     f32_fma: Option<f64>,
     /// A 2048³ f32 product (sgemm).
     f32_product: f64,
@@ -370,6 +371,9 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         args.recompute,
     );
     let gflops = flops / step_s / 1e9;
+    // Per CPU-second of all threads, against one thread's share of the instruction peak: what the
+    // step gets out of the time it ran, whatever else shares the machine.
+    let gflop_per_cpu_s = flops / cpu_s / 1e9;
     let rss = super::bench::peak_rss_mb();
     let threads = rayon::current_num_threads();
     let method = match args.method {
@@ -396,7 +400,8 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
             "parameters": cfg.num_parameters(), "trainable_parameters": layout.num_elements(),
             "step_s": step_s, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
             "cpu_s_per_step": cpu_s, "tokens_per_cpu_s": t as f64 / cpu_s,
-            "gflops": gflops, "peak_gflops": peak, "peaks": peaks,
+            "gflops": gflops, "gflop_per_cpu_s": gflop_per_cpu_s,
+            "peak_gflops": peak, "peak_gflops_per_thread": peak.map(|p| p / threads as f64), "peaks": peaks,
             "peak_rss_mb": rss, "loss": loss, "build_s": build_s,
         });
         if let (Some((dpo_s, dpo_loss, reference_s, dpo_rss)), Some(obj)) =
@@ -457,16 +462,23 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         "training  {tokens_per_s:>8.1} tokens/s   ({:.1} tokens per CPU-second of all threads)",
         t as f64 / cpu_s
     );
+    let peak_name = if matches!(precision, Precision::Bf16(k) if k.is_native()) {
+        "bf16 dot-product"
+    } else {
+        "f32 FMA"
+    };
     match peak {
-        Some(p) => println!(
-            "achieved  {gflops:>8.1} GFLOP/s   ({:.0}% of the {} instruction peak, {p:.1} GFLOP/s)",
-            100.0 * gflops / p,
-            if matches!(precision, Precision::Bf16(k) if k.is_native()) {
-                "bf16 dot-product"
-            } else {
-                "f32 FMA"
-            }
-        ),
+        Some(p) => {
+            println!(
+                "achieved  {gflops:>8.1} GFLOP/s   ({:.0}% of the {peak_name} instruction peak, {p:.1} GFLOP/s)",
+                100.0 * gflops / p,
+            );
+            println!(
+                "          {gflop_per_cpu_s:>8.1} GFLOP per CPU-second ({:.0}% of one thread's share of that peak, {:.1})",
+                100.0 * gflop_per_cpu_s * threads as f64 / p,
+                p / threads as f64
+            );
+        }
         None => println!("achieved  {gflops:>8.1} GFLOP/s"),
     }
     println!(
