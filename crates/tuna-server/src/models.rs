@@ -1,6 +1,11 @@
 //! The base-model registry: the demo model (registered on first start as `demo`), models listed in
 //! the models file (`[{"name": "...", "path": "/hf/dir"}]`), and models added with
 //! `tuna models add DIR`. All of them end up as rows of the store's `models` table.
+//!
+//! [`resolve_weights`] says what any model id a user may name stands for on disk: a base model,
+//! a checkpoint (`ft:...:ckpt-step-N`) or a fine-tuned model (`ft:...`), following a job that
+//! was itself started from a fine-tuned model back to its base. Chat completions and training
+//! (a job whose `model` is a fine-tuned model) both use it.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +14,7 @@ use tuna_model::QwenConfig;
 use tuna_model::demo::{DEMO_MODEL_NAME, ensure_demo_model};
 
 use crate::ids;
-use crate::store::{ModelRow, Store};
+use crate::store::{CheckpointRow, ModelRow, Page, Store, StoreResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -173,6 +178,82 @@ pub fn model_shape(cfg: &QwenConfig) -> String {
         cfg.head_dim
     )
     .to_lowercase()
+}
+
+/// The weights a model id stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    /// The registered base model everything started from (it names fine-tuned models).
+    pub base: ModelRow,
+    /// A Hugging Face directory: the base model's, or a full fine-tuning checkpoint's.
+    pub model_dir: PathBuf,
+    /// A LoRA checkpoint (PEFT adapter directory) applied on top of `model_dir`.
+    pub adapter_dir: Option<PathBuf>,
+}
+
+/// How many jobs started from fine-tuned models one model id may chain back through.
+const MAX_LINEAGE: usize = 64;
+
+/// What `id` stands for, for `user_id`: a base model, one of the user's checkpoints (LoRA: its
+/// adapter over what its job trained from; full: its own directory), or one of the user's
+/// fine-tuned models (its job's newest checkpoint). `None`: no such model for this user.
+pub async fn resolve_weights(
+    store: &dyn Store,
+    user_id: &str,
+    id: &str,
+) -> StoreResult<Option<Weights>> {
+    let mut id = id.to_string();
+    // Checkpoints from the named one back to the base model, newest first.
+    let mut chain: Vec<CheckpointRow> = Vec::new();
+    let base = loop {
+        if let Some(m) = store.get_model(&id).await? {
+            break m;
+        }
+        if chain.len() >= MAX_LINEAGE {
+            return Ok(None);
+        }
+        let ckpt = match store.checkpoint_by_model_id(user_id, &id).await? {
+            Some(c) => c,
+            None => {
+                let Some(job) = store.job_by_fine_tuned_model(user_id, &id).await? else {
+                    return Ok(None);
+                };
+                let newest = store
+                    .list_checkpoints(
+                        &job.id,
+                        &Page {
+                            after: None,
+                            limit: 1,
+                        },
+                    )
+                    .await?
+                    .and_then(|(rows, _)| rows.into_iter().next());
+                let Some(c) = newest else { return Ok(None) };
+                c
+            }
+        };
+        let Some(job) = store.get_job(user_id, &ckpt.job_id).await? else {
+            return Ok(None);
+        };
+        chain.push(ckpt);
+        id = job.model;
+    };
+    let mut weights = Weights {
+        model_dir: PathBuf::from(&base.path),
+        adapter_dir: None,
+        base,
+    };
+    // Oldest first: a full checkpoint replaces the weights; a LoRA adapter (which, when its job
+    // started from another adapter, was trained on from that one) goes on top of them.
+    for c in chain.iter().rev() {
+        if c.kind == "full" {
+            weights.model_dir = PathBuf::from(&c.path);
+            weights.adapter_dir = None;
+        } else {
+            weights.adapter_dir = Some(PathBuf::from(&c.path));
+        }
+    }
+    Ok(weights.into())
 }
 
 #[cfg(test)]

@@ -23,12 +23,46 @@ pub struct SupervisedSpec {
     pub hyperparameters: Hyperparameters,
 }
 
-/// OpenAI's `method` object: `{"type": "supervised", "supervised": {"hyperparameters": {...}}}`.
-/// More methods (DPO) become more variants, each with its own object under its name.
+/// Resolved hyperparameters of a preference (DPO) run: the supervised ones plus `beta`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DpoHyperparameters {
+    /// How far the trained policy may move from the reference (OpenAI's default 0.1).
+    pub beta: f64,
+    #[serde(flatten)]
+    pub common: Hyperparameters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DpoSpec {
+    pub hyperparameters: DpoHyperparameters,
+}
+
+/// OpenAI's `method` object: `{"type": "supervised", "supervised": {"hyperparameters": {...}}}`
+/// or `{"type": "dpo", "dpo": {"hyperparameters": {"beta", ...}}}`; each method has its own
+/// object under its name.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MethodSpec {
     Supervised { supervised: SupervisedSpec },
+    Dpo { dpo: DpoSpec },
+}
+
+impl MethodSpec {
+    /// `method.type` as the API spells it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            MethodSpec::Supervised { .. } => "supervised",
+            MethodSpec::Dpo { .. } => "dpo",
+        }
+    }
+
+    /// The DPO `beta`, for a preference run.
+    pub fn dpo_beta(&self) -> Option<f64> {
+        match self {
+            MethodSpec::Supervised { .. } => None,
+            MethodSpec::Dpo { dpo } => Some(dpo.hyperparameters.beta),
+        }
+    }
 }
 
 /// Which weights train: a LoRA adapter or every weight (`tuna.method`).
@@ -104,6 +138,7 @@ impl JobSpec {
     pub fn hyperparameters(&self) -> &Hyperparameters {
         match &self.method {
             MethodSpec::Supervised { supervised } => &supervised.hyperparameters,
+            MethodSpec::Dpo { dpo } => &dpo.hyperparameters.common,
         }
     }
 }
@@ -152,5 +187,29 @@ mod tests {
             .unwrap()
             .remove("keep_checkpoints");
         assert!(serde_json::from_value::<JobSpec>(old).is_ok());
+
+        // DPO keeps OpenAI's shape: the hyperparameters flat, `beta` among them.
+        let hp = *spec.hyperparameters();
+        let dpo = JobSpec {
+            method: MethodSpec::Dpo {
+                dpo: DpoSpec {
+                    hyperparameters: DpoHyperparameters {
+                        beta: 0.25,
+                        common: hp,
+                    },
+                },
+            },
+            ..spec
+        };
+        let v = serde_json::to_value(&dpo).unwrap();
+        assert_eq!(v["method"]["type"], "dpo");
+        assert_eq!(v["method"]["dpo"]["hyperparameters"]["beta"], 0.25);
+        assert_eq!(v["method"]["dpo"]["hyperparameters"]["n_epochs"], 2);
+        assert_eq!(serde_json::from_value::<JobSpec>(v).unwrap(), dpo);
+        assert_eq!(dpo.hyperparameters().n_epochs, 2);
+        assert_eq!(
+            (dpo.method.type_name(), dpo.method.dpo_beta()),
+            ("dpo", Some(0.25))
+        );
     }
 }

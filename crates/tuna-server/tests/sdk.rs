@@ -50,7 +50,7 @@ async fn official_openai_python_sdk() {
     eprintln!("{text}");
     assert!(out.status.success(), "pytest failed:\n{text}");
     assert!(
-        text.contains("6 passed"),
+        text.contains("7 passed"),
         "every SDK test must run:\n{text}"
     );
     t.server.stop().await.unwrap();

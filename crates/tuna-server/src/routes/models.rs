@@ -213,55 +213,15 @@ async fn find(state: &AppState, user: &User, id: String) -> ApiResult<ModelObjec
 }
 
 /// What chat completions load for `id`: a base model, a checkpoint (LoRA: base + adapter; full:
-/// the checkpoint's own weights), or a fine-tuned model (its job's last checkpoint).
+/// the checkpoint's own weights), or a fine-tuned model (its job's last checkpoint), following
+/// jobs started from fine-tuned models back to their base (`models::resolve_weights`).
 pub async fn resolve_target(state: &AppState, user: &User, id: &str) -> ApiResult<Target> {
-    if let Some(m) = state.store.get_model(id).await? {
-        return Ok(Target {
-            id: id.into(),
-            model_dir: PathBuf::from(m.path),
-            adapter_dir: None,
-        });
-    }
-    let ckpt = match state.store.checkpoint_by_model_id(&user.id, id).await? {
-        Some(c) => Some(c),
-        None => match state.store.job_by_fine_tuned_model(&user.id, id).await? {
-            Some(job) => state
-                .store
-                .list_checkpoints(
-                    &job.id,
-                    &Page {
-                        after: None,
-                        limit: 1,
-                    },
-                )
-                .await?
-                .and_then(|(rows, _)| rows.into_iter().next()),
-            None => None,
-        },
-    };
-    let Some(c) = ckpt else {
-        return Err(ApiError::model_not_found(id));
-    };
-    if c.kind == "full" {
-        return Ok(Target {
-            id: id.into(),
-            model_dir: PathBuf::from(&c.path),
-            adapter_dir: None,
-        });
-    }
-    let job = state
-        .store
-        .get_job(&user.id, &c.job_id)
+    let w = crate::models::resolve_weights(&*state.store, &user.id, id)
         .await?
         .ok_or_else(|| ApiError::model_not_found(id))?;
-    let base = state
-        .store
-        .get_model(&job.model)
-        .await?
-        .ok_or_else(|| ApiError::model_not_found(&job.model))?;
     Ok(Target {
         id: id.into(),
-        model_dir: PathBuf::from(base.path),
-        adapter_dir: Some(PathBuf::from(&c.path)),
+        model_dir: w.model_dir,
+        adapter_dir: w.adapter_dir,
     })
 }

@@ -419,6 +419,16 @@ impl ValidJobRequest {
         self.text("model").unwrap_or_default()
     }
 
+    /// `method.type`: `supervised` or `dpo`.
+    pub fn method_type(&self) -> &str {
+        self.text("method.type").unwrap_or("supervised")
+    }
+
+    /// `tuna.method`: `lora` or `full`.
+    pub fn tuning(&self) -> &str {
+        self.text("tuna.method").unwrap_or("lora")
+    }
+
     pub fn training_file(&self) -> &str {
         self.text("training_file").unwrap_or_default()
     }
@@ -527,6 +537,44 @@ mod tests {
     }
 
     #[test]
+    fn dpo_takes_openai_method_object_with_auto_values() {
+        // Everything `auto`: beta 0.1, epochs and batch size from the pair count.
+        let v = check(json!({
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {
+                "beta": "auto", "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}}}
+        }))
+        .unwrap();
+        assert_eq!(v.method_type(), "dpo");
+        let spec = v.resolve(40, 32_768).unwrap();
+        assert_eq!(spec.method.dpo_beta(), Some(0.1));
+        let hp = spec.hyperparameters();
+        assert_eq!(
+            (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier),
+            (3, 1, 1.0)
+        );
+        assert!((spec.tuna.learning_rate - 1e-4).abs() < 1e-12);
+        // Sent values are kept; the multiplier scales the learning rate as for supervised runs.
+        let v = check(json!({
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {
+                "beta": 0.5, "n_epochs": 4, "batch_size": 2, "learning_rate_multiplier": 0.5}}},
+            "tuna": {"method": "full"}
+        }))
+        .unwrap();
+        let spec = v.resolve(10, 512).unwrap();
+        assert_eq!(spec.method.dpo_beta(), Some(0.5));
+        let hp = spec.hyperparameters();
+        assert_eq!((hp.n_epochs, hp.batch_size), (4, 2));
+        assert!((spec.tuna.learning_rate - 5e-6).abs() < 1e-15);
+        // No `dpo` object at all: every default.
+        let spec = check(json!({"method": {"type": "dpo"}}))
+            .unwrap()
+            .resolve(500, 512)
+            .unwrap();
+        assert_eq!(spec.method.dpo_beta(), Some(0.1));
+        assert_eq!(spec.method.type_name(), "dpo");
+    }
+
+    #[test]
     fn every_invalid_field_is_listed_under_the_name_it_was_sent() {
         let errors = check(json!({
             "hyperparameters": {"n_epochs": 0, "learning_rate_multiplier": 1e-300},
@@ -580,7 +628,26 @@ mod tests {
             e[0].message,
             "`hyperparameters.batch_size` must be an integer between 1 and 256 or \"auto\", got [1]"
         );
-        assert_eq!(params(json!({"method": {"type": "dpo"}})), ["method.type"]);
+        assert_eq!(params(json!({"method": {"type": "ppo"}})), ["method.type"]);
+        // Each method's hyperparameters belong to it alone.
+        assert_eq!(
+            params(json!({"method": {"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 2}}}})),
+            ["method.supervised.hyperparameters.n_epochs"]
+        );
+        assert_eq!(
+            params(json!({"method": {"type": "dpo"}, "hyperparameters": {"n_epochs": 2}})),
+            ["hyperparameters.n_epochs"]
+        );
+        assert_eq!(
+            params(json!({"method": {"type": "supervised", "dpo": {"hyperparameters": {"beta": 0.2}}}})),
+            ["method.dpo.hyperparameters.beta"]
+        );
+        let e = check(json!({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}))
+            .unwrap_err();
+        assert_eq!(
+            e[0].message,
+            "`method.dpo.hyperparameters.beta` must be > 0 and <= 2, got 0"
+        );
         assert_eq!(
             params(json!({"tuna": {"method": "full", "lora": {"rank": 2}}})),
             ["tuna.lora.rank"]

@@ -85,8 +85,11 @@ pub struct Setting {
 }
 
 /// `method.type` values this server trains.
-pub const METHODS: &[&str] = &["supervised"];
+pub const METHODS: &[&str] = &["supervised", "dpo"];
 const SUPERVISED: &[&str] = &["supervised"];
+const DPO: &[&str] = &["dpo"];
+/// DPO's `beta` when the request leaves it `auto` (OpenAI's and TRL's default).
+pub const DEFAULT_BETA: f64 = 0.1;
 const LORA: &[&str] = &["lora"];
 /// The largest sequence length a job may ask for (the model's context caps it further).
 pub const MAX_SEQ_LEN_LIMIT: i64 = 131_072;
@@ -148,6 +151,63 @@ const fn supervised(mut s: Setting, alias: &'static [&'static str]) -> Setting {
     s
 }
 
+const fn dpo(mut s: Setting) -> Setting {
+    s.methods = DPO;
+    s
+}
+
+/// The hyperparameters every method has, at `method.<type>.hyperparameters.*` (one definition
+/// of their limits, defaults and `auto` rules for all methods).
+const fn n_epochs(name: &'static str, param: &'static str) -> Setting {
+    auto(
+        setting(
+            name,
+            param,
+            int(1, 50),
+            DefaultValue::Null,
+            "Passes over the training data.",
+        ),
+        AutoRule::Dataset(auto_epochs),
+        "3 epochs, or as many (1 to 25) as bring the run to between 100 and 25,000 trained examples",
+    )
+}
+
+const fn batch_size(name: &'static str, param: &'static str) -> Setting {
+    auto(
+        setting(
+            name,
+            param,
+            int(1, 256),
+            DefaultValue::Null,
+            "Examples per optimizer step (preference pairs for `dpo`).",
+        ),
+        AutoRule::Dataset(auto_batch_size),
+        "0.2% of the training examples, between 1 and 256",
+    )
+}
+
+const fn learning_rate_multiplier(name: &'static str, param: &'static str) -> Setting {
+    auto(
+        setting(
+            name,
+            param,
+            num(0.001, 100.0, false, false),
+            DefaultValue::Null,
+            "Scales the method's base learning rate (1e-4 for LoRA, 1e-5 for full fine-tuning).",
+        ),
+        AutoRule::Settings(one),
+        "1",
+    )
+}
+
+fn one(_: &Value) -> Value {
+    json!(1.0)
+}
+
+fn default_beta(_: &Value) -> Value {
+    json!(DEFAULT_BETA)
+}
+
 fn number_at(tree: &Value, path: &str) -> Option<f64> {
     path.split('.')
         .try_fold(tree, |v, key| v.get(key))
@@ -162,9 +222,10 @@ fn text_at<'a>(tree: &'a Value, path: &str) -> Option<&'a str> {
 
 /// The learning rate a multiplier of 1 stands for.
 fn auto_learning_rate(tree: &Value) -> Value {
+    let method = text_at(tree, "method.type").unwrap_or("supervised");
     let multiplier = number_at(
         tree,
-        "method.supervised.hyperparameters.learning_rate_multiplier",
+        &format!("method.{method}.hyperparameters.learning_rate_multiplier"),
     )
     .unwrap_or(1.0);
     let base = match text_at(tree, "tuna.method") {
@@ -218,7 +279,7 @@ pub static SETTINGS: &[Setting] = &[
             id_safe: false,
         },
         DefaultValue::Null,
-        "The base model to fine-tune: `demo` or another registered base model (`GET /v1/models`, `kind: base`).",
+        "The model to fine-tune: `demo` or another registered base model (`GET /v1/models`, `kind: base`), or one of your fine-tuned models or checkpoints (`ft:...`), to train further from its weights.",
     )),
     required(setting(
         "training_file",
@@ -273,50 +334,46 @@ pub static SETTINGS: &[Setting] = &[
         "method.type",
         Kind::Enum(METHODS),
         DefaultValue::Str("supervised"),
-        "The training method: `supervised` fine-tuning on chat conversations.",
+        "The training method: `supervised` fine-tuning on chat conversations (`{\"messages\": [...]}` lines), or `dpo` (direct preference optimization) on preference pairs (`{\"input\": {\"messages\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]}` lines), best started from a model already fine-tuned with `supervised`.",
     ),
     supervised(
-        auto(
-            setting(
-                "n_epochs",
-                "method.supervised.hyperparameters.n_epochs",
-                int(1, 50),
-                DefaultValue::Null,
-                "Passes over the training data.",
-            ),
-            AutoRule::Dataset(auto_epochs),
-            "3 epochs, or as many (1 to 25) as bring the run to between 100 and 25,000 trained examples",
-        ),
+        n_epochs("n_epochs", "method.supervised.hyperparameters.n_epochs"),
         &["hyperparameters.n_epochs"],
     ),
     supervised(
-        auto(
-            setting(
-                "batch_size",
-                "method.supervised.hyperparameters.batch_size",
-                int(1, 256),
-                DefaultValue::Null,
-                "Examples per optimizer step.",
-            ),
-            AutoRule::Dataset(auto_batch_size),
-            "0.2% of the training examples, between 1 and 256",
-        ),
+        batch_size("batch_size", "method.supervised.hyperparameters.batch_size"),
         &["hyperparameters.batch_size"],
     ),
     supervised(
-        auto(
-            setting(
-                "learning_rate_multiplier",
-                "method.supervised.hyperparameters.learning_rate_multiplier",
-                num(0.001, 100.0, false, false),
-                DefaultValue::Null,
-                "Scales the method's base learning rate (1e-4 for LoRA, 1e-5 for full fine-tuning).",
-            ),
-            AutoRule::Settings(|_| json!(1.0)),
-            "1",
+        learning_rate_multiplier(
+            "learning_rate_multiplier",
+            "method.supervised.hyperparameters.learning_rate_multiplier",
         ),
         &["hyperparameters.learning_rate_multiplier"],
     ),
+    dpo(auto(
+        setting(
+            "dpo_beta",
+            "method.dpo.hyperparameters.beta",
+            num(0.0, 2.0, true, false),
+            DefaultValue::Null,
+            "DPO's beta: how strongly the trained model is held to the reference model (the starting weights). Higher keeps it closer; lower lets the preferences move it further.",
+        ),
+        AutoRule::Settings(default_beta),
+        "0.1",
+    )),
+    dpo(n_epochs(
+        "dpo_n_epochs",
+        "method.dpo.hyperparameters.n_epochs",
+    )),
+    dpo(batch_size(
+        "dpo_batch_size",
+        "method.dpo.hyperparameters.batch_size",
+    )),
+    dpo(learning_rate_multiplier(
+        "dpo_learning_rate_multiplier",
+        "method.dpo.hyperparameters.learning_rate_multiplier",
+    )),
     setting(
         "name",
         "tuna.name",
@@ -597,6 +654,10 @@ mod tests {
         assert!(
             pos("tuna.learning_rate")
                 > pos("method.supervised.hyperparameters.learning_rate_multiplier")
+        );
+        assert!(
+            pos("tuna.learning_rate")
+                > pos("method.dpo.hyperparameters.learning_rate_multiplier")
         );
         assert!(pos("tuna.lora.alpha") > pos("tuna.lora.rank"));
         assert!(pos("tuna.lora.rank") > pos("tuna.method"));

@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tuna_data::pack::LengthPolicy;
 use tuna_model::LoraTarget;
 use tuna_train::{
-    BatchSize, CheckpointInfo, EvalMetrics, LoraSettings, Method, StepMetrics, TrainConfig,
-    TrainObserver, TrainSummary, Trainer,
+    BatchSize, CheckpointInfo, DpoSettings, EvalMetrics, LoraSettings, Method, Objective,
+    StepMetrics, TrainConfig, TrainObserver, TrainSummary, Trainer,
 };
 
 use crate::artifacts;
@@ -95,17 +95,19 @@ pub fn run_with_database(
     rt.block_on(run_async(data_dir, database, job_id, attempt))
 }
 
-/// The trainer's settings for one job's run.
+/// The trainer's settings for one job's run. `init_adapter`: the LoRA adapter the job's `model`
+/// (a LoRA fine-tuned model) ends with, which the run trains on from.
+#[allow(clippy::too_many_arguments)]
 pub fn train_config(
     spec: &JobSpec,
     seed: i64,
     model_dir: PathBuf,
+    init_adapter: Option<PathBuf>,
     train_file: PathBuf,
     validation_file: Option<PathBuf>,
     out_dir: PathBuf,
 ) -> TrainConfig {
-    let MethodSpec::Supervised { supervised } = &spec.method;
-    let hp = supervised.hyperparameters;
+    let hp = *spec.hyperparameters();
     let t = &spec.tuna;
     let batch = hp.batch_size.max(1) as usize;
     // Examples packed into one forward pass: the largest divisor of the batch up to 4, the rest
@@ -138,7 +140,18 @@ pub fn train_config(
             Tuning::Full => Method::Full,
             Tuning::Lora => Method::Lora,
         },
+        objective: match spec.method {
+            MethodSpec::Supervised { .. } => Objective::Sft,
+            MethodSpec::Dpo { .. } => Objective::Dpo,
+        },
+        dpo: DpoSettings {
+            beta: spec
+                .method
+                .dpo_beta()
+                .unwrap_or(crate::validate::settings::DEFAULT_BETA) as f32,
+        },
         lora,
+        init_adapter,
         epochs: hp.n_epochs.max(1) as usize,
         max_steps: t.max_steps.map(|s| s as usize),
         learning_rate: Some(t.learning_rate as f32),
@@ -236,10 +249,14 @@ async fn run_async(
     }
     let mut reporter = Reporter::new(store.clone(), job.clone(), attempt, dir.clone());
 
-    let Some(model) = store.get_model(&job.model).await? else {
+    let Some(weights) = crate::models::resolve_weights(&*store, &job.user_id, &job.model).await?
+    else {
         let err = job_error(
             "model_not_found",
-            format!("base model `{}` is no longer registered", job.model),
+            format!(
+                "model `{}` (or the model it was fine-tuned from) no longer exists",
+                job.model
+            ),
             Some("model"),
         );
         return Ok(reporter.fail(err).await);
@@ -270,7 +287,8 @@ async fn run_async(
     let cfg = train_config(
         &job.spec,
         job.seed,
-        PathBuf::from(&model.path),
+        weights.model_dir.clone(),
+        weights.adapter_dir.clone(),
         paths[0].clone().unwrap_or_default(),
         paths[1].clone(),
         train_dir.clone(),
@@ -341,7 +359,7 @@ async fn run_async(
             STOP_ORPHANED => EXIT_ORPHANED,
             _ => EXIT_STOPPED,
         },
-        (Ok(summary), _) => match reporter.succeed(&blobs, &model.path, &summary).await {
+        (Ok(summary), _) => match reporter.succeed(&blobs, &weights.model_dir, &summary).await {
             Ok(()) => 0,
             Err(e) if e.is_full() => {
                 disk_full(&mut reporter, &train_dir, "recording the results").await
@@ -460,14 +478,14 @@ mod tests {
     #[test]
     fn batch_size_splits_into_packed_examples_and_accumulation() {
         for (batch, micro, accum) in [(1, 1, 1), (4, 4, 1), (6, 3, 2), (8, 4, 2), (7, 1, 7)] {
-            let c = train_config(&spec(batch), 5, "m".into(), "t".into(), None, "o".into());
+            let c = train_config(&spec(batch), 5, "m".into(), None, "t".into(), None, "o".into());
             assert_eq!(
                 (c.batch_size, c.gradient_accumulation_steps),
                 (BatchSize::Examples(micro), accum),
                 "batch {batch}"
             );
         }
-        let c = train_config(&spec(1), 5, "m".into(), "t".into(), None, "o".into());
+        let c = train_config(&spec(1), 5, "m".into(), None, "t".into(), None, "o".into());
         c.validate().unwrap();
         assert_eq!(
             (c.epochs, c.max_steps, c.save_every, c.seed, c.max_seq_len),

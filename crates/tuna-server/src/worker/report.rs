@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tuna_model::QwenConfig;
-use tuna_train::{CheckpointInfo, EvalMetrics, StepMetrics, TrainSummary};
+use tuna_train::{CheckpointInfo, EvalMetrics, PreferenceMetrics, StepMetrics, TrainSummary};
 
 use super::Msg;
 use crate::artifacts;
@@ -54,11 +54,45 @@ fn row<T: serde::Serialize>(kind: MetricsKind, step: usize, line: &T) -> Metrics
     }
 }
 
-/// The results file (OpenAI's `result_files`): per-step metrics as CSV.
+/// A metrics event's data with a DPO run's preference metrics added under TRL's names
+/// (`rewards/accuracies`, ...; validation ones prefixed `valid_`).
+fn with_preference(mut data: Value, prefix: &str, preference: Option<&PreferenceMetrics>) -> Value {
+    if let (Some(p), Value::Object(map)) = (preference, &mut data)
+        && let Ok(Value::Object(metrics)) = serde_json::to_value(p)
+    {
+        for (k, v) in metrics {
+            map.insert(format!("{prefix}{k}"), v);
+        }
+    }
+    data
+}
+
+/// DPO's metrics in the results file: column name and the key of the trainer's line.
+const PREFERENCE_COLUMNS: &[(&str, &str)] = &[
+    ("train_rewards_chosen", "rewards/chosen"),
+    ("train_rewards_rejected", "rewards/rejected"),
+    ("train_rewards_accuracies", "rewards/accuracies"),
+    ("train_rewards_margins", "rewards/margins"),
+    ("train_logps_chosen", "logps/chosen"),
+    ("train_logps_rejected", "logps/rejected"),
+];
+
+/// The results file (OpenAI's `result_files`): per-step metrics as CSV; a DPO run's rows add
+/// the preference metrics.
 pub fn results_csv(rows: &[MetricsRow]) -> String {
     let mut out = String::from(
-        "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate,tokens\n",
+        "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate,tokens",
     );
+    let preference = rows
+        .iter()
+        .any(|r| r.data.get(PREFERENCE_COLUMNS[0].1).is_some());
+    if preference {
+        for (column, _) in PREFERENCE_COLUMNS {
+            out.push(',');
+            out.push_str(column);
+        }
+    }
+    out.push('\n');
     let cell = |r: Option<&MetricsRow>, key: &str| {
         r.and_then(|r| r.data.get(key))
             .filter(|v| !v.is_null())
@@ -71,7 +105,7 @@ pub fn results_csv(rows: &[MetricsRow]) -> String {
             .find(|r| r.kind == MetricsKind::Eval && r.step == train.step);
         let t = Some(train);
         out.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}",
             train.step,
             cell(t, "loss"),
             cell(t, "token_accuracy"),
@@ -80,6 +114,13 @@ pub fn results_csv(rows: &[MetricsRow]) -> String {
             cell(t, "lr"),
             cell(t, "tokens"),
         ));
+        if preference {
+            for (_, key) in PREFERENCE_COLUMNS {
+                out.push(',');
+                out.push_str(&cell(t, key));
+            }
+        }
+        out.push('\n');
     }
     out
 }
@@ -155,12 +196,16 @@ impl Reporter {
                         ),
                     )
                     .metrics()
-                    .data(json!({
-                        "step": m.step,
-                        "train_loss": m.loss,
-                        "train_mean_token_accuracy": m.token_accuracy,
-                        "total_steps": m.total_steps,
-                    })),
+                    .data(with_preference(
+                        json!({
+                            "step": m.step,
+                            "train_loss": m.loss,
+                            "train_mean_token_accuracy": m.token_accuracy,
+                            "total_steps": m.total_steps,
+                        }),
+                        "",
+                        m.preference.as_ref(),
+                    )),
                 );
                 self.send(r).await?;
                 self.last_step = Some(m);
@@ -177,13 +222,17 @@ impl Reporter {
                         ),
                     )
                     .metrics()
-                    .data(json!({
-                        "step": e.step,
-                        "valid_loss": e.loss,
-                        "valid_mean_token_accuracy": e.token_accuracy,
-                        "full_valid_loss": e.loss,
-                        "full_valid_mean_token_accuracy": e.token_accuracy,
-                    })),
+                    .data(with_preference(
+                        json!({
+                            "step": e.step,
+                            "valid_loss": e.loss,
+                            "valid_mean_token_accuracy": e.token_accuracy,
+                            "full_valid_loss": e.loss,
+                            "full_valid_mean_token_accuracy": e.token_accuracy,
+                        }),
+                        "valid_",
+                        e.preference.as_ref(),
+                    )),
                 );
                 self.send(r).await?;
                 self.last_eval = Some(e);
@@ -366,7 +415,7 @@ impl Reporter {
     pub async fn succeed(
         &mut self,
         blobs: &LocalBlobStore,
-        model_dir: &str,
+        model_dir: &Path,
         summary: &TrainSummary,
     ) -> StoreResult<()> {
         let job = &self.job;
@@ -433,7 +482,7 @@ impl Reporter {
         // starts after loading, and includes evaluation, checkpoints and samples, as a job's time does.
         if summary.tokens > 0 && summary.elapsed_s > 0.0 {
             let measured = summary.tokens as f64 / summary.elapsed_s;
-            if let Ok(cfg) = QwenConfig::from_model_dir(Path::new(model_dir)) {
+            if let Ok(cfg) = QwenConfig::from_model_dir(model_dir) {
                 let shape = model_shape(&cfg);
                 let device =
                     estimate::device_kind(job.device.as_deref().unwrap_or("cpu")).to_string();
@@ -536,5 +585,32 @@ mod tests {
         );
         assert_eq!(lines[1], "1,3.0,,,,,12");
         assert_eq!(lines[2], "2,2.5,0.25,2.2,0.5,0.0010000000474974513,10");
+
+        // A DPO run's lines carry TRL's names; the CSV and the metrics event add them.
+        let dpo = StepMetrics {
+            preference: Some(PreferenceMetrics {
+                rewards_chosen: 0.5,
+                rewards_rejected: -0.25,
+                rewards_accuracies: 1.0,
+                rewards_margins: 0.75,
+                logps_chosen: -3.0,
+                logps_rejected: -9.0,
+                pairs: 2,
+            }),
+            ..step
+        };
+        let r = row(MetricsKind::Train, 2, &dpo);
+        assert_eq!(r.data["rewards/accuracies"], 1.0);
+        assert_eq!(r.data["pairs"], 2);
+        let csv = results_csv(&[r]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].ends_with(
+            ",tokens,train_rewards_chosen,train_rewards_rejected,train_rewards_accuracies,train_rewards_margins,train_logps_chosen,train_logps_rejected"
+        ));
+        assert!(lines[1].ends_with(",10,0.5,-0.25,1.0,0.75,-3.0,-9.0"), "{}", lines[1]);
+        let event = with_preference(json!({"train_loss": 1.0}), "valid_", dpo.preference.as_ref());
+        assert_eq!(event["valid_rewards/margins"], 0.75);
+        assert_eq!(event["train_loss"], 1.0);
+        assert_eq!(with_preference(json!({"a": 1}), "", None), json!({"a": 1}));
     }
 }

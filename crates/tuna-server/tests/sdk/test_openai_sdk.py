@@ -1,6 +1,7 @@
 """The official `openai` Python SDK against a running Tuna server, unchanged: files, fine-tuning
 jobs (with Tuna's settings through `extra_body`), events, checkpoints, pause / resume / cancel,
-models and chat completions (plain and streamed), and the SDK's error classes.
+models and chat completions (plain and streamed), the SDK's error classes, and preference
+fine-tuning (`method={"type": "dpo", ...}`) started from a supervised fine-tuned model.
 
 Run by `crates/tuna-server/tests/sdk.rs`, which starts the server and sets TUNA_BASE_URL
 (`http://127.0.0.1:PORT/v1`), TUNA_API_KEY and TUNA_FIXTURES.
@@ -188,6 +189,65 @@ def test_pause_resume_cancel(client, training_file, finished_job):
     assert cancelled.status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.cancel(job.id)
+
+
+@pytest.fixture(scope="module")
+def preference_file(client):
+    with open(FIXTURES / "identity-pref-8.jsonl", "rb") as f:
+        uploaded = client.files.create(file=f, purpose="fine-tune")
+    assert uploaded.status == "processed", uploaded.check
+    assert uploaded.check["stats"]["format"] == "preference"
+    assert uploaded.check["stats"]["examples"] == 8
+    return uploaded
+
+
+def test_dpo_after_supervised(client, finished_job, training_file, preference_file):
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": "auto", "batch_size": 2, "learning_rate_multiplier": "auto"}}}
+    # Each method trains on its own format; the error names the file.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="demo", training_file=training_file.id, method=dpo)
+    assert err.value.param == "training_file"
+    assert "preference pairs" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="demo", training_file=preference_file.id)
+    assert err.value.param == "training_file"
+
+    # OpenAI's advice: supervised first, then DPO from the fine-tuned model.
+    job = client.fine_tuning.jobs.create(
+        model=finished_job.fine_tuned_model,
+        training_file=preference_file.id,
+        suffix="dpo",
+        method=dpo,
+        extra_body={"tuna": tuna_settings(4, 2)},
+    )
+    assert job.model == finished_job.fine_tuned_model
+    assert job.method.type == "dpo"
+    assert job.method.dpo.hyperparameters.beta == 0.2
+    assert job.method.dpo.hyperparameters.batch_size == 2
+    assert job.method.dpo.hyperparameters.n_epochs == 13  # auto: 100 trained pairs / 8 pairs, rounded up
+    assert job.method.dpo.hyperparameters.learning_rate_multiplier == 1
+    done = wait(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith("ft:demo:") and ":dpo:" in done.fine_tuned_model
+
+    events = list(client.fine_tuning.jobs.list_events(done.id, limit=100))
+    metrics = [e.data for e in events if e.type == "metrics" and e.data and "train_loss" in e.data]
+    assert len(metrics) == 4
+    for m in metrics:
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
+            assert key in m, m
+        assert m["pairs"] == 2
+        assert m["rewards/margins"] == pytest.approx(m["rewards/chosen"] - m["rewards/rejected"], abs=1e-9)
+
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(done.id))
+    assert [c.step_number for c in checkpoints] == [4, 2]
+    sample = checkpoints[0].tuna["samples"][0]
+    assert "Marlin" in sample["reference"] and "Qwen" in sample["non_preferred"]
+
+    # The result answers chat as the last checkpoint's sample did (its adapter over the base).
+    messages = [{"role": m["role"], "content": m["content"]} for m in sample["messages"]]
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=messages, temperature=0, max_tokens=6)
+    assert reply.choices[0].message.content == sample["generated"]
 
 
 def test_errors(client):

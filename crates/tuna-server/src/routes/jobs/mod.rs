@@ -104,14 +104,15 @@ pub async fn create(
     let new = NewJob {
         model_id: format!(
             "ft:{}:{}:{}:{}",
-            plan.model.name,
+            plan.weights.base.name,
             user.name,
             v.suffix().unwrap_or(""),
             &id[ids::JOB.len()..]
         ),
         id,
         user_id: user.id.clone(),
-        model: plan.model.name.clone(),
+        // As sent: a base model or the fine-tuned model the job trains further.
+        model: v.model().to_string(),
         training_file: v.training_file().to_string(),
         validation_file: v.validation_file().map(str::to_string),
         suffix: v.suffix().map(str::to_string),
@@ -240,7 +241,7 @@ pub async fn estimate(
     };
     Ok(Json(EstimateResponse {
         object: "tuna.estimate".into(),
-        model: plan.model.name,
+        model: v.model().to_string(),
         training_file: v.training_file().to_string(),
         hyperparameters: *plan.spec.hyperparameters(),
         tuna: tuna_view(&plan.spec, Some(&plan.estimate), live),

@@ -8,15 +8,16 @@ use tuna_train::{Method, Objective, default_learning_rate};
 use crate::checker::{DatasetSize, check_dataset, dataset_size};
 use crate::error::{ApiError, ApiResult};
 use crate::estimate::{self, Footprint};
-use crate::models::model_shape;
+use crate::models::{Weights, model_shape, resolve_weights};
 use crate::openai::types::Estimate;
 use crate::spec::{JobSpec, Tuning};
 use crate::state::AppState;
-use crate::store::{FileRow, ModelRow, Store, User};
+use crate::store::{FileRow, Store, User};
 use crate::validate::ValidJobRequest;
 
 pub struct Plan {
-    pub model: ModelRow,
+    /// What the job trains from (its `model`: a base model or a fine-tuned one).
+    pub weights: Weights,
     pub spec: JobSpec,
     pub size: DatasetSize,
     pub estimate: Estimate,
@@ -64,21 +65,76 @@ async fn usable_file(
     Ok(file)
 }
 
+/// The data format a method trains on: chat conversations for `supervised`, preference pairs
+/// for `dpo`.
+fn format_for(method_type: &str) -> tuna_data::check::DataFormat {
+    use tuna_data::check::DataFormat;
+    if method_type == "dpo" {
+        DataFormat::Preference
+    } else {
+        DataFormat::Chat
+    }
+}
+
+/// A 400 when the file's checked format (its report's `stats.format`; reports from before
+/// preference files existed are chat) is not what `method_type` trains on.
+fn fits_method(file: &FileRow, method_type: &str, param: &'static str) -> ApiResult<()> {
+    use tuna_data::check::DataFormat;
+    let format = file
+        .check_report
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .and_then(|r| r.pointer("/stats/format").cloned())
+        .and_then(|f| serde_json::from_value::<DataFormat>(f).ok())
+        .unwrap_or(DataFormat::Chat);
+    let wanted = format_for(method_type);
+    if format == wanted {
+        return Ok(());
+    }
+    let message = match wanted {
+        DataFormat::Preference => format!(
+            "file `{}` holds chat conversations (`{{\"messages\": [...]}}` lines), but `method.type` `dpo` trains on preference pairs: one `{{\"input\": {{\"messages\": [...]}}, \"preferred_output\": [...], \"non_preferred_output\": [...]}}` per line; upload a preference file, or use `method.type` `supervised`",
+            file.id
+        ),
+        DataFormat::Chat => format!(
+            "file `{}` holds preference pairs, but `method.type` `{method_type}` trains on chat conversations (`{{\"messages\": [...]}}` lines); use `method.type` `dpo` for preference pairs",
+            file.id
+        ),
+    };
+    let code = if param == "training_file" {
+        "invalid_training_file"
+    } else {
+        "invalid_validation_file"
+    };
+    Err(ApiError::invalid_coded(message, Some(param), code))
+}
+
 /// Resolves the request against the model and the dataset, estimates it, and checks that the
 /// machine can train it (admission control).
 pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> ApiResult<Plan> {
     let store = &*state.store;
-    let model = store
-        .get_model(v.model())
+    let weights = resolve_weights(store, &user.id, v.model())
         .await?
         .ok_or_else(|| ApiError::model_not_found(v.model()))?;
-    let dir = std::path::PathBuf::from(&model.path);
+    if weights.adapter_dir.is_some() && v.tuning() == "full" {
+        return Err(ApiError::invalid(
+            format!(
+                "`{}` is a LoRA fine-tuned model: train it further with `tuna.method` `lora` (the job continues its adapter), or fine-tune its base model `{}` fully",
+                v.model(),
+                weights.base.name
+            ),
+            "tuna.method",
+        ));
+    }
+    let dir = weights.model_dir.clone();
     let cfg = tokio::task::spawn_blocking(move || QwenConfig::from_model_dir(&dir))
         .await?
         .map_err(ApiError::internal)?;
     let train = usable_file(store, user, v.training_file(), "training_file").await?;
+    fits_method(&train, v.method_type(), "training_file")?;
     if let Some(val) = v.validation_file() {
-        usable_file(store, user, val, "validation_file").await?;
+        let file = usable_file(store, user, val, "validation_file").await?;
+        fits_method(&file, v.method_type(), "validation_file")?;
     }
     let max_seq_len = v.max_seq_len().min(cfg.max_position_embeddings as i64);
     let report: serde_json::Value = train
@@ -93,7 +149,7 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
     if size.max_seq_len != max_seq_len && size.longest > max_seq_len.min(size.max_seq_len) {
         let path = state.blobs.local_path(&train.blob_key).await?;
         let inference = state.inference.clone();
-        let model_dir = std::path::PathBuf::from(&model.path);
+        let model_dir = weights.model_dir.clone();
         let max = max_seq_len as usize;
         let report = tokio::task::spawn_blocking(move || {
             let tok = inference.tokenizer(&model_dir).map_err(|e| e.to_string())?;
@@ -143,13 +199,13 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
     );
     let tokenizer_bytes = ["tokenizer.json", "tokenizer_config.json"]
         .iter()
-        .filter_map(|f| std::fs::metadata(std::path::Path::new(&model.path).join(f)).ok())
+        .filter_map(|f| std::fs::metadata(weights.model_dir.join(f)).ok())
         .map(|m| m.len())
         .sum();
     let footprint = estimate::footprint(&cfg, &spec, estimate.total_steps, tokenizer_bytes);
     crate::quota::check_machine(&state.settings, &footprint)?;
     Ok(Plan {
-        model,
+        weights,
         spec,
         size,
         estimate,
