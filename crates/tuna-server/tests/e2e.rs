@@ -678,3 +678,126 @@ async fn users_cannot_see_or_change_each_others_objects() {
     assert_eq!(wrong.get("/v1/fine_tuning/jobs").await.status, 401);
     t.server.stop().await.unwrap();
 }
+
+/// A DPO job through the API: preference metrics in the one metrics schema, its checkpoints
+/// carry the cached reference log-probabilities (in the download too), so a paused job resumes
+/// from them; a LoRA checkpoint cannot be fine-tuned fully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dpo_job_reports_preference_metrics_and_resumes_from_its_reference() {
+    let t = TestServer::start().await;
+    let c = t.user("dana").await;
+    let f = c.upload("identity-pref-8.jsonl").await;
+    assert_eq!(f.body["status"], "processed", "{:?}", f.body);
+    assert_eq!(f.body["check"]["stats"]["format"], "preference");
+    let file = f.body["id"].as_str().unwrap().to_string();
+
+    let mut body = tiny_job(&file, 100_000, 50_000);
+    body["method"] = json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": 2, "learning_rate_multiplier": 10}}});
+    let j = c.post("/v1/fine_tuning/jobs", &body).await;
+    assert_eq!(j.status, 200, "{:?}", j.body);
+    let id = j.body["id"].as_str().unwrap().to_string();
+    assert_eq!(j.body["method"]["type"], "dpo");
+    assert_eq!(j.body["method"]["dpo"]["hyperparameters"]["beta"], 0.1);
+    assert_eq!(
+        j.body["hyperparameters"]["batch_size"], 2,
+        "the top-level hyperparameters mirror the method's"
+    );
+
+    c.wait_job(&id, TRAIN_TIMEOUT, |j| {
+        j["tuna"]["progress"]["step"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
+    let p = c
+        .post(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({}))
+        .await;
+    assert_eq!(p.status, 200, "{:?}", p.body);
+    c.wait_status(&id, "paused", TRAIN_TIMEOUT).await;
+
+    // Every train row carries TRL's preference metrics.
+    let m = c.get(&format!("/v1/fine_tuning/jobs/{id}/metrics")).await;
+    let rows: Vec<&Value> = m.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "train")
+        .collect();
+    assert!(rows.len() >= 2, "{}", m.body);
+    for r in &rows {
+        for key in [
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/accuracies",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+        ] {
+            assert!(r[key].as_f64().is_some_and(f64::is_finite), "{key}: {r}");
+        }
+        assert_eq!(r["pairs"], 2, "{r}");
+    }
+
+    // The pause checkpoint: a sample with both answers, and the reference log-probabilities
+    // (which the resume below reads) in the download.
+    let ck = c
+        .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
+        .await;
+    let ckpt = &ck.body["data"][0];
+    let step = ckpt["step_number"].as_i64().unwrap();
+    let sample = &ckpt["tuna"]["samples"][0];
+    assert!(
+        sample["reference"].as_str().unwrap().contains("Marlin")
+            && sample["non_preferred"].as_str().unwrap().contains("Qwen"),
+        "{sample}"
+    );
+    let (status, tar_bytes) = c
+        .get_bytes(&format!(
+            "/v1/fine_tuning/jobs/{id}/checkpoints/{}/adapter",
+            ckpt["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<String> = tar::Archive::new(tar_bytes.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&format!(
+            "{id}-step-{step}/{}",
+            tuna_train::dpo::REFERENCE_FILE
+        )),
+        "{names:?}"
+    );
+
+    // A LoRA checkpoint trains on only as LoRA.
+    let model = ckpt["fine_tuned_model_checkpoint"].as_str().unwrap();
+    let mut full = body.clone();
+    full["model"] = model.into();
+    full["tuna"] = json!({"method": "full", "max_seq_len": 64, "max_steps": 1});
+    let refused = c.post("/v1/fine_tuning/jobs", &full).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(refused.body["error"]["param"], "tuna.method");
+
+    // Resumed, it continues past the pause (a missing reference file would fail it).
+    let r = c
+        .post(&format!("/v1/fine_tuning/jobs/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    c.wait_job(&id, TRAIN_TIMEOUT, |j| {
+        j["tuna"]["progress"]["step"].as_i64().unwrap_or(0) >= step + 1 && j["status"] == "running"
+    })
+    .await;
+    assert!(
+        common::messages(&c, &id)
+            .await
+            .iter()
+            .any(|m| m.starts_with(&format!("Training resumed at step {step} of "))),
+        "{:?}",
+        common::messages(&c, &id).await
+    );
+    let x = c
+        .post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(x.status, 200, "{:?}", x.body);
+    t.server.stop().await.unwrap();
+}
