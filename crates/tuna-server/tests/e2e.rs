@@ -777,6 +777,29 @@ async fn dpo_job_reports_preference_metrics_and_resumes_from_its_reference() {
     let refused = c.post("/v1/fine_tuning/jobs", &full).await;
     assert_eq!(refused.status, 400, "{:?}", refused.body);
     assert_eq!(refused.body["error"]["param"], "tuna.method");
+    // As LoRA, the job continues the checkpoint's adapter and records its settings.
+    let mut lora = body.clone();
+    lora["model"] = model.into();
+    lora["tuna"]["lora"] = json!({"rank": 8, "alpha": 16});
+    let from_ckpt = c.post("/v1/fine_tuning/jobs", &lora).await;
+    assert_eq!(from_ckpt.status, 200, "{:?}", from_ckpt.body);
+    assert_eq!(from_ckpt.body["model"], model);
+    assert_eq!(from_ckpt.body["tuna"]["lora"]["rank"], 4);
+    assert_eq!(from_ckpt.body["tuna"]["lora"]["alpha"], 8.0);
+    assert!(
+        from_ckpt.body["fine_tuned_model"].is_null()
+            || from_ckpt.body["fine_tuned_model"]
+                .as_str()
+                .unwrap()
+                .starts_with("ft:demo:dana:"),
+        "{}",
+        from_ckpt.body
+    );
+    let second = from_ckpt.body["id"].as_str().unwrap();
+    let x = c
+        .post(&format!("/v1/fine_tuning/jobs/{second}/cancel"), &json!({}))
+        .await;
+    assert_eq!(x.status, 200, "{:?}", x.body);
 
     // Resumed, it continues past the pause (a missing reference file would fail it).
     let r = c

@@ -10,7 +10,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::estimate::{self, Footprint};
 use crate::models::{Weights, model_shape, resolve_weights};
 use crate::openai::types::Estimate;
-use crate::spec::{JobSpec, Tuning};
+use crate::spec::{JobSpec, LoraSpec, MethodSpec, Tuning};
+use crate::validate::settings::LORA_TARGETS;
 use crate::state::AppState;
 use crate::store::{FileRow, Store, User};
 use crate::validate::ValidJobRequest;
@@ -109,6 +110,30 @@ fn fits_method(file: &FileRow, method_type: &str, param: &'static str) -> ApiRes
     Err(ApiError::invalid_coded(message, Some(param), code))
 }
 
+/// The LoRA settings of a PEFT adapter directory (a LoRA checkpoint a job trains on from).
+fn adapter_settings(dir: &std::path::Path) -> ApiResult<LoraSpec> {
+    let path = dir.join("adapter_config.json");
+    let file: tuna_model::lora::PeftConfigFile = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let names: Vec<String> = match &file.target_modules {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|t| t.as_str())
+            .filter_map(|t| LORA_TARGETS.iter().find(|&&n| t.ends_with(n)))
+            .map(|n| n.to_string())
+            .collect(),
+        _ => LORA_TARGETS.iter().map(|n| n.to_string()).collect(),
+    };
+    Ok(LoraSpec {
+        rank: file.r as i64,
+        alpha: file.lora_alpha as f64,
+        dropout: file.lora_dropout as f64,
+        target_modules: names,
+    })
+}
+
 /// Resolves the request against the model and the dataset, estimates it, and checks that the
 /// machine can train it (admission control).
 pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> ApiResult<Plan> {
@@ -169,13 +194,21 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
             Tuning::Full => Method::Full,
             Tuning::Lora => Method::Lora,
         };
-        let dir = std::path::PathBuf::from(&model.path);
+        let dir = weights.model_dir.clone();
+        let objective = match spec.method {
+            MethodSpec::Supervised { .. } => Objective::Sft,
+            MethodSpec::Dpo { .. } => Objective::Dpo,
+        };
         let base = tokio::task::spawn_blocking(move || {
-            default_learning_rate(&dir, method, Objective::Sft)
+            default_learning_rate(&dir, method, objective)
         })
         .await?
         .map_err(ApiError::internal)?;
         spec.tuna.learning_rate = spec.hyperparameters().learning_rate_multiplier * f64::from(base);
+    }
+    if let Some(dir) = &weights.adapter_dir {
+        // The run trains the adapter on: the job records its settings, not the request's.
+        spec.tuna.lora = Some(adapter_settings(dir)?);
     }
     let device = "cpu";
     let method = spec.tuna.method.as_str();
