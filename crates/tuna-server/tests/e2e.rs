@@ -633,6 +633,16 @@ async fn users_cannot_see_or_change_each_others_objects() {
         not_found.last().unwrap().body["error"]["param"],
         "training_file"
     );
+    // Ann's fine-tuned models are no starting point for Ben's jobs.
+    let ben_file = upload_ok(&b).await;
+    for model in [ckpt_model.as_str(), done["fine_tuned_model"].as_str().unwrap()] {
+        let mut body = tiny_job(&ben_file, 2, 2);
+        body["model"] = model.into();
+        let r = b.post("/v1/fine_tuning/jobs", &body).await;
+        assert_eq!(r.status, 404, "{model}: {:?}", r.body);
+        assert_eq!(r.body["error"]["param"], "model", "{:?}", r.body);
+    }
+    b.delete(&format!("/v1/files/{ben_file}")).await;
     // Lists are per user.
     assert_eq!(b.get("/v1/files").await.body["data"], json!([]));
     assert_eq!(b.get("/v1/fine_tuning/jobs").await.body["data"], json!([]));

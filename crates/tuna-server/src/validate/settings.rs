@@ -703,6 +703,27 @@ mod tests {
                 assert!(s.get(key).is_some(), "{key} missing in {s}");
             }
         }
+        let beta = all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["param"] == "method.dpo.hyperparameters.beta")
+            .unwrap();
+        assert_eq!(
+            (&beta["default"], &beta["auto_rule"], &beta["methods"]),
+            (&json!("auto"), &json!("0.1"), &json!(["dpo"]))
+        );
+        assert_eq!(
+            (&beta["min"], &beta["exclusive_min"], &beta["max"]),
+            (&json!(0.0), &json!(true), &json!(2.0))
+        );
+        let method = all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["param"] == "method.type")
+            .unwrap();
+        assert_eq!(method["choices"], json!(["supervised", "dpo"]));
         assert_eq!(auto_epochs(10), 10);
         assert_eq!(auto_epochs(91), 3);
         assert_eq!(auto_epochs(30), 4);
