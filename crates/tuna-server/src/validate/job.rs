@@ -631,7 +631,9 @@ mod tests {
         assert_eq!(params(json!({"method": {"type": "ppo"}})), ["method.type"]);
         // Each method's hyperparameters belong to it alone.
         assert_eq!(
-            params(json!({"method": {"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 2}}}})),
+            params(
+                json!({"method": {"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 2}}}})
+            ),
             ["method.supervised.hyperparameters.n_epochs"]
         );
         assert_eq!(
@@ -639,7 +641,9 @@ mod tests {
             ["hyperparameters.n_epochs"]
         );
         assert_eq!(
-            params(json!({"method": {"type": "supervised", "dpo": {"hyperparameters": {"beta": 0.2}}}})),
+            params(
+                json!({"method": {"type": "supervised", "dpo": {"hyperparameters": {"beta": 0.2}}}})
+            ),
             ["method.dpo.hyperparameters.beta"]
         );
         let e = check(json!({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}))

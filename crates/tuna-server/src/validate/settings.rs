@@ -656,8 +656,7 @@ mod tests {
                 > pos("method.supervised.hyperparameters.learning_rate_multiplier")
         );
         assert!(
-            pos("tuna.learning_rate")
-                > pos("method.dpo.hyperparameters.learning_rate_multiplier")
+            pos("tuna.learning_rate") > pos("method.dpo.hyperparameters.learning_rate_multiplier")
         );
         assert!(pos("tuna.lora.alpha") > pos("tuna.lora.rank"));
         assert!(pos("tuna.lora.rank") > pos("tuna.method"));

@@ -478,7 +478,15 @@ mod tests {
     #[test]
     fn batch_size_splits_into_packed_examples_and_accumulation() {
         for (batch, micro, accum) in [(1, 1, 1), (4, 4, 1), (6, 3, 2), (8, 4, 2), (7, 1, 7)] {
-            let c = train_config(&spec(batch), 5, "m".into(), None, "t".into(), None, "o".into());
+            let c = train_config(
+                &spec(batch),
+                5,
+                "m".into(),
+                None,
+                "t".into(),
+                None,
+                "o".into(),
+            );
             assert_eq!(
                 (c.batch_size, c.gradient_accumulation_steps),
                 (BatchSize::Examples(micro), accum),

@@ -607,8 +607,16 @@ mod tests {
         assert!(lines[0].ends_with(
             ",tokens,train_rewards_chosen,train_rewards_rejected,train_rewards_accuracies,train_rewards_margins,train_logps_chosen,train_logps_rejected"
         ));
-        assert!(lines[1].ends_with(",10,0.5,-0.25,1.0,0.75,-3.0,-9.0"), "{}", lines[1]);
-        let event = with_preference(json!({"train_loss": 1.0}), "valid_", dpo.preference.as_ref());
+        assert!(
+            lines[1].ends_with(",10,0.5,-0.25,1.0,0.75,-3.0,-9.0"),
+            "{}",
+            lines[1]
+        );
+        let event = with_preference(
+            json!({"train_loss": 1.0}),
+            "valid_",
+            dpo.preference.as_ref(),
+        );
         assert_eq!(event["valid_rewards/margins"], 0.75);
         assert_eq!(event["train_loss"], 1.0);
         assert_eq!(with_preference(json!({"a": 1}), "", None), json!({"a": 1}));

@@ -11,10 +11,10 @@ use crate::estimate::{self, Footprint};
 use crate::models::{Weights, model_shape, resolve_weights};
 use crate::openai::types::Estimate;
 use crate::spec::{JobSpec, LoraSpec, MethodSpec, Tuning};
-use crate::validate::settings::LORA_TARGETS;
 use crate::state::AppState;
 use crate::store::{FileRow, Store, User};
 use crate::validate::ValidJobRequest;
+use crate::validate::settings::LORA_TARGETS;
 
 pub struct Plan {
     /// What the job trains from (its `model`: a base model or a fine-tuned one).
