@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::inference::Target;
 use crate::openai::types::{GenerationDefaults, List, ModelDeleted, ModelObject, ModelTuna};
 use crate::state::AppState;
-use crate::store::{CheckpointRow, ModelRow, Page, User};
+use crate::store::{CheckpointRow, ModelRow, User};
 use crate::validate::DEFAULT_MAX_TOKENS;
 
 fn base_object(m: &ModelRow) -> ModelObject {
