@@ -10,7 +10,7 @@ use rand::Rng;
 
 use common::{Dev, F32_REL_TOL, check_tensor, device, download, rand_vec, rng};
 use tuna_engine::WeightRef;
-use tuna_engine::ops::matmul::{Layout, sgemm};
+use tuna_engine::ops::matmul::{Layout, Precision, sgemm};
 use tuna_engine::ops::{
     adamw, attention, embedding, lm_head_ce, matmul, residual, rmsnorm, rope, swiglu,
 };
@@ -266,7 +266,16 @@ fn matmul_and_gemm_match_cpu() {
     );
 
     let mut out = vec![0.0; bt * oc];
-    matmul::matmul_forward(&mut out, &inp, WeightRef::F32(&w), Some(&bias), bt, c, oc);
+    matmul::matmul_forward(
+        &mut out,
+        &inp,
+        WeightRef::F32(&w),
+        Some(&bias),
+        bt,
+        c,
+        oc,
+        Precision::F32,
+    );
     let (mut di, mut dw, mut db) = (di0.clone(), dw0.clone(), db0.clone());
     matmul::matmul_backward(
         Some(&mut di),
@@ -278,6 +287,7 @@ fn matmul_and_gemm_match_cpu() {
         bt,
         c,
         oc,
+        Precision::F32,
     );
 
     let (gi, gw, gb) = (gpu.upload(&inp), gpu.upload(&w), gpu.upload(&bias));
@@ -372,6 +382,7 @@ fn lm_head_ce_matches_cpu_on_both_reduction_paths() {
         n,
         c,
         v,
+        Precision::F32,
     );
     assert!(hits_cpu >= n / 3, "the test's own setup: {hits_cpu} hits");
     let (mut dh, mut dw) = (dh0.clone(), dw0.clone());
@@ -386,6 +397,7 @@ fn lm_head_ce_matches_cpu_on_both_reduction_paths() {
         n,
         c,
         v,
+        Precision::F32,
     );
 
     for gpu in both_reduce_modes() {
@@ -457,6 +469,7 @@ fn lm_head_ce_matches_cpu_on_both_reduction_paths() {
             n,
             c,
             v,
+            Precision::F32,
         );
         check_tensor(
             &format!("lm_head_ce_forward_backward {mode} losses"),

@@ -202,6 +202,7 @@ pub fn demo_init_model() -> QwenModel {
         norm: vec![1.0; c],
         lm_head: None,
         config: cfg,
+        precision: tuna_engine::ops::matmul::Precision::F32,
     }
 }
 
