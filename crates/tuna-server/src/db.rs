@@ -1191,6 +1191,7 @@ mod tests {
                 sample_prompts: 0,
                 sample_max_tokens: 1,
                 keep_checkpoints: None,
+                precision: Default::default(),
             },
         }
     }

@@ -558,6 +558,7 @@ mod tests {
                 sample_prompts: 0,
                 sample_max_tokens: 1,
                 keep_checkpoints: Some(2),
+                precision: Default::default(),
             },
         };
         let n = cfg.num_parameters() as u64;

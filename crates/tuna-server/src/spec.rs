@@ -8,6 +8,7 @@
 //! `GET /v1/tuna/job_settings` all follow from those two.
 
 use serde::{Deserialize, Serialize};
+pub use tuna_train::PrecisionSetting;
 
 /// Resolved hyperparameters of a supervised run, as recorded on the job (OpenAI's names).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -125,6 +126,9 @@ pub struct TunaSettings {
     /// Keep only the newest this many checkpoints (`None`: all of them).
     #[serde(default)]
     pub keep_checkpoints: Option<i64>,
+    /// How the matrix products multiply (`auto`: bf16 where the CPU has bf16 units).
+    #[serde(default)]
+    pub precision: PrecisionSetting,
 }
 
 /// Everything a job was asked to do.
@@ -173,6 +177,7 @@ mod tests {
                 sample_prompts: 1,
                 sample_max_tokens: 8,
                 keep_checkpoints: None,
+                precision: PrecisionSetting::Auto,
             },
         };
         let v = serde_json::to_value(&spec).unwrap();
@@ -186,7 +191,9 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("keep_checkpoints");
-        assert!(serde_json::from_value::<JobSpec>(old).is_ok());
+        old["tuna"].as_object_mut().unwrap().remove("precision");
+        let old = serde_json::from_value::<JobSpec>(old).unwrap();
+        assert_eq!(old.tuna.precision, PrecisionSetting::Auto);
 
         // DPO keeps OpenAI's shape: the hyperparameters flat, `beta` among them.
         let hp = *spec.hyperparameters();

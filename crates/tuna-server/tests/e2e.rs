@@ -96,6 +96,7 @@ async fn upload_train_checkpoints_samples_and_chat() {
     );
     assert_eq!(job["tuna"]["name"], "tiny demo run");
     assert_eq!(job["tuna"]["lora"]["rank"], 4);
+    assert_eq!(job["tuna"]["precision"], "auto");
     // The multiplier scales the model's own recommendation (the demo's tuna_defaults.json).
     let base = tuna_model::demo::demo_training_defaults()
         .lora_learning_rate
@@ -208,6 +209,13 @@ async fn upload_train_checkpoints_samples_and_chat() {
         texts
             .iter()
             .any(|t| t.starts_with("Fine-tuning job started"))
+    );
+    // The job says how its matrix products ran (`auto`: bf16 where the CPU has bf16 units).
+    let auto = tuna_train::PrecisionSetting::Auto.resolve().describe();
+    assert!(
+        texts.iter().any(|t| t.starts_with("Training started")
+            && t.ends_with(&format!("matrix products: {auto}"))),
+        "{texts:?}"
     );
     let metric_events: Vec<&Value> = ev.body["data"]
         .as_array()

@@ -498,6 +498,13 @@ pub static SETTINGS: &[Setting] = &[
         "Longest sample answer in tokens.",
     ),
     setting(
+        "precision",
+        "tuna.precision",
+        Kind::Enum(&["auto", "f32", "bf16"]),
+        DefaultValue::Str("auto"),
+        "How the matrix products multiply: `bf16` operands with f32 sums (as PyTorch's bf16 autocast: norms, losses, master weights and optimizer state stay f32), `f32` throughout, or `auto`: bf16 where the CPU has bf16 dot-product units (AMX-BF16, AVX512-BF16), else f32. The job's first event names the kernel that ran.",
+    ),
+    setting(
         "keep_checkpoints",
         "tuna.keep_checkpoints",
         int(1, 100_000),

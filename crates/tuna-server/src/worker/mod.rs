@@ -167,6 +167,7 @@ pub fn train_config(
         save_total_limit: None,
         sample_prompts: t.sample_prompts as usize,
         sample_max_tokens: t.sample_max_tokens as usize,
+        precision: t.precision,
         // A first run finds no checkpoint and starts at step 0; a restarted one continues.
         resume: true,
         ..TrainConfig::default()
@@ -175,6 +176,8 @@ pub fn train_config(
 
 enum Msg {
     Ready {
+        /// How the matrix products run (`bf16 (avx512-bf16)`, `f32`).
+        precision: String,
         total_steps: usize,
         steps_done: usize,
         resumed: bool,
@@ -314,6 +317,7 @@ async fn run_async(
         .spawn(move || -> tuna_train::Result<TrainSummary> {
             let mut trainer = Trainer::new(cfg)?;
             let _ = tx.send(Msg::Ready {
+                precision: trainer.precision().describe(),
                 total_steps: trainer.total_steps(),
                 steps_done: trainer.steps_done(),
                 resumed: trainer.resumed_from().is_some(),
@@ -471,6 +475,7 @@ mod tests {
                 sample_prompts: 1,
                 sample_max_tokens: 8,
                 keep_checkpoints: None,
+                precision: Default::default(),
             },
         }
     }

@@ -158,6 +158,7 @@ impl Reporter {
         let job = &self.job;
         match msg {
             Msg::Ready {
+                precision,
                 total_steps,
                 steps_done,
                 resumed,
@@ -165,10 +166,12 @@ impl Reporter {
                 validation_examples,
             } => {
                 let message = if resumed {
-                    format!("Training resumed at step {steps_done} of {total_steps}")
+                    format!(
+                        "Training resumed at step {steps_done} of {total_steps}; matrix products: {precision}"
+                    )
                 } else {
                     format!(
-                        "Training started: {train_examples} training and {validation_examples} validation examples, {total_steps} steps"
+                        "Training started: {train_examples} training and {validation_examples} validation examples, {total_steps} steps; matrix products: {precision}"
                     )
                 };
                 let mut r = self.report(Some(JobProgress {

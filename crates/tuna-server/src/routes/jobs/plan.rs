@@ -199,11 +199,10 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
             MethodSpec::Supervised { .. } => Objective::Sft,
             MethodSpec::Dpo { .. } => Objective::Dpo,
         };
-        let base = tokio::task::spawn_blocking(move || {
-            default_learning_rate(&dir, method, objective)
-        })
-        .await?
-        .map_err(ApiError::internal)?;
+        let base =
+            tokio::task::spawn_blocking(move || default_learning_rate(&dir, method, objective))
+                .await?
+                .map_err(ApiError::internal)?;
         spec.tuna.learning_rate = spec.hyperparameters().learning_rate_multiplier * f64::from(base);
     }
     if let Some(dir) = &weights.adapter_dir {
