@@ -66,7 +66,7 @@ fi
 
 # Numeric code is tested optimized: a debug build runs it 10-50x slower.
 echo "==> cargo test --release --workspace"
-cargo test --release --workspace 2>&1
+cargo test --release --workspace --no-fail-fast 2>&1
 
 # The API, SDK and end-to-end suites again, every server on PostgreSQL (the same tests: their
 # servers read TUNA_TEST_DATABASE, see crates/tuna-server/tests/common/mod.rs).

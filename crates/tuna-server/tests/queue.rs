@@ -41,8 +41,17 @@ async fn queue_positions_pause_resume_and_cancel() {
     // One slot: the next jobs wait, in order, each with a position and an expected start.
     let b = create(&c, &tiny_job(&file, 2, 2)).await;
     let cc = create(&c, &tiny_job(&file, 2, 2)).await;
-    let jb = c.get(&format!("/v1/fine_tuning/jobs/{b}")).await.body;
-    let jc = c.get(&format!("/v1/fine_tuning/jobs/{cc}")).await.body;
+    // Both from one list: the expected starts move with the running job's measured speed, so
+    // two separate reads may see different predictions.
+    let list = c.get("/v1/fine_tuning/jobs?limit=10").await.body;
+    let find = |id: &str| {
+        list["data"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| j["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("job {id} is not in the list: {list}"))
+    };
+    let (jb, jc) = (find(&b), find(&cc));
     assert_eq!(
         (jb["status"].as_str(), jb["tuna"]["queue_position"].as_i64()),
         (Some("queued"), Some(1))
