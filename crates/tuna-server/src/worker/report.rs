@@ -166,9 +166,7 @@ impl Reporter {
                 validation_examples,
             } => {
                 let message = if resumed {
-                    format!(
-                        "Training resumed at step {steps_done} of {total_steps}; matrix products: {precision}"
-                    )
+                    format!("Training resumed at step {steps_done} of {total_steps}")
                 } else {
                     format!(
                         "Training started: {train_examples} training and {validation_examples} validation examples, {total_steps} steps; matrix products: {precision}"
