@@ -205,37 +205,46 @@ pub async fn start_failed(
 /// `POST .../pause`: a waiting job is paused at once; a running one gets a pause request that its
 /// worker honours after the current step (the caller tells the worker when the answer has it).
 pub async fn request_pause(store: &dyn Store, job: &JobRow) -> Result<JobRow, LifecycleError> {
-    match job.status {
-        JobStatus::Paused => Ok(job.clone()),
-        JobStatus::Queued | JobStatus::ValidatingFiles => {
-            let t = transition(
-                job,
+    let mut job = job.clone();
+    // A worker may claim the job between the caller's read and this write: the guarded
+    // transition then changes nothing, and the request is decided again on the state it has now
+    // (a queued job that started running gets a pause request instead of an error).
+    for _ in 0..3 {
+        let t = match job.status {
+            JobStatus::Paused => return Ok(job),
+            JobStatus::Queued | JobStatus::ValidatingFiles => transition(
+                &job,
                 &[JobStatus::Queued, JobStatus::ValidatingFiles],
                 Some(JobStatus::Paused),
                 JobPatch::default(),
-                vec![NewEvent::info(job, "Job paused")],
-            );
-            apply_or_reread(store, t, "paused").await
+                vec![NewEvent::info(&job, "Job paused")],
+            ),
+            JobStatus::Running => {
+                let patch = JobPatch {
+                    control: Some(Some(JobControl::Pause)),
+                    ..JobPatch::default()
+                };
+                transition(
+                    &job,
+                    &[JobStatus::Running],
+                    None,
+                    patch,
+                    vec![NewEvent::info(
+                        &job,
+                        "Pause requested; the job stops after its current step",
+                    )],
+                )
+            }
+            _ => return Err(wrong(&job, "paused")),
+        };
+        if let Some(row) = store.apply(&t).await? {
+            return Ok(row);
         }
-        JobStatus::Running => {
-            let patch = JobPatch {
-                control: Some(Some(JobControl::Pause)),
-                ..JobPatch::default()
-            };
-            let t = transition(
-                job,
-                &[JobStatus::Running],
-                None,
-                patch,
-                vec![NewEvent::info(
-                    job,
-                    "Pause requested; the job stops after its current step",
-                )],
-            );
-            apply_or_reread(store, t, "paused").await
-        }
-        _ => Err(wrong(job, "paused")),
+        job = store.get_job_unscoped(&t.job_id).await?.ok_or_else(|| {
+            LifecycleError::Store(StoreError::Corrupt(format!("job {} vanished", t.job_id)))
+        })?;
     }
+    Err(wrong(&job, "paused"))
 }
 
 /// `POST .../resume`: a paused job goes to the back of the queue.

@@ -298,7 +298,15 @@ pub fn ensure_demo_model(root: &Path) -> Result<PathBuf> {
         return Ok(dir);
     }
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-    let tmp = root.join(format!(".demo-v{DEMO_VERSION}-{}", std::process::id()));
+    // Unique per call, not only per process: threads of one process (a test binary, a server
+    // answering two requests) may write at the same time, and one would rename the other's
+    // half-written folder.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = root.join(format!(
+        ".demo-v{DEMO_VERSION}-{}-{call}",
+        std::process::id()
+    ));
     write_demo_model(&tmp)?;
     match std::fs::rename(&tmp, &dir) {
         Ok(()) => Ok(dir),
@@ -394,5 +402,27 @@ mod tests {
         let e0 = demo_init_model().embed_tokens.to_f32_vec();
         assert!(e.iter().zip(&e0).filter(|(a, b)| a != b).count() > e.len() / 2);
         assert!(demo_model_from(b"not safetensors").is_err());
+    }
+
+    #[test]
+    fn threads_of_one_process_can_make_the_demo_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<_> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| ensure_demo_model(root.path())))
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for dir in dirs {
+            let dir = dir.unwrap();
+            assert!(dir.join("model.safetensors").exists());
+            assert!(dir.join(TrainingDefaults::FILE).exists());
+        }
+        // Nothing half-written is left beside it.
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("demo-v{DEMO_VERSION}")], "{names:?}");
     }
 }
