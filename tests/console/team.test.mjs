@@ -168,7 +168,9 @@ describe("task management and files", { concurrency: false }, () => {
       // 3 checkpoints, finished) and at the end — not every 1.5 s as before.
       const metrics = polls("/metrics");
       assert.ok(metrics >= 3, `metrics loaded ${metrics} times: ${seen.join(" ")}`);
-      assert.ok(polls("/checkpoints") <= 10 && polls("/checkpoints") < metrics, `checkpoints loaded ${polls("/checkpoints")} times, metrics ${metrics}: ${seen.join(" ")}`);
+      // (Not compared with the metrics count: a job that finishes in a few seconds loads its
+      // metrics only a few times, which is not a poll.)
+      assert.ok(polls("/checkpoints") <= 10, `checkpoints loaded ${polls("/checkpoints")} times, metrics ${metrics}: ${seen.join(" ")}`);
       assert.ok(polls("/events?limit") <= 10, `events loaded ${polls("/events?limit")} times: ${seen.join(" ")}`);
       // The first checkpoint was on the page before the job finished.
       assert.equal(running, "running");
