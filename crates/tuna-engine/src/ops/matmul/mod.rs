@@ -359,26 +359,20 @@ fn forward_widened(
     oc: usize,
     rows: usize,
 ) {
-    let rows = rows.max(1);
-    with_scratch(rows.min(oc) * c, |buf| {
-        for o0 in (0..oc).step_by(rows) {
-            let nb = rows.min(oc - o0);
-            let wb = &mut buf[..nb * c];
-            widen_par(weight.slice(o0 * c..(o0 + nb) * c), wb);
-            // out[:, o0..o0+nb] = inp (bt, c) · wb (nb, c)ᵀ
-            sgemm_strided(
-                &mut out[o0..],
-                (oc, 1),
-                inp,
-                (c, 1),
-                wb,
-                (1, c),
-                bt,
-                c,
-                nb,
-                false,
-            );
-        }
+    for_each_widened_block(weight, c, oc, rows, |o0, nb, wb| {
+        // out[:, o0..o0+nb] = inp (bt, c) · wb (nb, c)ᵀ
+        sgemm_strided(
+            &mut out[o0..],
+            (oc, 1),
+            inp,
+            (c, 1),
+            wb,
+            (1, c),
+            bt,
+            c,
+            nb,
+            false,
+        );
     });
 }
 
@@ -393,25 +387,39 @@ fn backward_dinp_widened(
     oc: usize,
     rows: usize,
 ) {
+    for_each_widened_block(weight, c, oc, rows, |o0, nb, wb| {
+        // dinp += dout[:, o0..o0+nb] (bt, nb) · wb (nb, c)
+        sgemm_strided(
+            dinp,
+            (c, 1),
+            &dout[o0..],
+            (oc, 1),
+            wb,
+            (c, 1),
+            bt,
+            nb,
+            c,
+            true,
+        );
+    });
+}
+
+/// Runs `f(o0, nb, rows o0..o0+nb of the weight widened to f32)` over the weight's rows, `rows`
+/// at a time, in one scratch buffer (the widening both products share).
+fn for_each_widened_block(
+    weight: WeightRef,
+    c: usize,
+    oc: usize,
+    rows: usize,
+    mut f: impl FnMut(usize, usize, &[f32]),
+) {
     let rows = rows.max(1);
     with_scratch(rows.min(oc) * c, |buf| {
         for o0 in (0..oc).step_by(rows) {
             let nb = rows.min(oc - o0);
             let wb = &mut buf[..nb * c];
             widen_par(weight.slice(o0 * c..(o0 + nb) * c), wb);
-            // dinp += dout[:, o0..o0+nb] (bt, nb) · wb (nb, c)
-            sgemm_strided(
-                dinp,
-                (c, 1),
-                &dout[o0..],
-                (oc, 1),
-                wb,
-                (c, 1),
-                bt,
-                nb,
-                c,
-                true,
-            );
+            f(o0, nb, wb);
         }
     });
 }
