@@ -97,23 +97,31 @@ fn generate_prints_transformers_greedy_ids() {
         .iter()
         .map(|x| x.to_string())
         .collect();
-    let out = tuna(
-        cache.path(),
-        &[
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt-ids",
-            &prompt.join(","),
-            "--max-new-tokens",
-            "24",
-            "--greedy",
-            "--json",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(got["ids"], greedy["new_ids"]);
+    let generate = |precision: &str| {
+        let out = tuna(
+            cache.path(),
+            &[
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt-ids",
+                &prompt.join(","),
+                "--max-new-tokens",
+                "24",
+                "--greedy",
+                "--precision",
+                precision,
+                "--json",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["ids"].clone()
+    };
+    // f32 products are exact to transformers; a bf16 prefill may part ways at a near tie (the
+    // model crate's parity tests check where), so here it only has to run and agree at first.
+    assert_eq!(generate("f32"), greedy["new_ids"]);
+    let bf16 = generate("bf16");
+    assert_eq!(bf16[0], greedy["new_ids"][0], "{bf16}");
 }
 
 #[test]

@@ -22,3 +22,4 @@ pub use params::{Gradients, Param, ParamLayout};
 pub use qwen::{KvCache, QwenModel};
 pub use tensor::Tensor;
 pub use train::{BatchStats, TrainBatch, TrainOptions};
+pub use tuna_engine::ops::matmul::Precision;

@@ -5,7 +5,9 @@
 //! Reference: transformers `models/qwen2/modeling_qwen2.py`, `models/qwen3/modeling_qwen3.py`.
 //! Weights stay in their checkpoint dtype. Matrix products run at the model's [`Precision`]: f32
 //! (the default), or bf16 operands with f32 sums (`set_precision`, mixed precision as PyTorch
-//! autocast does it: norms, RoPE, attention's softmax, losses and LoRA stay f32). Not supported:
+//! autocast does it: norms, RoPE, attention's softmax, losses and LoRA stay f32). Generation uses
+//! it for prefill only: a one-token decode step is a memory-bound GEMV that reads the weights as
+//! stored, where bf16 operands would save nothing and cost accuracy. Not supported:
 //! sliding-window attention, rope scaling, MoE variants.
 
 use std::path::Path;
@@ -121,6 +123,7 @@ pub struct QwenModel {
     /// (vocab, hidden); `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
     /// How the matrix products multiply (prefill, training passes); f32 unless set.
+    /// One-token passes always run at f32 (see the module docs and [`Self::pass_precision`]).
     pub precision: Precision,
 }
 
@@ -241,6 +244,16 @@ impl QwenModel {
         self.precision = precision;
     }
 
+    /// The precision of an inference pass over `rows` rows: the model's, except for one row (a
+    /// decode step, or the last position's logits), which reads the weights as stored in f32.
+    pub fn pass_precision(&self, rows: usize) -> Precision {
+        if rows == 1 {
+            Precision::F32
+        } else {
+            self.precision
+        }
+    }
+
     /// The LM head matrix (vocab, hidden): `lm_head` or the tied embedding.
     pub fn lm_head_weight(&self) -> WeightRef<'_> {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens).weight()
@@ -320,7 +333,7 @@ impl QwenModel {
             1,
             c,
             self.config.vocab_size,
-            self.precision,
+            self.pass_precision(1),
         );
         Ok(logits)
     }
@@ -343,7 +356,7 @@ impl QwenModel {
             tokens.len(),
             c,
             v,
-            self.precision,
+            self.pass_precision(tokens.len()),
         );
         Ok(logits)
     }
@@ -387,9 +400,10 @@ impl QwenModel {
         let mut up = vec![0.0; bt * im];
         let mut act = vec![0.0; bt * im];
 
+        let precision = self.pass_precision(bt);
         let linear = |l: usize, target: LoraTarget, out: &mut [f32], inp: &[f32]| {
             let layer = &self.layers[l];
-            layer.linear(target).forward(out, inp, bt, self.precision);
+            layer.linear(target).forward(out, inp, bt, precision);
             if let Some(lora) = adapter.and_then(|a| a.get(l, target)) {
                 lora.forward(out, inp, None, bt);
             }

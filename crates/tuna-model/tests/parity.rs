@@ -1,10 +1,12 @@
 //! Parity with Hugging Face transformers on tiny random-weight fixtures made by
-//! `scripts/fixtures/gen_tiny_models.py`: logits within 1e-4 (f32), greedy tokens identical.
+//! `scripts/fixtures/gen_tiny_models.py`: logits within 1e-4 (f32), greedy tokens identical; a bf16
+//! prefill within bf16's rounding.
 
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
-use tuna_model::{KvCache, QwenModel, SamplingParams};
+use tuna_engine::ops::matmul::Bf16Kernel;
+use tuna_model::{KvCache, Precision, QwenModel, SamplingParams};
 
 const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-qwen3-untied"];
 const LOGITS_TOLERANCE: f32 = 1e-4;
@@ -125,5 +127,137 @@ fn greedy_tokens_equal_transformers() {
         })
         .unwrap();
         assert_eq!(out.tokens, ids("new_ids"), "{name}");
+    }
+}
+
+/// Logits of a bf16 prefill (operands rounded to bf16, f32 sums) stay within this share of the
+/// largest reference logit: bf16 keeps 8 significant bits (relative rounding 2^-9 per operand),
+/// and the tiny models' sums run over 64 to 128 products.
+const BF16_RELATIVE_TOLERANCE: f32 = 2e-2;
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// The two largest values' difference: how far apart greedy's choice and the runner-up are.
+fn top2_margin(logits: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in logits {
+        if x > a {
+            (a, b) = (x, a);
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
+}
+
+/// Every bf16 kernel this machine can run, the f32 fallback included (it rounds the operands too).
+fn bf16_precisions() -> Vec<Precision> {
+    Bf16Kernel::available()
+        .into_iter()
+        .map(Precision::Bf16)
+        .collect()
+}
+
+#[test]
+fn bf16_prefill_follows_transformers_and_decoding_stays_f32() {
+    for precision in bf16_precisions() {
+        for name in MODELS {
+            let mut model = QwenModel::load(&fixture(name)).unwrap();
+            model.set_precision(precision);
+            let r = reference(name);
+            let v = model.config.vocab_size;
+            let tolerance = BF16_RELATIVE_TOLERANCE * max_abs(&r.logits);
+            let label = format!("{name} {}", precision.describe());
+
+            // Prefill of the whole prompt at bf16: every position against transformers' f32.
+            let all = model.forward_all_logits(&r.input_ids, None).unwrap();
+            check_tensor(&format!("{label} prefill"), &all, &r.logits, tolerance);
+            let f32_model = QwenModel::load(&fixture(name)).unwrap();
+            let exact = f32_model.forward_all_logits(&r.input_ids, None).unwrap();
+            assert_ne!(all, exact, "{label}: the prefill did not run at bf16");
+
+            // One-token passes read the weights in f32 whatever the model's precision: the first
+            // token alone gives bit-identical logits, and decoding after a bf16 prefill stays close.
+            let mut cache = KvCache::new(&model.config, r.input_ids.len());
+            let mut f32_cache = KvCache::new(&model.config, r.input_ids.len());
+            let first = model.forward(&r.input_ids[..1], &mut cache, None).unwrap();
+            let first_f32 = f32_model
+                .forward(&r.input_ids[..1], &mut f32_cache, None)
+                .unwrap();
+            assert_eq!(
+                first, first_f32,
+                "{label}: a one-token pass must run at f32"
+            );
+            cache.clear();
+            model.forward(&r.input_ids[..5], &mut cache, None).unwrap();
+            for t in 5..r.input_ids.len() {
+                let logits = model
+                    .forward(&r.input_ids[t..t + 1], &mut cache, None)
+                    .unwrap();
+                check_tensor(
+                    &format!("{label} step {t}"),
+                    &logits,
+                    &r.logits[t * v..(t + 1) * v],
+                    tolerance,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_prefill_greedy_tokens_equal_transformers_until_a_near_tie() {
+    for precision in bf16_precisions() {
+        for name in MODELS {
+            let dir = fixture(name);
+            let mut model = QwenModel::load(&dir).unwrap();
+            model.set_precision(precision);
+            let f32_model = QwenModel::load(&dir).unwrap();
+            let greedy: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
+            let ids = |key: &str| -> Vec<u32> {
+                greedy[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            };
+            let params = SamplingParams {
+                greedy: true,
+                max_new_tokens: greedy["max_new_tokens"].as_u64().unwrap() as usize,
+                ..SamplingParams::default()
+            };
+            let (prompt, want) = (ids("prompt_ids"), ids("new_ids"));
+            let out =
+                tuna_model::generate(&model, None, &prompt, &params, &ids("eos_token_id"), |_| {
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+            // Where the two differ, transformers' top two candidates must have been closer than
+            // bf16 can tell apart; after that the texts legitimately go separate ways.
+            let Some(split) = out.tokens.iter().zip(&want).position(|(a, b)| a != b) else {
+                assert_eq!(out.tokens, want, "{name} {}", precision.describe());
+                continue;
+            };
+            let mut context = prompt.clone();
+            context.extend(&want[..split]);
+            let logits = f32_model.forward_all_logits(&context, None).unwrap();
+            let v = f32_model.config.vocab_size;
+            let last = &logits[(context.len() - 1) * v..];
+            let tolerance = BF16_RELATIVE_TOLERANCE * max_abs(last);
+            let margin = top2_margin(last);
+            println!(
+                "{name} {}: differs from token {split} on, where the top-2 margin is {margin:e}",
+                precision.describe()
+            );
+            assert!(
+                margin <= 2.0 * tolerance,
+                "{name} {}: token {split} differs although the margin {margin:e} exceeds bf16's error {tolerance:e}",
+                precision.describe()
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tuna_data::tokenize::ChatTokenizer;
-use tuna_model::{FinishReason, GenerationConfig, LoraAdapter, QwenModel};
+use tuna_model::{FinishReason, GenerationConfig, LoraAdapter, Precision, QwenModel};
 
 use crate::error::ApiError;
 use crate::slots::{FairSlots, SlotPermit};
@@ -88,6 +88,8 @@ pub struct Inference {
     models: Mutex<Lru<LoadedModel>>,
     adapters: Mutex<Lru<LoraAdapter>>,
     tokenizers: Mutex<Lru<ChatTokenizer>>,
+    /// How loaded models run their prompt products.
+    precision: Precision,
 }
 
 /// Why a generation failed.
@@ -128,7 +130,12 @@ fn data_error(e: tuna_data::Error) -> InferError {
 }
 
 impl Inference {
-    pub fn new(limits: GenerationLimits, model_cache: usize, adapter_cache: usize) -> Self {
+    pub fn new(
+        limits: GenerationLimits,
+        model_cache: usize,
+        adapter_cache: usize,
+        precision: Precision,
+    ) -> Self {
         Inference {
             slots: FairSlots::new(limits.slots, limits.per_user),
             limits,
@@ -136,6 +143,7 @@ impl Inference {
             models: Mutex::new(Lru::new(model_cache)),
             adapters: Mutex::new(Lru::new(adapter_cache)),
             tokenizers: Mutex::new(Lru::new(4)),
+            precision,
         }
     }
 
@@ -202,8 +210,14 @@ impl Inference {
             None => {
                 // Loaded outside the lock: two first requests may both load; the second insert wins.
                 let dir = &target.model_dir;
-                let model = QwenModel::load(dir)
+                let mut model = QwenModel::load(dir)
                     .map_err(|e| InferError::Internal(format!("loading {}: {e}", dir.display())))?;
+                model.set_precision(self.precision);
+                tracing::info!(
+                    model = %dir.display(),
+                    prompt_products = %self.precision.describe(),
+                    "model loaded for chat"
+                );
                 let tokenizer = self.tokenizer(dir)?;
                 let generation = GenerationConfig::from_model_dir(dir)
                     .map_err(|e| InferError::Internal(e.to_string()))?;

@@ -175,6 +175,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         settings.generation_limits(),
         settings.model_cache_size,
         settings.adapter_cache_size,
+        settings.chat_precision.resolve(),
     ));
     Ok(AppState {
         store,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tuna_train::PrecisionSetting;
 
 use crate::blob::BlobStore;
 use crate::db::DatabaseUrl;
@@ -91,6 +92,9 @@ pub struct Settings {
     pub model_cache_size: usize,
     /// LoRA adapters kept loaded for chat. Default 8.
     pub adapter_cache_size: usize,
+    /// Prompt (prefill) products of chat completions: bf16 where the CPU has bf16 units by
+    /// default; decoding reads the weights as stored in f32 either way.
+    pub chat_precision: PrecisionSetting,
     /// Where the demo model is written (`<data_dir>/models` by default).
     pub demo_model_root: PathBuf,
     /// JSON file listing more base models: `[{"name": "...", "path": "/hf/dir"}]`
@@ -127,6 +131,7 @@ impl std::fmt::Debug for Settings {
                 "max_concurrent_generations",
                 &self.max_concurrent_generations,
             )
+            .field("chat_precision", &self.chat_precision)
             .field("models_file", &self.models_file)
             .field("quotas", &self.quotas)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
@@ -156,6 +161,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(10),
             model_cache_size: 2,
             adapter_cache_size: 8,
+            chat_precision: PrecisionSetting::Auto,
             demo_model_root: data_dir.join("models"),
             models_file: data_dir.join("models.json"),
             cpu_gflops: 100.0,

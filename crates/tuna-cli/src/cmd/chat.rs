@@ -79,16 +79,11 @@ impl Session {
 }
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let dir = crate::model_dir::resolve(&args.model)?;
-    let model =
-        QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
-    let adapter = match &args.adapter {
-        Some(a) => Some(
-            LoraAdapter::load(a, &model.config)
-                .with_context(|| format!("loading adapter {}", a.display()))?,
-        ),
-        None => None,
-    };
+    let (dir, model, adapter) = super::sampling::load_model(
+        &args.model,
+        args.adapter.as_deref(),
+        args.sampling.precision,
+    )?;
     let tokenizer = ChatTokenizer::from_model_dir(&dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let gen_cfg = GenerationConfig::from_model_dir(&dir)?;

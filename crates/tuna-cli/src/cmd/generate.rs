@@ -2,9 +2,8 @@
 
 use std::io::Write;
 
-use anyhow::Context;
 use clap::Args;
-use tuna_model::{GenerationConfig, LoraAdapter, QwenModel};
+use tuna_model::GenerationConfig;
 
 use super::sampling::SamplingArgs;
 
@@ -27,16 +26,11 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let dir = crate::model_dir::resolve(&args.model)?;
-    let model =
-        QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
-    let adapter = match &args.adapter {
-        Some(a) => Some(
-            LoraAdapter::load(a, &model.config)
-                .with_context(|| format!("loading adapter {}", a.display()))?,
-        ),
-        None => None,
-    };
+    let (dir, model, adapter) = super::sampling::load_model(
+        &args.model,
+        args.adapter.as_deref(),
+        args.sampling.precision,
+    )?;
     let gen_cfg = GenerationConfig::from_model_dir(&dir)?;
     let params = args.sampling.params(&gen_cfg);
     let mut stdout = std::io::stdout().lock();

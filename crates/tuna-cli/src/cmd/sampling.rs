@@ -1,8 +1,14 @@
 //! Generation flags shared by `chat` and `generate`; unset flags fall back to the model's
-//! `generation_config.json`.
+//! `generation_config.json`. Also the model loading both commands share.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use clap::Args;
-use tuna_model::{GenerationConfig, SamplingParams};
+use tuna_model::{GenerationConfig, LoraAdapter, QwenModel, SamplingParams};
+use tuna_train::PrecisionSetting;
+
+use super::train::PrecisionArg;
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -27,6 +33,30 @@ pub struct SamplingArgs {
     /// Always take the most likely token
     #[arg(long)]
     pub greedy: bool,
+    /// Prompt (prefill) matrix products: bf16 where the CPU has bf16 units (auto), f32, or bf16.
+    /// Decoding reads the weights as stored, in f32, either way.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
+}
+
+/// The model directory of `model` (a path or `demo`), the model at `precision` and the adapter.
+pub fn load_model(
+    model: &str,
+    adapter: Option<&Path>,
+    precision: PrecisionArg,
+) -> anyhow::Result<(PathBuf, QwenModel, Option<LoraAdapter>)> {
+    let dir = crate::model_dir::resolve(model)?;
+    let mut model =
+        QwenModel::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    model.set_precision(PrecisionSetting::from(precision).resolve());
+    let adapter = match adapter {
+        Some(a) => Some(
+            LoraAdapter::load(a, &model.config)
+                .with_context(|| format!("loading adapter {}", a.display()))?,
+        ),
+        None => None,
+    };
+    Ok((dir, model, adapter))
 }
 
 impl SamplingArgs {

@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Where the demo model is written (default: DATA_DIR/models)
     #[arg(long, env = "TUNA_DEMO_MODEL_ROOT")]
     pub demo_model_root: Option<PathBuf>,
+    /// Prompt (prefill) products of chat completions: bf16 where the CPU has bf16 units (auto),
+    /// f32, or bf16; decoding reads the weights as stored, in f32, either way
+    #[arg(long, env = "TUNA_CHAT_PRECISION", value_enum, default_value = "auto")]
+    pub chat_precision: super::train::PrecisionArg,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -128,6 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
     settings.cpu_gflops = args.cpu_gflops;
     settings.max_queued_jobs = args.max_queued_jobs;
+    settings.chat_precision = args.chat_precision.into();
     if let Some(f) = args.models_file {
         settings.models_file = f;
     }
