@@ -42,6 +42,45 @@ fn reference(name: &str) -> Reference {
     Reference { input_ids, logits }
 }
 
+/// `greedy.json` of a fixture: transformers' greedy continuation of a prompt.
+struct GreedyReference {
+    prompt: Vec<u32>,
+    new_ids: Vec<u32>,
+    eos: Vec<u32>,
+    params: SamplingParams,
+}
+
+fn greedy_reference(dir: &Path) -> GreedyReference {
+    let greedy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        greedy[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    GreedyReference {
+        prompt: ids("prompt_ids"),
+        new_ids: ids("new_ids"),
+        eos: ids("eos_token_id"),
+        params: SamplingParams {
+            greedy: true,
+            max_new_tokens: greedy["max_new_tokens"].as_u64().unwrap() as usize,
+            ..SamplingParams::default()
+        },
+    }
+}
+
+fn greedy_tokens(model: &QwenModel, r: &GreedyReference) -> Vec<u32> {
+    tuna_model::generate(model, None, &r.prompt, &r.params, &r.eos, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap()
+    .tokens
+}
+
 /// llm.c's `check_tensor`: print the first values and the max abs diff, then compare to a tolerance.
 fn check_tensor(label: &str, got: &[f32], want: &[f32], tolerance: f32) {
     assert_eq!(got.len(), want.len(), "{label}: length");
@@ -106,27 +145,8 @@ fn greedy_tokens_equal_transformers() {
     for name in MODELS {
         let dir = fixture(name);
         let model = QwenModel::load(&dir).unwrap();
-        let greedy: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
-        let ids = |key: &str| -> Vec<u32> {
-            greedy[key]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        };
-        let params = SamplingParams {
-            greedy: true,
-            max_new_tokens: greedy["max_new_tokens"].as_u64().unwrap() as usize,
-            ..SamplingParams::default()
-        };
-        let eos = ids("eos_token_id");
-        let out = tuna_model::generate(&model, None, &ids("prompt_ids"), &params, &eos, |_| {
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-        assert_eq!(out.tokens, ids("new_ids"), "{name}");
+        let r = greedy_reference(&dir);
+        assert_eq!(greedy_tokens(&model, &r), r.new_ids, "{name}");
     }
 }
 
@@ -215,35 +235,16 @@ fn bf16_prefill_greedy_tokens_equal_transformers_until_a_near_tie() {
             let mut model = QwenModel::load(&dir).unwrap();
             model.set_precision(precision);
             let f32_model = QwenModel::load(&dir).unwrap();
-            let greedy: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
-            let ids = |key: &str| -> Vec<u32> {
-                greedy[key]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            };
-            let params = SamplingParams {
-                greedy: true,
-                max_new_tokens: greedy["max_new_tokens"].as_u64().unwrap() as usize,
-                ..SamplingParams::default()
-            };
-            let (prompt, want) = (ids("prompt_ids"), ids("new_ids"));
-            let out =
-                tuna_model::generate(&model, None, &prompt, &params, &ids("eos_token_id"), |_| {
-                    std::ops::ControlFlow::Continue(())
-                })
-                .unwrap();
+            let r = greedy_reference(&dir);
+            let tokens = greedy_tokens(&model, &r);
             // Where the two differ, transformers' top two candidates must have been closer than
             // bf16 can tell apart; after that the texts legitimately go separate ways.
-            let Some(split) = out.tokens.iter().zip(&want).position(|(a, b)| a != b) else {
-                assert_eq!(out.tokens, want, "{name} {}", precision.describe());
+            let Some(split) = tokens.iter().zip(&r.new_ids).position(|(a, b)| a != b) else {
+                assert_eq!(tokens, r.new_ids, "{name} {}", precision.describe());
                 continue;
             };
-            let mut context = prompt.clone();
-            context.extend(&want[..split]);
+            let mut context = r.prompt.clone();
+            context.extend(&r.new_ids[..split]);
             let logits = f32_model.forward_all_logits(&context, None).unwrap();
             let v = f32_model.config.vocab_size;
             let last = &logits[(context.len() - 1) * v..];
