@@ -311,6 +311,16 @@ fn chunk_groups(nchunks: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+fn check_losses(losses: &[f32], lse: &[f32], n: usize) {
+    assert_eq!(
+        losses.len(),
+        n,
+        "lm_head_ce: losses has {} elements",
+        losses.len()
+    );
+    assert_eq!(lse.len(), n, "lm_head_ce: lse has {} elements", lse.len());
+}
+
 /// Writes losses and lse from the merged statistics; returns the number of correct argmaxes.
 fn finish(st: &Running, losses: &mut [f32], lse: &mut [f32], targets: &[u32]) -> usize {
     let mut correct = 0;
@@ -341,13 +351,7 @@ pub fn lm_head_ce_forward(
     precision: Precision,
 ) -> usize {
     check(hidden, &weight, targets, n, c, v);
-    assert_eq!(
-        losses.len(),
-        n,
-        "lm_head_ce: losses has {} elements",
-        losses.len()
-    );
-    assert_eq!(lse.len(), n, "lm_head_ce: lse has {} elements", lse.len());
+    check_losses(losses, lse, n);
     if n == 0 {
         return 0;
     }
@@ -380,13 +384,7 @@ pub fn lm_head_ce_forward_backward(
     precision: Precision,
 ) -> usize {
     check(hidden, &weight, targets, n, c, v);
-    assert_eq!(
-        losses.len(),
-        n,
-        "lm_head_ce: losses has {} elements",
-        losses.len()
-    );
-    assert_eq!(lse.len(), n, "lm_head_ce: lse has {} elements", lse.len());
+    check_losses(losses, lse, n);
     assert_eq!(
         dhidden.len(),
         n * c,
