@@ -6,13 +6,15 @@ const KEY_STORAGE = "tuna.apiKey";
 const USER_STORAGE = "tuna.userName";
 
 export class ApiError extends Error {
-  constructor(message, { status = 0, type = null, code = null, param = null } = {}) {
+  constructor(message, { status = 0, type = null, code = null, param = null, errors = null } = {}) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.type = type;
     this.code = code;
     this.param = param;
+    // Every invalid field of a refused request, `[{param, message}]` (a job's settings).
+    this.errors = Array.isArray(errors) ? errors : param ? [{ param, message }] : [];
   }
 }
 
@@ -78,6 +80,7 @@ async function errorFrom(resp) {
     type: e && e.type,
     code: e && e.code,
     param: e && e.param,
+    errors: e && e.errors,
   });
 }
 
@@ -175,11 +178,16 @@ export const checkKey = (key) => request("/v1/tuna/me", { key });
 export const me = () => request("/v1/tuna/me");
 /** Device slots and queue length of the server (Tuna's extension). */
 export const serverStatus = () => request("/v1/tuna/status");
+/** Every setting of a job request: its limits, default and the methods it applies to. */
+export const jobSettings = () => request("/v1/tuna/job_settings");
 export const estimate = (body) => request("/v1/tuna/estimates", { method: "POST", json: body });
-/** Every metrics row of a job (the trainer's rows), page after page. */
-export async function listMetrics(id) {
+/**
+ * The metrics rows of a job (the trainer's rows) after step `after` (all of them by default),
+ * page after page; a page holds whole steps.
+ */
+export async function listMetrics(id, after = "") {
   const rows = [];
-  let after = "";
+  after = after === null || after === undefined ? "" : String(after);
   for (;;) {
     const q = after ? `?limit=10000&after=${encodeURIComponent(after)}` : "?limit=10000";
     const page = await request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/metrics${q}`);
@@ -244,6 +252,8 @@ export const jobAction = (id, action) =>
   request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/${action}`, { method: "POST" });
 export const listEvents = (id, limit = 100) =>
   request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/events?limit=${limit}`);
+/** Deletes every checkpoint of a finished job and its fine-tuned model (the job stays listed). */
+export const deleteJobArtifacts = (id) => request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/checkpoints`, { method: "DELETE" });
 export const listCheckpoints = (id, limit = 100) =>
   request(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/checkpoints?limit=${limit}`);
 

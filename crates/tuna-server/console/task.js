@@ -9,7 +9,7 @@ import { plural, t } from "./i18n.js";
 import { TERMINAL, fmtCost, jobDuration, jobMethod, jobName, jobProgress, statusExtra } from "./jobs.js";
 import { onLeave } from "./router.js";
 import { draftFromJob } from "./wizard.js";
-import { copyButton, copyableId, empty, errorBox, fmtDate, fmtDuration, fmtInt, fmtNum, fmtTime, h, mount, progressBar, saveText, statusBadge, svgIcon, toast } from "./ui.js";
+import { copyButton, copyableId, empty, errorBox, fmtBytes, fmtDate, fmtDuration, fmtInt, fmtNum, fmtTime, h, mount, progressBar, saveText, statusBadge, svgIcon, toast } from "./ui.js";
 
 const SMOOTHING_STORAGE = "tuna.lossSmoothing";
 const SMOOTHING_CHOICES = [0, 0.6, 0.8, 0.9, 0.95];
@@ -49,6 +49,27 @@ export function pageTask(main, id) {
     tps: new LineChart(t("Tokens / s"), [{ name: "tokens/s", color: "#c2410c" }], { key: "Tokens / s", zeroBased: true, yFormat: (v) => fmtNum(v, 3) }),
     acc: new LineChart(t("Token accuracy"), [{ name: "accuracy", color: "#0e7490" }], { key: "Token accuracy", percent: true }),
   };
+  // A preference (DPO) run adds TRL's reward metrics; they are known once the job is.
+  const preferenceCharts = () => ({
+    rewards: new LineChart(
+      t("Rewards"),
+      [
+        { name: t("preferred"), color: "#0f9d76" },
+        { name: t("non-preferred"), color: "#c2410c" },
+      ],
+      { key: "Rewards" },
+    ),
+    margins: new LineChart(t("Reward margin"), [{ name: "rewards/margins", color: "#7c3aed" }], { key: "Reward margin" }),
+    accuracies: new LineChart(t("Reward accuracy"), [{ name: "rewards/accuracies", color: "#0e7490" }], { key: "Reward accuracy", percent: true }),
+    logps: new LineChart(
+      t("Log-probabilities"),
+      [
+        { name: t("preferred"), color: "#0f9d76" },
+        { name: t("non-preferred"), color: "#c2410c" },
+      ],
+      { key: "Log-probabilities" },
+    ),
+  });
   charts.loss.el.classList.add("wide");
   charts.loss.el.dataset.smoothing = String(charts.loss.smoothing);
   onLeave(() => {
@@ -76,6 +97,8 @@ export function pageTask(main, id) {
     {
       type: "button",
       id: "export-csv",
+      // Until the first read of the metrics arrives there is nothing honest to export.
+      disabled: true,
       onclick: () => {
         if (!metricRows.length) return toast(t("No metrics yet."), "info");
         saveText(`${id}-metrics.csv`, metricsCsv(metricRows), "text/csv");
@@ -89,13 +112,14 @@ export function pageTask(main, id) {
     head: h("div.page-head"),
     progress: h("section.card.card-pad", { id: "progress" }),
     error: h("div"),
-    charts: h("div.charts", Object.values(charts).map((c) => c.el)),
+    charts: h("div.charts", { id: "charts" }, Object.values(charts).map((c) => c.el)),
     checkpoints: h("div.ckpt-list", { id: "checkpoints" }),
     ckptHint: h("span.hint"),
     metricsHint: h("span.hint"),
     useModel: h("section.card.sec-use", { id: "use-model", hidden: true }),
     events: h("ul.events", { id: "events" }),
     details: h("dl.summary-list", { id: "settings" }),
+    artifacts: h("section.card.card-pad.sec-artifacts", { id: "artifacts", hidden: true }),
   };
   let job = null;
   let ckptKey = "";
@@ -104,7 +128,14 @@ export function pageTask(main, id) {
   let checkpoints = [];
   const fileNames = {};
 
-  const layout = () =>
+  const layout = () => {
+    if (job && job.method && job.method.type === "dpo" && !charts.rewards) {
+      Object.assign(charts, preferenceCharts());
+      // Token accuracy means little for pairs: the reward accuracy takes its place.
+      charts.acc.destroy();
+      delete charts.acc;
+      mount(view.charts, Object.values(charts).map((c) => c.el));
+    }
     mount(
       main,
       view.head,
@@ -121,9 +152,11 @@ export function pageTask(main, id) {
           h("section.card.sec-checkpoints", h("div.card-head", h("h2", t("Checkpoints")), view.ckptHint), view.checkpoints),
           view.useModel,
           h("section.card.sec-settings", h("div.card-head", h("h2", t("Settings"))), h("div.card-body", view.details)),
+          view.artifacts,
         ),
       ),
     );
+  };
 
   const act = async (action, btn) => {
     btn.disabled = true;
@@ -256,6 +289,53 @@ export function pageTask(main, id) {
       d(t("Trained tokens"), j.trained_tokens !== null && j.trained_tokens !== undefined ? fmtInt(j.trained_tokens) : null),
     );
     drawUseModel();
+    drawArtifacts();
+  };
+
+  /** A finished task's stored weights (checkpoints, the fine-tuned model), deleted after asking. */
+  const drawArtifacts = () => {
+    const j = job;
+    const has = TERMINAL.has(j.status) && (checkpoints.length > 0 || Boolean(j.fine_tuned_model));
+    view.artifacts.hidden = !has;
+    if (!has) return mount(view.artifacts);
+    if (view.artifacts.dataset.key === `${checkpoints.length}:${j.fine_tuned_model}`) return;
+    view.artifacts.dataset.key = `${checkpoints.length}:${j.fine_tuned_model}`;
+    const del = h(
+      "button.btn.btn-danger.btn-sm",
+      {
+        type: "button",
+        id: "delete-artifacts",
+        onclick: async (e) => {
+          const what = [
+            j.fine_tuned_model ? t("the fine-tuned model {model}", { model: j.fine_tuned_model }) : null,
+            checkpoints.length ? plural(checkpoints.length, "{n} checkpoint", "{n} checkpoints") : null,
+          ]
+            .filter(Boolean)
+            .join(t(" and "));
+          if (!confirm(t("Delete {what} of “{name}”? Chat and downloads with them stop working. The task, its metrics and events stay. This cannot be undone.", { what, name: jobName(j) }))) return;
+          const btn = e.currentTarget;
+          btn.disabled = true;
+          try {
+            const r = await api.deleteJobArtifacts(j.id);
+            toast(t("Deleted: {n} freed", { n: fmtBytes(r.freed_bytes || 0) }), "ok");
+            job = await api.getJob(j.id);
+            await loadCheckpoints();
+            drawJob();
+          } catch (ex) {
+            mount(view.error, errorBox(ex.message, t("Cannot delete the task's files")));
+            btn.disabled = false;
+          }
+        },
+      },
+      svgIcon("trash"),
+      t("Delete checkpoints and model"),
+    );
+    mount(
+      view.artifacts,
+      h("div.section-title", h("h2", t("Stored files"))),
+      h("p.small.muted", t("Free the disk space of this task: its checkpoints and fine-tuned model are deleted; the task, its metrics and events stay.")),
+      del,
+    );
   };
 
   /** "Use this model": the fine-tuned model (or a checkpoint) through the API, ready to copy. */
@@ -315,29 +395,45 @@ export function pageTask(main, id) {
     draw();
   };
 
+  // Rows arrive incrementally: each read asks only for the steps after the last one held, less
+  // one, since a step's validation row can follow its training row.
+  let metricsLoaded = false;
   const loadMetrics = async () => {
+    const last = metricRows.length ? metricRows[metricRows.length - 1].step : null;
+    const after = Number.isFinite(last) && last > 0 ? last - 1 : "";
     let m;
     try {
-      m = await api.listMetrics(id);
+      m = await api.listMetrics(id, after);
     } catch {
       return; // charts keep their last data; the job poll shows real failures
     }
-    const rows = Array.isArray(m) ? m : m.data || [];
-    metricRows = rows;
+    const fresh = Array.isArray(m) ? m : m.data || [];
+    metricRows = after === "" ? fresh : metricRows.filter((r) => r.step <= after).concat(fresh);
+    const rows = metricRows;
+    if (!metricsLoaded) {
+      metricsLoaded = true;
+      exportCsv.disabled = false;
+    }
+    exportCsv.dataset.rows = String(rows.length);
     // Redraw when a step arrives or the last step gains its validation loss.
     const signature = `${rows.length}:${JSON.stringify(rows[rows.length - 1] || null)}`;
     if (signature === metricsSignature && !checkpointsChanged) return;
     metricsSignature = signature;
     checkpointsChanged = false;
     // The trainer's rows, oldest first: `train` per optimizer step (`loss`, `lr`, `grad_norm`,
-    // `tokens_per_sec`, `token_accuracy`), `eval` per validation pass (`loss`).
+    // `tokens_per_sec`, `token_accuracy`, and for DPO TRL's `rewards/…` and `logps/…`), `eval`
+    // per validation pass (`loss`).
     const series = (type, key) =>
       rows.filter((r) => r.type === type && Number.isFinite(r[key])).map((r) => ({ x: r.step, y: r[key] }));
     charts.loss.setData([series("train", "loss"), series("eval", "loss")]);
     charts.lr.setData([series("train", "lr")]);
     charts.grad.setData([series("train", "grad_norm")]);
     charts.tps.setData([series("train", "tokens_per_sec")]);
-    charts.acc.setData([series("train", "token_accuracy")]);
+    charts.acc?.setData([series("train", "token_accuracy")]);
+    charts.rewards?.setData([series("train", "rewards/chosen"), series("train", "rewards/rejected")]);
+    charts.margins?.setData([series("train", "rewards/margins")]);
+    charts.accuracies?.setData([series("train", "rewards/accuracies")]);
+    charts.logps?.setData([series("train", "logps/chosen"), series("train", "logps/rejected")]);
   };
 
   const loadCheckpoints = async () => {
@@ -352,6 +448,8 @@ export function pageTask(main, id) {
     ckptKey = key;
     view.ckptHint.textContent = checkpoints.length ? t("{n} saved", { n: checkpoints.length }) : "";
     if (!checkpoints.length) {
+      drawUseModel();
+      drawArtifacts();
       mount(view.checkpoints, empty(t("No checkpoint yet"), TERMINAL.has(job.status) ? t("This task wrote no checkpoint.") : t("Each checkpoint appears here with its metrics and a sample answer.")));
       return;
     }
@@ -362,6 +460,7 @@ export function pageTask(main, id) {
     );
     checkpointsChanged = true; // validation points may come from checkpoints
     drawUseModel();
+    drawArtifacts();
   };
 
   const loadEvents = async () => {
@@ -552,6 +651,7 @@ function contentText(content) {
 function sampleView(s, i, n) {
   const msgs = s.messages || [];
   const lastUser = [...msgs].reverse().find((m) => m.role === "user");
+  const pair = typeof s.non_preferred === "string";
   return h(
     "details.sample",
     { open: true },
@@ -559,10 +659,13 @@ function sampleView(s, i, n) {
     h(
       "div.sample-body",
       lastUser ? h("div.sample-prompt", h("b", `${t("Prompt:")} `), contentText(lastUser.content)) : null,
+      // A preference pair: the answer beside both of the pair's, to see which it resembles.
       h(
         "div.compare",
+        { class: pair ? "compare-3" : "" },
         h("div.sample-generated", h("span.label", t("Model output")), (s.generated || "").trim() || h("span.muted", t("(empty)"))),
-        h("div.sample-reference", h("span.label", t("Reference answer")), (s.reference || "").trim()),
+        h("div.sample-reference", h("span.label", pair ? t("Preferred answer") : t("Reference answer")), (s.reference || "").trim()),
+        pair ? h("div.sample-rejected", h("span.label", t("Non-preferred answer")), s.non_preferred.trim()) : null,
       ),
     ),
   );

@@ -23,7 +23,7 @@ function owner() {
 }
 
 function emptyDraft() {
-  return { v: 1, owner: owner(), step: 1, name: "", method: "lora", model: "", training: null, validation: null, params: {} };
+  return { v: 1, owner: owner(), step: 1, name: "", objective: "supervised", method: "lora", model: "", training: null, validation: null, params: {} };
 }
 
 export function loadDraft() {
@@ -54,7 +54,7 @@ function clearDraft() {
 
 /** Whether the draft holds anything the user would miss. */
 function hasContent(d) {
-  return Boolean(d.name.trim() || d.training || d.validation || Object.keys(d.params).length || d.method !== "lora");
+  return Boolean(d.name.trim() || d.training || d.validation || Object.keys(d.params).length || d.method !== "lora" || d.objective !== "supervised");
 }
 
 /** The draft of this browser for the task list's banner, or null. */
@@ -79,11 +79,13 @@ export function discardDraft() {
 export async function draftFromJob(job, { retry = false } = {}) {
   if (hasContent(loadDraft()) && !confirm(t("Replace your unfinished new task with this task's settings?"))) return false;
   const tu = job.tuna || {};
-  const hp = (job.method && job.method.supervised && job.method.supervised.hyperparameters) || job.hyperparameters || {};
+  const objective = job.method && job.method.type === "dpo" ? "dpo" : "supervised";
+  const hp = (job.method && job.method[objective] && job.method[objective].hyperparameters) || job.hyperparameters || {};
   const lora = tu.lora || {};
   const values = {
     n_epochs: hp.n_epochs,
     batch_size: hp.batch_size,
+    beta: objective === "dpo" ? hp.beta : undefined,
     learning_rate: tu.learning_rate,
     max_steps: tu.max_steps,
     warmup_ratio: tu.warmup_ratio,
@@ -93,6 +95,7 @@ export async function draftFromJob(job, { retry = false } = {}) {
     lora_dropout: lora.dropout,
     max_seq_len: tu.max_seq_len,
     checkpoint_interval: tu.checkpoint_interval,
+    keep_checkpoints: tu.keep_checkpoints,
     eval_interval: tu.eval_interval,
     validation_fraction: tu.validation_fraction,
     sample_max_tokens: tu.sample_max_tokens,
@@ -106,6 +109,7 @@ export async function draftFromJob(job, { retry = false } = {}) {
   const d = {
     ...emptyDraft(),
     name: name.slice(0, 64),
+    objective,
     method: tu.method === "full" ? "full" : "lora",
     model: job.model,
     training,
@@ -121,58 +125,111 @@ export async function draftFromJob(job, { retry = false } = {}) {
 // ---- parameters ----------------------------------------------------------------------------
 
 /**
- * Training parameters shown in step 2: one line of explanation and the default each. `path` is
- * where the value goes in the job request; `show` limits a group to one method.
+ * The server's description of every job setting (`GET /v1/tuna/job_settings`), by its name in
+ * the request: limits, default, `auto` rule and the methods it applies to. The wizard keeps no
+ * limit or default of its own.
+ */
+let settingsCache = null;
+function loadSettings() {
+  settingsCache ??= api.jobSettings().then(
+    (list) => Object.fromEntries((list.data || []).map((s) => [s.param, s])),
+    (e) => {
+      settingsCache = null;
+      throw e;
+    },
+  );
+  return settingsCache;
+}
+/** The settings once loaded (the wizard's steps render after `loadSettings` resolved). */
+let settings = {};
+
+/**
+ * Training parameters shown in step 2: a label and one line of explanation each. `param` is the
+ * setting's name in the job request (`GET /v1/tuna/job_settings`), which says its limits,
+ * default and whether it applies to the draft's objective and method. `unset` says what an
+ * empty field means where the server has no default value.
  */
 function paramGroups() {
+  const hp = (name) => (d) => `method.${d.objective}.hyperparameters.${name}`;
   return [
     {
       group: t("Training"),
       fields: [
-        { id: "n_epochs", label: t("Epochs"), type: "int", min: 1, max: 50, placeholder: t("auto"), def: t("auto (3; more for small sets)"), help: t("Passes over the training data. More epochs fit the data more closely; too many over-fit.") },
-        { id: "learning_rate", label: t("Learning rate"), type: "float", min: 0, minExclusive: true, max: 1, placeholder: t("auto"), def: t("the model's recommendation, else 1e-4 LoRA, 1e-5 full"), help: t("Peak step size of the optimizer. Too high diverges, too low learns slowly.") },
-        { id: "batch_size", label: t("Batch size"), type: "int", min: 1, max: 256, placeholder: t("auto"), def: t("auto (0.2% of examples)"), help: t("Examples per optimizer step. Larger batches give smoother, fewer steps.") },
-        { id: "max_steps", label: t("Max steps"), type: "int", min: 1, max: 10_000_000, placeholder: t("none"), def: t("none"), help: t("Stop after this many optimizer steps, whatever the epochs.") },
-        { id: "warmup_ratio", label: t("Warmup ratio"), type: "float", min: 0, max: 0.99, placeholder: "0.03", def: "0.03", help: t("Share of the steps over which the learning rate rises from zero.") },
-        { id: "seed", label: t("Seed"), type: "int", min: 0, placeholder: t("random"), def: t("random"), help: t("Seeds shuffling, the validation split and initialisation; the same seed repeats a run.") },
+        { id: "n_epochs", param: hp("n_epochs"), label: t("Epochs"), help: t("Passes over the training data. More epochs fit the data more closely; too many over-fit.") },
+        { id: "learning_rate", param: "tuna.learning_rate", label: t("Learning rate"), help: t("Peak step size of the optimizer. Too high diverges, too low learns slowly.") },
+        { id: "batch_size", param: hp("batch_size"), label: t("Batch size"), help: t("Examples per optimizer step. Larger batches give smoother, fewer steps.") },
+        { id: "max_steps", param: "tuna.max_steps", label: t("Max steps"), unset: t("none"), help: t("Stop after this many optimizer steps, whatever the epochs.") },
+        { id: "warmup_ratio", param: "tuna.warmup_ratio", label: t("Warmup ratio"), help: t("Share of the steps over which the learning rate rises from zero.") },
+        { id: "seed", param: "seed", label: t("Seed"), help: t("Seeds shuffling, the validation split and initialisation; the same seed repeats a run.") },
+      ],
+    },
+    {
+      group: t("Preference (DPO)"),
+      fields: [
+        { id: "beta", param: hp("beta"), label: t("Beta"), help: t("How far the model may move from the reference (the starting model): lower lets it move further from what it was.") },
       ],
     },
     {
       group: "LoRA",
-      show: "lora",
       fields: [
-        { id: "lora_rank", label: t("LoRA rank"), type: "int", min: 1, max: 1024, placeholder: "16", def: "16", help: t("Width of the low-rank update. Higher ranks learn more and cost more memory.") },
-        { id: "lora_alpha", label: t("LoRA alpha"), type: "float", min: 0, minExclusive: true, placeholder: t("2 × rank"), def: t("2 × rank"), help: t("Scale of the update (alpha / rank). Usually twice the rank.") },
-        { id: "lora_dropout", label: t("LoRA dropout"), type: "float", min: 0, max: 0.99, placeholder: "0.05", def: "0.05", help: t("Drops inputs of the adapter during training to reduce over-fitting.") },
+        { id: "lora_rank", param: "tuna.lora.rank", label: t("LoRA rank"), help: t("Width of the low-rank update. Higher ranks learn more and cost more memory.") },
+        { id: "lora_alpha", param: "tuna.lora.alpha", label: t("LoRA alpha"), help: t("Scale of the update (alpha / rank). Usually twice the rank.") },
+        { id: "lora_dropout", param: "tuna.lora.dropout", label: t("LoRA dropout"), help: t("Drops inputs of the adapter during training to reduce over-fitting.") },
       ],
     },
     {
       group: t("Data and checkpoints"),
       fields: [
-        { id: "max_seq_len", label: t("Max sequence length"), type: "int", min: 16, max: 131072, placeholder: "2048", def: "2048", help: t("Longest example in tokens; longer ones are truncated.") },
-        { id: "checkpoint_interval", label: t("Checkpoint interval"), type: "int", min: 1, max: 10_000_000, placeholder: t("each epoch"), def: t("every epoch"), help: t("Save a checkpoint (with a sample answer) every this many steps.") },
-        { id: "eval_interval", label: t("Evaluation interval"), type: "int", min: 1, max: 10_000_000, placeholder: t("each checkpoint"), def: t("every checkpoint"), help: t("Compute the validation loss every this many steps.") },
-        { id: "validation_fraction", label: t("Validation share"), type: "float", min: 0, max: 0.99, placeholder: t("auto"), def: t("5% from 50 examples"), help: t("Share of the examples held out to measure validation loss.") },
-        { id: "sample_max_tokens", label: t("Sample length"), type: "int", min: 1, max: 4096, placeholder: "64", def: "64", help: t("Longest automatic sample answer written at each checkpoint, in tokens.") },
+        { id: "max_seq_len", param: "tuna.max_seq_len", label: t("Max sequence length"), help: t("Longest example in tokens; longer ones are truncated.") },
+        { id: "checkpoint_interval", param: "tuna.checkpoint_interval", label: t("Checkpoint interval"), unset: t("every epoch"), help: t("Save a checkpoint (with a sample answer) every this many steps.") },
+        { id: "keep_checkpoints", param: "tuna.keep_checkpoints", label: t("Checkpoints kept"), unset: t("all"), help: t("Keep only the newest this many checkpoints; older ones are deleted to save disk.") },
+        { id: "eval_interval", param: "tuna.eval_interval", label: t("Evaluation interval"), unset: t("every checkpoint"), help: t("Compute the validation loss every this many steps.") },
+        { id: "validation_fraction", param: "tuna.validation_fraction", label: t("Validation share"), help: t("Share of the examples held out to measure validation loss.") },
+        { id: "sample_max_tokens", param: "tuna.sample_max_tokens", label: t("Sample length"), help: t("Longest automatic sample answer written at each checkpoint, in tokens.") },
       ],
     },
   ];
 }
 
-function visibleFields(d) {
+/** The field's setting for the draft (its limits), or null when the server does not know it. */
+function settingOf(f, d) {
+  return settings[typeof f.param === "function" ? f.param(d) : f.param] || null;
+}
+
+/** Whether the server applies the setting to the draft's objective and method. */
+function applies(s, d) {
+  return Boolean(s) && (!s.methods || s.methods.includes(d.objective)) && (!s.tuna_methods || s.tuna_methods.includes(d.method));
+}
+
+/** The groups and fields step 2 shows for the draft. */
+function visibleGroups(d) {
   return paramGroups()
-    .filter((g) => !g.show || g.show === d.method)
-    .flatMap((g) => g.fields);
+    .map((g) => ({ ...g, fields: g.fields.filter((f) => applies(settingOf(f, d), d)) }))
+    .filter((g) => g.fields.length);
+}
+
+function visibleFields(d) {
+  return visibleGroups(d).flatMap((g) => g.fields);
+}
+
+/** What an empty field stands for: the server's default, its `auto` rule, or the field's `unset`. */
+function defaultText(f, s) {
+  if (s.auto) return s.auto_rule && s.auto_rule.length <= 24 ? t("auto ({rule})", { rule: s.auto_rule }) : t("auto");
+  if (s.default !== null && s.default !== undefined) return String(s.default);
+  return f.unset || t("none");
 }
 
 /** The message for one field's raw text, or null when it is empty (default) or valid. */
-function fieldError(f, raw) {
+function fieldError(s, raw) {
   if (raw === undefined || raw === null || String(raw).trim() === "") return null;
   const v = Number(String(raw).trim());
   if (!Number.isFinite(v)) return t("Enter a number.");
-  if (f.type === "int" && !Number.isInteger(v)) return t("Enter a whole number.");
-  if (f.min !== undefined && (f.minExclusive ? v <= f.min : v < f.min)) return f.minExclusive ? t("More than {min}.", { min: f.min }) : t("At least {min}.", { min: f.min });
-  if (f.max !== undefined && v > f.max) return t("At most {max}.", { max: f.max });
+  if (!s) return null;
+  if (s.type === "integer" && !Number.isInteger(v)) return t("Enter a whole number.");
+  const min = s.min ?? null;
+  const max = s.max ?? null;
+  if (min !== null && (s.exclusive_min ? v <= min : v < min)) return s.exclusive_min ? t("More than {min}.", { min }) : t("At least {min}.", { min });
+  if (max !== null && (s.exclusive_max ? v >= max : v > max)) return s.exclusive_max ? t("Less than {max}.", { max }) : t("At most {max}.", { max });
   return null;
 }
 
@@ -180,7 +237,7 @@ function fieldError(f, raw) {
 function paramErrors(d) {
   const errs = {};
   for (const f of visibleFields(d)) {
-    const msg = fieldError(f, d.params[f.id]);
+    const msg = fieldError(settingOf(f, d), d.params[f.id]);
     if (msg) errs[f.id] = msg;
   }
   return errs;
@@ -196,11 +253,57 @@ function paramValues(d) {
   return out;
 }
 
+/**
+ * The server's refusal of the draft, field by field: `{fields: {id: message}, other: [message]}`.
+ * A message names the field by its label, not by its name in the API.
+ */
+function refusalByField(e, d) {
+  const byParam = {};
+  const labels = {
+    model: t("Base model"),
+    training_file: t("Training file"),
+    validation_file: t("Validation file"),
+    "tuna.name": t("Task name"),
+    "tuna.method": t("Fine-tuning method"),
+    "method.type": t("Training objective"),
+  };
+  for (const f of visibleFields(d)) {
+    const s = settingOf(f, d);
+    if (!s) continue;
+    for (const name of [s.param, ...(s.aliases || [])]) byParam[name] = f;
+    labels[s.param] = f.label;
+  }
+  const named = (param, message) => {
+    let text = String(message || "");
+    for (const name of Object.keys(labels).sort((a, b) => b.length - a.length)) text = text.split(`\`${name}\``).join(`“${labels[name]}”`);
+    return param && labels[param] && !text.includes(`“${labels[param]}”`) ? `${labels[param]}: ${text}` : text;
+  };
+  const fields = {};
+  const other = [];
+  for (const { param, message } of e.errors && e.errors.length ? e.errors : [{ param: e.param, message: e.message }]) {
+    const f = param && byParam[param];
+    if (f && !fields[f.id]) fields[f.id] = named(param, message);
+    else other.push(named(param, message));
+  }
+  return { fields, other };
+}
+
+/** The checked file's format: "preference" pairs or "chat" conversations. */
+function fileFormat(f) {
+  return f && f.check && f.check.stats && f.check.stats.format === "preference" ? "preference" : "chat";
+}
+
 function step1Problem(d, models) {
   if (!d.name.trim()) return t("Give the task a name.");
   if (!d.model || (models && !models.some((m) => m.id === d.model))) return t("Choose a base model.");
   if (!d.training) return t("Upload a training dataset.");
   if (d.training.check?.ok === false || (d.validation && d.validation.check?.ok === false)) return t("Fix the dataset's errors and upload it again.");
+  const wanted = d.objective === "dpo" ? "preference" : "chat";
+  for (const f of [d.training, d.validation].filter(Boolean))
+    if (f.check && fileFormat(f) !== wanted)
+      return wanted === "preference"
+        ? t("{file} holds conversations; preference training (DPO) needs preference pairs.", { file: f.filename })
+        : t("{file} holds preference pairs; choose preference training (DPO) for it.", { file: f.filename });
   return null;
 }
 
@@ -213,7 +316,7 @@ function allowedStep(d, models) {
 
 // ---- the page ------------------------------------------------------------------------------
 
-/** Base models of the server, fetched once per visit of the wizard. */
+/** Base models of the server and the user's fine-tuned models, fetched once per visit of the wizard. */
 let modelsCache = null;
 
 export function pageNewTask(main, routeStep) {
@@ -257,9 +360,12 @@ export function pageNewTask(main, routeStep) {
     else if (step === 2) stepParams(body, draft);
     else stepCompute(body, draft);
   };
-  const withModels = modelsCache ? Promise.resolve(modelsCache) : api.listModels().then((list) => (list.data || []).filter((m) => !m.tuna || m.tuna.kind === "base"));
-  withModels
-    .then((models) => {
+  // A fine-tuned model can be trained further (DPO after SFT, as OpenAI recommends).
+  const startable = (m) => !m.tuna || m.tuna.kind === "base" || m.tuna.kind === "fine_tuned";
+  const withModels = modelsCache ? Promise.resolve(modelsCache) : api.listModels().then((list) => (list.data || []).filter(startable));
+  Promise.all([withModels, loadSettings()])
+    .then(([models, known]) => {
+      settings = known;
       modelsCache = models;
       setTimeout(() => (modelsCache = null), 30_000);
       if (!draft.model && models.length) draft.model = models[0].id;
@@ -312,6 +418,7 @@ function stepBasics(body, draft, models, modelError) {
         checked,
         onchange: () => {
           if (group === "method") draft.method = value;
+          if (group === "objective") draft.objective = value;
           save();
           update();
         },
@@ -332,13 +439,19 @@ function stepBasics(body, draft, models, modelError) {
           update();
         },
       },
-      models.map((m) => h("option", { value: m.id, selected: m.id === draft.model }, m.id)),
+      [
+        h("optgroup", { label: t("Base models") }, models.filter((m) => !m.tuna || m.tuna.kind === "base").map((m) => h("option", { value: m.id, selected: m.id === draft.model }, m.id))),
+        ...(() => {
+          const tuned = models.filter((m) => m.tuna && m.tuna.kind === "fine_tuned");
+          return tuned.length ? [h("optgroup", { label: t("Your fine-tuned models") }, tuned.map((m) => h("option", { value: m.id, selected: m.id === draft.model }, m.id)))] : [];
+        })(),
+      ],
     );
   const chosen = models.find((m) => m.id === draft.model);
   const modelCard = h("div.model-card", { id: "model-card" });
   const drawModelCard = () => {
     const m = models.find((x) => x.id === draft.model);
-    const desc = m && m.tuna && m.tuna.description;
+    const desc = m && m.tuna && (m.tuna.description || (m.tuna.kind === "fine_tuned" ? t("Fine-tuned from {base} by task {job}: training continues from its weights.", { base: m.tuna.base_model, job: m.tuna.job_id }) : null));
     mount(modelCard, desc ? h("p.small.muted", desc) : null);
   };
   drawModelCard();
@@ -347,10 +460,15 @@ function stepBasics(body, draft, models, modelError) {
   const validationBox = h("div");
   const next = h("button.btn.btn-primary", { type: "button", id: "next-1", onclick: () => navigate("#/new/2") }, t("Next: training parameters"));
   const hint = h("span.muted.small", { id: "step1-hint" });
+  const datasetHint = h("span.hint", { id: "dataset-format" });
   const update = () => {
     const problem = step1Problem(draft, models);
     next.disabled = Boolean(problem);
     hint.textContent = problem || "";
+    datasetHint.textContent =
+      draft.objective === "dpo"
+        ? t('JSONL, one preference pair per line: {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}.')
+        : t('JSONL, one {"messages": [...]} conversation per line.');
     drawModelCard();
   };
 
@@ -379,13 +497,30 @@ function stepBasics(body, draft, models, modelError) {
         h(
           "div.grid-2",
           h("div.field", h("label", { for: "task-name" }, t("Task name")), name, h("span.help", t("A distinctive name to find the task again."))),
-          h("div.field", h("label", { for: "base-model" }, t("Base model")), modelField, chosen ? modelCard : null, h("span.help", t("The model to fine-tune. Only base models are listed."))),
+          h("div.field", h("label", { for: "base-model" }, t("Base model")), modelField, chosen ? modelCard : null, h("span.help", t("The model to fine-tune: a base model, or one of your fine-tuned models to train further."))),
         ),
         h(
           "div.field",
           { style: { marginTop: "16px" } },
           h("span.field-label", h("label", t("Task type"))),
           h("div.choices", radio("task-type", "text-generation", t("Text generation"), t("Chat models trained on conversations (OpenAI messages format)."), true)),
+        ),
+        h(
+          "div.field",
+          { style: { marginTop: "16px" } },
+          h("span.field-label", h("label", t("Training objective"))),
+          h(
+            "div.choices",
+            { id: "objective" },
+            radio("objective", "supervised", t("Supervised (SFT)"), t("Learns to give the answers of your conversations. Start here: it teaches what to say."), draft.objective === "supervised"),
+            radio(
+              "objective",
+              "dpo",
+              t("Preference (DPO)"),
+              t("Learns from pairs of a preferred and a non-preferred answer to prefer the first. Best on a model already fine-tuned with SFT: it teaches which answer is better."),
+              draft.objective === "dpo",
+            ),
+          ),
         ),
         h(
           "div.field",
@@ -400,7 +535,7 @@ function stepBasics(body, draft, models, modelError) {
       ),
       h(
         "section.card.card-pad",
-        h("div.section-title", h("h2", t("Dataset")), h("span.hint", t('JSONL, one {"messages": [...]} conversation per line.'))),
+        h("div.section-title", h("h2", t("Dataset")), datasetHint),
         trainingBox,
         h("details.validation-upload", { style: { marginTop: "14px" }, open: !!draft.validation }, h("summary.small", t("Add a separate validation file (optional)")), validationBox),
       ),
@@ -491,6 +626,8 @@ export function checkReport(file) {
   const c = file.check || {};
   const stats = c.stats || {};
   const ok = c.ok !== false && file.status !== "error";
+  // Preference pairs (DPO) count pairs, and the tokens of prompts and of both answers.
+  const pairs = stats.format === "preference";
   const errorCount = stats.error_count ?? (c.errors || []).length;
   const warnCount = stats.warning_count ?? (c.warnings || []).length;
   const head = ok
@@ -501,7 +638,7 @@ export function checkReport(file) {
         h(
           "div",
           h("strong", t("{file} passed the check", { file: file.filename })),
-          h("p", plural(stats.examples ?? 0, "{n} conversation ready for training", "{n} conversations ready for training") + (warnCount ? plural(warnCount, ", {n} warning", ", {n} warnings") : "") + t(".")),
+          h("p", plural(stats.examples ?? 0, pairs ? "{n} preference pair ready for training" : "{n} conversation ready for training", pairs ? "{n} preference pairs ready for training" : "{n} conversations ready for training") + (warnCount ? plural(warnCount, ", {n} warning", ", {n} warnings") : "") + t(".")),
         ),
       )
     : h(
@@ -519,10 +656,16 @@ export function checkReport(file) {
   const kv = (k, v) => h("div", h("dt", k), h("dd", v));
   // Statistics describe conversations: a file without a single readable one has none to show.
   const hasExamples = Number(stats.examples) > 0;
+  const pairTokens = (tk && tk.pairs) || {};
+  const range = (x) => (x ? `${fmtInt(x.min)} – ${fmtInt(x.max)} (${t("mean {n}", { n: fmtInt(x.mean) })})` : null);
   const facts = h(
     "dl.kv",
+    { dataset: { format: pairs ? "preference" : "chat" } },
     kv(t("Lines"), fmtInt(stats.lines)),
-    kv(t("Conversations"), fmtInt(stats.examples)),
+    kv(pairs ? t("Preference pairs") : t("Conversations"), fmtInt(stats.examples)),
+    pairs && pairTokens.prompt ? kv(t("Prompt tokens"), range(pairTokens.prompt)) : null,
+    pairs && pairTokens.chosen ? kv(t("Preferred answer tokens"), range(pairTokens.chosen)) : null,
+    pairs && pairTokens.rejected ? kv(t("Non-preferred answer tokens"), range(pairTokens.rejected)) : null,
     kv(t("Invalid lines"), fmtInt(stats.invalid_lines)),
     kv(t("With system prompt"), fmtInt(stats.examples_with_system)),
     kv(t("Turns"), fmtInt(stats.turns)),
@@ -564,7 +707,7 @@ export function checkReport(file) {
     showHistogram
       ? h(
           "div.card.card-pad.histogram-card",
-          h("div.section-title", h("h3", t("Length distribution")), h("span.hint", anyOver ? t("tokens per conversation; orange: over {n}", { n: tk.max_seq_len }) : t("tokens per conversation"))),
+          h("div.section-title", h("h3", t("Length distribution")), h("span.hint", pairs ? (anyOver ? t("tokens per pair; orange: over {n}", { n: tk.max_seq_len }) : t("tokens per pair")) : anyOver ? t("tokens per conversation; orange: over {n}", { n: tk.max_seq_len }) : t("tokens per conversation"))),
           h("div.histogram-wrap", histogram(buckets, tk.max_seq_len)),
         )
       : null,
@@ -574,47 +717,46 @@ export function checkReport(file) {
 function stepParams(body, draft) {
   const inputs = {};
   const errs = {};
-  const groups = paramGroups()
-    .filter((g) => !g.show || g.show === draft.method)
-    .map((g) =>
+  const groups = visibleGroups(draft).map((g) =>
+    h(
+      "div.param-group",
+      h("h3", g.group),
       h(
-        "div.param-group",
-        h("h3", g.group),
-        h(
-          "div.param-grid",
-          g.fields.map((f) => {
-            const input = h("input", {
-              type: "number",
-              id: `p-${f.id}`,
-              name: f.id,
-              step: f.type === "int" ? "1" : "any",
-              min: f.minExclusive ? null : f.min,
-              max: f.max,
-              placeholder: f.placeholder,
-              value: draft.params[f.id] ?? "",
-              inputmode: f.type === "int" ? "numeric" : "decimal",
-              oninput: () => {
-                const raw = input.value.trim();
-                if (raw === "") delete draft.params[f.id];
-                else draft.params[f.id] = raw;
-                saveDraft(draft);
-                if (errs[f.id].textContent) show(f, fieldError(f, raw));
-              },
-            });
-            inputs[f.id] = input;
-            errs[f.id] = h("span.field-error", { id: `p-${f.id}-error` });
-            return h(
-              "div.field",
-              { dataset: { param: f.id } },
-              h("span.field-label", h("label", { for: `p-${f.id}` }, f.label), h("span.default", t("default {value}", { value: f.def }))),
-              input,
-              h("span.help", f.help),
-              errs[f.id],
-            );
-          }),
-        ),
+        "div.param-grid",
+        g.fields.map((f) => {
+          const s = settingOf(f, draft);
+          const input = h("input", {
+            type: "number",
+            id: `p-${f.id}`,
+            name: f.id,
+            step: s.type === "integer" ? "1" : "any",
+            min: s.exclusive_min ? null : s.min,
+            max: s.exclusive_max ? null : s.max,
+            placeholder: defaultText(f, s),
+            value: draft.params[f.id] ?? "",
+            inputmode: s.type === "integer" ? "numeric" : "decimal",
+            oninput: () => {
+              const raw = input.value.trim();
+              if (raw === "") delete draft.params[f.id];
+              else draft.params[f.id] = raw;
+              saveDraft(draft);
+              if (errs[f.id].textContent) show(f, fieldError(s, raw));
+            },
+          });
+          inputs[f.id] = input;
+          errs[f.id] = h("span.field-error", { id: `p-${f.id}-error` });
+          return h(
+            "div.field",
+            { dataset: { param: f.id } },
+            h("span.field-label", h("label", { for: `p-${f.id}` }, f.label), h("span.default", { title: s.auto_rule || null }, t("default {value}", { value: defaultText(f, s) }))),
+            input,
+            h("span.help", f.help),
+            errs[f.id],
+          );
+        }),
       ),
-    );
+    ),
+  );
   const show = (f, msg) => {
     errs[f.id].textContent = msg || "";
     if (msg) {
@@ -622,9 +764,8 @@ function stepParams(body, draft) {
       inputs[f.id].setAttribute("aria-describedby", `p-${f.id}-error`);
     } else inputs[f.id].removeAttribute("aria-invalid");
   };
-  /** Shows every field's error; the first invalid field is scrolled into view and focused. */
-  const check = () => {
-    const bad = paramErrors(draft);
+  /** Shows the errors (`{id: message}`); the first invalid field is scrolled into view and focused. */
+  const showAll = (bad) => {
     let first = null;
     for (const f of visibleFields(draft)) {
       // A number input holding text reads as "" — its `validity` still knows.
@@ -635,26 +776,44 @@ function stepParams(body, draft) {
     if (first) {
       first.scrollIntoView({ block: "center" });
       first.focus({ preventScroll: true });
-      return false;
     }
-    return true;
+    return !first;
   };
+  const refusal = h("div", { id: "params-refused" });
+  const next = h("button.btn.btn-primary", { type: "button", id: "next-2" }, t("Next: compute"));
+  // Leaving the step asks the server (the estimate validates the whole request as creating the
+  // job would): what it refuses is shown on its field, by its label, before step 3.
+  next.addEventListener("click", async () => {
+    mount(refusal);
+    if (!showAll(paramErrors(draft))) return;
+    next.disabled = true;
+    mount(next, h("span.spinner"), t("Checking…"));
+    try {
+      await api.estimate(jobRequest(draft));
+      navigate("#/new/3");
+    } catch (e) {
+      if (e.status === 400) {
+        const { fields, other } = refusalByField(e, draft);
+        if (other.length) mount(refusal, errorBox(other.join(" · "), t("The server cannot run these settings")));
+        if (showAll(fields) && other.length) refusal.scrollIntoView({ block: "center" });
+      } else mount(refusal, errorBox(e.message, t("Cannot check the settings with the server")));
+    } finally {
+      next.disabled = false;
+      mount(next, t("Next: compute"));
+    }
+  });
   mount(
     body,
+    refusal,
     h("section.card.card-pad", h("div.section-title", h("h2", t("Training parameters")), h("span.hint", t("Leave a field empty to use its default."))), groups),
     h(
       "div.form-foot",
       h("div", cancelButton(draft)),
-      h(
-        "div",
-        h("button.btn", { type: "button", id: "back-2", onclick: () => navigate("#/new/1") }, t("Back")),
-        " ",
-        h("button.btn.btn-primary", { type: "button", id: "next-2", onclick: () => check() && navigate("#/new/3") }, t("Next: compute")),
-      ),
+      h("div", h("button.btn", { type: "button", id: "back-2", onclick: () => navigate("#/new/1") }, t("Back")), " ", next),
     ),
   );
   // Arriving from a later step with invalid values (an edited address): say which at once.
-  if (Object.keys(paramErrors(draft)).length) check();
+  if (Object.keys(paramErrors(draft)).length) showAll(paramErrors(draft));
 }
 
 /** The job request built from the draft (also the estimate's body). */
@@ -668,6 +827,7 @@ function jobRequest(draft) {
     warmup_ratio: p.warmup_ratio,
     max_seq_len: p.max_seq_len,
     checkpoint_interval: p.checkpoint_interval,
+    keep_checkpoints: p.keep_checkpoints,
     eval_interval: p.eval_interval,
     validation_fraction: p.validation_fraction,
     sample_max_tokens: p.sample_max_tokens,
@@ -677,10 +837,11 @@ function jobRequest(draft) {
     if (Object.keys(lora).length) tuna.lora = lora;
   }
   const hyperparameters = compact({ n_epochs: p.n_epochs, batch_size: p.batch_size });
+  if (draft.objective === "dpo" && p.beta !== undefined) hyperparameters.beta = p.beta;
   const body = {
     model: draft.model,
     training_file: draft.training.id,
-    method: { type: "supervised", supervised: { hyperparameters } },
+    method: { type: draft.objective, [draft.objective]: { hyperparameters } },
     tuna,
   };
   if (draft.validation) body.validation_file = draft.validation.id;
@@ -702,6 +863,8 @@ function stepCompute(body, draft) {
     h("dd", draft.name),
     h("dt", t("Task type")),
     h("dd", t("Text generation")),
+    h("dt", t("Training objective")),
+    h("dd", { id: "summary-objective" }, draft.objective === "dpo" ? t("Preference (DPO)") : t("Supervised (SFT)")),
     h("dt", t("Method")),
     h("dd", draft.method === "full" ? t("Full fine-tuning") : "LoRA"),
     h("dt", t("Base model")),
@@ -736,7 +899,8 @@ function stepCompute(body, draft) {
       start.disabled = false;
     })
     .catch((e) => {
-      mount(estBox, errorBox(e.message, t("The server cannot run these settings")));
+      const { fields, other } = e.status === 400 ? refusalByField(e, draft) : { fields: {}, other: [e.message] };
+      mount(estBox, errorBox([...Object.values(fields), ...other].join(" · "), t("The server cannot run these settings")));
       // Settings the server refuses would be refused again by Start: go back and change them.
       // Any other failure (the server unreachable for a moment) leaves Start to try again.
       start.disabled = e.status === 400;
