@@ -31,7 +31,7 @@ fi
 export CHROMIUM="$chromium_bin"
 
 # --- fonts: the Chinese interface's screenshots need a CJK font ------------------------------
-if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then
+if ! fc-list 2>/dev/null | grep -i "Noto Sans CJK" >/dev/null; then  # not -q: an early exit would fail fc-list (SIGPIPE) under pipefail
   echo "console tests: installing fonts-noto-cjk (apt-get)"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq fonts-noto-cjk fontconfig >/dev/null

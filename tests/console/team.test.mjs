@@ -170,6 +170,16 @@ describe("task management and files", { concurrency: false }, () => {
       assert.ok(metrics >= 3, `metrics loaded ${metrics} times: ${seen.join(" ")}`);
       // (Not compared with the metrics count: a job that finishes in a few seconds loads its
       // metrics only a few times, which is not a poll.)
+      // Incremental: only the first read asks for every row; later ones for the steps after the
+      // last one held (less one: its validation row may come later). The charts end with every
+      // row once, neither gaps nor repeats.
+      const reads = seen.filter((p) => p.startsWith("/metrics"));
+      assert.doesNotMatch(reads[0], /after=/, reads.join(" "));
+      assert.ok(reads.slice(1).every((p) => /[?&]after=\d+/.test(p)), `a later read fetched every row again: ${reads.join(" ")}`);
+      const rows = (await apiCall("GET", `/v1/fine_tuning/jobs/${id}/metrics?limit=10000`)).json.data;
+      const losses = rows.filter((r) => Number.isFinite(r.loss)).length;
+      await page.waitForFunction((n) => Number(document.querySelector('[data-chart="Loss"]')?.dataset.points) === n, losses);
+      assert.equal(await page.locator('[data-chart="Learning rate"]').getAttribute("data-points"), String(rows.filter((r) => r.type === "train").length));
       assert.ok(polls("/checkpoints") <= 10, `checkpoints loaded ${polls("/checkpoints")} times, metrics ${metrics}: ${seen.join(" ")}`);
       assert.ok(polls("/events?limit") <= 10, `events loaded ${polls("/events?limit")} times: ${seen.join(" ")}`);
       // The first checkpoint was on the page before the job finished.

@@ -12,7 +12,9 @@ export function jobName(j) {
 
 export function jobMethod(j) {
   const m = (j.tuna && j.tuna.method) || "lora";
-  return m === "full" ? t("Full") : "LoRA";
+  const weights = m === "full" ? t("Full") : "LoRA";
+  // A preference run says so: the same weights, another objective.
+  return j.method && j.method.type === "dpo" ? `${weights} · DPO` : weights;
 }
 
 /**

@@ -427,4 +427,5 @@ export const ZH = {
   "Checkpoints kept": "保留的检查点",
   "all": "全部",
   "Keep only the newest this many checkpoints; older ones are deleted to save disk.": "只保留最新的这么多个检查点；更早的会被删除以节省磁盘空间。",
+  "Preference (DPO), beta {beta}": "偏好训练（DPO），beta {beta}",
 };
