@@ -102,12 +102,15 @@ test("DPO from the console: objective, beta, preference checks, reward charts, t
       assert.deepEqual(problems, []);
     });
 
-    await step("phone width: the charts and the three answers stack", async () => {
-      const phone = await openPage(PHONE, { key: KEY });
+    await step("phone width, in Chinese: the charts and the three answers stack", async () => {
+      const phone = await openPage(PHONE, { key: KEY, lang: "zh" });
       try {
         await phone.page.goto(`${BASE}/#/tasks/${jobId}`);
         await phone.page.waitForFunction(() => Number(document.querySelector('[data-chart="Rewards"]')?.dataset.points) >= 4);
         await phone.page.locator(".sample-rejected").first().waitFor();
+        assert.equal(await phone.page.locator('[data-chart="Rewards"] .chart-title').innerText(), "奖励");
+        assert.match(await phone.page.locator(".sample-rejected .label").first().innerText(), /非偏好回答/);
+        assert.match(await phone.page.locator("#settings").innerText(), /偏好训练（DPO），beta 0.2/);
         await assertNoHorizontalScroll(phone.page, "DPO task page");
         await shot(phone.page, "dpo-task-phone");
         assert.deepEqual(phone.problems, []);

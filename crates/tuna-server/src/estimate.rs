@@ -15,13 +15,18 @@ use crate::store::{JobRow, JobStatus, QueueEntry, Store, StoreResult, Throughput
 ///
 /// A token costs about 2·N FLOPs forward (N = parameters of the matmuls, the LM head included)
 /// and 2·N backward through the activations; full fine-tuning adds 2·N for the weight gradients
-/// (the usual 6·N rule), LoRA does not (frozen weights get no gradient).
+/// (the usual 6·N rule), LoRA does not (frozen weights get no gradient). A preference run
+/// (`…+dpo`, see `JobSpec::throughput_method`) adds the reference model's forward pass (2·N),
+/// counted as if every epoch paid it (it runs once, before the first).
 pub fn seed_tokens_per_second(cfg: &QwenConfig, method: &str, gflops: f64) -> f64 {
     let embed = cfg.vocab_size * cfg.hidden_size;
     // Embedding lookups are free; the LM head is one (tied or not) vocab × hidden matmul.
     let matmul_params =
         (cfg.num_parameters() - if cfg.tie_word_embeddings { 0 } else { embed }) as f64;
-    let flops_per_token = if method == "full" { 6.0 } else { 4.0 } * matmul_params;
+    let (weights, objective) = method.split_once('+').unwrap_or((method, ""));
+    let train = if weights == "full" { 6.0 } else { 4.0 };
+    let reference = if objective == "dpo" { 2.0 } else { 0.0 };
+    let flops_per_token = (train + reference) * matmul_params;
     (gflops * 1e9 / flops_per_token).max(1e-3)
 }
 
@@ -644,5 +649,10 @@ mod tests {
         assert!((lora / full - 1.5).abs() < 1e-9, "full costs 6N, LoRA 4N");
         let n = cfg.num_parameters() as f64;
         assert!((lora - 100e9 / (4.0 * n)).abs() / lora < 1e-9);
+        let dpo = seed_tokens_per_second(&cfg, "lora+dpo", 100.0);
+        assert!(
+            (lora / dpo - 1.5).abs() < 1e-9,
+            "DPO adds the reference pass, 2N"
+        );
     }
 }

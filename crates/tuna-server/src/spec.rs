@@ -139,6 +139,16 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// The throughput-table row this job's speed is estimated from and measured into: `lora` or
+    /// `full` for supervised runs, `lora+dpo` or `full+dpo` for preference runs, whose tokens
+    /// cost more (both answers of a pair, and a reference pass) and must not skew SFT estimates.
+    pub fn throughput_method(&self) -> String {
+        match self.method {
+            MethodSpec::Supervised { .. } => self.tuna.method.as_str().to_string(),
+            MethodSpec::Dpo { .. } => format!("{}+dpo", self.tuna.method.as_str()),
+        }
+    }
+
     pub fn hyperparameters(&self) -> &Hyperparameters {
         match &self.method {
             MethodSpec::Supervised { supervised } => &supervised.hyperparameters,

@@ -843,5 +843,64 @@ async fn dpo_job_reports_preference_metrics_and_resumes_from_its_reference() {
         .post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))
         .await;
     assert_eq!(x.status, 200, "{:?}", x.body);
+    c.wait_status(&id, "cancelled", TRAIN_TIMEOUT).await;
+
+    // The weights a later job started from stay while that job keeps models trained from them:
+    // deleting them is refused, naming the job; once its own models are gone, they may go.
+    let mut child = lora.clone();
+    child["tuna"]["max_steps"] = 1.into();
+    let child = c.post("/v1/fine_tuning/jobs", &child).await;
+    assert_eq!(child.status, 200, "{:?}", child.body);
+    let child_id = child.body["id"].as_str().unwrap().to_string();
+    let child_model =
+        c.wait_status(&child_id, "succeeded", TRAIN_TIMEOUT).await["fine_tuned_model"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    // Its measured speed went to the preference row of the throughput table, not to SFT's.
+    let speeds = c.get("/v1/tuna/throughput").await;
+    let methods: Vec<(&str, &str)> = speeds.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap(), r["source"].as_str().unwrap()))
+        .collect();
+    assert!(methods.contains(&("lora+dpo", "measured")), "{methods:?}");
+    assert!(!methods.contains(&("lora", "measured")), "{methods:?}");
+    let escaped = |m: &str| m.replace(':', "%3A");
+    for path in [
+        format!("/v1/models/{}", escaped(model)),
+        format!("/v1/fine_tuning/jobs/{id}/checkpoints"),
+    ] {
+        let refused = c.delete(&path).await;
+        assert_eq!(refused.status, 400, "{path}: {:?}", refused.body);
+        assert_eq!(
+            refused.body["error"]["code"], "model_in_use",
+            "{:?}",
+            refused.body
+        );
+        let message = refused.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&child_id), "{message}");
+    }
+    let still = c
+        .get(&format!("/v1/models/{}", escaped(&child_model)))
+        .await;
+    assert_eq!(
+        still.status, 200,
+        "the child still resolves: {:?}",
+        still.body
+    );
+    for job in [child_id.as_str(), second] {
+        c.wait_job(job, TRAIN_TIMEOUT, |j| {
+            ["succeeded", "cancelled", "failed"].contains(&j["status"].as_str().unwrap_or(""))
+        })
+        .await;
+        let freed = c
+            .delete(&format!("/v1/fine_tuning/jobs/{job}/checkpoints"))
+            .await;
+        assert_eq!(freed.status, 200, "{:?}", freed.body);
+    }
+    let gone = c.delete(&format!("/v1/models/{}", escaped(model))).await;
+    assert_eq!(gone.status, 200, "{:?}", gone.body);
     t.server.stop().await.unwrap();
 }

@@ -487,13 +487,13 @@ impl Reporter {
                 let shape = model_shape(&cfg);
                 let device =
                     estimate::device_kind(job.device.as_deref().unwrap_or("cpu")).to_string();
-                let method = job.spec.tuna.method.as_str();
-                let old = self.store.get_throughput(&shape, &device, method).await?;
+                let method = job.spec.throughput_method();
+                let old = self.store.get_throughput(&shape, &device, &method).await?;
                 let row = estimate::fold_measurement(
                     old.as_ref(),
                     &shape,
                     &device,
-                    method,
+                    &method,
                     measured,
                     ids::now(),
                 );

@@ -23,7 +23,7 @@ use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::lifecycle;
 use crate::openai::types::{JobCheckpoint, List, MetricsQuery, PageQuery};
 use crate::state::AppState;
-use crate::store::{CheckpointRow, JobRow, JobStatus, NewEvent};
+use crate::store::{CheckpointRow, JobRow, JobStatus, NewEvent, Page};
 
 /// `GET /v1/fine_tuning/jobs/{id}/checkpoints?after&limit` (newest step first).
 #[instrument(skip_all, fields(user = %user.id, job.id = %id))]
@@ -148,6 +148,47 @@ fn unfinished(job: &JobRow) -> ApiError {
     )
 }
 
+/// Refuses to delete the weights behind `names` (model ids of one job) while another job of the
+/// user started from one of them and still needs it: a job that is not finished, or one that
+/// keeps a fine-tuned model or checkpoints, whose ids resolve through their starting model back
+/// to the base (a DPO run after SFT, say). Its own models deleted first, it lets go.
+async fn refuse_if_started_from(state: &AppState, user_id: &str, names: &[&str]) -> ApiResult<()> {
+    let mut children = Vec::new();
+    let mut page = Page {
+        after: None,
+        limit: 100,
+    };
+    while let Some((jobs, more)) = state.store.list_jobs(user_id, &page).await? {
+        for j in &jobs {
+            if !names.contains(&j.model.as_str()) {
+                continue;
+            }
+            let holds = !j.status.is_terminal()
+                || j.fine_tuned_model.is_some()
+                || !state.store.job_checkpoints(&j.id).await?.is_empty();
+            if holds {
+                children.push(format!("`{}`", j.id));
+            }
+        }
+        match jobs.last() {
+            Some(last) if more => page.after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    if children.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_coded(
+        format!(
+            "`{}` is the starting model of job {}, whose models are trained from its weights; delete that job's checkpoints and models first",
+            names.first().copied().unwrap_or_default(),
+            children.join(", ")
+        ),
+        Some("model"),
+        "model_in_use",
+    ))
+}
+
 /// Deletes checkpoint rows (with an event), then their directories; the bytes freed.
 async fn delete_rows(
     state: &AppState,
@@ -178,10 +219,17 @@ pub async fn delete_all(
     if !job.status.is_terminal() {
         return Err(unfinished(&job));
     }
+    let rows = state.store.job_checkpoints(&id).await?;
+    let names: Vec<&str> = job
+        .fine_tuned_model
+        .iter()
+        .map(String::as_str)
+        .chain(rows.iter().map(|c| c.fine_tuned_model_checkpoint.as_str()))
+        .collect();
+    refuse_if_started_from(&state, &job.user_id, &names).await?;
     if job.fine_tuned_model.is_some() {
         job = lifecycle::model_deleted(&*state.store, &job).await?;
     }
-    let rows = state.store.job_checkpoints(&id).await?;
     let mut freed = if rows.is_empty() {
         0
     } else {
@@ -207,8 +255,19 @@ pub async fn delete_all(
 /// `DELETE /v1/models/{ft:…}` of a fine-tuned model: its weights (the job's final checkpoint)
 /// go and the model id stops resolving; the job keeps its record and its other checkpoints.
 pub async fn delete_fine_tuned_model(state: &AppState, job: &JobRow) -> ApiResult<()> {
-    let job = lifecycle::model_deleted(&*state.store, job).await?;
     let newest = state.store.job_checkpoints(&job.id).await?;
+    let names: Vec<&str> = job
+        .fine_tuned_model
+        .iter()
+        .map(String::as_str)
+        .chain(
+            newest
+                .first()
+                .map(|c| c.fine_tuned_model_checkpoint.as_str()),
+        )
+        .collect();
+    refuse_if_started_from(state, &job.user_id, &names).await?;
+    let job = lifecycle::model_deleted(&*state.store, job).await?;
     if let Some(last) = newest.first() {
         delete_rows(
             state,
@@ -245,6 +304,7 @@ pub async fn delete_checkpoint_model(state: &AppState, c: &CheckpointRow) -> Api
             ));
         }
     }
+    refuse_if_started_from(state, &job.user_id, &[&c.fine_tuned_model_checkpoint]).await?;
     delete_rows(
         state,
         &job,

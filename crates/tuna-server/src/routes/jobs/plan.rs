@@ -210,12 +210,12 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
         spec.tuna.lora = Some(adapter_settings(dir)?);
     }
     let device = "cpu";
-    let method = spec.tuna.method.as_str();
+    let method = spec.throughput_method();
     let tps = estimate::throughput(
         store,
         &model_shape(&cfg),
         device,
-        method,
+        &method,
         &cfg,
         state.settings.cpu_gflops,
     )
