@@ -42,6 +42,7 @@ test("DPO from the console: objective, beta, preference checks, reward charts, t
       assert.equal(await page.locator('#training-check .issue[data-line="1"]').getAttribute("data-code"), "identical_outputs");
       assert.equal(await page.locator('#training-check .issue[data-line="2"]').getAttribute("data-code"), "invalid_output");
       assert.equal(await page.locator('#training-check .issue[data-line="3"]').count(), 0);
+      await page.locator("#training-check").scrollIntoViewIfNeeded();
       await shot(page, "dpo-bad-file", false);
       // Conversations are no preference pairs: DPO cannot start from them.
       await page.setInputFiles("#training-file", path.join(FIXTURES, "identity.jsonl"));
@@ -137,6 +138,7 @@ test("DPO from the console: objective, beta, preference checks, reward charts, t
       assert.equal(await page.locator("#artifacts").isHidden(), true);
       assert.equal((await apiCall("GET", `/v1/models/${encodeURIComponent(job.fine_tuned_model)}`)).status, 404);
       assert.equal((await apiCall("GET", `/v1/fine_tuning/jobs/${jobId}/checkpoints`)).json.data.length, 0);
+      await page.locator("#events li", { hasText: /checkpoints deleted/ }).waitFor();
       // The task, its metrics and charts stay.
       assert.equal(await page.locator('[data-chart="Rewards"]').getAttribute("data-points"), "8");
       await shot(page, "dpo-deleted", false);

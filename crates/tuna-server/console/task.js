@@ -320,7 +320,7 @@ export function pageTask(main, id) {
             const r = await api.deleteJobArtifacts(j.id);
             toast(t("Deleted: {n} freed", { n: fmtBytes(r.freed_bytes || 0) }), "ok");
             job = await api.getJob(j.id);
-            await loadCheckpoints();
+            await Promise.all([loadCheckpoints(), loadEvents()]);
             drawJob();
           } catch (ex) {
             mount(view.error, errorBox(ex.message, t("Cannot delete the task's files")));
