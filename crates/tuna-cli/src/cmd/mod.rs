@@ -18,17 +18,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tuna_server::blob::{BLOB_STORE_ENV, BlobStoreUrl};
 use tuna_server::db::{DATABASE_ENV, DatabaseUrl};
 use tuna_server::store::Store;
 
-/// `--database`, taken by every command that takes `--data-dir`, so an operator can run all of
-/// them against the shared state of several machines.
+/// `--database` and `--blob-store`, taken by every command that takes `--data-dir`, so an
+/// operator can run all of them against the shared state of several machines.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DatabaseArg {
     /// Where the state and the queue live: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB
     /// (default: tuna.db in the data directory)
     #[arg(long, env = DATABASE_ENV)]
     pub database: Option<String>,
+    /// Where uploaded files, results and models live: file://DIR or s3://BUCKET/PREFIX, the
+    /// S3 endpoint, region and credentials from the AWS_* variables (AWS_ENDPOINT_URL,
+    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP=true for plain
+    /// http) (default: the blobs folder of the data directory)
+    #[arg(long, env = BLOB_STORE_ENV)]
+    pub blob_store: Option<String>,
 }
 
 impl DatabaseArg {
@@ -38,6 +45,14 @@ impl DatabaseArg {
             .map(DatabaseUrl::parse)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--database {e}"))
+    }
+
+    pub fn blob_store(&self) -> anyhow::Result<Option<BlobStoreUrl>> {
+        self.blob_store
+            .as_deref()
+            .map(BlobStoreUrl::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--blob-store {e}"))
     }
 
     /// Opens (and migrates) the store: `--database`, else the data directory's SQLite file.

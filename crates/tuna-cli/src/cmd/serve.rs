@@ -116,6 +116,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let mut settings = Settings::new(&data_dir);
     settings.database = args.database.url()?;
+    settings.blob_store = args.database.blob_store()?;
     settings.cpu_slots = args.cpu_slots.max(1);
     settings.max_upload_bytes = args.max_upload_mib.saturating_mul(1 << 20);
     settings.max_retries = args.max_retries.max(0);

@@ -27,6 +27,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let code = tuna_server::worker::run_with_database(
         &args.data_dir,
         args.database.url()?,
+        args.database.blob_store()?,
         &args.job,
         args.attempt,
     )?;

@@ -33,7 +33,7 @@ use tuna_train::{
 };
 
 use crate::artifacts;
-use crate::blob::{BlobStore, LocalBlobStore};
+use crate::blob::{BLOB_STORE_ENV, BlobStoreUrl};
 use crate::db::{DATABASE_ENV, DatabaseUrl, open_store};
 use crate::openai::types::JobError;
 use crate::queue::{EXIT_DISK_FULL, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV};
@@ -54,6 +54,8 @@ pub enum WorkerError {
     Panic(String),
     #[error("--database: {0}")]
     Database(String),
+    #[error("--blob-store: {0}")]
+    BlobStore(String),
 }
 
 /// Why the run was asked to stop (the first reason wins).
@@ -72,19 +74,25 @@ fn request_stop(stop: &AtomicU8, why: u8) {
 /// Runs the worker for `job_id` under claim `attempt` (the job's current claim when `None`) and
 /// returns the process exit code (see `queue.rs`).
 /// The database is `TUNA_DATABASE` when set (as `tuna serve` sets it), else the data
-/// directory's SQLite file.
+/// directory's SQLite file; the blob store likewise `TUNA_BLOB_STORE`, else the data directory's.
 pub fn run(data_dir: &Path, job_id: &str, attempt: Option<i64>) -> Result<i32, WorkerError> {
     let database = match std::env::var(DATABASE_ENV) {
         Ok(url) => Some(DatabaseUrl::parse(&url).map_err(WorkerError::Database)?),
         Err(_) => None,
     };
-    run_with_database(data_dir, database, job_id, attempt)
+    let blob_store = match std::env::var(BLOB_STORE_ENV) {
+        Ok(url) => Some(BlobStoreUrl::parse(&url).map_err(WorkerError::BlobStore)?),
+        Err(_) => None,
+    };
+    run_with_database(data_dir, database, blob_store, job_id, attempt)
 }
 
-/// [`run`] against `database` (`None`: the data directory's SQLite file).
+/// [`run`] against `database` and `blob_store` (`None`: the data directory's SQLite file and
+/// blob folder).
 pub fn run_with_database(
     data_dir: &Path,
     database: Option<DatabaseUrl>,
+    blob_store: Option<BlobStoreUrl>,
     job_id: &str,
     attempt: Option<i64>,
 ) -> Result<i32, WorkerError> {
@@ -92,7 +100,7 @@ pub fn run_with_database(
         .worker_threads(1)
         .enable_all()
         .build()?;
-    rt.block_on(run_async(data_dir, database, job_id, attempt))
+    rt.block_on(run_async(data_dir, database, blob_store, job_id, attempt))
 }
 
 /// The trainer's settings for one job's run. `init_adapter`: the LoRA adapter the job's `model`
@@ -224,11 +232,13 @@ fn job_error(code: &str, message: String, param: Option<&str>) -> JobError {
 async fn run_async(
     data_dir: &Path,
     database: Option<DatabaseUrl>,
+    blob_store: Option<BlobStoreUrl>,
     job_id: &str,
     attempt: Option<i64>,
 ) -> Result<i32, WorkerError> {
     let mut settings = Settings::new(data_dir);
     settings.database = database;
+    settings.blob_store = blob_store;
     let store = open_store(&settings.database_url()).await?;
     let dir = settings.job_dir(job_id);
     std::fs::create_dir_all(&dir)?;
@@ -264,7 +274,7 @@ async fn run_async(
         );
         return Ok(reporter.fail(err).await);
     };
-    let blobs = LocalBlobStore::new(settings.blob_root());
+    let blobs = settings.open_blob_store()?;
     let mut paths = Vec::new();
     for (param, id) in [
         ("training_file", Some(&job.training_file)),
@@ -363,7 +373,7 @@ async fn run_async(
             STOP_ORPHANED => EXIT_ORPHANED,
             _ => EXIT_STOPPED,
         },
-        (Ok(summary), _) => match reporter.succeed(&blobs, &weights.model_dir, &summary).await {
+        (Ok(summary), _) => match reporter.succeed(&*blobs, &weights.model_dir, &summary).await {
             Ok(()) => 0,
             Err(e) if e.is_full() => {
                 disk_full(&mut reporter, &train_dir, "recording the results").await

@@ -17,7 +17,7 @@ use tuna_train::{CheckpointInfo, EvalMetrics, PreferenceMetrics, StepMetrics, Tr
 
 use super::Msg;
 use crate::artifacts;
-use crate::blob::{BlobStore, LocalBlobStore};
+use crate::blob::BlobStore;
 use crate::estimate;
 use crate::ids;
 use crate::lifecycle;
@@ -415,7 +415,7 @@ impl Reporter {
     /// The run finished: results file, success, measured throughput.
     pub async fn succeed(
         &mut self,
-        blobs: &LocalBlobStore,
+        blobs: &dyn BlobStore,
         model_dir: &Path,
         summary: &TrainSummary,
     ) -> StoreResult<()> {

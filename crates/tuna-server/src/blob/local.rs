@@ -1,0 +1,134 @@
+//! [`LocalBlobStore`]: blobs as files under the data directory (the default), private:
+//! directories 0700, files 0600 ([`crate::perms`]).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+use super::{BlobStore, BlobWriter, check_key};
+
+/// Blobs as plain files under `root` (written aside, then renamed into place).
+#[derive(Debug, Clone)]
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+impl LocalBlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBlobStore { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+struct LocalWriter {
+    file: Option<tokio::fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    written: u64,
+}
+
+#[async_trait]
+impl BlobWriter for LocalWriter {
+    async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => {
+                f.write_all(chunk).await?;
+                self.written += chunk.len() as u64;
+                Ok(())
+            }
+            None => Err(io::Error::other("blob writer already closed")),
+        }
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<u64> {
+        if let Some(mut f) = self.file.take() {
+            f.flush().await?;
+            f.sync_all().await?;
+        }
+        tokio::fs::rename(&self.tmp, &self.dest).await?;
+        Ok(self.written)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // Dropped without finish/abort (e.g. the request was cancelled): don't leave the partial file.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn writer(&self, key: &str) -> io::Result<Box<dyn BlobWriter>> {
+        let dest = self.path(key)?;
+        let dir = parent(&dest).to_path_buf();
+        tokio::task::spawn_blocking(move || crate::perms::private_dir(&dir))
+            .await
+            .map_err(io::Error::other)??;
+        let tmp = dest.with_extension("partial");
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::perms::PRIVATE_FILE_MODE)
+            .open(&tmp)
+            .await?;
+        Ok(Box::new(LocalWriter {
+            file: Some(file),
+            tmp,
+            dest,
+            written: 0,
+        }))
+    }
+
+    async fn open(&self, key: &str) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        Ok(Box::new(tokio::fs::File::open(self.path(key)?).await?))
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn local_path(&self, key: &str) -> io::Result<PathBuf> {
+        self.path(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blobs_are_private_and_visible_only_once_finished() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path());
+        let mut w = store.writer("files/a").await.unwrap();
+        w.write(b"hello").await.unwrap();
+        assert!(!dir.path().join("files/a").exists(), "visible before finish");
+        w.finish().await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("files/a")), 0o600);
+        assert_eq!(mode(&dir.path().join("files")), 0o700);
+    }
+}
