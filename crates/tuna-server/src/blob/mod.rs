@@ -321,6 +321,105 @@ mod tests {
         }
     }
 
+    fn own_store(server: &SeaweedFs, retry: Duration, cache: &Path) -> Arc<dyn BlobStore> {
+        let mut url = server.location("faults");
+        if let BlobStoreUrl::S3(loc) = &mut url {
+            loc.retry_timeout = retry;
+        }
+        url.open(cache).unwrap()
+    }
+
+    /// SeaweedFS SIGKILLed in the middle of a multipart upload: the upload fails with an error
+    /// naming the store and the key, nothing is visible under the key (not even after the
+    /// restart), and the same upload succeeds once the store is back.
+    #[tokio::test]
+    async fn an_upload_cut_by_a_killed_store_fails_cleanly_and_can_be_retried() {
+        let server = tokio::task::spawn_blocking(|| SeaweedFs::start(16, 64))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = own_store(&server, Duration::from_secs(2), dir.path());
+        let part = vec![7u8; s3::PART_BYTES];
+        let mut w = store.writer("ckpt/cut").await.unwrap();
+        for _ in 0..3 {
+            w.write(&part).await.unwrap();
+        }
+        let server = tokio::task::spawn_blocking(move || {
+            server.kill();
+            server
+        })
+        .await
+        .unwrap();
+        let mut failed = None;
+        for _ in 0..3 {
+            if let Err(e) = w.write(&part).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let err = match failed {
+            Some(e) => e,
+            None => w.finish().await.expect_err("the upload succeeded without a store"),
+        };
+        let text = err.to_string();
+        assert!(is_remote(&err), "{err:?}");
+        assert!(
+            text.contains("s3://tuna-test/faults") && text.contains("ckpt/cut"),
+            "{text}"
+        );
+        assert!(!text.contains("tuna-test-secret"), "{text}");
+        let server = tokio::task::spawn_blocking(move || {
+            server.restart();
+            server
+        })
+        .await
+        .unwrap();
+        let store = own_store(&server, DEFAULT_S3_RETRY_TIMEOUT, dir.path());
+        let half = read_all(&*store, "ckpt/cut").await.map_err(|e| e.kind());
+        assert_eq!(half, Err(io::ErrorKind::NotFound), "a cut upload is visible");
+        let src = dir.path().join("src");
+        std::fs::write(&src, part.repeat(2)).unwrap();
+        assert_eq!(
+            put_file(&*store, "ckpt/cut", &src).await.unwrap(),
+            2 * part.len() as u64
+        );
+        assert_eq!(read_all(&*store, "ckpt/cut").await.unwrap().len(), 2 * part.len());
+        tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+    }
+
+    /// An object store with no room left (SeaweedFS without a free volume for the bucket). Its
+    /// S3 gateway answers a bare 500 (unlike MinIO's 507 `XMinioStorageFull`, which
+    /// `s3::tests` maps to "storage full"): the write fails after the retries with an error
+    /// naming the store, the key and the answer, and the API says the storage is unavailable.
+    #[tokio::test]
+    async fn a_full_object_store_fails_with_a_clear_error() {
+        let server = tokio::task::spawn_blocking(|| SeaweedFs::start(1, 1))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = own_store(&server, Duration::from_secs(2), dir.path());
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![1u8; 3 << 20]).unwrap();
+        let err = put_file(&*store, "files/full", &src).await.unwrap_err();
+        let text = err.to_string();
+        assert!(is_remote(&err), "{err:?}");
+        assert!(text.contains("files/full") && text.contains("500"), "{text}");
+        let half = read_all(&*store, "files/full").await.map_err(|e| e.kind());
+        assert_eq!(half, Err(io::ErrorKind::NotFound));
+        let api = crate::error::ApiError::from(err);
+        assert!(
+            matches!(
+                api,
+                crate::error::ApiError::Unavailable {
+                    code: "storage_unavailable",
+                    ..
+                }
+            ),
+            "{api:?}"
+        );
+        tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+    }
+
     #[test]
     fn urls_parse_and_refuse_credentials() {
         let s3 = BlobStoreUrl::parse("s3://tuna-data/prod/blobs/").unwrap();

@@ -129,13 +129,14 @@ fn map_error(
     )
 }
 
-/// Whether an object store's answer means it has no room: S3's 507 / `InsufficientStorage`,
-/// quota errors, SeaweedFS's "no writable volumes".
+/// Whether an object store's answer means it has no room: 507 / `InsufficientStorage`, MinIO's
+/// `XMinioStorageFull`, quota errors. (SeaweedFS's S3 gateway answers a bare 500 instead.)
 fn means_full(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     [
         "507",
         "insufficientstorage",
+        "xminiostoragefull",
         "insufficient storage",
         "quotaexceeded",
         "no space left",
@@ -348,6 +349,7 @@ mod tests {
     #[test]
     fn full_answers_are_recognised_and_secrets_blanked() {
         assert!(means_full("Server returned 507 Insufficient Storage"));
+        assert!(means_full("<Code>XMinioStorageFull</Code>"));
         assert!(means_full("failed to assign: no writable volumes"));
         assert!(!means_full("connection refused"));
         let e = map_error(
@@ -363,5 +365,18 @@ mod tests {
         assert!(!e.to_string().contains("hunter2secret"), "{e}");
         assert!(e.to_string().contains("s3://b/p") && e.to_string().contains("files/x"));
         assert!(super::super::is_remote(&e));
+        let full = map_error(
+            "s3://b/p",
+            &[],
+            "uploading",
+            "files/x",
+            object_store::Error::Generic {
+                store: "S3",
+                source: "Server returned non-2xx status code: 507 Insufficient Storage".into(),
+            },
+        );
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        let api = crate::error::ApiError::from(full);
+        assert!(api.to_string().contains("object store is full"), "{api}");
     }
 }

@@ -131,10 +131,25 @@ pub async fn test_database() -> Option<tuna_server::db::DatabaseUrl> {
     }
 }
 
-/// [`settings`] on the engine of this run ([`TEST_DATABASE_ENV`]).
+/// Selects the blob store every test server of this run uses: `TUNA_TEST_BLOB_STORE=s3` runs
+/// the suite on a fresh prefix of a throwaway SeaweedFS S3 server (started by the test process
+/// itself); unset or `file`, the data directory's folder.
+pub const TEST_BLOB_STORE_ENV: &str = "TUNA_TEST_BLOB_STORE";
+
+pub async fn test_blob_store() -> Option<tuna_server::blob::BlobStoreUrl> {
+    match std::env::var(TEST_BLOB_STORE_ENV).as_deref() {
+        Ok("s3") => Some(tuna_server::test_services::SeaweedFs::fresh_location().await),
+        Ok("file") | Err(_) => None,
+        Ok(other) => panic!("{TEST_BLOB_STORE_ENV}={other}: expected `file` or `s3`"),
+    }
+}
+
+/// [`settings`] on the engine and blob store of this run ([`TEST_DATABASE_ENV`],
+/// [`TEST_BLOB_STORE_ENV`]).
 pub async fn test_settings(data_dir: &Path) -> Settings {
     let mut s = settings(data_dir);
     s.database = test_database().await;
+    s.blob_store = test_blob_store().await;
     s
 }
 
