@@ -457,3 +457,53 @@ async fn a_model_reports_its_generation_defaults() {
     let (status, body) = h.call("GET", "/v1/models/no-such-model", None, true).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// The object store (SeaweedFS) SIGKILLed: an upload answers 503 `storage_unavailable` in
+/// OpenAI's shape, no file is listed for it, and once the store is back the same upload works.
+/// Always on S3 (its own server), whatever the run's blob store.
+#[tokio::test]
+async fn uploads_while_the_object_store_is_down_are_503_and_keep_nothing() {
+    use tuna_server::test_services::SeaweedFs;
+    let weed = tokio::task::spawn_blocking(|| SeaweedFs::start(16, 64))
+        .await
+        .unwrap();
+    let mut url = weed.location("api-down");
+    if let tuna_server::blob::BlobStoreUrl::S3(loc) = &mut url {
+        loc.retry_timeout = std::time::Duration::from_secs(2);
+    }
+    let server = common::TestServer::start_with(|s| s.blob_store = Some(url)).await;
+    let c = server.user("u").await;
+    let first = c.upload("identity-12.jsonl").await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+
+    let weed = tokio::task::spawn_blocking(move || {
+        weed.kill();
+        weed
+    })
+    .await
+    .unwrap();
+    let down = c.upload("identity-12.jsonl").await;
+    assert_eq!(down.status, 503, "{:?}", down.body);
+    assert_eq!(
+        down.body,
+        error(
+            "the server's file storage is unavailable, so nothing of this request was kept; try again later",
+            "server_error",
+            None,
+            Some("storage_unavailable")
+        )
+    );
+    let weed = tokio::task::spawn_blocking(move || {
+        weed.restart();
+        weed
+    })
+    .await
+    .unwrap();
+    let files = c.get("/v1/files").await;
+    let listed = files.body["data"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 1, "{:?}", files.body);
+    let again = c.upload("identity-12.jsonl").await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["status"], "processed", "{:?}", again.body);
+    tokio::task::spawn_blocking(move || drop(weed)).await.unwrap();
+}
