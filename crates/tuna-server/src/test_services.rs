@@ -300,7 +300,16 @@ impl SeaweedFs {
             wait $weed
             [ -d "/proc/$parent" ] || rm -rf "$dir"
         "#;
-        let [s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc] = self.ports;
+        let [
+            s3,
+            s3_grpc,
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+        ] = self.ports;
         let data = self.dir.join("data");
         std::fs::create_dir_all(&data).expect("creating the SeaweedFS folder");
         let args: Vec<String> = vec![

@@ -505,5 +505,7 @@ async fn uploads_while_the_object_store_is_down_are_503_and_keep_nothing() {
     let again = c.upload("identity-12.jsonl").await;
     assert_eq!(again.status, 200, "{:?}", again.body);
     assert_eq!(again.body["status"], "processed", "{:?}", again.body);
-    tokio::task::spawn_blocking(move || drop(weed)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(weed))
+        .await
+        .unwrap();
 }

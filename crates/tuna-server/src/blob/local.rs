@@ -125,7 +125,10 @@ mod tests {
         let store = LocalBlobStore::new(dir.path());
         let mut w = store.writer("files/a").await.unwrap();
         w.write(b"hello").await.unwrap();
-        assert!(!dir.path().join("files/a").exists(), "visible before finish");
+        assert!(
+            !dir.path().join("files/a").exists(),
+            "visible before finish"
+        );
         w.finish().await.unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join("files/a")), 0o600);

@@ -298,7 +298,10 @@ mod tests {
             let gone = read_all(&*store, "files/b").await.map_err(|e| e.kind());
             assert_eq!(gone, Err(io::ErrorKind::NotFound), "{name}");
             assert!(store.writer("../escape").await.is_err(), "{name}");
-            assert!(store.open("files/../../etc/passwd").await.is_err(), "{name}");
+            assert!(
+                store.open("files/../../etc/passwd").await.is_err(),
+                "{name}"
+            );
             assert!(store.local_path("a//b").await.is_err(), "{name}");
         }
     }
@@ -315,7 +318,10 @@ mod tests {
             std::fs::write(&src, &data).unwrap();
             let n = put_file(&*store, "ckpt/big", &src).await.unwrap();
             assert_eq!(n, data.len() as u64, "{name}");
-            assert!(read_all(&*store, "ckpt/big").await.unwrap() == data, "{name}");
+            assert!(
+                read_all(&*store, "ckpt/big").await.unwrap() == data,
+                "{name}"
+            );
             let local = store.local_path("ckpt/big").await.unwrap();
             assert!(std::fs::read(local).unwrap() == data, "{name}");
         }
@@ -359,7 +365,10 @@ mod tests {
         }
         let err = match failed {
             Some(e) => e,
-            None => w.finish().await.expect_err("the upload succeeded without a store"),
+            None => w
+                .finish()
+                .await
+                .expect_err("the upload succeeded without a store"),
         };
         let text = err.to_string();
         assert!(is_remote(&err), "{err:?}");
@@ -376,15 +385,24 @@ mod tests {
         .unwrap();
         let store = own_store(&server, DEFAULT_S3_RETRY_TIMEOUT, dir.path());
         let half = read_all(&*store, "ckpt/cut").await.map_err(|e| e.kind());
-        assert_eq!(half, Err(io::ErrorKind::NotFound), "a cut upload is visible");
+        assert_eq!(
+            half,
+            Err(io::ErrorKind::NotFound),
+            "a cut upload is visible"
+        );
         let src = dir.path().join("src");
         std::fs::write(&src, part.repeat(2)).unwrap();
         assert_eq!(
             put_file(&*store, "ckpt/cut", &src).await.unwrap(),
             2 * part.len() as u64
         );
-        assert_eq!(read_all(&*store, "ckpt/cut").await.unwrap().len(), 2 * part.len());
-        tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+        assert_eq!(
+            read_all(&*store, "ckpt/cut").await.unwrap().len(),
+            2 * part.len()
+        );
+        tokio::task::spawn_blocking(move || drop(server))
+            .await
+            .unwrap();
     }
 
     /// An object store with no room left (SeaweedFS without a free volume for the bucket). Its
@@ -403,7 +421,10 @@ mod tests {
         let err = put_file(&*store, "files/full", &src).await.unwrap_err();
         let text = err.to_string();
         assert!(is_remote(&err), "{err:?}");
-        assert!(text.contains("files/full") && text.contains("500"), "{text}");
+        assert!(
+            text.contains("files/full") && text.contains("500"),
+            "{text}"
+        );
         let half = read_all(&*store, "files/full").await.map_err(|e| e.kind());
         assert_eq!(half, Err(io::ErrorKind::NotFound));
         let api = crate::error::ApiError::from(err);
@@ -417,7 +438,9 @@ mod tests {
             ),
             "{api:?}"
         );
-        tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+        tokio::task::spawn_blocking(move || drop(server))
+            .await
+            .unwrap();
     }
 
     #[test]
@@ -441,7 +464,8 @@ mod tests {
             BlobStoreUrl::S3(l) => l,
             BlobStoreUrl::File(_) => unreachable!(),
         };
-        loc.env.push(("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into()));
+        loc.env
+            .push(("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into()));
         assert!(!format!("{loc:?}").contains("hunter2"));
     }
 }

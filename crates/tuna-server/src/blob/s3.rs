@@ -72,15 +72,13 @@ impl S3BlobStore {
         }
         secrets.retain(|s| s.len() >= 4);
         let name = super::BlobStoreUrl::S3(loc.clone()).url();
-        let store = builder
-            .build()
-            .map_err(|e| {
-                let text = redact(&e.to_string(), &secrets);
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    RemoteStorageError(format!("cannot configure the object store {name}: {text}")),
-                )
-            })?;
+        let store = builder.build().map_err(|e| {
+            let text = redact(&e.to_string(), &secrets);
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                RemoteStorageError(format!("cannot configure the object store {name}: {text}")),
+            )
+        })?;
         Ok(S3BlobStore {
             store: Arc::new(store),
             prefix: loc.prefix.clone(),

@@ -373,7 +373,10 @@ async fn run_async(
             STOP_ORPHANED => EXIT_ORPHANED,
             _ => EXIT_STOPPED,
         },
-        (Ok(summary), _) => match reporter.succeed(&*blobs, &weights.model_dir, &summary).await {
+        (Ok(summary), _) => match reporter
+            .succeed(&*blobs, &weights.model_dir, &summary)
+            .await
+        {
             Ok(()) => 0,
             Err(e) if e.is_full() => {
                 disk_full(&mut reporter, &train_dir, "recording the results").await
