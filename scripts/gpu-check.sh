@@ -10,13 +10,16 @@
 #      or the nvidia-* wheels that PyTorch brings, or .venv-test's from scripts/test.sh);
 #   2. `tuna devices`;
 #   3. the kernel parity suite on CUDA: every kernel's forward and backward against the CPU
-#      engine (tests/kernels.rs) and against finite differences (tests/gradcheck.rs);
-#   4. a training-step parity check against the CPU engine (`tuna train --device gpu:0`);
+#      engine (tests/kernels.rs) and against finite differences (tests/gradcheck.rs), then the
+#      training pass and LoRA SFT runs on the tiny Qwen2/Qwen3 fixtures against the CPU engine
+#      (tests/train.rs: every gradient within 1e-4, loss curves, saved adapters, resume);
+#   4. a training parity check against the CPU engine on the demo model: `tuna train --device
+#      gpu:0` and `--device cpu`, 10 steps, f32 on both, loss curves within 1e-3;
 #   5. `tuna bench train --device gpu:0` on the Qwen2.5-0.5B, 1.5B and 7B shapes (LoRA r=16 on
 #      all projections, 2,048-token batches), next to transformers + PEFT on the same GPU
 #      (scripts/bench/hf_lora_train.py; PyTorch is on the GPU machine's image).
-# Steps 4 and 5 need the model's backend seam (issue 14, phase 2): while `tuna train` has no
-# `--device`, they are reported as NOT BUILT and the script exits non-zero — never a silent skip.
+# The device runs in f32 (weights uploaded as f32; the matmul takes tensor cores, so f32
+# products run in TF32 there, except in the parity tests, which force the plain kernel).
 #
 # Environment: TUNA (tuna binary; default target/gpu-check/tuna), PYTHON (with torch,
 # transformers, peft; default python3), GPU_CHECK_OUT (logs; default target/gpu-check/out),
@@ -32,7 +35,7 @@ if [ "${1:-}" = "--build" ]; then
   cargo build --release -p tuna-cli
   # The test binaries, with the kernel tests switched to CUDA (tuna-gpu's `cuda-tests` feature).
   cargo test --release -p tuna-gpu --features cuda-tests --no-run --message-format=json \
-    --test kernels --test gradcheck >"$repo/target/gpu-check-build.json"
+    --test kernels --test gradcheck --test train >"$repo/target/gpu-check-build.json"
   rm -rf "$dist" && mkdir -p "$dist"
   cp target/release/tuna "$dist/tuna"
   python3 - "$repo/target/gpu-check-build.json" "$dist" <<'PY'
@@ -97,11 +100,11 @@ else
   fail "no tuna binary at $tuna (run scripts/gpu-check.sh --build, or set TUNA)"
 fi
 
-step "3. kernel parity on CUDA (forward + backward vs the CPU engine, and vs finite differences)"
-tests=("$dist"/test-kernels "$dist"/test-gradcheck)
+step "3. kernel and training-pass parity on CUDA (vs the CPU engine, and vs finite differences)"
+tests=("$dist"/test-kernels "$dist"/test-gradcheck "$dist"/test-train)
 for t in "${tests[@]}"; do
   if [ -x "$t" ]; then
-    "$t" --test-threads 1 --nocapture 2>&1 | tee "$out/$(basename "$t").log" | grep -E "rel |worst|test result|panicked|FAILED" 
+    "$t" --test-threads 1 --nocapture 2>&1 | tee "$out/$(basename "$t").log" | grep -E "rel |worst|loss|test result|panicked|FAILED" 
     [ "${PIPESTATUS[0]}" = 0 ] || fail "$(basename "$t")"
   else
     fail "no test binary $t (run scripts/gpu-check.sh --build)"
@@ -113,7 +116,7 @@ if [ -x "$tuna" ] && "$tuna" train --help 2>/dev/null | grep -q -- "--device"; t
   for dev in cpu gpu:0; do
     rm -rf "$out/train-$dev"
     "$tuna" train --model demo --data assets/data/identity.jsonl --max-steps 10 --device "$dev" \
-      --out "$out/train-$dev" || fail "tuna train --device $dev"
+      --precision f32 --out "$out/train-$dev" || fail "tuna train --device $dev"
   done
   "$python" - "$out/train-cpu/metrics.jsonl" "$out/train-gpu:0/metrics.jsonl" <<'PY' || fail "GPU loss curve differs from the CPU's"
 import json, sys
@@ -125,7 +128,7 @@ print(f"loss curves: {len(cpu)} steps, max |gpu - cpu| = {worst:.2e} (tolerance 
 sys.exit(len(cpu) != len(gpu) or worst > 1e-3)
 PY
 else
-  fail "NOT BUILT: tuna train has no --device (the model's backend seam, issue 14 phase 2)"
+  fail "tuna train has no --device (an old binary? run scripts/gpu-check.sh --build)"
 fi
 
 step "5. training throughput: tuna vs transformers + PEFT (LoRA r=16, all projections, 2,048 tokens)"
@@ -134,12 +137,29 @@ for shape in $shapes; do
     "$tuna" bench train --device gpu:0 --shape "$shape" --method lora --lora-rank 16 --seq-len 2048 \
       --dtype bf16 --steps "$steps" --json | tee -a "$out/bench-tuna.jsonl" || fail "tuna bench train $shape"
   else
-    fail "NOT BUILT: tuna bench train --device ($shape)"
+    fail "tuna bench train has no --device (an old binary?) ($shape)"
   fi
   "$python" scripts/bench/hf_lora_train.py --device cuda --dtype bfloat16 --shape "$shape" \
     --rank 16 --seq-len 2048 --steps "$steps" | tee -a "$out/bench-hf.jsonl" \
     || fail "transformers + PEFT $shape"
 done
+
+# Side by side: tokens/s of each shape, and tuna's achieved TFLOP/s of matrix products.
+"$python" - "$out/bench-tuna.jsonl" "$out/bench-hf.jsonl" <<'PY' || true
+import json, sys
+def rows(p):
+    try:
+        return {r["shape"]: r for r in map(json.loads, open(p)) if "shape" in r}
+    except (OSError, ValueError):
+        return {}
+tuna, hf = rows(sys.argv[1]), rows(sys.argv[2])
+for shape in sorted(set(tuna) | set(hf)):
+    t, h = tuna.get(shape, {}), hf.get(shape, {})
+    tt, ht = t.get("tokens_per_s"), h.get("tokens_per_s")
+    ratio = f"{tt / ht:.2f}x" if tt and ht else "-"
+    print(f"{shape}: tuna {tt or '-'} tokens/s ({(t.get('gflops') or 0) / 1e3:.1f} TFLOP/s, {t.get('device', '?')}), "
+          f"transformers+PEFT {ht or '-'} tokens/s (MFU {h.get('mfu', '-')}, peak {h.get('peak_gpu_mb', '-')} MB): {ratio}")
+PY
 
 echo
 echo "gpu-check: $((SECONDS - started)) s; logs in $out"

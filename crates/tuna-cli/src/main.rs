@@ -1,6 +1,7 @@
 //! `tuna`: check datasets, fine-tune Qwen2.5 / Qwen3 models, chat with them, serve the platform.
 
 mod cmd;
+mod device_arg;
 mod model_dir;
 mod shapes;
 

@@ -7,15 +7,17 @@
 //! - [`runtime`]: the device handle ([`Gpu`]), typed device buffers ([`Buffer`]): upload,
 //!   download, alloc. The only CubeCL host-API code besides the kernel launches.
 //! - [`ops`]: the kernels, forward beside backward, with the CPU engine's signatures.
+//! - [`model`]: the model on a device, `tuna_model`'s training backend (`Backend`,
+//!   `TrainDevice`): the one training pass of `tuna_model::train` runs on device buffers.
 //! - [`cuda_source`]: the CUDA C++ of every kernel without a GPU (checked with NVRTC in CI).
 //!
 //! Kernels are generic over the storage float `F` (f32 here and in CI — lavapipe has no bf16 —,
-//! bf16 on NVIDIA) and compute in f32. Not here yet: the model's backend seam and training on
-//! the device (issue 14, phase 2).
+//! bf16 on NVIDIA) and compute in f32. The model runs in f32 on every device for now.
 
 pub mod cuda_source;
 pub mod devices;
 pub mod error;
+pub mod model;
 pub mod ops;
 mod reduce;
 pub mod runtime;
@@ -24,4 +26,5 @@ pub use cubecl::cuda::CudaRuntime;
 pub use cubecl::prelude::{CubeElement, Float, Runtime};
 pub use cubecl::wgpu::WgpuRuntime;
 pub use error::{Error, Result};
+pub use model::{GpuModel, train_device};
 pub use runtime::{Buffer, Gpu, ReduceMode};

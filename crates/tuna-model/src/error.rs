@@ -47,6 +47,8 @@ pub enum Error {
     InvalidSampling(String),
     #[error("adapter {path}: {reason}")]
     Adapter { path: PathBuf, reason: String },
+    #[error("{backend}: {reason}")]
+    Backend { backend: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -3,6 +3,7 @@
 //!
 //! Free of I/O beyond reading and writing model files; no HTTP, no database.
 
+pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod safetensors;
 pub mod tensor;
 pub mod train;
 
+pub use backend::{Backend, CpuBackend, TrainDevice};
 pub use config::{Architecture, GenerationConfig, QwenConfig, TrainingDefaults};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, SamplingParams, generate};

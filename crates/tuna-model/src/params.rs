@@ -257,35 +257,6 @@ impl Gradients {
     pub fn as_slices(&self) -> Vec<&[f32]> {
         self.tensors.iter().map(Vec::as_slice).collect()
     }
-
-    /// The buffer of slot `i`, when trained.
-    pub(crate) fn get_mut(&mut self, slot: Option<usize>) -> Option<&mut [f32]> {
-        slot.map(|i| self.tensors[i].as_mut_slice())
-    }
-
-    /// Two distinct optional buffers borrowed mutably at once.
-    pub(crate) fn get_two_mut(
-        &mut self,
-        a: Option<usize>,
-        b: Option<usize>,
-    ) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
-        let v = &mut self.tensors;
-        match (a, b) {
-            (Some(i), Some(j)) => {
-                assert_ne!(i, j, "one gradient buffer used twice");
-                if i < j {
-                    let (lo, hi) = v.split_at_mut(j);
-                    (Some(lo[i].as_mut_slice()), Some(hi[0].as_mut_slice()))
-                } else {
-                    let (lo, hi) = v.split_at_mut(i);
-                    (Some(hi[0].as_mut_slice()), Some(lo[j].as_mut_slice()))
-                }
-            }
-            (Some(i), None) => (Some(v[i].as_mut_slice()), None),
-            (None, Some(j)) => (None, Some(v[j].as_mut_slice())),
-            (None, None) => (None, None),
-        }
-    }
 }
 
 impl QwenModel {

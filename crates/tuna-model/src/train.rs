@@ -51,10 +51,10 @@ pub struct TrainOptions {
 }
 
 use tuna_engine::IGNORE_INDEX;
-use tuna_engine::ops::{attention, embedding, lm_head_ce, matmul, residual, rmsnorm, rope, swiglu};
 
+use crate::backend::{Backend, CpuBackend, Heads, LinearGrads, RowScale};
 use crate::error::Error;
-use crate::lora::{LoraActs, LoraLinear, LoraTarget, dropout_keep};
+use crate::lora::{LoraTarget, dropout_keep};
 use crate::params::{Gradients, Param, ParamLayout};
 
 impl QwenModel {
@@ -69,9 +69,10 @@ impl QwenModel {
         scale: f32,
         opts: &TrainOptions,
     ) -> Result<BatchStats> {
-        let layout = self.checked_layout(adapter, grads)?;
-        let pass = Pass::new(self, batch, adapter, opts, true)?;
-        pass.run(Some((grads, &layout, scale)), None)
+        let backend = self.cpu_backend(adapter)?;
+        let layout = checked_layout(self.layout_for(adapter), grads)?;
+        let pass = Pass::new(&backend, batch, opts, true)?;
+        pass.run(Some((&mut grads.tensors, &layout, scale)), None)
     }
 
     /// Loss and accuracy of a batch without gradients (evaluation).
@@ -80,13 +81,78 @@ impl QwenModel {
         batch: &TrainBatch,
         adapter: Option<&LoraAdapter>,
     ) -> Result<BatchStats> {
-        let opts = TrainOptions {
-            recompute_activations: true,
-            dropout_seed: 0,
-        };
-        let pass = Pass::new(self, batch, adapter, &opts, false)?;
-        pass.run(None, None)
+        evaluate_on(&self.cpu_backend(adapter)?, batch)
     }
+
+    /// The CPU engine over this model and `adapter`, checked to fit each other.
+    pub fn cpu_backend<'a>(&'a self, adapter: Option<&'a LoraAdapter>) -> Result<CpuBackend<'a>> {
+        if let Some(a) = adapter
+            && a.layers.len() != self.layers.len()
+        {
+            return Err(Error::InvalidConfig {
+                path: "batch".into(),
+                reason: format!(
+                    "adapter has {} layers, model {}",
+                    a.layers.len(),
+                    self.layers.len()
+                ),
+            });
+        }
+        Ok(CpuBackend {
+            model: self,
+            adapter,
+        })
+    }
+
+    fn layout_for(&self, adapter: Option<&LoraAdapter>) -> ParamLayout {
+        match adapter {
+            Some(a) => a.layout(),
+            None => self.full_layout(),
+        }
+    }
+}
+
+/// [`QwenModel::forward_backward`] on any backend: `grads` are the backend's buffers in
+/// `layout` order (checked), accumulated into.
+pub fn forward_backward_on<B: Backend>(
+    backend: &B,
+    batch: &TrainBatch,
+    layout: &ParamLayout,
+    grads: &mut [B::Buf],
+    scale: f32,
+    opts: &TrainOptions,
+) -> Result<BatchStats> {
+    if grads.len() != layout.len() {
+        return Err(layout_mismatch(grads.len(), layout.len()));
+    }
+    let pass = Pass::new(backend, batch, opts, true)?;
+    pass.run(Some((grads, layout, scale)), None)
+}
+
+/// [`QwenModel::evaluate`] on any backend.
+pub fn evaluate_on<B: Backend>(backend: &B, batch: &TrainBatch) -> Result<BatchStats> {
+    let opts = TrainOptions {
+        recompute_activations: true,
+        dropout_seed: 0,
+    };
+    let pass = Pass::new(backend, batch, &opts, false)?;
+    pass.run(None, None)
+}
+
+fn layout_mismatch(buffers: usize, tensors: usize) -> Error {
+    Error::InvalidConfig {
+        path: "gradients".into(),
+        reason: format!("{buffers} gradient buffers do not match the {tensors} trainable tensors"),
+    }
+}
+
+/// The trainable tensors of a pass, checked against the gradient buffers it will fill.
+fn checked_layout(layout: ParamLayout, grads: &Gradients) -> Result<ParamLayout> {
+    let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
+    if sizes != layout.sizes() {
+        return Err(layout_mismatch(sizes.len(), layout.len()));
+    }
+    Ok(layout)
 }
 
 /// Receives the labelled rows of a batch after the forward, as `(positions, losses)`: each row's
@@ -118,34 +184,10 @@ impl QwenModel {
         opts: &TrainOptions,
         weigh: PerTokenWeights<'_>,
     ) -> Result<BatchStats> {
-        let layout = self.checked_layout(adapter, grads)?;
-        let pass = Pass::new(self, batch, adapter, opts, true)?;
-        pass.run(Some((grads, &layout, 1.0)), Some(weigh))
-    }
-
-    /// The trainable tensors of a pass (the adapter's, or every parameter), checked against the
-    /// gradient buffers it will fill.
-    fn checked_layout(
-        &self,
-        adapter: Option<&LoraAdapter>,
-        grads: &Gradients,
-    ) -> Result<ParamLayout> {
-        let layout = match adapter {
-            Some(a) => a.layout(),
-            None => self.full_layout(),
-        };
-        let sizes: Vec<usize> = grads.tensors.iter().map(Vec::len).collect();
-        if sizes != layout.sizes() {
-            return Err(Error::InvalidConfig {
-                path: "gradients".into(),
-                reason: format!(
-                    "{} gradient buffers do not match the {} trainable tensors",
-                    sizes.len(),
-                    layout.len()
-                ),
-            });
-        }
-        Ok(layout)
+        let backend = self.cpu_backend(adapter)?;
+        let layout = checked_layout(self.layout_for(adapter), grads)?;
+        let pass = Pass::new(&backend, batch, opts, true)?;
+        pass.run(Some((&mut grads.tensors, &layout, 1.0)), Some(weigh))
     }
 
     /// The loss of every labelled position, without gradients (no dropout). With `adapter: None`
@@ -159,7 +201,8 @@ impl QwenModel {
             recompute_activations: true,
             dropout_seed: 0,
         };
-        let pass = Pass::new(self, batch, adapter, &opts, false)?;
+        let backend = self.cpu_backend(adapter)?;
+        let pass = Pass::new(&backend, batch, &opts, false)?;
         let (mut positions, mut losses) = (Vec::new(), Vec::new());
         let mut keep = |p: &[usize], l: &[f32]| {
             positions = p.to_vec();
@@ -176,51 +219,83 @@ impl QwenModel {
 }
 
 /// Activations of one decoder layer kept for its backward.
-#[derive(Debug, Default)]
-struct LayerActs {
-    h1: Vec<f32>,
-    rstd1: Vec<f32>,
-    /// Before q_norm/k_norm (Qwen3 only).
-    q_raw: Vec<f32>,
-    k_raw: Vec<f32>,
-    rstd_q: Vec<f32>,
-    rstd_k: Vec<f32>,
+struct LayerActs<B: Backend> {
+    h1: B::Buf,
+    rstd1: B::Buf,
+    /// Qwen3: q and k before q_norm/k_norm, and the norms' rstd.
+    qk_norm: Option<QkNormActs<B>>,
     /// After norm and rotary embedding: what attention saw.
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    lse: Vec<f32>,
-    x_mid: Vec<f32>,
-    h2: Vec<f32>,
-    rstd2: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    act: Vec<f32>,
-    lora: [Option<LoraActs>; 7],
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    att: B::Buf,
+    lse: B::Buf,
+    x_mid: B::Buf,
+    h2: B::Buf,
+    rstd2: B::Buf,
+    gate: B::Buf,
+    up: B::Buf,
+    act: B::Buf,
+    lora: [Option<B::LoraActs>; 7],
 }
 
+struct QkNormActs<B: Backend> {
+    q_raw: B::Buf,
+    k_raw: B::Buf,
+    rstd_q: B::Buf,
+    rstd_k: B::Buf,
+}
+
+/// Gradient buffers of a pass, their layout and the loss scale.
+type Backward<'g, B> = (&'g mut [<B as Backend>::Buf], &'g ParamLayout, f32);
+
 /// One forward (and optionally backward) over a batch.
-struct Pass<'a> {
-    model: &'a QwenModel,
+struct Pass<'a, B: Backend> {
+    backend: &'a B,
     batch: &'a TrainBatch<'a>,
-    adapter: Option<&'a LoraAdapter>,
+    on_device: B::Batch,
     opts: TrainOptions,
     training: bool,
-    rope: rope::RopeTable,
     bt: usize,
 }
 
-impl<'a> Pass<'a> {
+/// The buffer of slot `i`, when trained.
+fn slot_mut<T>(v: &mut [T], slot: Option<usize>) -> Option<&mut T> {
+    slot.map(|i| &mut v[i])
+}
+
+/// Two distinct optional buffers borrowed mutably at once.
+fn two_slots_mut<T>(
+    v: &mut [T],
+    a: Option<usize>,
+    b: Option<usize>,
+) -> (Option<&mut T>, Option<&mut T>) {
+    match (a, b) {
+        (Some(i), Some(j)) => {
+            assert_ne!(i, j, "one gradient buffer used twice");
+            if i < j {
+                let (lo, hi) = v.split_at_mut(j);
+                (Some(&mut lo[i]), Some(&mut hi[0]))
+            } else {
+                let (lo, hi) = v.split_at_mut(i);
+                (Some(&mut hi[0]), Some(&mut lo[j]))
+            }
+        }
+        (Some(i), None) => (Some(&mut v[i]), None),
+        (None, Some(j)) => (None, Some(&mut v[j])),
+        (None, None) => (None, None),
+    }
+}
+
+impl<'a, B: Backend> Pass<'a, B> {
     fn new(
-        model: &'a QwenModel,
+        backend: &'a B,
         batch: &'a TrainBatch<'a>,
-        adapter: Option<&'a LoraAdapter>,
         opts: &TrainOptions,
         training: bool,
     ) -> Result<Self> {
         let bt = batch.input_ids.len();
-        let cfg = &model.config;
+        let cfg = backend.config();
         let bad = |m: String| Error::InvalidConfig {
             path: "batch".into(),
             reason: m,
@@ -265,50 +340,29 @@ impl<'a> Pass<'a> {
                 max: cfg.max_position_embeddings,
             });
         }
-        if let Some(a) = adapter
-            && a.layers.len() != model.layers.len()
-        {
-            return Err(bad(format!(
-                "adapter has {} layers, model {}",
-                a.layers.len(),
-                model.layers.len()
-            )));
-        }
         Ok(Pass {
-            model,
+            backend,
             batch,
-            adapter,
+            on_device: backend.batch(batch, max_pos)?,
             opts: *opts,
             training,
-            rope: rope::RopeTable::new(cfg.head_dim, cfg.rope_theta, max_pos),
             bt,
         })
     }
 
-    fn lora(&self, l: usize, target: LoraTarget) -> Option<&'a LoraLinear> {
-        self.adapter.and_then(|a| a.get(l, target))
-    }
-
-    /// y (bt, out) = x·Wᵀ + b [+ scale·(dropout(x)·Aᵀ)·Bᵀ], saving the LoRA branch's activations.
+    /// y (bt, out) = x·Wᵀ + b [+ scale·(dropout(x)·Aᵀ)·Bᵀ]; returns the LoRA branch's activations.
     fn linear_forward(
         &self,
         l: usize,
         target: LoraTarget,
-        y: &mut [f32],
-        x: &[f32],
-        acts: &mut LayerActs,
-    ) {
-        let bt = self.bt;
-        self.model.layers[l]
-            .linear(target)
-            .forward(y, x, bt, self.model.precision);
-        let Some(lora) = self.lora(l, target) else {
-            return;
-        };
-        let p = self.adapter.map(|a| a.config.lora_dropout).unwrap_or(0.0);
-        let keep = (self.training && p > 0.0)
-            .then(|| dropout_keep(p, self.opts.dropout_seed, l, target, x.len()));
-        acts.lora[target.index()] = Some(lora.forward(y, x, keep, bt));
+        y: &mut B::Buf,
+        x: &B::Buf,
+        in_features: usize,
+    ) -> Result<Option<B::LoraActs>> {
+        let p = self.backend.lora_dropout();
+        let keep = (self.training && p > 0.0 && self.backend.adapted(l, target))
+            .then(|| dropout_keep(p, self.opts.dropout_seed, l, target, self.bt * in_features));
+        self.backend.linear_forward(l, target, y, x, keep, self.bt)
     }
 
     /// Backward of [`linear_forward`]: accumulates dx (bt, in) and the trainable gradients.
@@ -317,48 +371,46 @@ impl<'a> Pass<'a> {
         &self,
         l: usize,
         target: LoraTarget,
-        dx: &mut [f32],
-        dy: &[f32],
-        x: &[f32],
-        acts: &LayerActs,
-        grads: &mut Gradients,
+        dx: &mut B::Buf,
+        dy: &B::Buf,
+        x: &B::Buf,
+        acts: &LayerActs<B>,
+        grads: &mut [B::Buf],
         layout: &ParamLayout,
-    ) {
-        let bt = self.bt;
-        let lin = self.model.layers[l].linear(target);
-        let (dw, db) = grads.get_two_mut(
+    ) -> Result<()> {
+        let (w, b) = (
             layout.slot(Param::Weight(l, target)),
             layout.slot(Param::Bias(l, target)),
         );
-        matmul::matmul_backward(
-            Some(dx),
-            dw,
-            db,
-            dy,
-            x,
-            lin.weight.weight(),
-            bt,
-            lin.in_features,
-            lin.out_features,
-            self.model.precision,
-        );
-        let (Some(lora), Some(la)) = (self.lora(l, target), acts.lora[target.index()].as_ref())
-        else {
-            return;
-        };
-        let (Some(da), Some(db)) = grads.get_two_mut(
+        let (a_slot, b_slot) = (
             layout.slot(Param::LoraA(l, target)),
             layout.slot(Param::LoraB(l, target)),
-        ) else {
-            return;
+        );
+        // A run trains either the base weights or the adapter, never both.
+        let linear_grads = if a_slot.is_some() {
+            let (da, db) = two_slots_mut(grads, a_slot, b_slot);
+            LinearGrads {
+                weight: None,
+                bias: None,
+                lora: da.zip(db),
+            }
+        } else {
+            let (dw, db) = two_slots_mut(grads, w, b);
+            LinearGrads {
+                weight: dw,
+                bias: db,
+                lora: None,
+            }
         };
-        lora.backward(dx, da, db, dy, x, la, bt);
+        let lora = acts.lora[target.index()].as_ref();
+        self.backend
+            .linear_backward(l, target, dx, linear_grads, dy, x, lora, self.bt)
     }
 
-    /// One decoder layer forward: x_in (bt, c) → returns x_out (bt, c), filling `acts`.
-    fn layer_forward(&self, l: usize, x_in: &[f32], acts: &mut LayerActs) -> Vec<f32> {
-        let cfg = &self.model.config;
-        let layer = &self.model.layers[l];
+    /// One decoder layer forward: x_in (bt, c) → returns x_out (bt, c) and its activations.
+    fn layer_forward(&self, l: usize, x_in: &B::Buf) -> Result<(B::Buf, LayerActs<B>)> {
+        let be = self.backend;
+        let cfg = be.config();
         let (bt, c, hd, nh, nkv, im) = (
             self.bt,
             cfg.hidden_size,
@@ -368,101 +420,116 @@ impl<'a> Pass<'a> {
             cfg.intermediate_size,
         );
         let eps = cfg.rms_norm_eps;
-        let positions = self.batch.position_ids;
+        let mut lora: [Option<B::LoraActs>; 7] = Default::default();
 
-        acts.h1 = vec![0.0; bt * c];
-        acts.rstd1 = vec![0.0; bt];
-        rmsnorm::rmsnorm_forward(
-            &mut acts.h1,
-            &mut acts.rstd1,
+        let mut h1 = be.zeros(bt * c);
+        let mut rstd1 = be.zeros(bt);
+        be.rmsnorm_forward(
+            &mut h1,
+            &mut rstd1,
             x_in,
-            &layer.input_layernorm,
+            Param::InputLayernorm(l),
             bt,
             c,
             eps,
-        );
-        let h1 = std::mem::take(&mut acts.h1);
-        let mut q = vec![0.0; bt * nh * hd];
-        let mut k = vec![0.0; bt * nkv * hd];
-        let mut v = vec![0.0; bt * nkv * hd];
-        self.linear_forward(l, LoraTarget::QProj, &mut q, &h1, acts);
-        self.linear_forward(l, LoraTarget::KProj, &mut k, &h1, acts);
-        self.linear_forward(l, LoraTarget::VProj, &mut v, &h1, acts);
-        acts.h1 = h1;
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            let mut qo = vec![0.0; q.len()];
-            let mut ko = vec![0.0; k.len()];
-            acts.rstd_q = vec![0.0; bt * nh];
-            acts.rstd_k = vec![0.0; bt * nkv];
-            rmsnorm::rmsnorm_forward(&mut qo, &mut acts.rstd_q, &q, qn, bt * nh, hd, eps);
-            rmsnorm::rmsnorm_forward(&mut ko, &mut acts.rstd_k, &k, kn, bt * nkv, hd, eps);
-            acts.q_raw = std::mem::replace(&mut q, qo);
-            acts.k_raw = std::mem::replace(&mut k, ko);
-        }
-        rope::rope_forward(&mut q, positions, &self.rope, nh, hd);
-        rope::rope_forward(&mut k, positions, &self.rope, nkv, hd);
-        acts.att = vec![0.0; bt * nh * hd];
-        acts.lse = vec![0.0; bt * nh];
-        attention::attention_forward(
-            &mut acts.att,
-            &mut acts.lse,
-            &q,
-            &k,
-            &v,
-            self.batch.seq_lens,
-            nh,
-            nkv,
-            hd,
-        );
-        (acts.q, acts.k, acts.v) = (q, k, v);
+        )?;
+        let mut q = be.zeros(bt * nh * hd);
+        let mut k = be.zeros(bt * nkv * hd);
+        let mut v = be.zeros(bt * nkv * hd);
+        lora[LoraTarget::QProj.index()] =
+            self.linear_forward(l, LoraTarget::QProj, &mut q, &h1, c)?;
+        lora[LoraTarget::KProj.index()] =
+            self.linear_forward(l, LoraTarget::KProj, &mut k, &h1, c)?;
+        lora[LoraTarget::VProj.index()] =
+            self.linear_forward(l, LoraTarget::VProj, &mut v, &h1, c)?;
+        let qk_norm = if cfg.qk_norm {
+            let mut qo = be.zeros(bt * nh * hd);
+            let mut ko = be.zeros(bt * nkv * hd);
+            let mut rstd_q = be.zeros(bt * nh);
+            let mut rstd_k = be.zeros(bt * nkv);
+            be.rmsnorm_forward(&mut qo, &mut rstd_q, &q, Param::QNorm(l), bt * nh, hd, eps)?;
+            be.rmsnorm_forward(&mut ko, &mut rstd_k, &k, Param::KNorm(l), bt * nkv, hd, eps)?;
+            Some(QkNormActs {
+                q_raw: std::mem::replace(&mut q, qo),
+                k_raw: std::mem::replace(&mut k, ko),
+                rstd_q,
+                rstd_k,
+            })
+        } else {
+            None
+        };
+        be.rope_forward(&mut q, &self.on_device, nh, hd)?;
+        be.rope_forward(&mut k, &self.on_device, nkv, hd)?;
+        let mut att = be.zeros(bt * nh * hd);
+        let mut lse = be.zeros(bt * nh);
+        let heads = Heads {
+            q: nh,
+            kv: nkv,
+            dim: hd,
+        };
+        be.attention_forward(&mut att, &mut lse, &q, &k, &v, &self.on_device, heads)?;
 
-        let mut x = x_in.to_vec();
-        let mut o = vec![0.0; bt * c];
-        let att = std::mem::take(&mut acts.att);
-        self.linear_forward(l, LoraTarget::OProj, &mut o, &att, acts);
-        acts.att = att;
-        residual::residual_forward(&mut x, &o);
-        acts.x_mid = x.clone();
+        let mut x = be.copy(x_in);
+        let mut o = be.zeros(bt * c);
+        lora[LoraTarget::OProj.index()] =
+            self.linear_forward(l, LoraTarget::OProj, &mut o, &att, nh * hd)?;
+        be.residual(&mut x, &o)?;
+        let x_mid = be.copy(&x);
 
-        acts.h2 = vec![0.0; bt * c];
-        acts.rstd2 = vec![0.0; bt];
-        rmsnorm::rmsnorm_forward(
-            &mut acts.h2,
-            &mut acts.rstd2,
+        let mut h2 = be.zeros(bt * c);
+        let mut rstd2 = be.zeros(bt);
+        be.rmsnorm_forward(
+            &mut h2,
+            &mut rstd2,
             &x,
-            &layer.post_attention_layernorm,
+            Param::PostAttentionLayernorm(l),
             bt,
             c,
             eps,
-        );
-        let h2 = std::mem::take(&mut acts.h2);
-        acts.gate = vec![0.0; bt * im];
-        acts.up = vec![0.0; bt * im];
-        let (mut gate, mut up) = (std::mem::take(&mut acts.gate), std::mem::take(&mut acts.up));
-        self.linear_forward(l, LoraTarget::GateProj, &mut gate, &h2, acts);
-        self.linear_forward(l, LoraTarget::UpProj, &mut up, &h2, acts);
-        acts.h2 = h2;
-        let mut act = vec![0.0; bt * im];
-        swiglu::swiglu_forward(&mut act, &gate, &up);
-        (acts.gate, acts.up) = (gate, up);
-        self.linear_forward(l, LoraTarget::DownProj, &mut o, &act, acts);
-        acts.act = act;
-        residual::residual_forward(&mut x, &o);
-        x
+        )?;
+        let mut gate = be.zeros(bt * im);
+        let mut up = be.zeros(bt * im);
+        lora[LoraTarget::GateProj.index()] =
+            self.linear_forward(l, LoraTarget::GateProj, &mut gate, &h2, c)?;
+        lora[LoraTarget::UpProj.index()] =
+            self.linear_forward(l, LoraTarget::UpProj, &mut up, &h2, c)?;
+        let mut act = be.zeros(bt * im);
+        be.swiglu_forward(&mut act, &gate, &up)?;
+        lora[LoraTarget::DownProj.index()] =
+            self.linear_forward(l, LoraTarget::DownProj, &mut o, &act, im)?;
+        be.residual(&mut x, &o)?;
+        let acts = LayerActs {
+            h1,
+            rstd1,
+            qk_norm,
+            q,
+            k,
+            v,
+            att,
+            lse,
+            x_mid,
+            h2,
+            rstd2,
+            gate,
+            up,
+            act,
+            lora,
+        };
+        Ok((x, acts))
     }
 
     /// Backward of one decoder layer: `dx` holds d(x_out) on entry and d(x_in) on return.
     fn layer_backward(
         &self,
         l: usize,
-        x_in: &[f32],
-        acts: &LayerActs,
-        dx: &mut [f32],
-        grads: &mut Gradients,
+        x_in: &B::Buf,
+        acts: &LayerActs<B>,
+        dx: &mut B::Buf,
+        grads: &mut [B::Buf],
         layout: &ParamLayout,
-    ) {
-        let cfg = &self.model.config;
-        let layer = &self.model.layers[l];
+    ) -> Result<()> {
+        let be = self.backend;
+        let cfg = be.config();
         let (bt, c, hd, nh, nkv, im) = (
             self.bt,
             cfg.hidden_size,
@@ -471,74 +538,45 @@ impl<'a> Pass<'a> {
             cfg.num_kv_heads,
             cfg.intermediate_size,
         );
-        let positions = self.batch.position_ids;
+        let lin = |t, dx: &mut B::Buf, dy: &B::Buf, x: &B::Buf, g: &mut [B::Buf]| {
+            self.linear_backward(l, t, dx, dy, x, acts, g, layout)
+        };
 
         // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid)
-        let mut d_act = vec![0.0; bt * im];
-        self.linear_backward(
-            l,
-            LoraTarget::DownProj,
-            &mut d_act,
-            dx,
-            &acts.act,
-            acts,
-            grads,
-            layout,
-        );
-        let mut d_gate = vec![0.0; bt * im];
-        let mut d_up = vec![0.0; bt * im];
-        swiglu::swiglu_backward(&mut d_gate, &mut d_up, &d_act, &acts.gate, &acts.up);
+        let mut d_act = be.zeros(bt * im);
+        lin(LoraTarget::DownProj, &mut d_act, dx, &acts.act, grads)?;
+        let mut d_gate = be.zeros(bt * im);
+        let mut d_up = be.zeros(bt * im);
+        be.swiglu_backward(&mut d_gate, &mut d_up, &d_act, &acts.gate, &acts.up)?;
         drop(d_act);
-        let mut d_h2 = vec![0.0; bt * c];
-        self.linear_backward(
-            l,
-            LoraTarget::GateProj,
-            &mut d_h2,
-            &d_gate,
-            &acts.h2,
-            acts,
-            grads,
-            layout,
-        );
-        self.linear_backward(
-            l,
-            LoraTarget::UpProj,
-            &mut d_h2,
-            &d_up,
-            &acts.h2,
-            acts,
-            grads,
-            layout,
-        );
+        let mut d_h2 = be.zeros(bt * c);
+        lin(LoraTarget::GateProj, &mut d_h2, &d_gate, &acts.h2, grads)?;
+        lin(LoraTarget::UpProj, &mut d_h2, &d_up, &acts.h2, grads)?;
         drop((d_gate, d_up));
-        let dw = grads.get_mut(layout.slot(Param::PostAttentionLayernorm(l)));
-        rmsnorm::rmsnorm_backward(
+        let dw = slot_mut(grads, layout.slot(Param::PostAttentionLayernorm(l)));
+        be.rmsnorm_backward(
             dx,
             dw,
             &d_h2,
             &acts.x_mid,
-            &layer.post_attention_layernorm,
+            Param::PostAttentionLayernorm(l),
             &acts.rstd2,
             bt,
             c,
-        );
+        )?;
 
         // Attention: x_mid = x_in + o_proj(attention(rope(norm(q(h1))), rope(norm(k(h1))), v(h1)))
-        let mut d_att = vec![0.0; bt * nh * hd];
-        self.linear_backward(
-            l,
-            LoraTarget::OProj,
-            &mut d_att,
-            dx,
-            &acts.att,
-            acts,
-            grads,
-            layout,
-        );
-        let mut dq = vec![0.0; bt * nh * hd];
-        let mut dk = vec![0.0; bt * nkv * hd];
-        let mut dv = vec![0.0; bt * nkv * hd];
-        attention::attention_backward(
+        let mut d_att = be.zeros(bt * nh * hd);
+        lin(LoraTarget::OProj, &mut d_att, dx, &acts.att, grads)?;
+        let mut dq = be.zeros(bt * nh * hd);
+        let mut dk = be.zeros(bt * nkv * hd);
+        let mut dv = be.zeros(bt * nkv * hd);
+        let heads = Heads {
+            q: nh,
+            kv: nkv,
+            dim: hd,
+        };
+        be.attention_backward(
             &mut dq,
             &mut dk,
             &mut dv,
@@ -548,83 +586,54 @@ impl<'a> Pass<'a> {
             &acts.q,
             &acts.k,
             &acts.v,
-            self.batch.seq_lens,
-            nh,
-            nkv,
-            hd,
-        );
+            &self.on_device,
+            heads,
+        )?;
         drop(d_att);
-        rope::rope_backward(&mut dq, positions, &self.rope, nh, hd);
-        rope::rope_backward(&mut dk, positions, &self.rope, nkv, hd);
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            let mut dq_raw = vec![0.0; dq.len()];
-            let mut dk_raw = vec![0.0; dk.len()];
-            let dw = grads.get_mut(layout.slot(Param::QNorm(l)));
-            rmsnorm::rmsnorm_backward(
+        be.rope_backward(&mut dq, &self.on_device, nh, hd)?;
+        be.rope_backward(&mut dk, &self.on_device, nkv, hd)?;
+        if let Some(n) = &acts.qk_norm {
+            let mut dq_raw = be.zeros(bt * nh * hd);
+            let mut dk_raw = be.zeros(bt * nkv * hd);
+            let dw = slot_mut(grads, layout.slot(Param::QNorm(l)));
+            be.rmsnorm_backward(
                 &mut dq_raw,
                 dw,
                 &dq,
-                &acts.q_raw,
-                qn,
-                &acts.rstd_q,
+                &n.q_raw,
+                Param::QNorm(l),
+                &n.rstd_q,
                 bt * nh,
                 hd,
-            );
-            let dw = grads.get_mut(layout.slot(Param::KNorm(l)));
-            rmsnorm::rmsnorm_backward(
+            )?;
+            let dw = slot_mut(grads, layout.slot(Param::KNorm(l)));
+            be.rmsnorm_backward(
                 &mut dk_raw,
                 dw,
                 &dk,
-                &acts.k_raw,
-                kn,
-                &acts.rstd_k,
+                &n.k_raw,
+                Param::KNorm(l),
+                &n.rstd_k,
                 bt * nkv,
                 hd,
-            );
+            )?;
             (dq, dk) = (dq_raw, dk_raw);
         }
-        let mut d_h1 = vec![0.0; bt * c];
-        self.linear_backward(
-            l,
-            LoraTarget::QProj,
-            &mut d_h1,
-            &dq,
-            &acts.h1,
-            acts,
-            grads,
-            layout,
-        );
-        self.linear_backward(
-            l,
-            LoraTarget::KProj,
-            &mut d_h1,
-            &dk,
-            &acts.h1,
-            acts,
-            grads,
-            layout,
-        );
-        self.linear_backward(
-            l,
-            LoraTarget::VProj,
-            &mut d_h1,
-            &dv,
-            &acts.h1,
-            acts,
-            grads,
-            layout,
-        );
-        let dw = grads.get_mut(layout.slot(Param::InputLayernorm(l)));
-        rmsnorm::rmsnorm_backward(
+        let mut d_h1 = be.zeros(bt * c);
+        lin(LoraTarget::QProj, &mut d_h1, &dq, &acts.h1, grads)?;
+        lin(LoraTarget::KProj, &mut d_h1, &dk, &acts.h1, grads)?;
+        lin(LoraTarget::VProj, &mut d_h1, &dv, &acts.h1, grads)?;
+        let dw = slot_mut(grads, layout.slot(Param::InputLayernorm(l)));
+        be.rmsnorm_backward(
             dx,
             dw,
             &d_h1,
             x_in,
-            &layer.input_layernorm,
+            Param::InputLayernorm(l),
             &acts.rstd1,
             bt,
             c,
-        );
+        )
     }
 
     /// With `per_token`, the labelled rows' positions and losses are handed to it after the
@@ -632,93 +641,71 @@ impl<'a> Pass<'a> {
     /// scale in `backward` must then be 1.
     fn run(
         &self,
-        backward: Option<(&mut Gradients, &ParamLayout, f32)>,
+        backward: Option<Backward<'_, B>>,
         per_token: Option<PerTokenWeights<'_>>,
     ) -> Result<BatchStats> {
-        let cfg = &self.model.config;
-        let (bt, c, v) = (self.bt, cfg.hidden_size, cfg.vocab_size);
-        let n_layers = self.model.layers.len();
+        let be = self.backend;
+        let cfg = be.config();
+        let (bt, c) = (self.bt, cfg.hidden_size);
+        let n_layers = cfg.num_layers;
         let keep_acts = backward.is_some() && !self.opts.recompute_activations;
 
         // Forward: layer inputs always, full activations unless recomputing.
-        let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(n_layers + 1);
-        let mut x = vec![0.0; bt * c];
-        embedding::embedding_forward(
-            &mut x,
-            self.batch.input_ids,
-            self.model.embed_tokens.weight(),
-            c,
-        );
-        let mut saved: Vec<LayerActs> = Vec::new();
+        let mut inputs: Vec<B::Buf> = Vec::with_capacity(n_layers + 1);
+        let mut x = be.zeros(bt * c);
+        be.embedding_forward(&mut x, &self.on_device)?;
+        let mut saved: Vec<LayerActs<B>> = Vec::new();
         for l in 0..n_layers {
-            let mut acts = LayerActs::default();
-            let next = self.layer_forward(l, &x, &mut acts);
+            let (next, acts) = self.layer_forward(l, &x)?;
             inputs.push(std::mem::replace(&mut x, next));
             if keep_acts {
                 saved.push(acts);
             }
         }
-        let mut hf = vec![0.0; bt * c];
-        let mut rstdf = vec![0.0; bt];
-        rmsnorm::rmsnorm_forward(
+        let mut hf = be.zeros(bt * c);
+        let mut rstdf = be.zeros(bt);
+        be.rmsnorm_forward(
             &mut hf,
             &mut rstdf,
             &x,
-            &self.model.norm,
+            Param::Norm,
             bt,
             c,
             cfg.rms_norm_eps,
-        );
+        )?;
 
         // Loss on labelled rows only.
         let rows: Vec<usize> = (0..bt)
             .filter(|&t| self.batch.targets[t] != IGNORE_INDEX)
             .collect();
         let n = rows.len();
-        let targets: Vec<u32> = rows.iter().map(|&t| self.batch.targets[t] as u32).collect();
-        let mut hsel = vec![0.0; n * c];
-        for (j, &t) in rows.iter().enumerate() {
-            hsel[j * c..(j + 1) * c].copy_from_slice(&hf[t * c..(t + 1) * c]);
-        }
-        let mut losses = vec![0.0; n];
-        let mut lse = vec![0.0; n];
-        let head = self.model.lm_head_weight();
+        let row_ids = be.ids(&rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
+        let targets = be.ids(
+            &rows
+                .iter()
+                .map(|&t| self.batch.targets[t] as u32)
+                .collect::<Vec<_>>(),
+        );
+        let mut hsel = be.zeros(n * c);
+        be.gather_rows(&mut hsel, &hf, &row_ids, c)?;
+        drop(hf);
+        let mut lse = be.zeros(n);
         // With a frozen head (LoRA), loss and d(hidden) come from one fused pass over the vocabulary.
         let head_grad_idx = backward.as_ref().and_then(|(_, layout, _)| {
-            layout.slot(if self.model.lm_head.is_some() {
-                Param::LmHead
-            } else {
+            layout.slot(if be.tied_head() {
                 Param::EmbedTokens
+            } else {
+                Param::LmHead
             })
         });
-        let mut dhsel = vec![0.0; if backward.is_some() { n * c } else { 0 }];
+        let mut dhsel = be.zeros(if backward.is_some() { n * c } else { 0 });
         let fused = backward.is_some() && head_grad_idx.is_none() && n > 0;
-        let correct = match (&backward, n) {
-            (_, 0) => 0,
-            (Some((_, _, scale)), _) if fused => lm_head_ce::lm_head_ce_forward_backward(
-                &mut losses,
-                &mut lse,
-                &mut dhsel,
-                &hsel,
-                head,
-                &targets,
-                *scale,
-                n,
-                c,
-                v,
-                self.model.precision,
-            ),
-            _ => lm_head_ce::lm_head_ce_forward(
-                &mut losses,
-                &mut lse,
-                &hsel,
-                head,
-                &targets,
-                n,
-                c,
-                v,
-                self.model.precision,
-            ),
+        let (losses, correct) = match (&backward, n) {
+            (_, 0) => (Vec::new(), 0),
+            (Some((_, _, scale)), _) if fused => {
+                be.lm_head_ce_forward_backward(&mut lse, &mut dhsel, &hsel, &targets, *scale, n)?
+            }
+            _ => be.lm_head_ce_forward(&mut lse, &hsel, &targets, n)?,
         };
         let stats = BatchStats {
             loss_sum: losses.iter().map(|&l| l as f64).sum(),
@@ -744,68 +731,50 @@ impl<'a> Pass<'a> {
         // Backward.
         match (&row_scale, fused) {
             // The fused pass ran with scale 1: each row's gradient is linear in its factor.
-            (Some(w), true) => {
-                for (d, &wr) in dhsel.chunks_exact_mut(c).zip(w) {
-                    d.iter_mut().for_each(|x| *x *= wr);
-                }
-            }
+            (Some(w), true) => be.scale_rows(&mut dhsel, w, c)?,
             (Some(w), false) => {
-                let dhead = grads.get_mut(head_grad_idx);
-                lm_head_ce::lm_head_ce_backward_weighted(
+                let dhead = slot_mut(grads, head_grad_idx);
+                be.lm_head_ce_backward(
                     &mut dhsel,
                     dhead,
                     &hsel,
-                    head,
                     &targets,
                     &lse,
-                    w,
+                    RowScale::PerRow(w),
                     n,
-                    c,
-                    v,
-                    self.model.precision,
-                );
+                )?;
             }
             (None, true) => {}
             (None, false) => {
-                let dhead = grads.get_mut(head_grad_idx);
-                lm_head_ce::lm_head_ce_backward(
+                let dhead = slot_mut(grads, head_grad_idx);
+                be.lm_head_ce_backward(
                     &mut dhsel,
                     dhead,
                     &hsel,
-                    head,
                     &targets,
                     &lse,
-                    scale,
+                    RowScale::Uniform(scale),
                     n,
-                    c,
-                    v,
-                    self.model.precision,
-                );
+                )?;
             }
         }
         drop(hsel);
-        let mut dhf = vec![0.0; bt * c];
-        for (j, &t) in rows.iter().enumerate() {
-            dhf[t * c..(t + 1) * c].copy_from_slice(&dhsel[j * c..(j + 1) * c]);
-        }
-        let mut dx = vec![0.0; bt * c];
-        let dw = grads.get_mut(layout.slot(Param::Norm));
-        rmsnorm::rmsnorm_backward(&mut dx, dw, &dhf, &x, &self.model.norm, &rstdf, bt, c);
+        let mut dhf = be.zeros(bt * c);
+        be.scatter_add_rows(&mut dhf, &dhsel, &row_ids, c)?;
+        let mut dx = be.zeros(bt * c);
+        let dw = slot_mut(grads, layout.slot(Param::Norm));
+        be.rmsnorm_backward(&mut dx, dw, &dhf, &x, Param::Norm, &rstdf, bt, c)?;
         drop(dhf);
         for l in (0..n_layers).rev() {
             let x_in = &inputs[l];
             let acts = match saved.pop() {
                 Some(a) => a,
-                None => {
-                    let mut a = LayerActs::default();
-                    self.layer_forward(l, x_in, &mut a);
-                    a
-                }
+                None => self.layer_forward(l, x_in)?.1,
             };
-            self.layer_backward(l, x_in, &acts, &mut dx, grads, layout);
+            self.layer_backward(l, x_in, &acts, &mut dx, grads, layout)?;
         }
-        if let Some(dembed) = grads.get_mut(layout.slot(Param::EmbedTokens)) {
-            embedding::embedding_backward(dembed, &dx, self.batch.input_ids, c);
+        if let Some(dembed) = slot_mut(grads, layout.slot(Param::EmbedTokens)) {
+            be.embedding_backward(dembed, &dx, &self.on_device)?;
         }
         Ok(stats)
     }

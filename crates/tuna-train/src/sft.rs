@@ -33,7 +33,9 @@ use serde::Serialize;
 use tuna_data::tokenize::ChatTokenizer;
 use tuna_engine::ops::matmul::Precision;
 use tuna_model::train::{BatchStats, TrainOptions};
-use tuna_model::{GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig, QwenModel};
+use tuna_model::{
+    GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig, QwenModel, TrainDevice,
+};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Method, Objective, TrainConfig, default_learning_rate};
@@ -60,6 +62,8 @@ pub struct TrainSummary {
     pub train_loss: Option<f64>,
     /// How the matrix products ran: `f32`, or `bf16 (<kernel>)`.
     pub precision: String,
+    /// Where the passes ran: `cpu`, or the device (e.g. `gpu:0 (NVIDIA H200, CUDA)`).
+    pub device: String,
     /// The last validation pass.
     pub eval: Option<EvalMetrics>,
     /// Checkpoints written by this call, oldest first.
@@ -93,6 +97,8 @@ pub struct Trainer {
     resumed_from: Option<PathBuf>,
     last_loss: Option<f64>,
     last_lr: f32,
+    /// Where the passes run when not on the CPU engine (see [`Trainer::set_device`]).
+    device: Option<Box<dyn TrainDevice>>,
 }
 
 /// What one step's forward and backward passes found.
@@ -276,6 +282,7 @@ impl Trainer {
             resumed_from: None,
             last_loss: None,
             last_lr: 0.0,
+            device: None,
         };
         if let Some(dir) = resume {
             trainer.restore(&dir)?;
@@ -386,7 +393,40 @@ impl Trainer {
         self.resumed_from.as_deref()
     }
 
-    /// How the matrix products run (the resolved `precision` setting and its kernel).
+    /// Runs the forward and backward passes on `device` (built over this trainer's model and
+    /// adapter, e.g. by `tuna_gpu::train_device`) instead of the CPU engine. The rest of the run
+    /// (optimizer, schedule, checkpoints, resume, metrics) stays the same. Call it after a resume:
+    /// the device is loaded with the trainer's current weights.
+    pub fn set_device(&mut self, mut device: Box<dyn TrainDevice>) -> Result<()> {
+        if self.reference.is_some() {
+            return Err(Error::Config(format!(
+                "DPO runs on the CPU only for now, not on {}",
+                device.describe()
+            )));
+        }
+        device.load_trainable(&self.model, self.adapter.as_ref())?;
+        tracing::info!("training passes on {}", device.describe());
+        self.device = Some(device);
+        Ok(())
+    }
+
+    /// Where the passes run: `cpu`, or the device's description.
+    pub fn device_name(&self) -> String {
+        self.device
+            .as_ref()
+            .map_or_else(|| "cpu".to_string(), |d| d.describe())
+    }
+
+    /// How the matrix products run: the device's, or the CPU engine's (`precision_name` of
+    /// the resolved setting and its kernel).
+    pub fn precision_name(&self) -> String {
+        match &self.device {
+            Some(d) => d.precision(),
+            None => self.model.precision.describe(),
+        }
+    }
+
+    /// How the CPU engine's matrix products run (the resolved `precision` setting and its kernel).
     pub fn precision(&self) -> Precision {
         self.model.precision
     }
@@ -429,7 +469,8 @@ impl Trainer {
             stopped: false,
             resumed_from: self.resumed_from.clone(),
             train_loss: self.last_loss,
-            precision: self.model.precision.describe(),
+            precision: self.precision_name(),
+            device: self.device_name(),
             eval: None,
             checkpoints: Vec::new(),
             elapsed_s: 0.0,
@@ -469,6 +510,9 @@ impl Trainer {
                 None => self.model.full_parameters_mut(),
             };
             self.optimizer.update(params, &self.grads, lr);
+            if let Some(device) = &mut self.device {
+                device.load_trainable(&self.model, self.adapter.as_ref())?;
+            }
             self.step += 1;
             self.last_loss = Some(loss);
             self.last_lr = lr;
@@ -567,13 +611,19 @@ impl Trainer {
         let scale = 1.0 / trained as f32;
         let mut stats = BatchStats::default();
         for (i, batch) in batches.iter().enumerate() {
-            let s = self.model.forward_backward(
-                &batch.as_train_batch(),
-                self.adapter.as_ref(),
-                &mut self.grads,
-                scale,
-                &opts(i),
-            )?;
+            let b = batch.as_train_batch();
+            let s = match &self.device {
+                Some(d) => {
+                    d.forward_backward(&b, &self.layout, &mut self.grads, scale, &opts(i))?
+                }
+                None => self.model.forward_backward(
+                    &b,
+                    self.adapter.as_ref(),
+                    &mut self.grads,
+                    scale,
+                    &opts(i),
+                )?,
+            };
             stats.add(&s);
         }
         Ok(StepOutcome {
@@ -610,11 +660,11 @@ impl Trainer {
             None => {
                 let mut stats = BatchStats::default();
                 for (_, batch) in &batches {
-                    stats.add(
-                        &self
-                            .model
-                            .evaluate(&batch.as_train_batch(), self.adapter.as_ref())?,
-                    );
+                    let b = batch.as_train_batch();
+                    stats.add(&match &self.device {
+                        Some(d) => d.evaluate(&b)?,
+                        None => self.model.evaluate(&b, self.adapter.as_ref())?,
+                    });
                 }
                 let loss = stats.loss_sum / stats.tokens.max(1) as f64;
                 (loss, loss, stats, None)

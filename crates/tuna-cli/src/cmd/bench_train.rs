@@ -31,6 +31,7 @@ use tuna_train::{BatchSize, Objective, PrecisionSetting, TrainConfig};
 
 use super::bench::BenchDType;
 use super::train::PrecisionArg;
+use crate::device_arg::DeviceArg;
 
 /// Which positions carry a label.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,10 @@ pub struct TrainBenchArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Where the SFT step's forward and backward run: cpu, gpu or gpu:N (f32 on a GPU; the
+    /// optimizer stays on the host, as in `tuna train`) [default: cpu]
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::device_arg::DeviceArg,
 }
 
 /// Floating-point operations of one training step's matrix products (element-wise work is left out).
@@ -209,6 +214,10 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         args.objective == BenchObjective::Sft || args.labels == LabelShare::Half,
         "--labels all is for SFT steps (a DPO pair labels its answers)"
     );
+    anyhow::ensure!(
+        args.objective == BenchObjective::Sft || args.device == DeviceArg::Cpu,
+        "--objective dpo runs on the CPU only"
+    );
     let precision = PrecisionSetting::from(args.precision).resolve();
     let kernel = Bf16Kernel::detect();
     let peaks = Peaks::measure(kernel);
@@ -305,6 +314,11 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         None
     };
 
+    let mut device = match args.device {
+        DeviceArg::Cpu => None,
+        DeviceArg::Gpu(index) => Some(tuna_gpu::train_device(index, &model, adapter.as_ref())?),
+    };
+
     // Times warm-up + timed steps of `step` (gradients into `grads`, returning the loss), each
     // followed by clipping and AdamW; returns the mean step time, the mean CPU seconds of all
     // threads per step (on a loaded machine the wall time mostly measures the share of the CPUs
@@ -353,15 +367,23 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
 
     let batch = tuna_train::data::pack_group(&[&chosen]);
     let (step_s, cpu_s, loss) = timed(&mut |grads, adapter, model| {
-        let stats = model.forward_backward(
-            &batch.as_train_batch(),
-            adapter,
-            grads,
-            1.0 / labelled as f32,
-            &opts,
-        )?;
+        let (b, scale) = (batch.as_train_batch(), 1.0 / labelled as f32);
+        let stats = match &mut device {
+            // The weights the last step's update changed go to the device first, as in training.
+            Some(d) => {
+                d.load_trainable(model, adapter)?;
+                d.forward_backward(&b, &layout, grads, scale, &opts)?
+            }
+            None => model.forward_backward(&b, adapter, grads, scale, &opts)?,
+        };
         Ok(stats.loss_sum / stats.tokens.max(1) as f64)
     })?;
+    let device_name = device
+        .as_ref()
+        .map_or_else(|| "cpu".into(), |d| d.describe());
+    let precision_name = device
+        .as_ref()
+        .map_or_else(|| precision.describe(), |d| d.precision());
     let tokens_per_s = t as f64 / step_s;
     let flops = step_flops(
         &cfg,
@@ -381,19 +403,21 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         BenchMethod::Full => "full".to_string(),
     };
     let dtype = DType::from(args.dtype).name();
-    let peak = peaks.for_precision(precision);
+    // The CPU's peaks say nothing of a device's.
+    let peak = peaks.for_precision(precision).filter(|_| device.is_none());
     // The LoRA products (rank r) and attention stay f32 at every precision.
-    let kernels = match precision {
-        Precision::F32 => "f32 sgemm (gemm crate); GEMV for <= 32 rows".to_string(),
-        Precision::Bf16(k) => format!(
+    let kernels = match (&device, precision) {
+        (Some(_), _) => "f32 on the device (cubek-matmul); optimizer on the host".to_string(),
+        (None, Precision::F32) => "f32 sgemm (gemm crate); GEMV for <= 32 rows".to_string(),
+        (None, Precision::Bf16(k)) => format!(
             "{} for linear layers and the LM head (bf16 operands, f32 sums); f32 for LoRA (rank-r kernels) and attention",
             k.name()
         ),
     };
     if args.json {
         let mut out = serde_json::json!({
-            "shape": args.shape, "method": method, "dtype": dtype,
-            "precision": precision.describe(), "precision_setting": PrecisionSetting::from(args.precision).as_str(),
+            "shape": args.shape, "method": method, "dtype": dtype, "device": device_name,
+            "precision": precision_name, "precision_setting": PrecisionSetting::from(args.precision).as_str(),
             "bf16_kernel_detected": kernel.name(), "kernels": kernels,
             "threads": threads, "seq_len": t, "labelled_tokens": labelled, "labels": format!("{:?}", args.labels).to_lowercase(),
             "recompute": args.recompute,
@@ -429,7 +453,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    println!("precision {} ({kernels})", precision.describe());
+    println!("device {device_name}; precision {precision_name} ({kernels})");
     if let Some((dpo_s, _, reference_s, dpo_rss)) = dpo {
         println!(
             "DPO: one pair of two {t}-token sequences (shared prompt of {}, answers of {} labelled tokens) in one micro-batch; {} timed steps after {} warm-up",

@@ -181,6 +181,10 @@ pub struct TrainArgs {
     /// No progress bar: print one JSON line per step, evaluation and checkpoint to stdout
     #[arg(long)]
     pub json: bool,
+    /// Where the forward and backward passes run: cpu, gpu or gpu:N (`tuna devices` lists them);
+    /// the optimizer, checkpoints and metrics are the same on each [default: cpu]
+    #[arg(long, default_value = "cpu", env = "TUNA_DEVICE")]
+    pub device: crate::device_arg::DeviceArg,
 }
 
 impl TrainArgs {
@@ -437,6 +441,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             args.data.display()
         )
     })?;
+    args.device.apply(&mut trainer)?;
     let c = trainer.config().clone();
     let d = &trainer.data().stats;
     if !args.json {
@@ -457,8 +462,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             d.train_trained_tokens,
         );
         eprintln!(
-            "matrix products: {} (precision {})",
-            trainer.precision().describe(),
+            "device: {}; matrix products: {} (precision {})",
+            trainer.device_name(),
+            trainer.precision_name(),
             c.precision.as_str()
         );
         if d.truncated + d.dropped_too_long + d.dropped_no_labels > 0 {

@@ -1,0 +1,693 @@
+//! The model on a device: `tuna_model`'s [`Backend`] on device buffers, so the one training pass
+//! of `tuna_model::train` runs here, and [`TrainDevice`] for a trainer.
+//!
+//! Weights are uploaded once, in f32 (lavapipe has no bf16; a bf16 copy on CUDA is the next
+//! step). LoRA A/B are f32 and re-uploaded after each optimizer step (they are small); a full
+//! fine-tune re-uploads every weight after a step, which is correct but slow for large models:
+//! the optimizer (AdamW, f32 moments) is the trainer's, on the host.
+
+use tuna_engine::ops::rope::RopeTable;
+use tuna_model::backend::{Backend, Heads, LinearGrads, RowScale, TrainDevice, backend_error};
+use tuna_model::lora::{LoraAdapter, LoraTarget};
+use tuna_model::train::{BatchStats, TrainBatch, TrainOptions, evaluate_on, forward_backward_on};
+use tuna_model::{Gradients, Param, ParamLayout, QwenConfig, QwenModel};
+
+use crate::devices::AnyGpu;
+use crate::ops::attention::{PackedSeqs, attention_backward, attention_forward};
+use crate::ops::elementwise::{cast, mul, residual_forward, zeros};
+use crate::ops::embedding::{embedding_backward, embedding_forward};
+use crate::ops::lm_head_ce::{
+    count_hits, lm_head_ce_backward, lm_head_ce_forward, lm_head_ce_forward_backward,
+};
+use crate::ops::lora::{LoraDims, lora_backward, lora_forward};
+use crate::ops::matmul::{matmul_backward, matmul_forward};
+use crate::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::ops::rope::{GpuRopeTable, rope_backward, rope_forward};
+use crate::ops::swiglu::{swiglu_backward, swiglu_forward};
+use crate::runtime::{Buffer, Gpu};
+use crate::{CudaRuntime, Runtime, WgpuRuntime};
+
+type Buf<R> = Buffer<R, f32>;
+
+struct DeviceLinear<R: Runtime> {
+    weight: Buf<R>,
+    bias: Option<Buf<R>>,
+    in_features: usize,
+    out_features: usize,
+}
+
+struct DeviceLayer<R: Runtime> {
+    input_layernorm: Buf<R>,
+    post_attention_layernorm: Buf<R>,
+    q_norm: Option<Buf<R>>,
+    k_norm: Option<Buf<R>>,
+    /// In [`LoraTarget::index`] order.
+    linears: Vec<DeviceLinear<R>>,
+}
+
+struct DeviceLora<R: Runtime> {
+    a: Buf<R>,
+    b: Buf<R>,
+    rank: usize,
+    scale: f32,
+}
+
+/// A model (and adapter) on one device.
+pub struct GpuModel<R: Runtime> {
+    gpu: Gpu<R>,
+    label: String,
+    config: QwenConfig,
+    embed_tokens: Buf<R>,
+    layers: Vec<DeviceLayer<R>>,
+    norm: Buf<R>,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Buf<R>>,
+    /// `lora[l][target.index()]`
+    lora: Vec<Vec<Option<DeviceLora<R>>>>,
+    lora_dropout: f32,
+}
+
+/// A batch on the device.
+pub struct GpuBatch<R: Runtime> {
+    ids: Buffer<R, u32>,
+    positions: Buffer<R, u32>,
+    rope: GpuRopeTable<R>,
+    seqs: PackedSeqs<R>,
+}
+
+/// What a LoRA branch keeps for its backward: its dropout mask and `u = x_in · Aᵀ`.
+pub struct GpuLoraActs<R: Runtime> {
+    keep: Option<Buf<R>>,
+    u: Buf<R>,
+}
+
+fn gpu_err(e: crate::Error) -> tuna_model::Error {
+    backend_error("gpu", e)
+}
+
+impl<R: Runtime> GpuModel<R> {
+    /// Uploads `model`'s weights (as f32) and `adapter`'s A/B. `label` names the device in logs.
+    pub fn upload(
+        gpu: Gpu<R>,
+        label: String,
+        model: &QwenModel,
+        adapter: Option<&LoraAdapter>,
+    ) -> tuna_model::Result<Self> {
+        let up = |v: &[f32]| gpu.upload(v);
+        let layers = model
+            .layers
+            .iter()
+            .map(|layer| DeviceLayer {
+                input_layernorm: up(&layer.input_layernorm),
+                post_attention_layernorm: up(&layer.post_attention_layernorm),
+                q_norm: layer.q_norm.as_deref().map(up),
+                k_norm: layer.k_norm.as_deref().map(up),
+                linears: LoraTarget::ALL
+                    .iter()
+                    .map(|&t| {
+                        let lin = layer.linear(t);
+                        DeviceLinear {
+                            weight: up(&lin.weight.to_f32_vec()),
+                            bias: lin.bias.as_deref().map(up),
+                            in_features: lin.in_features,
+                            out_features: lin.out_features,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut gm = GpuModel {
+            label,
+            config: model.config.clone(),
+            embed_tokens: up(&model.embed_tokens.to_f32_vec()),
+            layers,
+            norm: up(&model.norm),
+            lm_head: model.lm_head.as_ref().map(|h| up(&h.to_f32_vec())),
+            lora: Vec::new(),
+            lora_dropout: 0.0,
+            gpu,
+        };
+        gm.load_adapter(adapter)?;
+        Ok(gm)
+    }
+
+    fn load_adapter(&mut self, adapter: Option<&LoraAdapter>) -> tuna_model::Result<()> {
+        let Some(a) = adapter else {
+            self.lora.clear();
+            self.lora_dropout = 0.0;
+            return Ok(());
+        };
+        if a.layers.len() != self.layers.len() {
+            return Err(backend_error(
+                &self.label,
+                format!(
+                    "adapter has {} layers, model {}",
+                    a.layers.len(),
+                    self.layers.len()
+                ),
+            ));
+        }
+        self.lora_dropout = a.config.lora_dropout;
+        self.lora = (0..a.layers.len())
+            .map(|l| {
+                LoraTarget::ALL
+                    .iter()
+                    .map(|&t| {
+                        a.get(l, t).map(|lin| DeviceLora {
+                            a: self.gpu.upload(&lin.a),
+                            b: self.gpu.upload(&lin.b),
+                            rank: lin.rank,
+                            scale: lin.scale,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(())
+    }
+
+    pub fn gpu(&self) -> &Gpu<R> {
+        &self.gpu
+    }
+
+    fn head(&self) -> &Buf<R> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    fn lora_of(&self, layer: usize, target: LoraTarget) -> Option<&DeviceLora<R>> {
+        self.lora
+            .get(layer)
+            .and_then(|l| l[target.index()].as_ref())
+    }
+
+    fn norm_weight(&self, p: Param) -> &Buf<R> {
+        let missing = || panic!("{p:?} is not a norm of this model");
+        match p {
+            Param::InputLayernorm(l) => &self.layers[l].input_layernorm,
+            Param::PostAttentionLayernorm(l) => &self.layers[l].post_attention_layernorm,
+            Param::QNorm(l) => self.layers[l].q_norm.as_ref().unwrap_or_else(missing),
+            Param::KNorm(l) => self.layers[l].k_norm.as_ref().unwrap_or_else(missing),
+            Param::Norm => &self.norm,
+            _ => missing(),
+        }
+    }
+
+    fn lora_dims(&self, lin: &DeviceLinear<R>, lora: &DeviceLora<R>, bt: usize) -> LoraDims {
+        LoraDims {
+            bt,
+            in_features: lin.in_features,
+            rank: lora.rank,
+            out_features: lin.out_features,
+            scale: lora.scale,
+        }
+    }
+
+    /// Losses downloaded and hits counted (this waits for the device).
+    fn losses_and_hits(
+        &self,
+        losses: &Buf<R>,
+        hits: &Buffer<R, u32>,
+    ) -> tuna_model::Result<(Vec<f32>, usize)> {
+        let l = self.gpu.download(losses).map_err(gpu_err)?;
+        let h = count_hits(&self.gpu, hits).map_err(gpu_err)?;
+        Ok((l, h))
+    }
+}
+
+impl<R: Runtime> Backend for GpuModel<R> {
+    type Buf = Buf<R>;
+    type Ids = Buffer<R, u32>;
+    type Batch = GpuBatch<R>;
+    type LoraActs = GpuLoraActs<R>;
+
+    fn config(&self) -> &QwenConfig {
+        &self.config
+    }
+
+    fn adapted(&self, layer: usize, target: LoraTarget) -> bool {
+        self.lora_of(layer, target).is_some()
+    }
+
+    fn lora_dropout(&self) -> f32 {
+        self.lora_dropout
+    }
+
+    fn tied_head(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
+    fn batch(&self, batch: &TrainBatch, max_pos: usize) -> tuna_model::Result<GpuBatch<R>> {
+        let cfg = &self.config;
+        let table = RopeTable::new(cfg.head_dim, cfg.rope_theta, max_pos);
+        Ok(GpuBatch {
+            ids: self.gpu.upload(batch.input_ids),
+            positions: self.gpu.upload(batch.position_ids),
+            rope: GpuRopeTable::upload(&self.gpu, &table),
+            seqs: PackedSeqs::new(&self.gpu, batch.seq_lens),
+        })
+    }
+
+    fn zeros(&self, len: usize) -> Buf<R> {
+        zeros(&self.gpu, len)
+    }
+
+    fn copy(&self, x: &Buf<R>) -> Buf<R> {
+        let out = self.gpu.alloc(x.len());
+        cast(&self.gpu, &out, x);
+        out
+    }
+
+    fn ids(&self, ids: &[u32]) -> Buffer<R, u32> {
+        self.gpu.upload(ids)
+    }
+
+    fn add_to_host(&self, out: &mut Gradients, grads: &[Buf<R>]) -> tuna_model::Result<()> {
+        for (o, g) in out.tensors.iter_mut().zip(grads) {
+            let g = self.gpu.download(g).map_err(gpu_err)?;
+            o.iter_mut().zip(&g).for_each(|(o, g)| *o += g);
+        }
+        Ok(())
+    }
+
+    fn embedding_forward(&self, out: &mut Buf<R>, b: &GpuBatch<R>) -> tuna_model::Result<()> {
+        embedding_forward(
+            &self.gpu,
+            out,
+            &b.ids,
+            &self.embed_tokens,
+            self.config.hidden_size,
+        );
+        Ok(())
+    }
+
+    fn embedding_backward(
+        &self,
+        dtable: &mut Buf<R>,
+        dout: &Buf<R>,
+        b: &GpuBatch<R>,
+    ) -> tuna_model::Result<()> {
+        embedding_backward(&self.gpu, dtable, dout, &b.ids, self.config.hidden_size);
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        out: &mut Buf<R>,
+        src: &Buf<R>,
+        rows: &Buffer<R, u32>,
+        c: usize,
+    ) -> tuna_model::Result<()> {
+        embedding_forward(&self.gpu, out, rows, src, c);
+        Ok(())
+    }
+
+    fn scatter_add_rows(
+        &self,
+        dst: &mut Buf<R>,
+        src: &Buf<R>,
+        rows: &Buffer<R, u32>,
+        c: usize,
+    ) -> tuna_model::Result<()> {
+        embedding_backward(&self.gpu, dst, src, rows, c);
+        Ok(())
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Buf<R>,
+        rstd: &mut Buf<R>,
+        x: &Buf<R>,
+        weight: Param,
+        rows: usize,
+        c: usize,
+        eps: f32,
+    ) -> tuna_model::Result<()> {
+        rmsnorm_forward(
+            &self.gpu,
+            out,
+            rstd,
+            x,
+            self.norm_weight(weight),
+            rows,
+            c,
+            eps,
+        );
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Buf<R>,
+        dweight: Option<&mut Buf<R>>,
+        dout: &Buf<R>,
+        x: &Buf<R>,
+        weight: Param,
+        rstd: &Buf<R>,
+        rows: usize,
+        c: usize,
+    ) -> tuna_model::Result<()> {
+        rmsnorm_backward(
+            &self.gpu,
+            dx,
+            dweight.map(|d| &*d),
+            dout,
+            x,
+            self.norm_weight(weight),
+            rstd,
+            rows,
+            c,
+        );
+        Ok(())
+    }
+
+    fn linear_forward(
+        &self,
+        layer: usize,
+        target: LoraTarget,
+        y: &mut Buf<R>,
+        x: &Buf<R>,
+        keep: Option<Vec<f32>>,
+        bt: usize,
+    ) -> tuna_model::Result<Option<GpuLoraActs<R>>> {
+        let lin = &self.layers[layer].linears[target.index()];
+        matmul_forward(
+            &self.gpu,
+            y,
+            x,
+            &lin.weight,
+            lin.bias.as_ref(),
+            bt,
+            lin.in_features,
+            lin.out_features,
+        )
+        .map_err(gpu_err)?;
+        let Some(lora) = self.lora_of(layer, target) else {
+            return Ok(None);
+        };
+        let keep = keep.map(|k| self.gpu.upload(&k));
+        let u = self.gpu.alloc(bt * lora.rank);
+        let d = self.lora_dims(lin, lora, bt);
+        lora_forward(&self.gpu, y, &u, x, keep.as_ref(), &lora.a, &lora.b, d).map_err(gpu_err)?;
+        Ok(Some(GpuLoraActs { keep, u }))
+    }
+
+    fn linear_backward(
+        &self,
+        layer: usize,
+        target: LoraTarget,
+        dx: &mut Buf<R>,
+        grads: LinearGrads<'_, Buf<R>>,
+        dy: &Buf<R>,
+        x: &Buf<R>,
+        acts: Option<&GpuLoraActs<R>>,
+        bt: usize,
+    ) -> tuna_model::Result<()> {
+        let lin = &self.layers[layer].linears[target.index()];
+        matmul_backward(
+            &self.gpu,
+            Some(dx),
+            grads.weight.map(|d| &*d),
+            grads.bias.map(|d| &*d),
+            dy,
+            x,
+            &lin.weight,
+            bt,
+            lin.in_features,
+            lin.out_features,
+        )
+        .map_err(gpu_err)?;
+        if let (Some(lora), Some(acts), Some((da, db))) =
+            (self.lora_of(layer, target), acts, grads.lora)
+        {
+            let d = self.lora_dims(lin, lora, bt);
+            lora_backward(
+                &self.gpu,
+                dx,
+                da,
+                db,
+                dy,
+                x,
+                acts.keep.as_ref(),
+                &acts.u,
+                &lora.a,
+                &lora.b,
+                d,
+            )
+            .map_err(gpu_err)?;
+        }
+        Ok(())
+    }
+
+    fn rope_forward(
+        &self,
+        x: &mut Buf<R>,
+        b: &GpuBatch<R>,
+        heads: usize,
+        hd: usize,
+    ) -> tuna_model::Result<()> {
+        rope_forward(&self.gpu, x, &b.positions, &b.rope, heads, hd);
+        Ok(())
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut Buf<R>,
+        b: &GpuBatch<R>,
+        heads: usize,
+        hd: usize,
+    ) -> tuna_model::Result<()> {
+        rope_backward(&self.gpu, dx, &b.positions, &b.rope, heads, hd);
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut Buf<R>,
+        lse: &mut Buf<R>,
+        q: &Buf<R>,
+        k: &Buf<R>,
+        v: &Buf<R>,
+        b: &GpuBatch<R>,
+        h: Heads,
+    ) -> tuna_model::Result<()> {
+        attention_forward(&self.gpu, out, lse, q, k, v, &b.seqs, h.q, h.kv, h.dim);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut Buf<R>,
+        dk: &mut Buf<R>,
+        dv: &mut Buf<R>,
+        dout: &Buf<R>,
+        out: &Buf<R>,
+        lse: &Buf<R>,
+        q: &Buf<R>,
+        k: &Buf<R>,
+        v: &Buf<R>,
+        b: &GpuBatch<R>,
+        h: Heads,
+    ) -> tuna_model::Result<()> {
+        attention_backward(
+            &self.gpu, dq, dk, dv, dout, out, lse, q, k, v, &b.seqs, h.q, h.kv, h.dim,
+        );
+        Ok(())
+    }
+
+    fn residual(&self, acc: &mut Buf<R>, x: &Buf<R>) -> tuna_model::Result<()> {
+        residual_forward(&self.gpu, acc, x);
+        Ok(())
+    }
+
+    fn swiglu_forward(
+        &self,
+        out: &mut Buf<R>,
+        gate: &Buf<R>,
+        up: &Buf<R>,
+    ) -> tuna_model::Result<()> {
+        swiglu_forward(&self.gpu, out, gate, up);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Buf<R>,
+        dup: &mut Buf<R>,
+        dout: &Buf<R>,
+        gate: &Buf<R>,
+        up: &Buf<R>,
+    ) -> tuna_model::Result<()> {
+        swiglu_backward(&self.gpu, dgate, dup, dout, gate, up);
+        Ok(())
+    }
+
+    fn scale_rows(&self, x: &mut Buf<R>, factors: &[f32], c: usize) -> tuna_model::Result<()> {
+        let wide: Vec<f32> = factors
+            .iter()
+            .flat_map(|&w| std::iter::repeat_n(w, c))
+            .collect();
+        let w = self.gpu.upload(&wide);
+        // A separate output: a buffer bound twice in one dispatch is not allowed everywhere.
+        let out = self.gpu.alloc(x.len());
+        mul(&self.gpu, &out, x, &w);
+        *x = out;
+        Ok(())
+    }
+
+    fn lm_head_ce_forward(
+        &self,
+        lse: &mut Buf<R>,
+        hidden: &Buf<R>,
+        targets: &Buffer<R, u32>,
+        n: usize,
+    ) -> tuna_model::Result<(Vec<f32>, usize)> {
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let losses = self.gpu.alloc(n);
+        let hits = self.gpu.alloc(n);
+        lm_head_ce_forward(
+            &self.gpu,
+            &losses,
+            lse,
+            &hits,
+            hidden,
+            self.head(),
+            targets,
+            n,
+            c,
+            v,
+        )
+        .map_err(gpu_err)?;
+        self.losses_and_hits(&losses, &hits)
+    }
+
+    fn lm_head_ce_forward_backward(
+        &self,
+        lse: &mut Buf<R>,
+        dhidden: &mut Buf<R>,
+        hidden: &Buf<R>,
+        targets: &Buffer<R, u32>,
+        scale: f32,
+        n: usize,
+    ) -> tuna_model::Result<(Vec<f32>, usize)> {
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let losses = self.gpu.alloc(n);
+        let hits = self.gpu.alloc(n);
+        lm_head_ce_forward_backward(
+            &self.gpu,
+            &losses,
+            lse,
+            &hits,
+            dhidden,
+            hidden,
+            self.head(),
+            targets,
+            scale,
+            n,
+            c,
+            v,
+        )
+        .map_err(gpu_err)?;
+        self.losses_and_hits(&losses, &hits)
+    }
+
+    fn lm_head_ce_backward(
+        &self,
+        dhidden: &mut Buf<R>,
+        dhead: Option<&mut Buf<R>>,
+        hidden: &Buf<R>,
+        targets: &Buffer<R, u32>,
+        lse: &Buf<R>,
+        scale: RowScale<'_>,
+        n: usize,
+    ) -> tuna_model::Result<()> {
+        let RowScale::Uniform(scale) = scale else {
+            return Err(backend_error(
+                &self.label,
+                "per-token loss weights with a trained LM head (DPO full fine-tuning) are not supported on GPUs yet",
+            ));
+        };
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        lm_head_ce_backward(
+            &self.gpu,
+            dhidden,
+            dhead.map(|d| &*d),
+            hidden,
+            self.head(),
+            targets,
+            lse,
+            scale,
+            n,
+            c,
+            v,
+        )
+        .map_err(gpu_err)
+    }
+}
+
+impl<R: Runtime> TrainDevice for GpuModel<R>
+where
+    GpuModel<R>: Send,
+{
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn precision(&self) -> String {
+        "f32".into()
+    }
+
+    fn load_trainable(
+        &mut self,
+        model: &QwenModel,
+        adapter: Option<&LoraAdapter>,
+    ) -> tuna_model::Result<()> {
+        match adapter {
+            Some(_) => self.load_adapter(adapter),
+            None => {
+                *self = GpuModel::upload(self.gpu.clone(), self.label.clone(), model, None)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn forward_backward(
+        &self,
+        batch: &TrainBatch,
+        layout: &ParamLayout,
+        grads: &mut Gradients,
+        scale: f32,
+        opts: &TrainOptions,
+    ) -> tuna_model::Result<BatchStats> {
+        let mut on_device: Vec<Buf<R>> = layout
+            .sizes()
+            .into_iter()
+            .map(|n| zeros(&self.gpu, n))
+            .collect();
+        let stats = forward_backward_on(self, batch, layout, &mut on_device, scale, opts)?;
+        self.add_to_host(grads, &on_device)?;
+        Ok(stats)
+    }
+
+    fn evaluate(&self, batch: &TrainBatch) -> tuna_model::Result<BatchStats> {
+        evaluate_on(self, batch)
+    }
+}
+
+/// Opens `gpu:index` and uploads the model and adapter to it: the trainer's device.
+pub fn train_device(
+    index: usize,
+    model: &QwenModel,
+    adapter: Option<&LoraAdapter>,
+) -> tuna_model::Result<Box<dyn TrainDevice>> {
+    let gpu = crate::devices::open(index).map_err(gpu_err)?;
+    Ok(match gpu {
+        AnyGpu::Cuda(g) => {
+            let label = format!("gpu:{index} ({}, CUDA)", g.name());
+            Box::new(GpuModel::<CudaRuntime>::upload(g, label, model, adapter)?)
+        }
+        AnyGpu::Vulkan(g) => {
+            let label = format!("gpu:{index} ({}, Vulkan)", g.name());
+            Box::new(GpuModel::<WgpuRuntime>::upload(g, label, model, adapter)?)
+        }
+    })
+}
