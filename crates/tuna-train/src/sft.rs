@@ -10,9 +10,11 @@
 //!
 //! 1. pack the step's micro-batches (whole examples, block-diagonal attention, no padding; DPO:
 //!    whole pairs);
-//! 2. forward + backward on each, accumulating gradients of `Σ token losses / N`, where `N` is the
-//!    number of trained tokens of the whole step (so the loss is the mean over the step's tokens,
-//!    not a mean of micro-batch means); DPO: of the mean DPO loss over the step's pairs;
+//! 2. forward + backward on each (on the CPU engine, or on the device of
+//!    [`Trainer::set_device`], which hands the gradients back), accumulating gradients of
+//!    `Σ token losses / N`, where `N` is the number of trained tokens of the whole step (so the
+//!    loss is the mean over the step's tokens, not a mean of micro-batch means); DPO: of the mean
+//!    DPO loss over the step's pairs;
 //! 3. stop with [`Error::NonFinite`] if the loss or the gradient norm is NaN/inf, before any update;
 //! 4. clip the global gradient norm (`max_grad_norm`);
 //! 5. AdamW with the schedule's learning rate (f32 moments);
@@ -21,7 +23,8 @@
 //! Supported: LoRA (PEFT checkpoints) and full fine-tuning (HF checkpoints), gradient accumulation,
 //! batches in examples or tokens, linear / cosine / constant schedules with warmup, exact resume,
 //! mixed precision (`precision`: bf16 matrix products with f32 sums; master weights, LoRA A/B and
-//! AdamW state stay f32). Not supported: multi-device training.
+//! AdamW state stay f32), SFT passes on a GPU ([`Trainer::set_device`]; DPO stays on the CPU).
+//! Not supported: multi-device training.
 //!
 //! Errors: invalid config ([`Error::Config`]), unreadable data or model, a non-finite loss
 //! ([`Error::NonFinite`]), a checkpoint that does not match the run ([`Error::Resume`]).
