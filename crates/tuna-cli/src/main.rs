@@ -37,8 +37,11 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Serve the API, the web console and the job queue
     Serve(Box<cmd::serve::ServeArgs>),
-    /// Train one queued job (started by `tuna serve`)
+    /// Join a shared database as a worker node (or, with --job, train one claimed job)
     Worker(cmd::worker::WorkerArgs),
+    /// The worker nodes of the shared database
+    #[command(subcommand)]
+    Workers(cmd::workers::WorkersCommand),
     /// Manage users and API keys
     #[command(subcommand)]
     Users(cmd::users::UsersCommand),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => cmd::serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Worker(args) => cmd::worker::run(args),
+        Command::Workers(args) => cmd::workers::run(args).map(|()| ExitCode::SUCCESS),
         Command::Users(args) => cmd::users::run(args).map(|()| ExitCode::SUCCESS),
         Command::Models(args) => cmd::models::run(args).map(|()| ExitCode::SUCCESS),
         Command::Devices(args) => cmd::devices::run(args).map(|()| ExitCode::SUCCESS),

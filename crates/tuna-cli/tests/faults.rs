@@ -84,6 +84,8 @@ struct Server {
     child: Option<Child>,
     program: Vec<String>,
     data_dir: PathBuf,
+    /// `--database`, when the test passed one.
+    database: Option<String>,
     log: PathBuf,
     pub url: String,
     pub port: u16,
@@ -96,11 +98,17 @@ impl Server {
 
     /// `program` is the argv prefix (a binary, or `sh -c '…' tuna`).
     fn start_as(program: Vec<String>, data_dir: &Path, extra: &[&str]) -> Server {
+        let database = extra
+            .iter()
+            .position(|a| *a == "--database")
+            .and_then(|i| extra.get(i + 1))
+            .map(|d| d.to_string());
         let mut s = Server {
             child: None,
             program,
             data_dir: data_dir.to_path_buf(),
-            log: data_dir.with_extension("log"),
+            database,
+            log: data_dir.with_extension(format!("{}.log", free_port())),
             url: String::new(),
             port: 0,
         };
@@ -193,6 +201,7 @@ impl Server {
         let out = Command::new(tuna())
             .args(["users", "create", name, "--data-dir"])
             .arg(&self.data_dir)
+            .args(self.database.iter().flat_map(|d| ["--database", d]))
             .output()
             .unwrap();
         assert!(
@@ -657,7 +666,7 @@ fn sigkill_of_the_server_mid_step_loses_nothing() {
     let msgs = a.messages(&id);
     assert!(
         msgs.iter()
-            .any(|m| m.starts_with("The server restarted; the job is queued")),
+            .any(|m| m.starts_with("The server that ran the worker went away; the job stopped at step")),
         "{msgs:?}"
     );
     b.wait_status(&other, "succeeded");
@@ -919,4 +928,254 @@ fn a_leaked_key_is_revoked_while_the_server_runs() {
     assert_eq!(second.get("/v1/models").0, 401);
     let listed = users(&data, &["list"]).unwrap();
     assert!(listed.contains("(revoked)"), "{listed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many machines (issue 10): worker nodes that join, leases, fencing, several API nodes. The
+// "machines" are processes sharing one data directory (files and checkpoints; the S3 blob store
+// is what lets real machines share them) and one database.
+
+/// Seconds a claim lasts without a heartbeat in these tests.
+const LEASE: &str = "2";
+
+/// `tuna worker` as a node: claims jobs on its one device under `name`.
+struct Node {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(server: &Server, name: &str) -> Node {
+        let log = server.data_dir.with_extension(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(tuna())
+            .args(["worker", "--data-dir"])
+            .arg(&server.data_dir)
+            .args(server.database.iter().flat_map(|d| ["--database", d]))
+            .args(["--devices", "cpu:0", "--name", name, "--lease-seconds", LEASE])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("tuna worker starts");
+        Node { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- {} ----\n{log}", self.log.display());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process training `job` (`tuna worker --job ID`), once there is one.
+fn job_process(job: &str) -> u32 {
+    let start = Instant::now();
+    loop {
+        if let [pid] = pids_with(&format!("--job {job}"))[..] {
+            return pid;
+        }
+        assert!(start.elapsed() < T, "no worker process for {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_gone(pid: u32) {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(start.elapsed() < T, "process {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The final adapter of a succeeded job: the newest checkpoint's weights.
+fn final_adapter(data_dir: &Path, job: &str) -> Vec<u8> {
+    let train = data_dir.join("jobs").join(job).join("train");
+    let newest = std::fs::read_dir(&train)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some((name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?, e.path()))
+        })
+        .max()
+        .unwrap()
+        .1;
+    std::fs::read(newest.join("adapter_model.safetensors")).unwrap()
+}
+
+/// An API-only node (no local workers) with short leases, and two users.
+fn api_node(data: &Path, extra: &[&str]) -> (Server, Api, Api, String, String) {
+    let mut args = vec!["--local-workers", "0", "--lease-seconds", LEASE];
+    args.extend_from_slice(extra);
+    let server = Server::start(data, &args);
+    let (a, b, fa, fb) = server.two_users();
+    (server, a, b, fa, fb)
+}
+
+/// A machine dies (its worker node and the job's process SIGKILLed together): nobody records
+/// anything, the lease runs out, the API node's reaper puts the job back, another node resumes it
+/// from the last checkpoint, and the adapter is bit-identical to an uninterrupted run's.
+#[test]
+fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, a, b, fa, fb) = api_node(&data, &[]);
+    let node_a = Node::start(&server, "node-a");
+    let id = a.create(&lora_job(&fa, 10, 3));
+    a.wait_step(&id, 4);
+    let job_pid = job_process(&id);
+    signal(&node_a.pid().to_string(), "KILL");
+    signal(&job_pid.to_string(), "KILL");
+    wait_gone(job_pid);
+    let killed_at = Instant::now();
+    let _node_b = Node::start(&server, "node-b");
+    let done = a.wait_status(&id, "succeeded");
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(1),
+        "taken over before the lease could expire"
+    );
+    assert_eq!(
+        done["tuna"]["retries"], 1,
+        "a dead machine uses a retry: {:?}",
+        a.messages(&id)
+    );
+    assert_resumed_without_repeats(&a, &id, 10);
+    let msgs = a.messages(&id);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("Worker node-a stopped answering (its lease expired")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("of worker node-b (retry 1)")),
+        "{msgs:?}"
+    );
+    assert!(
+        ["3", "6", "9"]
+            .iter()
+            .any(|s| msgs.contains(&format!("Training resumed at step {s} of 10"))),
+        "resumed from a checkpoint: {msgs:?}"
+    );
+    // The same job (same file, seed and settings) uninterrupted.
+    let reference = b.create(&lora_job(&fb, 10, 3));
+    b.wait_status(&reference, "succeeded");
+    assert!(
+        final_adapter(&data, &id) == final_adapter(&data, &reference),
+        "the resumed adapter differs from the uninterrupted one"
+    );
+    a.assert_all_final();
+    b.assert_all_final();
+}
+
+/// A worker frozen past its lease (SIGSTOP): another node takes the job over; when the frozen
+/// one wakes (SIGCONT), its claim is stale, its writes are refused and it exits at once
+/// (fenced) without a checkpoint or a metric of its own landing.
+#[test]
+fn a_frozen_worker_is_fenced_when_it_wakes() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, a, _b, fa, _fb) = api_node(&data, &[]);
+    let _node_a = Node::start(&server, "node-a");
+    let id = a.create(&lora_job(&fa, 12, 4));
+    a.wait_step(&id, 2);
+    let frozen = job_process(&id);
+    signal(&frozen.to_string(), "STOP");
+    let frozen_step = a.job(&id)["tuna"]["progress"]["step"].as_i64().unwrap();
+    let _node_b = Node::start(&server, "node-b");
+    // Reaped, then claimed by node-b, whose worker waits for the frozen one's lock.
+    a.wait_job(&id, "taken over", |j| j["tuna"]["retries"] == 1 && j["status"] == "running");
+    let metrics_before = a.train_steps(&id);
+    signal(&frozen.to_string(), "CONT");
+    wait_gone(frozen);
+    let log = std::fs::read_to_string(data.join("jobs").join(&id).join("worker.log")).unwrap();
+    assert!(log.contains("is no longer valid; exiting (fenced)"), "{log}");
+    // Nothing of the frozen worker landed after the takeover: no step past the one it was at.
+    assert!(
+        metrics_before.iter().all(|s| *s <= frozen_step + 1),
+        "{metrics_before:?} (frozen at {frozen_step})"
+    );
+    let done = a.wait_status(&id, "succeeded");
+    assert_eq!(done["tuna"]["retries"], 1);
+    assert_resumed_without_repeats(&a, &id, 12);
+    let msgs = a.messages(&id);
+    assert!(
+        msgs.iter().any(|m| m.contains("of worker node-b (retry 1)")),
+        "{msgs:?}"
+    );
+    a.assert_all_final();
+}
+
+/// Two `tuna serve` on one PostgreSQL database: both answer, a node that restarts does not take
+/// the other's running job back, and both nodes' workers are listed.
+#[test]
+fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
+    let _serial = serial();
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(tuna_server::test_services::fresh_postgres_database());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let common = ["--database", &url, "--lease-seconds", LEASE];
+    let one = Server::start(&data, &[&common[..], &["--worker-name", "node-1"]].concat());
+    let mut two = Server::start(&data, &[&common[..], &["--worker-name", "node-2", "--local-workers", "0"]].concat());
+    let (a, _b, fa, _fb) = one.two_users();
+    let id = a.create(&lora_job(&fa, 300, 100));
+    let running = a.wait_step(&id, 2);
+    let at_two = a.at(&two);
+    let seen = at_two.job(&id);
+    assert_eq!((&seen["id"], &seen["status"]), (&running["id"], &json!("running")));
+    // Node two restarts while node one's worker trains: the job stays where it is.
+    signal(&two.pid().to_string(), "TERM");
+    two.wait(T);
+    two.spawn(&[&common[..], &["--worker-name", "node-2", "--local-workers", "0"]].concat());
+    std::thread::sleep(Duration::from_secs(3));
+    let at_two = a.at(&two);
+    let (status, workers) = at_two.get("/v1/tuna/workers");
+    assert_eq!(status, 200, "{workers}");
+    let names: Vec<&str> = workers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-1"], "an API-only node runs no worker: {workers}");
+    assert_eq!(workers["data"][0]["your_jobs"], json!([id]), "{workers}");
+    let out = Command::new(tuna())
+        .args(["workers", "list", "--database", &url, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("node-1\tcpu:0") && listed.contains(&id), "{listed}");
+    let done = at_two.wait_status(&id, "succeeded");
+    assert_eq!(done["tuna"]["retries"], 0, "{:?}", a.messages(&id));
+    assert_resumed_without_repeats(&a, &id, 300);
+    // Every event of the job (more than a page of them), from the database itself.
+    let events = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = tuna_server::db::PgStore::connect(&url).await.unwrap();
+        tuna_server::store::Store::events_since(&store, &id, 0, 100_000)
+            .await
+            .unwrap()
+    });
+    let starts: Vec<&str> = events
+        .iter()
+        .map(|e| e.message.as_str())
+        .filter(|m| m.starts_with("Fine-tuning job started") || m.contains("restarted") || m.contains("stopped answering"))
+        .collect();
+    assert_eq!(starts, ["Fine-tuning job started on cpu:0 of worker node-1"], "claimed once");
+    a.assert_all_final();
 }

@@ -171,6 +171,7 @@ async fn run(
             estimate: template.estimate.clone(),
             metadata: None,
             created_at: tuna_server::ids::now(),
+            memory_bytes: template.memory_bytes,
         };
         // Queued, then at once final (cancelled), so the scheduler leaves them alone.
         let job = tuna_server::lifecycle::create(&*store, &new).await?;

@@ -181,7 +181,8 @@ impl PgStore {
 
 const JOB_COLUMNS: &str = "id, user_id, model, training_file, validation_file, suffix, seed, status, control, spec, model_id, \
      estimate, metadata, created_at, started_at, finished_at, fine_tuned_model, trained_tokens, error, step, total_steps, \
-     epoch, latest_metrics, retries, attempt, queue_order, claimed_at, device, running_seconds, run_started_at, result_files";
+     epoch, latest_metrics, retries, attempt, queue_order, claimed_at, device, running_seconds, run_started_at, result_files, \
+     lease_expires_at, worker, memory_bytes";
 
 const FILE_COLUMNS: &str = "id, user_id, filename, purpose, bytes, created_at, status, status_details, check_report, blob_key";
 
@@ -202,10 +203,12 @@ fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
 /// placeholders (`$1`), which SQLite and PostgreSQL both read, and portable SQL; the only
 /// difference, the row lock a claim takes, is an argument.
 macro_rules! sql_store {
-    ($module:ident, $store:ty, $db:ty, $claim_lock:expr) => {
+    ($module:ident, $store:ty, $db:ty, $claim_lock:expr, $begin_write:expr) => {
 mod $module {
     use super::*;
     type Db = $db;
+    /// How every transaction (all of them write) begins.
+    const BEGIN_WRITE: &str = $begin_write;
 
     fn push_statuses(qb: &mut QueryBuilder<'_, Db>, statuses: &[JobStatus]) {
         qb.push("(");
@@ -277,6 +280,8 @@ mod $module {
                 .push(" - run_started_at END");
             set(qb, "run_started_at");
             qb.push("NULL");
+            set(qb, "lease_expires_at");
+            qb.push("NULL");
         }
         if let Some(v) = &patch.result_files {
             set(qb, "result_files");
@@ -347,7 +352,7 @@ mod $module {
     #[async_trait]
     impl Store for $store {
         async fn create_user(&self, user: &User, key_hash: &str, key_prefix: &str) -> StoreResult<()> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let inserted = sqlx::query(
                 "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             )
@@ -559,7 +564,7 @@ mod $module {
         async fn delete_file(&self, user_id: &str, id: &str) -> StoreResult<Option<FileRow>> {
             let sql =
                 format!("DELETE FROM files WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLUMNS}");
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let row = sqlx::query_as::<_, FileRow>(&sql)
                 .bind(id)
                 .bind(user_id)
@@ -590,11 +595,11 @@ mod $module {
         async fn create_job(&self, j: &NewJob, events: &[NewEvent]) -> StoreResult<JobRow> {
             let sql = format!(
                 "INSERT INTO jobs (id, user_id, model, training_file, validation_file, suffix, seed, status, spec, model_id, \
-                 estimate, metadata, created_at, queue_order) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, {BACK_OF_QUEUE}) \
+                 estimate, metadata, created_at, memory_bytes, queue_order) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13, {BACK_OF_QUEUE}) \
                  RETURNING {JOB_COLUMNS}"
             );
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let row = sqlx::query_as::<_, JobRow>(&sql)
                 .bind(&j.id)
                 .bind(&j.user_id)
@@ -608,6 +613,7 @@ mod $module {
                 .bind(j.estimate.as_ref().map(Json))
                 .bind(j.metadata.as_ref().map(Json))
                 .bind(j.created_at)
+                .bind(j.memory_bytes)
                 .fetch_one(&mut *tx)
                 .await?;
             for e in events {
@@ -667,8 +673,11 @@ mod $module {
             if let Some(attempt) = t.attempt {
                 qb.push(" AND attempt = ").push_bind(attempt);
             }
+            if let Some(now) = t.lease_expired_before {
+                qb.push(" AND COALESCE(lease_expires_at, 0) < ").push_bind(now);
+            }
             qb.push(format!(" RETURNING {JOB_COLUMNS}"));
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let Some(row) = qb
                 .build_query_as::<JobRow>()
                 .fetch_optional(&mut *tx)
@@ -685,37 +694,39 @@ mod $module {
 
         async fn claim_next_queued(
             &self,
-            device: &str,
-            now: f64,
-            max_running_per_user: Option<i64>,
+            c: &ClaimRequest<'_>,
             started: &ClaimEvent,
         ) -> StoreResult<Option<JobRow>> {
-            // Fair share: among users with queued jobs (and below their running quota), the one with
-            // the fewest running jobs, then the one whose jobs started least recently, then the
-            // oldest waiting job; within the user, queue order.
+            // Fair share: among users with queued jobs that fit (and below their running quota),
+            // the one with the fewest running jobs, then the one whose jobs started least
+            // recently, then the oldest waiting job; within the user, queue order.
             let sql = format!(
                 "WITH waiting AS ( \
                      SELECT q.user_id, MIN(q.queue_order) AS first, \
                          (SELECT COUNT(*) FROM jobs r WHERE r.user_id = q.user_id AND r.status = 'running') AS running, \
                          (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = q.user_id) AS last_claim \
-                     FROM jobs q WHERE q.status = 'queued' GROUP BY q.user_id \
+                     FROM jobs q WHERE q.status = 'queued' AND COALESCE(q.memory_bytes, 0) <= $5 GROUP BY q.user_id \
                  ), next_user AS ( \
                      SELECT user_id FROM waiting WHERE running < $4 ORDER BY running, last_claim, first LIMIT 1 \
                  ) \
                  UPDATE jobs SET status = 'running', device = $1, started_at = COALESCE(started_at, $2), \
-                     run_started_at = $3, claimed_at = $3, attempt = attempt + 1, control = NULL \
-                 WHERE id = (SELECT q.id FROM jobs q WHERE q.status = 'queued' \
+                     run_started_at = $3, claimed_at = $3, attempt = attempt + 1, control = NULL, \
+                     lease_expires_at = $6, worker = $7 \
+                 WHERE id = (SELECT q.id FROM jobs q WHERE q.status = 'queued' AND COALESCE(q.memory_bytes, 0) <= $5 \
                              AND q.user_id = (SELECT user_id FROM next_user) ORDER BY q.queue_order LIMIT 1{lock}) \
                    AND status = 'queued' \
                  RETURNING {JOB_COLUMNS}",
                 lock = $claim_lock
             );
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let Some(row) = sqlx::query_as::<_, JobRow>(&sql)
-                .bind(device)
-                .bind(now as i64)
-                .bind(now)
-                .bind(max_running_per_user.unwrap_or(i64::MAX))
+                .bind(c.device)
+                .bind(c.now as i64)
+                .bind(c.now)
+                .bind(c.max_running_per_user.unwrap_or(i64::MAX))
+                .bind(c.memory_bytes.unwrap_or(i64::MAX))
+                .bind(c.lease_until)
+                .bind(c.worker)
                 .fetch_optional(&mut *tx)
                 .await?
             else {
@@ -726,8 +737,79 @@ mod $module {
             Ok(Some(row))
         }
 
+        async fn heartbeat(&self, job_id: &str, attempt: i64, lease_until: f64) -> StoreResult<Lease> {
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            let held = sqlx::query_as::<_, (Option<JobControl>,)>(
+                "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND status = 'running' \
+                 RETURNING control",
+            )
+            .bind(lease_until)
+            .bind(job_id)
+            .bind(attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(match held {
+                Some((control,)) => Lease::Held(control),
+                None => Lease::Lost,
+            })
+        }
+
+        async fn expired_leases(&self, now: f64) -> StoreResult<Vec<JobRow>> {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND COALESCE(lease_expires_at, 0) < $1 \
+                 ORDER BY queue_order"
+            );
+            Ok(sqlx::query_as::<_, JobRow>(&sql)
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
+        async fn upsert_worker(&self, w: &WorkerRow) -> StoreResult<()> {
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            sqlx::query(
+                "INSERT INTO workers (name, devices, memory_bytes, started_at, last_heartbeat) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO UPDATE SET devices = excluded.devices, memory_bytes = excluded.memory_bytes, \
+                 started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat",
+            )
+            .bind(&w.name)
+            .bind(&w.devices)
+            .bind(w.memory_bytes)
+            .bind(w.started_at)
+            .bind(w.last_heartbeat)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
+            let workers = sqlx::query_as::<_, WorkerRow>(
+                "SELECT name, devices, memory_bytes, started_at, last_heartbeat FROM workers ORDER BY name",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let running = sqlx::query_as::<_, (String, String, String)>(
+                "SELECT worker, id, user_id FROM jobs WHERE status = 'running' AND worker IS NOT NULL ORDER BY queue_order",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(workers
+                .into_iter()
+                .map(|worker| {
+                    let jobs = running
+                        .iter()
+                        .filter(|(w, _, _)| *w == worker.name)
+                        .map(|(_, id, user)| (id.clone(), user.clone()))
+                        .collect();
+                    WorkerInfo { worker, jobs }
+                })
+                .collect())
+        }
+
         async fn report(&self, r: &StepReport) -> StoreResult<bool> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let holds = match &r.progress {
                 Some(p) => {
                     let latest = r
@@ -793,7 +875,7 @@ mod $module {
         }
 
         async fn add_event(&self, e: &NewEvent) -> StoreResult<EventRow> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let row = insert_event(&mut tx, e).await?;
             tx.commit().await?;
             Ok(row)
@@ -848,7 +930,7 @@ mod $module {
             attempt: i64,
             event: &NewEvent,
         ) -> StoreResult<bool> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             if !claim_holds(&mut tx, &c.job_id, attempt, false).await? {
                 return Ok(false);
             }
@@ -978,7 +1060,7 @@ mod $module {
                 sep.push_bind(id);
             }
             qb.push(format!(") RETURNING {CHECKPOINT_COLUMNS}"));
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let rows = qb
                 .build_query_as::<CheckpointRow>()
                 .fetch_all(&mut *tx)
@@ -1093,12 +1175,17 @@ mod $module {
     };
 }
 
-sql_store!(sqlite_store, SqliteStore, sqlx::Sqlite, "");
+// SQLite: `BEGIN IMMEDIATE` takes the write lock first (waiting under the busy timeout). A
+// deferred transaction that reads before it writes (a claim check, then an insert) fails at once
+// with `SQLITE_BUSY_SNAPSHOT` when another process committed in between, which heartbeats of
+// workers in other processes make common.
+sql_store!(sqlite_store, SqliteStore, sqlx::Sqlite, "", "BEGIN IMMEDIATE");
 sql_store!(
     postgres_store,
     PgStore,
     sqlx::Postgres,
-    " FOR UPDATE SKIP LOCKED"
+    " FOR UPDATE SKIP LOCKED",
+    "BEGIN"
 );
 
 #[cfg(test)]
@@ -1210,11 +1297,25 @@ mod tests {
             estimate: None,
             metadata: None,
             created_at: 1,
+            memory_bytes: None,
         }
     }
 
+    fn request<'a>(device: &'a str, lease_seconds: f64) -> ClaimRequest<'a> {
+        let now = ids::now_f64();
+        ClaimRequest {
+            device,
+            worker: "test-worker",
+            memory_bytes: None,
+            now,
+            lease_until: now + lease_seconds,
+            max_running_per_user: None,
+        }
+    }
+
+    /// A claim with an hour's lease.
     async fn claim(s: &dyn Store, device: &str) -> Option<JobRow> {
-        lifecycle::claim(s, device, None).await.unwrap()
+        lifecycle::claim(s, &request(device, 3600.0)).await.unwrap()
     }
 
     #[tokio::test]
@@ -1252,12 +1353,12 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        sqlx::raw_sql(include_str!(
-            "../migrations/20261201000000_typed-job-lifecycle.sql"
-        ))
-        .execute(&pool)
-        .await
-        .unwrap();
+        for later in [
+            include_str!("../migrations/20261201000000_typed-job-lifecycle.sql"),
+            include_str!("../migrations/20261210000000_leases-and-workers.sql"),
+        ] {
+            sqlx::raw_sql(later).execute(&pool).await.unwrap();
+        }
         let s = SqliteStore { pool };
         let j = s.get_job_unscoped("j").await.unwrap().unwrap();
         assert_eq!(
@@ -1403,12 +1504,11 @@ mod tests {
             assert_eq!(claim(&*s, "cpu:2").await.unwrap().id, "a1");
             assert_eq!(claim(&*s, "cpu:3").await.unwrap().id, "b1");
             // A running-jobs quota of 2 holds Ann's next job back.
-            assert!(
-                lifecycle::claim(&*s, "cpu:4", Some(2))
-                    .await
-                    .unwrap()
-                    .is_none()
-            );
+            let quota = ClaimRequest {
+                max_running_per_user: Some(2),
+                ..request("cpu:4", 60.0)
+            };
+            assert!(lifecycle::claim(&*s, &quota).await.unwrap().is_none());
             assert_eq!(claim(&*s, "cpu:4").await.unwrap().id, "a2");
 
             // A crash puts a0 back in its place; its old worker's claim no longer holds.
@@ -1508,38 +1608,79 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn recovery_settles_every_unfinished_state() {
+    async fn expired_leases_requeue_pause_or_fail_and_live_ones_stay() {
         for s in engines().await {
-            for id in ["run", "pausing", "waiting", "validating", "held", "done"] {
+            for id in ["run", "pausing", "alive", "spent", "waiting", "validating", "held", "done"] {
                 lifecycle::create(&*s, &job(id, "u1")).await.unwrap();
             }
             // `validating_files` can only come from a database of the old creation path.
             s.execute("UPDATE jobs SET status = 'validating_files' WHERE id = 'validating'")
                 .await;
-            let run = claim(&*s, "cpu:0").await.unwrap();
-            assert_eq!(run.id, "run");
-            let pausing = claim(&*s, "cpu:1").await.unwrap();
+            let run = lifecycle::claim(&*s, &request("cpu:0", -5.0)).await.unwrap().unwrap();
+            assert_eq!((run.id.as_str(), run.worker.as_deref()), ("run", Some("test-worker")));
+            let pausing = lifecycle::claim(&*s, &request("cpu:1", -5.0)).await.unwrap().unwrap();
             lifecycle::request_pause(&*s, &pausing).await.unwrap();
+            let alive = claim(&*s, "cpu:2").await.unwrap();
+            assert_eq!(alive.id, "alive");
+            let spent = lifecycle::claim(&*s, &request("cpu:3", -5.0)).await.unwrap().unwrap();
+            assert_eq!(spent.id, "spent");
+            s.execute("UPDATE jobs SET retries = 2 WHERE id = 'spent'").await;
             let held = s.get_job_unscoped("held").await.unwrap().unwrap();
             lifecycle::request_pause(&*s, &held).await.unwrap();
             let done = s.get_job_unscoped("done").await.unwrap().unwrap();
             lifecycle::cancel(&*s, &done).await.unwrap();
 
+            // A live claim's heartbeat extends its lease and carries a pending pause; an expired
+            // one still holds until a reaper acts.
+            assert_eq!(
+                s.heartbeat("alive", alive.attempt, ids::now_f64() + 60.0).await.unwrap(),
+                Lease::Held(None)
+            );
+            assert_eq!(
+                s.heartbeat("pausing", pausing.attempt, ids::now_f64() - 5.0).await.unwrap(),
+                Lease::Held(Some(JobControl::Pause))
+            );
+
             lifecycle::recover(&*s).await.unwrap();
+            // Two nodes reaping at once change each job once.
+            let now = ids::now_f64();
+            let (a, b) = tokio::join!(
+                lifecycle::reap_expired(&*s, now, 2),
+                lifecycle::reap_expired(&*s, now, 2)
+            );
+            let mut reaped: Vec<String> =
+                a.unwrap().into_iter().chain(b.unwrap()).map(|j| j.id).collect();
+            reaped.sort();
+            assert_eq!(reaped, ["pausing", "run", "spent"]);
             let status = |id: &'static str| {
                 let s = s.clone();
                 async move { s.get_job_unscoped(id).await.unwrap().unwrap() }
             };
             let r = status("run").await;
             assert_eq!(
-                (r.status, r.retries, r.device.clone()),
-                (JobStatus::Queued, 0, None)
+                (r.status, r.retries, r.device.clone(), r.lease_expires_at),
+                (JobStatus::Queued, 1, None, None)
             );
             assert!(r.run_started_at.is_none() && r.running_seconds >= 0.0);
+            // The reaped claim is fenced: its heartbeats and reports are refused.
+            assert_eq!(
+                s.heartbeat("run", run.attempt, ids::now_f64() + 60.0).await.unwrap(),
+                Lease::Lost
+            );
             assert_eq!(status("pausing").await.status, JobStatus::Paused);
+            let f = status("spent").await;
+            assert_eq!(f.status, JobStatus::Failed);
+            assert_eq!(f.error.unwrap().code, "lease_expired");
+            let a = status("alive").await;
+            assert_eq!((a.status, a.attempt), (JobStatus::Running, alive.attempt));
             assert_eq!(status("validating").await.status, JobStatus::Queued);
             assert_eq!(status("held").await.status, JobStatus::Paused);
             assert_eq!(status("done").await.status, JobStatus::Cancelled);
+            let events = s.events_since("run", 0, 100).await.unwrap();
+            assert!(
+                events.iter().any(|e| e.message.starts_with("Worker test-worker stopped answering")),
+                "{events:?}"
+            );
             // The interrupted job keeps its place ahead of the ones that were waiting.
             let order: Vec<String> = s
                 .queue_snapshot()
@@ -1548,12 +1689,59 @@ mod tests {
                 .into_iter()
                 .map(|e| e.id)
                 .collect();
-            assert_eq!(order, ["run", "waiting", "validating"]);
-            let no_stuck = s
-                .jobs_with_status(&[JobStatus::Running, JobStatus::ValidatingFiles])
+            assert_eq!(order, ["run", "alive", "waiting", "validating"]);
+            // A cancelled job's worker loses its lease at its next heartbeat.
+            let alive = status("alive").await;
+            lifecycle::cancel(&*s, &alive).await.unwrap();
+            assert_eq!(
+                s.heartbeat("alive", alive.attempt, ids::now_f64() + 60.0).await.unwrap(),
+                Lease::Lost
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_take_only_jobs_that_fit_and_workers_list_their_jobs() {
+        for s in engines().await {
+            let mut big = job("big", "u1");
+            big.memory_bytes = Some(8 << 30);
+            lifecycle::create(&*s, &big).await.unwrap();
+            let mut small = job("small", "u1");
+            small.memory_bytes = Some(1 << 30);
+            lifecycle::create(&*s, &small).await.unwrap();
+            let two_gib = ClaimRequest {
+                memory_bytes: Some(2 << 30),
+                worker: "small-box",
+                ..request("cpu:0", 60.0)
+            };
+            // The big job is first in the queue, but only the small one fits.
+            let got = lifecycle::claim(&*s, &two_gib).await.unwrap().unwrap();
+            assert_eq!(got.id, "small");
+            assert!(lifecycle::claim(&*s, &two_gib).await.unwrap().is_none());
+            let got = lifecycle::claim(&*s, &request("cpu:0", 60.0)).await.unwrap().unwrap();
+            assert_eq!(got.id, "big");
+            for (name, devices) in [("small-box", "cpu:0"), ("test-worker", "cpu:0,cpu:1")] {
+                s.upsert_worker(&WorkerRow {
+                    name: name.into(),
+                    devices: devices.into(),
+                    memory_bytes: Some(2 << 30),
+                    started_at: 1,
+                    last_heartbeat: 2.0,
+                })
                 .await
                 .unwrap();
-            assert!(no_stuck.is_empty());
+            }
+            let workers = s.list_workers().await.unwrap();
+            let jobs: Vec<(&str, Vec<&str>)> = workers
+                .iter()
+                .map(|w| {
+                    (
+                        w.worker.name.as_str(),
+                        w.jobs.iter().map(|(id, _)| id.as_str()).collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(jobs, [("small-box", vec!["small"]), ("test-worker", vec!["big"])]);
         }
     }
 

@@ -19,8 +19,11 @@
 //! claiming and has every worker save a checkpoint at its current step and exit (bounded by
 //! [`Settings::worker_stop_timeout`]); then [`serve`] returns.
 //!
-//! Not supported: several servers sharing one database (the scheduler assumes it owns the
-//! slots), GPUs, DPO / reinforcement methods, `n > 1`, tools and logprobs in chat completions.
+//! Several nodes may share one database (PostgreSQL): every `tuna serve` answers every route, and
+//! every node with slots (`tuna serve --local-workers N`, `tuna worker` without `--job`, see
+//! [`run_worker_node`]) claims jobs under leases (see `queue.rs`).
+//!
+//! Not supported: GPUs, DPO / reinforcement methods, `n > 1`, tools and logprobs in chat completions.
 
 pub mod archive;
 pub mod artifacts;
@@ -117,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tuna/job_settings", get(tuna::job_settings))
         .route("/v1/tuna/status", get(tuna::status))
         .route("/v1/tuna/throughput", get(tuna::throughput))
+        .route("/v1/tuna/workers", get(tuna::workers))
         .merge(console::routes())
         // After every route: it applies to the routes already added.
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -152,8 +156,8 @@ pub enum StartError {
     Listen(std::io::Error),
 }
 
-/// Opens the store (migrating it), registers the demo model and the models file, and puts jobs
-/// that were running when the server last stopped back in the queue. The data directory and
+/// Opens the store (migrating it), registers the demo model and the models file, and queues jobs
+/// left mid-creation (running jobs are left to their leases: another node may run them). The data directory and
 /// the database are made private (0700, 0600) first.
 pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     let data_dir_error = |path: &std::path::Path| {
@@ -188,6 +192,27 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
         inference,
         shutdown,
     })
+}
+
+/// `tuna worker` without `--job`: a node that only runs jobs, on its own devices, against a
+/// shared database; until `signal` completes, then its workers checkpoint and stop (their jobs
+/// stay queued for any node).
+pub async fn run_worker_node(
+    settings: Settings,
+    signal: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    perms::private_dir(&settings.data_dir).map_err(|source| StartError::DataDir {
+        path: settings.data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = db::open_store(&settings.database_url()).await?;
+    let shutdown = CancellationToken::new();
+    let scheduler = Scheduler::new(store, Arc::new(settings), shutdown.clone());
+    let handle = scheduler.start();
+    signal.await;
+    shutdown.cancel();
+    let _ = handle.await;
+    Ok(())
 }
 
 /// What a serving process does first: files it (and its workers) create are private (umask

@@ -6,10 +6,16 @@
 //! ```text
 //!  create ──► queued ──claim──► running ──► succeeded | failed
 //!               ▲  │              │ │ │
-//!               │  └─► paused ◄───┘ │ └─ crash (retry) / stop (shutdown, signal) / start failed ─► queued
+//!               │  └─► paused ◄───┘ │ └─ crash or lease expired (retry) / stop (shutdown, signal,
+//!               │                   │    server gone) / start failed ─► queued
 //!               └──── resume ───────┘
 //!  any unfinished ──cancel──► cancelled
 //! ```
+//!
+//! A claim is a lease (see `queue.rs`): its worker's heartbeats extend it, and [`reap_expired`]
+//! (run by every node's scheduler; the transition is guarded by the claim and by the expiry, so
+//! several nodes reaping at once change a job once) puts a job whose lease ran out back in the
+//! queue, counting a retry, or fails it past the retry limit.
 //!
 //! `validating_files` only exists in databases written before creation became one transaction;
 //! [`recover`] moves such jobs to `queued`.
@@ -17,8 +23,8 @@
 use crate::ids;
 use crate::openai::types::{Estimate, JobError};
 use crate::store::{
-    EventLevel, JobControl, JobPatch, JobRow, JobStatus, NewEvent, NewJob, Store, StoreError,
-    StoreResult,
+    ClaimRequest, EventLevel, JobControl, JobPatch, JobRow, JobStatus, NewEvent, NewJob, Store,
+    StoreError, StoreResult,
 };
 
 /// A change of one job: status (or only columns, when `to` is `None`), guarded by the statuses it
@@ -29,6 +35,8 @@ pub struct JobTransition {
     pub from: Vec<JobStatus>,
     /// Applies only while the job's `attempt` is this one (the run of one worker).
     pub attempt: Option<i64>,
+    /// Applies only while the job's lease ended before this time (the reaper).
+    pub lease_expired_before: Option<f64>,
     pub to: Option<JobStatus>,
     pub patch: JobPatch,
     pub events: Vec<NewEvent>,
@@ -70,6 +78,7 @@ fn transition(
         job_id: job.id.clone(),
         from: from.to_vec(),
         attempt: None,
+        lease_expired_before: None,
         to,
         patch,
         events,
@@ -136,17 +145,11 @@ fn estimate_message(e: &Estimate) -> String {
     )
 }
 
-/// Claims the next queued job (fair share, see [`Store::claim_next_queued`]) for `device`.
-pub async fn claim(
-    store: &dyn Store,
-    device: &str,
-    max_running_per_user: Option<i64>,
-) -> StoreResult<Option<JobRow>> {
+/// Claims the next queued job that fits (fair share, see [`Store::claim_next_queued`]).
+pub async fn claim(store: &dyn Store, claim: &ClaimRequest<'_>) -> StoreResult<Option<JobRow>> {
     store
         .claim_next_queued(
-            device,
-            ids::now_f64(),
-            max_running_per_user,
+            claim,
             &|job: &JobRow| {
                 let retry = if job.retries > 0 {
                     format!(" (retry {})", job.retries)
@@ -156,8 +159,9 @@ pub async fn claim(
                 NewEvent::info(
                     job,
                     format!(
-                        "Fine-tuning job started on {}{retry}",
-                        job.device.as_deref().unwrap_or("cpu")
+                        "Fine-tuning job started on {} of worker {}{retry}",
+                        job.device.as_deref().unwrap_or("cpu"),
+                        job.worker.as_deref().unwrap_or("?")
                     ),
                 )
             },
@@ -165,7 +169,7 @@ pub async fn claim(
         .await
 }
 
-/// The patch that ends a run: its clock closes and the slot is given back.
+/// The patch that ends a run: its clock closes, its lease ends and the slot is given back.
 fn end_run() -> JobPatch {
     JobPatch {
         close_run_at: Some(ids::now_f64()),
@@ -309,6 +313,8 @@ pub enum StopReason {
     Shutdown,
     /// The worker itself got SIGINT or SIGTERM.
     Signal,
+    /// The server that started the worker went away (its stdin closed).
+    Orphaned,
 }
 
 /// The worker stopped at a step with a checkpoint: the job keeps its place in the queue and
@@ -325,6 +331,10 @@ pub async fn worker_stopped(
         ),
         StopReason::Signal => format!(
             "The worker was stopped by a signal at step {}; the job stays queued and resumes from its checkpoint",
+            job.step
+        ),
+        StopReason::Orphaned => format!(
+            "The server that ran the worker went away; the job stopped at step {} and is queued to resume from its last checkpoint",
             job.step
         ),
     };
@@ -465,40 +475,100 @@ pub async fn model_deleted(store: &dyn Store, job: &JobRow) -> Result<JobRow, Li
     apply_or_reread(store, t, "changed").await
 }
 
-/// At start-up, before any worker runs: every unfinished job gets a status this server can act
-/// on. `running` jobs (their workers belonged to the previous server) go back to their place in
-/// the queue to resume from their last checkpoint (no retry used), or to `paused` when a pause was
-/// pending; `validating_files` jobs (left by a client that went away, before creation was one
-/// transaction) had been planned in full and join the queue; `queued` and `paused` stay.
-pub async fn recover(store: &dyn Store) -> StoreResult<()> {
-    let stranded = store
-        .jobs_with_status(&[JobStatus::Running, JobStatus::ValidatingFiles])
-        .await?;
-    for job in stranded {
-        let (to, message) = match (job.status, job.control) {
-            (JobStatus::Running, Some(JobControl::Pause)) => (
-                JobStatus::Paused,
-                "The server restarted; the job is paused".to_string(),
-            ),
-            (JobStatus::Running, _) => (
-                JobStatus::Queued,
-                format!(
-                    "The server restarted; the job is queued to resume from its last checkpoint (step {})",
-                    job.step
+/// Puts every running job whose lease ended before `now` back in the queue to resume from its
+/// last checkpoint (a retry), or to `paused` when a pause was pending; past `max_retries` the job
+/// fails with `lease_expired`. Returns the jobs changed. Safe on several nodes at once: each
+/// transition holds only for the claim and the expiry it read.
+pub async fn reap_expired(
+    store: &dyn Store,
+    now: f64,
+    max_retries: i64,
+) -> StoreResult<Vec<JobRow>> {
+    let mut changed = Vec::new();
+    for job in store.expired_leases(now).await? {
+        let worker = job.worker.as_deref().unwrap_or("(unknown)");
+        let since = job
+            .lease_expires_at
+            .map(|t| format!("{:.0} s ago", (now - t).max(0.0)))
+            .unwrap_or_else(|| "before this version".into());
+        let mut t = if job.control == Some(JobControl::Pause) {
+            transition(
+                &job,
+                &[JobStatus::Running],
+                Some(JobStatus::Paused),
+                end_run(),
+                vec![NewEvent::info(
+                    &job,
+                    format!(
+                        "Worker {worker} stopped answering (its lease expired {since}); the job is paused at its last checkpoint"
+                    ),
+                )],
+            )
+        } else if job.retries < max_retries {
+            let patch = JobPatch {
+                add_retry: true,
+                ..end_run()
+            };
+            transition(
+                &job,
+                &[JobStatus::Running],
+                Some(JobStatus::Queued),
+                patch,
+                vec![NewEvent::info(
+                    &job,
+                    format!(
+                        "Worker {worker} stopped answering (its lease expired {since}); the job resumes from its last checkpoint on another worker (retry {} of {max_retries})",
+                        job.retries + 1
+                    ),
+                )
+                .level(EventLevel::Warn)],
+            )
+        } else {
+            let err = JobError {
+                code: "lease_expired".into(),
+                message: format!(
+                    "worker {worker} stopped answering (its lease expired {since}) and the job had used its {max_retries} retries"
                 ),
-            ),
-            _ => (
-                JobStatus::Queued,
-                "The server restarted; the job's files had been validated, moving job to queued state"
-                    .to_string(),
-            ),
+                param: None,
+            };
+            let event = NewEvent::info(&job, format!("Fine-tuning job failed: {}", err.message))
+                .level(EventLevel::Error);
+            let patch = JobPatch {
+                finished_at: Some(ids::now()),
+                error: Some(Some(err)),
+                ..end_run()
+            };
+            transition(
+                &job,
+                &[JobStatus::Running],
+                Some(JobStatus::Failed),
+                patch,
+                vec![event],
+            )
         };
+        t.attempt = Some(job.attempt);
+        t.lease_expired_before = Some(now);
+        if let Some(row) = store.apply(&t).await? {
+            changed.push(row);
+        }
+    }
+    Ok(changed)
+}
+
+/// At start-up: `validating_files` jobs (left by a client that went away, before creation was
+/// one transaction) had been planned in full and join the queue. Running jobs are not this
+/// node's to judge (another node's workers may run them): their leases decide ([`reap_expired`]).
+pub async fn recover(store: &dyn Store) -> StoreResult<()> {
+    for job in store.jobs_with_status(&[JobStatus::ValidatingFiles]).await? {
         let t = transition(
             &job,
             &[job.status],
-            Some(to),
+            Some(JobStatus::Queued),
             end_run(),
-            vec![NewEvent::info(&job, message)],
+            vec![NewEvent::info(
+                &job,
+                "The server restarted; the job's files had been validated, moving job to queued state",
+            )],
         );
         store.apply(&t).await?;
     }

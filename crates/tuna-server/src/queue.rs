@@ -18,6 +18,16 @@
 //! the same for a user's pause, and end-of-file (the server died) makes the worker stop the same
 //! way. Cancel kills the worker outright.
 //!
+//! Every claim is a lease of [`lease_duration`] (default 30 s, `TUNA_LEASE_SECONDS`): the worker
+//! process heartbeats every third of it, which also carries a pause requested on another node,
+//! and exits at once ([`EXIT_FENCED`]) when its claim is gone (the job was cancelled, or taken
+//! over after the lease ran out). Each loop of every scheduler (every `tuna serve`, every
+//! `tuna worker` that joined, also one with no slots) first reaps expired leases
+//! ([`lifecycle::reap_expired`]): a machine that died or froze gives its jobs back within a lease,
+//! and several nodes on one database never take a job from a live worker. The scheduler also
+//! records itself in the `workers` table (name, devices, memory, heartbeat) and claims only jobs
+//! whose planned memory fits in what its running jobs leave of the machine's.
+//!
 //! Failures of the machinery are never a job's fault: a worker that cannot start (its executable
 //! gone, a full disk, no more processes) puts the job back in its place and the scheduler backs
 //! off; a claim that cannot be written (full disk) starts nothing; a supervisor that cannot
@@ -40,7 +50,7 @@ use crate::db::DATABASE_ENV;
 use crate::lifecycle::{self, StopReason};
 use crate::openai::types::JobError;
 use crate::state::Settings;
-use crate::store::{JobControl, JobRow, JobStatus, Store, StoreResult};
+use crate::store::{ClaimRequest, JobControl, JobRow, JobStatus, Store, StoreResult, WorkerRow};
 
 /// The worker stopped on a `pause` request after saving a resumable checkpoint.
 pub const EXIT_PAUSED: i32 = 10;
@@ -52,8 +62,31 @@ pub const EXIT_STOPPED: i32 = 12;
 pub const EXIT_DISK_FULL: i32 = 13;
 /// Set in a worker's environment by the server: watch stdin for requests and end-of-file.
 pub const SUPERVISED_ENV: &str = "TUNA_WORKER_SUPERVISED";
+/// The worker found its claim gone (cancelled, or taken over after its lease expired) and
+/// stopped without writing anything more.
+pub const EXIT_FENCED: i32 = 14;
 /// The claim (`attempt`) a worker was started for.
 pub const ATTEMPT_ENV: &str = "TUNA_WORKER_ATTEMPT";
+/// Seconds a claim's lease lasts without a heartbeat (every node and worker of one database
+/// should agree; tests shorten it).
+pub const LEASE_ENV: &str = "TUNA_LEASE_SECONDS";
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The lease of a claim: `TUNA_LEASE_SECONDS` (fractional, at least 0.5 s), else 30 s.
+/// A scheduler passes its own to the worker processes it starts.
+pub fn lease_duration() -> Duration {
+    std::env::var(LEASE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite())
+        .map(lease_of)
+        .unwrap_or(DEFAULT_LEASE)
+}
+
+/// A lease of `seconds` (at least 0.5 s).
+pub fn lease_of(seconds: f64) -> Duration {
+    Duration::from_secs_f64(if seconds.is_finite() { seconds.max(0.5) } else { 30.0 })
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -66,6 +99,8 @@ enum Control {
 
 struct Running {
     control: mpsc::UnboundedSender<Control>,
+    /// The job's planned memory, held while it runs here.
+    memory_bytes: i64,
 }
 
 pub struct Scheduler {
@@ -73,8 +108,13 @@ pub struct Scheduler {
     settings: Arc<Settings>,
     shutdown: CancellationToken,
     wake: Notify,
-    /// Free slot indices.
+    /// This node's devices (`cpu:0`, ...); none on an API-only node.
+    devices: Vec<String>,
+    /// Free slots (indices into `devices`).
     free: Mutex<Vec<usize>>,
+    /// Memory the jobs of this node may plan to use together (`None`: unknown, no limit).
+    memory_bytes: Option<i64>,
+    started_at: i64,
     /// Jobs with a worker (until its exit is recorded).
     running: Mutex<HashMap<String, Running>>,
     /// No claims before this instant (after a worker could not start, or a full disk), and the
@@ -88,23 +128,32 @@ impl Scheduler {
         settings: Arc<Settings>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let slots = settings.cpu_slots.max(1);
+        let devices = settings.devices();
+        let memory_bytes = settings
+            .memory_limit_bytes
+            .or_else(crate::disk::total_memory_bytes)
+            .and_then(|m| i64::try_from(m).ok());
         Arc::new(Scheduler {
             store,
             settings,
             shutdown,
             wake: Notify::new(),
-            free: Mutex::new((0..slots).rev().collect()),
+            free: Mutex::new((0..devices.len()).rev().collect()),
+            devices,
+            memory_bytes,
+            started_at: crate::ids::now(),
             running: Mutex::new(HashMap::new()),
             hold: Mutex::new((None, FIRST_BACKOFF)),
         })
     }
 
+    /// Slots for queue estimates: this node's, or one on an API-only node (its workers are
+    /// elsewhere).
     pub fn slots(&self) -> usize {
-        self.settings.cpu_slots.max(1)
+        self.devices.len().max(1)
     }
 
-    /// Settles every unfinished job before the first claim (see [`lifecycle::recover`]).
+    /// Settles jobs left mid-creation before the first claim (see [`lifecycle::recover`]).
     pub async fn recover(&self) -> StoreResult<()> {
         lifecycle::recover(&*self.store).await
     }
@@ -115,6 +164,9 @@ impl Scheduler {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
+                if let Err(e) = me.reap_and_register().await {
+                    tracing::error!(error = %e, "reaping expired leases failed");
+                }
                 let held = me.held_for();
                 if held.is_none()
                     && let Err(e) = me.fill_slots().await
@@ -145,6 +197,34 @@ impl Scheduler {
         lock(&self.running).len()
     }
 
+    /// Puts the jobs of workers that stopped answering back in the queue, then records this
+    /// node's heartbeat in the `workers` table (when it has devices).
+    async fn reap_and_register(&self) -> StoreResult<()> {
+        let now = crate::ids::now_f64();
+        let reaped = lifecycle::reap_expired(&*self.store, now, self.settings.max_retries).await?;
+        for job in &reaped {
+            tracing::warn!(job = %job.id, worker = ?job.worker, status = %job.status, "lease expired");
+        }
+        if self.devices.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .upsert_worker(&WorkerRow {
+                name: self.settings.worker_name.clone(),
+                devices: self.devices.join(","),
+                memory_bytes: self.memory_bytes,
+                started_at: self.started_at,
+                last_heartbeat: now,
+            })
+            .await
+    }
+
+    /// Memory this node's running jobs leave.
+    fn memory_left(&self) -> Option<i64> {
+        let used: i64 = lock(&self.running).values().map(|r| r.memory_bytes).sum();
+        self.memory_bytes.map(|m| m - used)
+    }
+
     fn held_for(&self) -> Option<Duration> {
         let (until, _) = *lock(&self.hold);
         until.and_then(|u| u.checked_duration_since(Instant::now()))
@@ -170,9 +250,16 @@ impl Scheduler {
             let Some(slot) = lock(&self.free).pop() else {
                 return Ok(());
             };
-            let device = format!("cpu:{slot}");
-            let claimed =
-                lifecycle::claim(&*self.store, &device, self.settings.quotas.running_jobs).await;
+            let now = crate::ids::now_f64();
+            let request = ClaimRequest {
+                device: &self.devices[slot],
+                worker: &self.settings.worker_name,
+                memory_bytes: self.memory_left(),
+                now,
+                lease_until: now + self.settings.lease.as_secs_f64(),
+                max_running_per_user: self.settings.quotas.running_jobs,
+            };
+            let claimed = lifecycle::claim(&*self.store, &request).await;
             match claimed {
                 Ok(Some(job)) => self.spawn_worker(job, slot).await,
                 Ok(None) => {
@@ -202,6 +289,7 @@ impl Scheduler {
             .stderr(log)
             .env(SUPERVISED_ENV, "1")
             .env(ATTEMPT_ENV, job.attempt.to_string())
+            .env(LEASE_ENV, self.settings.lease.as_secs_f64().to_string())
             // Its own process group: a Ctrl-C in the server's terminal must not reach it.
             .process_group(0);
         if let Some(db) = &self.settings.database {
@@ -246,6 +334,7 @@ impl Scheduler {
             job.id.clone(),
             Running {
                 control: tx.clone(),
+                memory_bytes: job.memory_bytes.unwrap_or(0),
             },
         );
         // A pause asked for between the claim and the line above found no worker to tell.

@@ -49,6 +49,15 @@ pub fn default_worker_launcher() -> WorkerLauncher {
     worker_launcher(own_executable())
 }
 
+/// The machine's host name (`localhost` when it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Everything configurable about a server. `Settings::new(data_dir)` gives the defaults.
 #[derive(Clone)]
 pub struct Settings {
@@ -59,8 +68,15 @@ pub struct Settings {
     /// Where uploaded files, results and stored models live (`--blob-store`); `None`:
     /// `<data_dir>/blobs`.
     pub blob_store: Option<BlobStoreUrl>,
-    /// Training slots on the CPU: jobs that may run at once. Default 1.
+    /// Training slots on the CPU: jobs this node runs at once (0: an API-only node). Default 1.
     pub cpu_slots: usize,
+    /// This node's slots by name (`--devices cpu:0,cpu:1`); `None`: `cpu:0` … `cpu:{cpu_slots - 1}`.
+    pub devices: Option<Vec<String>>,
+    /// The name this node's workers claim under and are listed by (`tuna workers list`).
+    /// Default: the host name.
+    pub worker_name: String,
+    /// How long a claim lasts without a heartbeat (`TUNA_LEASE_SECONDS`, default 30 s).
+    pub lease: Duration,
     /// Largest accepted upload in bytes. Default 512 MiB.
     pub max_upload_bytes: u64,
     /// Times a job whose worker died is restarted (from its last checkpoint) before it fails. Default 2.
@@ -150,6 +166,9 @@ impl Settings {
         let data_dir = data_dir.into();
         Settings {
             cpu_slots: 1,
+            devices: None,
+            worker_name: host_name(),
+            lease: crate::queue::lease_duration(),
             max_upload_bytes: 512 << 20,
             max_retries: 2,
             price_per_million_tokens: 0.0,
@@ -180,6 +199,13 @@ impl Settings {
             blob_store: None,
             data_dir,
         }
+    }
+
+    /// This node's slots (see [`Settings::devices`]).
+    pub fn devices(&self) -> Vec<String> {
+        self.devices
+            .clone()
+            .unwrap_or_else(|| (0..self.cpu_slots).map(|i| format!("cpu:{i}")).collect())
     }
 
     pub fn db_path(&self) -> PathBuf {

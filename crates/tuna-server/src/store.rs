@@ -217,6 +217,12 @@ pub struct JobRow {
     /// File ids of results (a metrics CSV).
     #[sqlx(json)]
     pub result_files: Vec<String>,
+    /// Unix time (fractional) the current claim's lease ends unless a heartbeat extends it.
+    pub lease_expires_at: Option<f64>,
+    /// The worker holding (or that last held) the claim.
+    pub worker: Option<String>,
+    /// Planned peak memory of the run: only a worker with this much left claims the job.
+    pub memory_bytes: Option<i64>,
 }
 
 /// A new job, as the API creates it (always `queued`).
@@ -234,6 +240,8 @@ pub struct NewJob {
     pub estimate: Option<Estimate>,
     pub metadata: Option<Value>,
     pub created_at: i64,
+    /// Planned peak memory (the estimate's footprint), for capacity-aware claims.
+    pub memory_bytes: Option<i64>,
 }
 
 /// Columns a transition may set besides the status. `None` leaves a column alone.
@@ -432,6 +440,48 @@ pub struct Page {
 /// Builds the event recorded with a claim, from the claimed row.
 pub type ClaimEvent = dyn Fn(&JobRow) -> NewEvent + Send + Sync;
 
+/// Who claims, for what, and for how long.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    /// The slot the job will run on (`cpu:0`).
+    pub device: &'a str,
+    /// The worker's name (`workers.name`).
+    pub worker: &'a str,
+    /// Memory the worker has left: jobs planned to need more are not taken (`None`: no limit).
+    pub memory_bytes: Option<i64>,
+    pub now: f64,
+    /// The lease's end; heartbeats push it forward.
+    pub lease_until: f64,
+    pub max_running_per_user: Option<i64>,
+}
+
+/// What a heartbeat found: the claim still holds (with any pending request), or it is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Held(Option<JobControl>),
+    /// The job was claimed again (its lease had expired), or left `running` (cancelled).
+    Lost,
+}
+
+/// A worker that joined: its capacity and when it was last heard of.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct WorkerRow {
+    pub name: String,
+    /// Its slots, comma-separated (`cpu:0,cpu:1`).
+    pub devices: String,
+    pub memory_bytes: Option<i64>,
+    pub started_at: i64,
+    pub last_heartbeat: f64,
+}
+
+/// A worker with the jobs it runs now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    pub worker: WorkerRow,
+    /// `(job id, user id)` of the jobs it holds a claim on.
+    pub jobs: Vec<(String, String)>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Users and keys.
@@ -485,17 +535,23 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a lifecycle transition and its events in one transaction: the new row, or
     /// `None` when the job was not in a status (or claim) the transition starts from.
     async fn apply(&self, transition: &JobTransition) -> StoreResult<Option<JobRow>>;
-    /// Claims the next queued job for `device` in one statement (fair share: among users below
-    /// `max_running_per_user`, the one with the fewest running jobs, then the one whose jobs
-    /// started least recently, then queue order),
-    /// recording `started(row)` in the same transaction. The claim bumps `attempt`.
+    /// Claims the next queued job that fits `claim.memory_bytes` in one statement (fair share:
+    /// among users below `max_running_per_user`, the one with the fewest running jobs, then the
+    /// one whose jobs started least recently, then queue order), recording `started(row)` in the
+    /// same transaction. The claim bumps `attempt` (the fencing token) and takes a lease.
     async fn claim_next_queued(
         &self,
-        device: &str,
-        now: f64,
-        max_running_per_user: Option<i64>,
+        claim: &ClaimRequest<'_>,
         started: &ClaimEvent,
     ) -> StoreResult<Option<JobRow>>;
+    /// Extends the lease of claim `attempt` to `lease_until` while the job is running under it.
+    async fn heartbeat(&self, job_id: &str, attempt: i64, lease_until: f64) -> StoreResult<Lease>;
+    /// Running jobs whose lease ended before `now` (or that never had one).
+    async fn expired_leases(&self, now: f64) -> StoreResult<Vec<JobRow>>;
+    /// Records a worker (again) with its capacity.
+    async fn upsert_worker(&self, worker: &WorkerRow) -> StoreResult<()>;
+    /// Every worker that joined, with the jobs it runs now, by name.
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
     /// Writes a worker's report while its claim holds; false when it no longer does.
     async fn report(&self, report: &StepReport) -> StoreResult<bool>;
     /// Queued and running jobs of all users, queue order first.

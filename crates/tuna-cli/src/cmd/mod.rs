@@ -13,6 +13,7 @@ pub mod serve;
 pub mod train;
 pub mod users;
 pub mod worker;
+pub mod workers;
 
 use std::path::Path;
 use std::sync::Arc;

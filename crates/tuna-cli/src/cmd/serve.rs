@@ -22,9 +22,16 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, env = "TUNA_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
-    /// Training jobs that run at once on the CPU
-    #[arg(long, env = "TUNA_CPU_SLOTS", default_value_t = 1)]
+    /// Training jobs this node runs at once on its CPU (0: an API-only node; `tuna worker`
+    /// nodes run the jobs)
+    #[arg(long, visible_alias = "local-workers", env = "TUNA_CPU_SLOTS", default_value_t = 1)]
     pub cpu_slots: usize,
+    /// This node's name in `tuna workers list` and in job events (default: the host name)
+    #[arg(long, env = "TUNA_WORKER_NAME")]
+    pub worker_name: Option<String>,
+    /// Seconds a claim lasts without a heartbeat (tests shorten it; every node should agree)
+    #[arg(long, env = tuna_server::queue::LEASE_ENV, hide = true)]
+    pub lease_seconds: Option<f64>,
     /// Largest accepted upload, in MiB
     #[arg(long, env = "TUNA_MAX_UPLOAD_MIB", default_value_t = 512)]
     pub max_upload_mib: u64,
@@ -117,7 +124,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::new(&data_dir);
     settings.database = args.database.url()?;
     settings.blob_store = args.database.blob_store()?;
-    settings.cpu_slots = args.cpu_slots.max(1);
+    settings.cpu_slots = args.cpu_slots;
+    if let Some(name) = args.worker_name {
+        settings.worker_name = name;
+    }
+    if let Some(s) = args.lease_seconds {
+        settings.lease = tuna_server::queue::lease_of(s);
+    }
     settings.max_upload_bytes = args.max_upload_mib.saturating_mul(1 << 20);
     settings.max_retries = args.max_retries.max(0);
     settings.price_per_million_tokens = args.price_per_million_tokens;

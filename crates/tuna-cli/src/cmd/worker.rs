@@ -1,35 +1,104 @@
-//! `tuna worker`: trains one queued job; started by `tuna serve`, one process per running job.
+//! `tuna worker`: with `--job`, trains one claimed job (how `tuna serve` and worker nodes start
+//! each job's process); without it, a worker node that joins a shared database from any machine,
+//! claims jobs that fit its devices and memory under leases, and runs each in its own process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// The server's data directory
+    /// The data directory (job directories; the SQLite file when there is no --database)
     #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub database: super::DatabaseArg,
-    /// The job to train (`ftjob-…`)
+    /// The job to train (`ftjob-…`); without it, run as a worker node
     #[arg(long)]
-    pub job: String,
+    pub job: Option<String>,
     /// The claim this worker was started for (set by the server); a worker whose job was
     /// claimed again since does nothing
     #[arg(long, env = tuna_server::queue::ATTEMPT_ENV)]
     pub attempt: Option<i64>,
+    /// Worker node: its slots, one job each (`cpu:0,cpu:1`)
+    #[arg(long, env = "TUNA_DEVICES", value_delimiter = ',', default_value = "cpu:0")]
+    pub devices: Vec<String>,
+    /// Worker node: its name in `tuna workers list` and in job events (default: the host name)
+    #[arg(long, env = "TUNA_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Worker node: memory its jobs may plan to use together, in MiB (default: the machine's)
+    #[arg(long, env = "TUNA_MEMORY_LIMIT_MIB")]
+    pub memory_limit_mib: Option<u64>,
+    /// Worker node: restarts of a job whose worker died before the job fails
+    #[arg(long, env = "TUNA_MAX_RETRIES", default_value_t = 2)]
+    pub max_retries: i64,
+    /// Worker node: seconds a claim lasts without a heartbeat (tests shorten it)
+    #[arg(long, env = tuna_server::queue::LEASE_ENV, hide = true)]
+    pub lease_seconds: Option<f64>,
+    /// Worker node: seconds a stop waits for workers to checkpoint and exit
+    #[arg(long, env = "TUNA_WORKER_STOP_SECONDS", default_value_t = 60)]
+    pub worker_stop_seconds: u64,
 }
 
-/// The exit code tells the server what happened (0 done, 10 paused, 11 orphaned, 12 stopped,
-/// 13 disk full, else a crash).
+/// One job: the exit code tells the server what happened (0 done, 10 paused, 11 orphaned,
+/// 12 stopped, 13 disk full, 14 fenced, else a crash). A node: runs until SIGINT or SIGTERM.
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let Some(job) = &args.job else {
+        return run_node(args).map(|()| ExitCode::SUCCESS);
+    };
     let code = tuna_server::worker::run_with_database(
         &args.data_dir,
         args.database.url()?,
         args.database.blob_store()?,
-        &args.job,
+        job,
         args.attempt,
     )?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
+    tuna_server::prepare_server_process();
+    tuna_server::perms::private_dir(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let devices: Vec<String> = args
+        .devices
+        .iter()
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if devices.is_empty() {
+        anyhow::bail!("--devices: name at least one slot (cpu:0)");
+    }
+    let mut settings = tuna_server::Settings::new(&data_dir);
+    settings.database = args.database.url()?;
+    settings.blob_store = args.database.blob_store()?;
+    settings.cpu_slots = devices.len();
+    settings.devices = Some(devices);
+    if let Some(name) = args.name {
+        settings.worker_name = name;
+    }
+    settings.memory_limit_bytes = args.memory_limit_mib.map(|m| m.saturating_mul(1 << 20));
+    settings.max_retries = args.max_retries.max(0);
+    if let Some(s) = args.lease_seconds {
+        settings.lease = tuna_server::queue::lease_of(s);
+    }
+    settings.worker_stop_timeout = std::time::Duration::from_secs(args.worker_stop_seconds);
+    let name = settings.worker_name.clone();
+    let database = settings.database_url().display();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        eprintln!("Worker {name} joined {database}");
+        tuna_server::run_worker_node(settings, async {
+            let signal = tuna_server::shutdown_signal().await;
+            eprintln!("{signal}: stopping. Running jobs save a checkpoint and go back to the queue.");
+        })
+        .await
+        .context("running the worker node")?;
+        eprintln!("Stopped.");
+        Ok(())
+    })
 }

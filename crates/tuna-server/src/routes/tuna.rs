@@ -72,6 +72,46 @@ pub async fn throughput(
     Ok(Json(List::new(state.store.list_throughput().await?, false)))
 }
 
+/// `GET /v1/tuna/workers`: the workers that joined (every node with slots), their devices and
+/// memory, their last heartbeat and how many jobs they run; the caller's own running jobs by id
+/// (other users' jobs are only counted). Tuna has no admin role: any key may look, as with
+/// `/v1/tuna/status`.
+#[instrument(skip_all)]
+pub async fn workers(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<List<Value>>> {
+    let now = crate::ids::now_f64();
+    let lease = state.settings.lease.as_secs_f64();
+    let rows = state
+        .store
+        .list_workers()
+        .await?
+        .into_iter()
+        .map(|w| {
+            let mine: Vec<&str> = w
+                .jobs
+                .iter()
+                .filter(|(_, owner)| *owner == user.id)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            json!({
+                "object": "tuna.worker",
+                "name": w.worker.name,
+                "devices": w.worker.devices.split(',').filter(|d| !d.is_empty()).collect::<Vec<_>>(),
+                "memory_bytes": w.worker.memory_bytes,
+                "started_at": w.worker.started_at,
+                "last_heartbeat": w.worker.last_heartbeat,
+                // Seen within two leases: a scheduler heartbeats every 2 s.
+                "alive": now - w.worker.last_heartbeat <= 2.0 * lease.max(2.0),
+                "running_jobs": w.jobs.len(),
+                "your_jobs": mine,
+            })
+        })
+        .collect();
+    Ok(Json(List::new(rows, false)))
+}
+
 /// `GET /v1/tuna/job_settings`: every setting a job request takes, with its type, limits,
 /// default, `auto` rule and description (the table validation uses).
 pub async fn job_settings(AuthUser(_user): AuthUser) -> Json<Value> {

@@ -14,7 +14,12 @@
 //! A lock file in the job directory keeps two workers (say, an orphan of a crashed server and its
 //! replacement) from training the same job at once: the second waits for the first to exit. The
 //! claim (`attempt`) the worker was started for fences its writes: once the job was claimed again
-//! or left `running`, nothing it reports lands.
+//! or left `running`, nothing it reports lands, and the worker exits at once ([`EXIT_FENCED`])
+//! without writing a checkpoint. Its heartbeats keep the claim's lease alive (from before the
+//! lock wait on) and find out the same way when the claim is gone (cancelled on another node, or
+//! taken over after this worker froze past its lease); they also carry a pause requested on
+//! another node. A worker whose server went away records its own stop (the job is queued, no
+//! retry used) after saving its checkpoint.
 
 mod report;
 
@@ -22,7 +27,7 @@ use std::io::BufRead;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use tokio::sync::mpsc;
 use tuna_data::pack::LengthPolicy;
@@ -36,10 +41,13 @@ use crate::artifacts;
 use crate::blob::{BLOB_STORE_ENV, BlobStoreUrl};
 use crate::db::{DATABASE_ENV, DatabaseUrl, open_store};
 use crate::openai::types::JobError;
-use crate::queue::{EXIT_DISK_FULL, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV};
+use crate::lifecycle::{self, StopReason};
+use crate::queue::{
+    EXIT_DISK_FULL, EXIT_FENCED, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV,
+};
 use crate::spec::{JobSpec, MethodSpec, Tuning};
 use crate::state::Settings;
-use crate::store::{JobStatus, StoreError};
+use crate::store::{JobControl, JobStatus, Lease, Store, StoreError};
 use report::Reporter;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,46 @@ const STOP_STORE_FAILED: u8 = 5;
 
 fn request_stop(stop: &AtomicU8, why: u8) {
     let _ = stop.compare_exchange(STOP_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Set once training ended: the worker's last writes (the job's end) are guarded by its claim in
+/// the store, and a lost claim no longer ends the process.
+static FINISHING: AtomicBool = AtomicBool::new(false);
+
+/// The claim is gone: another worker owns the job now (or nobody does: it was cancelled). Exit
+/// at once, before the training thread can write another checkpoint into the job's directory.
+pub(crate) fn claim_lost(job_id: &str, attempt: i64) {
+    if FINISHING.load(Ordering::SeqCst) {
+        return;
+    }
+    tracing::warn!(
+        job = %job_id,
+        attempt,
+        "the job is no longer running under this worker's claim (cancelled, or taken over after the lease expired); exiting without writing anything more"
+    );
+    eprintln!("job {job_id}: claim {attempt} is no longer valid; exiting (fenced)");
+    std::process::exit(EXIT_FENCED);
+}
+
+/// Heartbeats of claim `attempt` every third of the lease: each pushes the lease's end forward;
+/// a pending pause stops the run after its step; a lost claim ends the process.
+fn keep_lease(store: Arc<dyn Store>, job_id: String, attempt: i64, stop: Arc<AtomicU8>) {
+    let lease = crate::queue::lease_duration();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(lease / 3);
+        loop {
+            tick.tick().await;
+            let until = crate::ids::now_f64() + lease.as_secs_f64();
+            match store.heartbeat(&job_id, attempt, until).await {
+                Ok(Lease::Held(Some(JobControl::Pause))) => request_stop(&stop, STOP_PAUSE),
+                Ok(Lease::Held(None)) => {}
+                Ok(Lease::Lost) => claim_lost(&job_id, attempt),
+                Err(e) => {
+                    tracing::warn!(job = %job_id, error = %e, "heartbeat failed; trying again")
+                }
+            }
+        }
+    });
 }
 
 /// Runs the worker for `job_id` under claim `attempt` (the job's current claim when `None`) and
@@ -242,6 +290,19 @@ async fn run_async(
     let store = open_store(&settings.database_url()).await?;
     let dir = settings.job_dir(job_id);
     std::fs::create_dir_all(&dir)?;
+    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+
+    let claimed = store
+        .get_job_unscoped(job_id)
+        .await?
+        .ok_or_else(|| WorkerError::NoJob(job_id.into()))?;
+    let attempt = attempt.unwrap_or(claimed.attempt);
+    if claimed.status != JobStatus::Running || claimed.attempt != attempt {
+        tracing::info!(job = %job_id, status = %claimed.status, "the job is not running under this claim; nothing to do");
+        return Ok(0);
+    }
+    // From here on the lease is kept, also while an earlier worker of the job still holds the lock.
+    keep_lease(store.clone(), job_id.to_string(), attempt, stop.clone());
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -250,14 +311,12 @@ async fn run_async(
     let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
         .await
         .map_err(|e| WorkerError::Panic(e.to_string()))??;
-
     let job = store
         .get_job_unscoped(job_id)
         .await?
         .ok_or_else(|| WorkerError::NoJob(job_id.into()))?;
-    let attempt = attempt.unwrap_or(job.attempt);
     if job.status != JobStatus::Running || job.attempt != attempt {
-        tracing::info!(job = %job_id, status = %job.status, "the job is not running under this claim; nothing to do");
+        tracing::info!(job = %job_id, status = %job.status, "the job left this claim while waiting for the job's lock; nothing to do");
         return Ok(0);
     }
     let mut reporter = Reporter::new(store.clone(), job.clone(), attempt, dir.clone());
@@ -310,7 +369,6 @@ async fn run_async(
     // A worker killed between writing a checkpoint and recording it left it unrecorded.
     reporter.reconcile().await?;
 
-    let stop = Arc::new(AtomicU8::new(STOP_NONE));
     if std::env::var_os(SUPERVISED_ENV).is_some() {
         let stop = stop.clone();
         std::thread::spawn(move || watch_stdin(&stop));
@@ -362,6 +420,7 @@ async fn run_async(
                     .unwrap_or_default(),
             )
         })?;
+    FINISHING.store(true, Ordering::SeqCst);
     let code = match (outcome, stop.load(Ordering::SeqCst)) {
         (_, STOP_DISK_FULL) => disk_full(&mut reporter, &train_dir, "reporting progress").await,
         (Err(e), _) if crate::disk::chain_is_disk_full(&e) => {
@@ -370,7 +429,15 @@ async fn run_async(
         (_, STOP_STORE_FAILED) => 1,
         (Ok(summary), why) if summary.stopped => match why {
             STOP_PAUSE => EXIT_PAUSED,
-            STOP_ORPHANED => EXIT_ORPHANED,
+            STOP_ORPHANED => {
+                // Nobody supervises this worker any more: it puts the job back itself.
+                if let Some(now) = store.get_job_unscoped(job_id).await?
+                    && now.attempt == attempt
+                {
+                    lifecycle::worker_stopped(&*store, &now, StopReason::Orphaned).await?;
+                }
+                EXIT_ORPHANED
+            }
             _ => EXIT_STOPPED,
         },
         (Ok(summary), _) => match reporter

@@ -150,6 +150,7 @@ impl Reporter {
     async fn send(&self, r: StepReport) -> StoreResult<()> {
         if !self.store.report(&r).await? {
             tracing::warn!(job = %self.job.id, "the job left this worker's claim; the report was dropped");
+            super::claim_lost(&self.job.id, self.attempt);
         }
         Ok(())
     }
@@ -346,6 +347,7 @@ impl Reporter {
             .insert_checkpoint(&row, self.attempt, &event)
             .await?
         {
+            super::claim_lost(&self.job.id, self.attempt);
             return Ok(());
         }
         self.apply_retention().await

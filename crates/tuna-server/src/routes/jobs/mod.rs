@@ -121,6 +121,7 @@ pub async fn create(
         estimate: Some(plan.estimate),
         metadata: v.metadata().cloned(),
         created_at: ids::now(),
+        memory_bytes: i64::try_from(plan.footprint.memory_bytes).ok(),
     };
     // One transaction, run to its end even if the client goes away meanwhile: the job exists
     // queued, or not at all.
