@@ -666,7 +666,8 @@ fn sigkill_of_the_server_mid_step_loses_nothing() {
     let msgs = a.messages(&id);
     assert!(
         msgs.iter()
-            .any(|m| m.starts_with("The server that ran the worker went away; the job stopped at step")),
+            .any(|m| m
+                .starts_with("The server that ran the worker went away; the job stopped at step")),
         "{msgs:?}"
     );
     b.wait_status(&other, "succeeded");
@@ -952,7 +953,14 @@ impl Node {
             .args(["worker", "--data-dir"])
             .arg(&server.data_dir)
             .args(server.database.iter().flat_map(|d| ["--database", d]))
-            .args(["--devices", "cpu:0", "--name", name, "--lease-seconds", LEASE])
+            .args([
+                "--devices",
+                "cpu:0",
+                "--name",
+                name,
+                "--lease-seconds",
+                LEASE,
+            ])
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -1008,7 +1016,10 @@ fn final_adapter(data_dir: &Path, job: &str) -> Vec<u8> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            Some((name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?, e.path()))
+            Some((
+                name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?,
+                e.path(),
+            ))
         })
         .max()
         .unwrap()
@@ -1049,18 +1060,21 @@ fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
         "taken over before the lease could expire"
     );
     assert_eq!(
-        done["tuna"]["retries"], 1,
+        done["tuna"]["retries"],
+        1,
         "a dead machine uses a retry: {:?}",
         a.messages(&id)
     );
     assert_resumed_without_repeats(&a, &id, 10);
     let msgs = a.messages(&id);
     assert!(
-        msgs.iter().any(|m| m.starts_with("Worker node-a stopped answering (its lease expired")),
+        msgs.iter()
+            .any(|m| m.starts_with("Worker node-a stopped answering (its lease expired")),
         "{msgs:?}"
     );
     assert!(
-        msgs.iter().any(|m| m.contains("of worker node-b (retry 1)")),
+        msgs.iter()
+            .any(|m| m.contains("of worker node-b (retry 1)")),
         "{msgs:?}"
     );
     assert!(
@@ -1097,12 +1111,17 @@ fn a_frozen_worker_is_fenced_when_it_wakes() {
     let frozen_step = a.job(&id)["tuna"]["progress"]["step"].as_i64().unwrap();
     let _node_b = Node::start(&server, "node-b");
     // Reaped, then claimed by node-b, whose worker waits for the frozen one's lock.
-    a.wait_job(&id, "taken over", |j| j["tuna"]["retries"] == 1 && j["status"] == "running");
+    a.wait_job(&id, "taken over", |j| {
+        j["tuna"]["retries"] == 1 && j["status"] == "running"
+    });
     let metrics_before = a.train_steps(&id);
     signal(&frozen.to_string(), "CONT");
     wait_gone(frozen);
     let log = std::fs::read_to_string(data.join("jobs").join(&id).join("worker.log")).unwrap();
-    assert!(log.contains("is no longer valid; exiting (fenced)"), "{log}");
+    assert!(
+        log.contains("is no longer valid; exiting (fenced)"),
+        "{log}"
+    );
     // Nothing of the frozen worker landed after the takeover: no step past the one it was at.
     assert!(
         metrics_before.iter().all(|s| *s <= frozen_step + 1),
@@ -1113,7 +1132,8 @@ fn a_frozen_worker_is_fenced_when_it_wakes() {
     assert_resumed_without_repeats(&a, &id, 12);
     let msgs = a.messages(&id);
     assert!(
-        msgs.iter().any(|m| m.contains("of worker node-b (retry 1)")),
+        msgs.iter()
+            .any(|m| m.contains("of worker node-b (retry 1)")),
         "{msgs:?}"
     );
     a.assert_all_final();
@@ -1131,17 +1151,33 @@ fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
     let data = dir.path().join("data");
     let common = ["--database", &url, "--lease-seconds", LEASE];
     let one = Server::start(&data, &[&common[..], &["--worker-name", "node-1"]].concat());
-    let mut two = Server::start(&data, &[&common[..], &["--worker-name", "node-2", "--local-workers", "0"]].concat());
+    let mut two = Server::start(
+        &data,
+        &[
+            &common[..],
+            &["--worker-name", "node-2", "--local-workers", "0"],
+        ]
+        .concat(),
+    );
     let (a, _b, fa, _fb) = one.two_users();
     let id = a.create(&lora_job(&fa, 300, 100));
     let running = a.wait_step(&id, 2);
     let at_two = a.at(&two);
     let seen = at_two.job(&id);
-    assert_eq!((&seen["id"], &seen["status"]), (&running["id"], &json!("running")));
+    assert_eq!(
+        (&seen["id"], &seen["status"]),
+        (&running["id"], &json!("running"))
+    );
     // Node two restarts while node one's worker trains: the job stays where it is.
     signal(&two.pid().to_string(), "TERM");
     two.wait(T);
-    two.spawn(&[&common[..], &["--worker-name", "node-2", "--local-workers", "0"]].concat());
+    two.spawn(
+        &[
+            &common[..],
+            &["--worker-name", "node-2", "--local-workers", "0"],
+        ]
+        .concat(),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let at_two = a.at(&two);
     let (status, workers) = at_two.get("/v1/tuna/workers");
@@ -1152,7 +1188,11 @@ fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["node-1"], "an API-only node runs no worker: {workers}");
+    assert_eq!(
+        names,
+        ["node-1"],
+        "an API-only node runs no worker: {workers}"
+    );
     assert_eq!(workers["data"][0]["your_jobs"], json!([id]), "{workers}");
     let out = Command::new(tuna())
         .args(["workers", "list", "--database", &url, "--data-dir"])
@@ -1160,7 +1200,10 @@ fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.contains("node-1\tcpu:0") && listed.contains(&id), "{listed}");
+    assert!(
+        listed.contains("node-1\tcpu:0") && listed.contains(&id),
+        "{listed}"
+    );
     let done = at_two.wait_status(&id, "succeeded");
     assert_eq!(done["tuna"]["retries"], 0, "{:?}", a.messages(&id));
     assert_resumed_without_repeats(&a, &id, 300);
@@ -1174,8 +1217,16 @@ fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
     let starts: Vec<&str> = events
         .iter()
         .map(|e| e.message.as_str())
-        .filter(|m| m.starts_with("Fine-tuning job started") || m.contains("restarted") || m.contains("stopped answering"))
+        .filter(|m| {
+            m.starts_with("Fine-tuning job started")
+                || m.contains("restarted")
+                || m.contains("stopped answering")
+        })
         .collect();
-    assert_eq!(starts, ["Fine-tuning job started on cpu:0 of worker node-1"], "claimed once");
+    assert_eq!(
+        starts,
+        ["Fine-tuning job started on cpu:0 of worker node-1"],
+        "claimed once"
+    );
     a.assert_all_final();
 }

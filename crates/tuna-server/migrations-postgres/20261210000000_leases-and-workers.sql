@@ -19,3 +19,6 @@ CREATE TABLE workers (
     started_at      BIGINT NOT NULL,
     last_heartbeat  DOUBLE PRECISION NOT NULL
 );
+
+-- A claim finds each user's first waiting job with one index look-up.
+CREATE INDEX jobs_by_user_queue ON jobs(user_id, status, queue_order);

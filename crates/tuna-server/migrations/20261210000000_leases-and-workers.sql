@@ -19,3 +19,6 @@ CREATE TABLE workers (
     started_at      INTEGER NOT NULL,
     last_heartbeat  REAL NOT NULL
 );
+
+-- A claim finds each user's first waiting job with one index look-up.
+CREATE INDEX jobs_by_user_queue ON jobs(user_id, status, queue_order);

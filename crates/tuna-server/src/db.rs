@@ -699,15 +699,20 @@ mod $module {
         ) -> StoreResult<Option<JobRow>> {
             // Fair share: among users with queued jobs that fit (and below their running quota),
             // the one with the fewest running jobs, then the one whose jobs started least
-            // recently, then the oldest waiting job; within the user, queue order.
+            // recently, then the oldest waiting job; within the user, queue order. Each user's
+            // numbers are index look-ups (`jobs_by_user_queue`, `jobs_by_user_claim`) instead of
+            // a pass over every waiting job (`examples/claims.rs` measures both).
             let sql = format!(
                 "WITH waiting AS ( \
-                     SELECT q.user_id, MIN(q.queue_order) AS first, \
-                         (SELECT COUNT(*) FROM jobs r WHERE r.user_id = q.user_id AND r.status = 'running') AS running, \
-                         (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = q.user_id) AS last_claim \
-                     FROM jobs q WHERE q.status = 'queued' AND COALESCE(q.memory_bytes, 0) <= $5 GROUP BY q.user_id \
+                     SELECT u.id AS user_id, \
+                         (SELECT MIN(q.queue_order) FROM jobs q WHERE q.user_id = u.id AND q.status = 'queued' \
+                             AND COALESCE(q.memory_bytes, 0) <= $5) AS first, \
+                         (SELECT COUNT(*) FROM jobs r WHERE r.user_id = u.id AND r.status = 'running') AS running, \
+                         (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = u.id) AS last_claim \
+                     FROM users u \
                  ), next_user AS ( \
-                     SELECT user_id FROM waiting WHERE running < $4 ORDER BY running, last_claim, first LIMIT 1 \
+                     SELECT user_id FROM waiting WHERE first IS NOT NULL AND running < $4 \
+                     ORDER BY running, last_claim, first LIMIT 1 \
                  ) \
                  UPDATE jobs SET status = 'running', device = $1, started_at = COALESCE(started_at, $2), \
                      run_started_at = $3, claimed_at = $3, attempt = attempt + 1, control = NULL, \
@@ -1179,7 +1184,13 @@ mod $module {
 // deferred transaction that reads before it writes (a claim check, then an insert) fails at once
 // with `SQLITE_BUSY_SNAPSHOT` when another process committed in between, which heartbeats of
 // workers in other processes make common.
-sql_store!(sqlite_store, SqliteStore, sqlx::Sqlite, "", "BEGIN IMMEDIATE");
+sql_store!(
+    sqlite_store,
+    SqliteStore,
+    sqlx::Sqlite,
+    "",
+    "BEGIN IMMEDIATE"
+);
 sql_store!(
     postgres_store,
     PgStore,
@@ -1610,21 +1621,43 @@ mod tests {
     #[tokio::test]
     async fn expired_leases_requeue_pause_or_fail_and_live_ones_stay() {
         for s in engines().await {
-            for id in ["run", "pausing", "alive", "spent", "waiting", "validating", "held", "done"] {
+            for id in [
+                "run",
+                "pausing",
+                "alive",
+                "spent",
+                "waiting",
+                "validating",
+                "held",
+                "done",
+            ] {
                 lifecycle::create(&*s, &job(id, "u1")).await.unwrap();
             }
             // `validating_files` can only come from a database of the old creation path.
             s.execute("UPDATE jobs SET status = 'validating_files' WHERE id = 'validating'")
                 .await;
-            let run = lifecycle::claim(&*s, &request("cpu:0", -5.0)).await.unwrap().unwrap();
-            assert_eq!((run.id.as_str(), run.worker.as_deref()), ("run", Some("test-worker")));
-            let pausing = lifecycle::claim(&*s, &request("cpu:1", -5.0)).await.unwrap().unwrap();
+            let run = lifecycle::claim(&*s, &request("cpu:0", -5.0))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (run.id.as_str(), run.worker.as_deref()),
+                ("run", Some("test-worker"))
+            );
+            let pausing = lifecycle::claim(&*s, &request("cpu:1", -5.0))
+                .await
+                .unwrap()
+                .unwrap();
             lifecycle::request_pause(&*s, &pausing).await.unwrap();
             let alive = claim(&*s, "cpu:2").await.unwrap();
             assert_eq!(alive.id, "alive");
-            let spent = lifecycle::claim(&*s, &request("cpu:3", -5.0)).await.unwrap().unwrap();
+            let spent = lifecycle::claim(&*s, &request("cpu:3", -5.0))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(spent.id, "spent");
-            s.execute("UPDATE jobs SET retries = 2 WHERE id = 'spent'").await;
+            s.execute("UPDATE jobs SET retries = 2 WHERE id = 'spent'")
+                .await;
             let held = s.get_job_unscoped("held").await.unwrap().unwrap();
             lifecycle::request_pause(&*s, &held).await.unwrap();
             let done = s.get_job_unscoped("done").await.unwrap().unwrap();
@@ -1633,11 +1666,15 @@ mod tests {
             // A live claim's heartbeat extends its lease and carries a pending pause; an expired
             // one still holds until a reaper acts.
             assert_eq!(
-                s.heartbeat("alive", alive.attempt, ids::now_f64() + 60.0).await.unwrap(),
+                s.heartbeat("alive", alive.attempt, ids::now_f64() + 60.0)
+                    .await
+                    .unwrap(),
                 Lease::Held(None)
             );
             assert_eq!(
-                s.heartbeat("pausing", pausing.attempt, ids::now_f64() - 5.0).await.unwrap(),
+                s.heartbeat("pausing", pausing.attempt, ids::now_f64() - 5.0)
+                    .await
+                    .unwrap(),
                 Lease::Held(Some(JobControl::Pause))
             );
 
@@ -1648,8 +1685,12 @@ mod tests {
                 lifecycle::reap_expired(&*s, now, 2),
                 lifecycle::reap_expired(&*s, now, 2)
             );
-            let mut reaped: Vec<String> =
-                a.unwrap().into_iter().chain(b.unwrap()).map(|j| j.id).collect();
+            let mut reaped: Vec<String> = a
+                .unwrap()
+                .into_iter()
+                .chain(b.unwrap())
+                .map(|j| j.id)
+                .collect();
             reaped.sort();
             assert_eq!(reaped, ["pausing", "run", "spent"]);
             let status = |id: &'static str| {
@@ -1664,7 +1705,9 @@ mod tests {
             assert!(r.run_started_at.is_none() && r.running_seconds >= 0.0);
             // The reaped claim is fenced: its heartbeats and reports are refused.
             assert_eq!(
-                s.heartbeat("run", run.attempt, ids::now_f64() + 60.0).await.unwrap(),
+                s.heartbeat("run", run.attempt, ids::now_f64() + 60.0)
+                    .await
+                    .unwrap(),
                 Lease::Lost
             );
             assert_eq!(status("pausing").await.status, JobStatus::Paused);
@@ -1678,7 +1721,9 @@ mod tests {
             assert_eq!(status("done").await.status, JobStatus::Cancelled);
             let events = s.events_since("run", 0, 100).await.unwrap();
             assert!(
-                events.iter().any(|e| e.message.starts_with("Worker test-worker stopped answering")),
+                events.iter().any(|e| e
+                    .message
+                    .starts_with("Worker test-worker stopped answering")),
                 "{events:?}"
             );
             // The interrupted job keeps its place ahead of the ones that were waiting.
@@ -1694,7 +1739,9 @@ mod tests {
             let alive = status("alive").await;
             lifecycle::cancel(&*s, &alive).await.unwrap();
             assert_eq!(
-                s.heartbeat("alive", alive.attempt, ids::now_f64() + 60.0).await.unwrap(),
+                s.heartbeat("alive", alive.attempt, ids::now_f64() + 60.0)
+                    .await
+                    .unwrap(),
                 Lease::Lost
             );
         }
@@ -1718,7 +1765,10 @@ mod tests {
             let got = lifecycle::claim(&*s, &two_gib).await.unwrap().unwrap();
             assert_eq!(got.id, "small");
             assert!(lifecycle::claim(&*s, &two_gib).await.unwrap().is_none());
-            let got = lifecycle::claim(&*s, &request("cpu:0", 60.0)).await.unwrap().unwrap();
+            let got = lifecycle::claim(&*s, &request("cpu:0", 60.0))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(got.id, "big");
             for (name, devices) in [("small-box", "cpu:0"), ("test-worker", "cpu:0,cpu:1")] {
                 s.upsert_worker(&WorkerRow {
@@ -1741,7 +1791,10 @@ mod tests {
                     )
                 })
                 .collect();
-            assert_eq!(jobs, [("small-box", vec!["small"]), ("test-worker", vec!["big"])]);
+            assert_eq!(
+                jobs,
+                [("small-box", vec!["small"]), ("test-worker", vec!["big"])]
+            );
         }
     }
 

@@ -148,24 +148,21 @@ fn estimate_message(e: &Estimate) -> String {
 /// Claims the next queued job that fits (fair share, see [`Store::claim_next_queued`]).
 pub async fn claim(store: &dyn Store, claim: &ClaimRequest<'_>) -> StoreResult<Option<JobRow>> {
     store
-        .claim_next_queued(
-            claim,
-            &|job: &JobRow| {
-                let retry = if job.retries > 0 {
-                    format!(" (retry {})", job.retries)
-                } else {
-                    String::new()
-                };
-                NewEvent::info(
-                    job,
-                    format!(
-                        "Fine-tuning job started on {} of worker {}{retry}",
-                        job.device.as_deref().unwrap_or("cpu"),
-                        job.worker.as_deref().unwrap_or("?")
-                    ),
-                )
-            },
-        )
+        .claim_next_queued(claim, &|job: &JobRow| {
+            let retry = if job.retries > 0 {
+                format!(" (retry {})", job.retries)
+            } else {
+                String::new()
+            };
+            NewEvent::info(
+                job,
+                format!(
+                    "Fine-tuning job started on {} of worker {}{retry}",
+                    job.device.as_deref().unwrap_or("cpu"),
+                    job.worker.as_deref().unwrap_or("?")
+                ),
+            )
+        })
         .await
 }
 
@@ -559,7 +556,10 @@ pub async fn reap_expired(
 /// one transaction) had been planned in full and join the queue. Running jobs are not this
 /// node's to judge (another node's workers may run them): their leases decide ([`reap_expired`]).
 pub async fn recover(store: &dyn Store) -> StoreResult<()> {
-    for job in store.jobs_with_status(&[JobStatus::ValidatingFiles]).await? {
+    for job in store
+        .jobs_with_status(&[JobStatus::ValidatingFiles])
+        .await?
+    {
         let t = transition(
             &job,
             &[job.status],

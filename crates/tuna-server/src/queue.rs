@@ -85,7 +85,11 @@ pub fn lease_duration() -> Duration {
 
 /// A lease of `seconds` (at least 0.5 s).
 pub fn lease_of(seconds: f64) -> Duration {
-    Duration::from_secs_f64(if seconds.is_finite() { seconds.max(0.5) } else { 30.0 })
+    Duration::from_secs_f64(if seconds.is_finite() {
+        seconds.max(0.5)
+    } else {
+        30.0
+    })
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);

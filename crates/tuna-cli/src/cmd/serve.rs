@@ -24,7 +24,12 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Training jobs this node runs at once on its CPU (0: an API-only node; `tuna worker`
     /// nodes run the jobs)
-    #[arg(long, visible_alias = "local-workers", env = "TUNA_CPU_SLOTS", default_value_t = 1)]
+    #[arg(
+        long,
+        visible_alias = "local-workers",
+        env = "TUNA_CPU_SLOTS",
+        default_value_t = 1
+    )]
     pub cpu_slots: usize,
     /// This node's name in `tuna workers list` and in job events (default: the host name)
     #[arg(long, env = "TUNA_WORKER_NAME")]

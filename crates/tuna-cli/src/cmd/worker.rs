@@ -23,7 +23,12 @@ pub struct WorkerArgs {
     #[arg(long, env = tuna_server::queue::ATTEMPT_ENV)]
     pub attempt: Option<i64>,
     /// Worker node: its slots, one job each (`cpu:0,cpu:1`)
-    #[arg(long, env = "TUNA_DEVICES", value_delimiter = ',', default_value = "cpu:0")]
+    #[arg(
+        long,
+        env = "TUNA_DEVICES",
+        value_delimiter = ',',
+        default_value = "cpu:0"
+    )]
     pub devices: Vec<String>,
     /// Worker node: its name in `tuna workers list` and in job events (default: the host name)
     #[arg(long, env = "TUNA_WORKER_NAME")]
@@ -94,7 +99,9 @@ fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("Worker {name} joined {database}");
         tuna_server::run_worker_node(settings, async {
             let signal = tuna_server::shutdown_signal().await;
-            eprintln!("{signal}: stopping. Running jobs save a checkpoint and go back to the queue.");
+            eprintln!(
+                "{signal}: stopping. Running jobs save a checkpoint and go back to the queue."
+            );
         })
         .await
         .context("running the worker node")?;

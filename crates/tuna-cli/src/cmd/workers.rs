@@ -29,7 +29,9 @@ pub fn run(cmd: WorkersCommand) -> anyhow::Result<()> {
         let store = args.database.open(&args.data_dir).await?;
         let workers = store.list_workers().await?;
         if workers.is_empty() {
-            eprintln!("No worker has joined yet: `tuna serve` and `tuna worker` nodes list themselves.");
+            eprintln!(
+                "No worker has joined yet: `tuna serve` and `tuna worker` nodes list themselves."
+            );
             return Ok(());
         }
         let now = tuna_server::ids::now_f64();
@@ -43,7 +45,11 @@ pub fn run(cmd: WorkersCommand) -> anyhow::Result<()> {
                 w.worker
                     .memory_bytes
                     .map_or("-".to_string(), |m| (m >> 20).to_string()),
-                if jobs.is_empty() { "-".to_string() } else { jobs.join(",") },
+                if jobs.is_empty() {
+                    "-".to_string()
+                } else {
+                    jobs.join(",")
+                },
                 (now - w.worker.last_heartbeat).max(0.0)
             );
         }

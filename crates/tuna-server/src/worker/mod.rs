@@ -40,8 +40,8 @@ use tuna_train::{
 use crate::artifacts;
 use crate::blob::{BLOB_STORE_ENV, BlobStoreUrl};
 use crate::db::{DATABASE_ENV, DatabaseUrl, open_store};
-use crate::openai::types::JobError;
 use crate::lifecycle::{self, StopReason};
+use crate::openai::types::JobError;
 use crate::queue::{
     EXIT_DISK_FULL, EXIT_FENCED, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV,
 };
