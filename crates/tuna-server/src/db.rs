@@ -161,6 +161,23 @@ impl SqliteStore {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub pool: PgPool,
+    signals: Arc<crate::signals::PgSignals>,
+}
+
+/// How long a session may sit inside a transaction without sending anything. Tuna's
+/// transactions never wait on anything but the database, so a session idle inside one this long
+/// belongs to a frozen process (a stopped worker, a machine paused past its lease): PostgreSQL
+/// ends it, which frees the job rows it locked. Without this, a worker frozen between `BEGIN` and
+/// `COMMIT` of a step's report held its job's row lock for as long as it stayed frozen, and every
+/// reaper's `UPDATE` of that row waited behind it: the job could not be taken over.
+pub const PG_IDLE_IN_TRANSACTION: &str = "10s";
+
+/// The connection options of every PostgreSQL connection Tuna opens.
+pub fn pg_connect_options(url: &str) -> StoreResult<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.options([(
+        "idle_in_transaction_session_timeout",
+        PG_IDLE_IN_TRANSACTION,
+    )]))
 }
 
 impl PgStore {
@@ -168,14 +185,28 @@ impl PgStore {
     /// starting together apply each migration once). A pool of 8: PostgreSQL serves each
     /// connection with its own process, and claims hold theirs only for one statement.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let opts = PgConnectOptions::from_str(url)?;
+        let opts = pg_connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts)
             .await?;
         PG_MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            signals: Arc::default(),
+        })
+    }
+
+    fn subscribe_signals(&self) -> crate::signals::Subscription {
+        self.signals.subscribe(&self.pool)
+    }
+}
+
+impl SqliteStore {
+    /// SQLite has no `NOTIFY`: its nodes and workers poll.
+    fn subscribe_signals(&self) -> crate::signals::Subscription {
+        crate::signals::Subscription::none()
     }
 }
 
@@ -351,6 +382,10 @@ mod $module {
 
     #[async_trait]
     impl Store for $store {
+        fn signals(&self) -> crate::signals::Subscription {
+            self.subscribe_signals()
+        }
+
         async fn create_user(&self, user: &User, key_hash: &str, key_prefix: &str) -> StoreResult<()> {
             let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let inserted = sqlx::query(
@@ -1616,6 +1651,75 @@ mod tests {
             .unwrap();
         let c = lifecycle::cancel(&s, &j).await.unwrap();
         assert_eq!(c.status, JobStatus::Cancelled);
+    }
+
+    /// A worker frozen between `BEGIN` and `COMMIT` (SIGSTOP, a paused VM) holds its job's row
+    /// lock; PostgreSQL ends its session after `PG_IDLE_IN_TRANSACTION`, and the reaper, which
+    /// waited behind that lock, takes the job back. Without the setting it waits forever.
+    #[tokio::test]
+    async fn a_session_frozen_inside_a_transaction_does_not_block_the_reaper() {
+        let url = crate::test_services::fresh_postgres_database().await;
+        let s = PgStore::connect(&url).await.unwrap();
+        add_users(&s).await;
+        lifecycle::create(&s, &job("run", "u1")).await.unwrap();
+        lifecycle::claim(&s, &request("cpu:0", -5.0))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut frozen = sqlx::PgConnection::connect_with(&pg_connect_options(&url).unwrap())
+            .await
+            .unwrap();
+        sqlx::raw_sql("BEGIN; UPDATE jobs SET step = step WHERE id = 'run'")
+            .execute(&mut frozen)
+            .await
+            .unwrap();
+        let reaped = tokio::time::timeout(
+            Duration::from_secs(120),
+            lifecycle::reap_expired(&s, ids::now_f64(), 2),
+        )
+        .await
+        .expect("the reaper still waits behind the frozen session")
+        .unwrap();
+        assert_eq!(
+            reaped.iter().map(|j| j.status).collect::<Vec<_>>(),
+            [JobStatus::Queued]
+        );
+        assert!(
+            sqlx::query("SELECT 1").execute(&mut frozen).await.is_err(),
+            "the frozen session was ended"
+        );
+    }
+
+    /// PostgreSQL notifies on commit: a queued job, then a claim's end (cancel) with its job id.
+    #[tokio::test]
+    async fn postgres_notifies_queued_jobs_and_claim_changes() {
+        use crate::signals::Signal;
+        let s = PgStore::connect(&crate::test_services::fresh_postgres_database().await)
+            .await
+            .unwrap();
+        add_users(&s).await;
+        let mut signals = s.signals();
+        async fn wait_for(signals: &mut crate::signals::Subscription, expected: Signal) {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while signals.next().await != expected {}
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {expected:?}"));
+        }
+        wait_for(&mut signals, Signal::Resync).await;
+        lifecycle::create(&s, &job("a", "u1")).await.unwrap();
+        wait_for(&mut signals, Signal::Queued).await;
+        let a = claim(&s, "cpu:0").await.unwrap();
+        lifecycle::cancel(&s, &a).await.unwrap();
+        wait_for(&mut signals, Signal::Job("a".into())).await;
+        // SQLite has none.
+        let lite = store_with_users().await;
+        let mut none = lite.signals();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), none.next())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

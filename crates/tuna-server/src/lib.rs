@@ -45,6 +45,7 @@ pub mod perms;
 pub mod queue;
 pub mod quota;
 pub mod routes;
+pub mod signals;
 pub mod slots;
 pub mod spec;
 pub mod sse;

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::DATABASE_ENV;
 use crate::lifecycle::{self, StopReason};
 use crate::openai::types::JobError;
+use crate::signals::Signal;
 use crate::state::Settings;
 use crate::store::{ClaimRequest, JobControl, JobRow, JobStatus, Store, StoreResult, WorkerRow};
 
@@ -167,6 +168,7 @@ impl Scheduler {
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
+            let mut signals = me.store.signals();
             loop {
                 if let Err(e) = me.reap_and_register().await {
                     tracing::error!(error = %e, "reaping expired leases failed");
@@ -177,14 +179,27 @@ impl Scheduler {
                 {
                     tracing::error!(error = %e, "scheduling failed");
                 }
-                // Woken by new jobs and finished workers; the timeout also picks up jobs that
-                // another process (e.g. `tuna` on the same data directory) queued.
+                // Woken by new jobs and finished workers of this node, by the database's
+                // notifications (a job queued on any node, PostgreSQL only), and at the latest
+                // after a poll interval (jobs another process queued on SQLite, expired leases).
                 let nap = held
-                    .unwrap_or(Duration::from_secs(2))
-                    .min(Duration::from_secs(2));
-                tokio::select! {
-                    () = me.shutdown.cancelled() => break,
-                    _ = tokio::time::timeout(nap, me.wake.notified()) => {}
+                    .unwrap_or(me.settings.poll_interval)
+                    .min(me.settings.poll_interval);
+                let until = Instant::now() + nap;
+                loop {
+                    tokio::select! {
+                        () = me.shutdown.cancelled() => break,
+                        _ = tokio::time::timeout_at(until, me.wake.notified()) => break,
+                        signal = signals.next() => {
+                            // Another job's claim changing is its own worker's business.
+                            if matches!(signal, Signal::Queued | Signal::Resync) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if me.shutdown.is_cancelled() {
+                    break;
                 }
             }
             me.stop_workers().await;

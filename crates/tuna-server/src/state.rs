@@ -77,6 +77,10 @@ pub struct Settings {
     pub worker_name: String,
     /// How long a claim lasts without a heartbeat (`TUNA_LEASE_SECONDS`, default 30 s).
     pub lease: Duration,
+    /// How often an idle scheduler looks at the queue and reaps expired leases when nothing woke
+    /// it (`--poll-seconds`, default 2 s). On PostgreSQL a queued job wakes it at once
+    /// ([`crate::signals`]); the poll is the fallback.
+    pub poll_interval: Duration,
     /// Largest accepted upload in bytes. Default 512 MiB.
     pub max_upload_bytes: u64,
     /// Times a job whose worker died is restarted (from its last checkpoint) before it fails. Default 2.
@@ -169,6 +173,7 @@ impl Settings {
             devices: None,
             worker_name: host_name(),
             lease: crate::queue::lease_duration(),
+            poll_interval: Duration::from_secs(2),
             max_upload_bytes: 512 << 20,
             max_retries: 2,
             price_per_million_tokens: 0.0,

@@ -56,6 +56,19 @@ impl StoreError {
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full(_))
     }
+
+    /// The database could not be reached: the connection was refused or dropped, or the server
+    /// is shutting down or starting (SQLSTATE class 08, 57P01-57P03). Worth trying again: it says
+    /// nothing about the write itself.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            StoreError::Db(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
+    }
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -484,6 +497,10 @@ pub struct WorkerInfo {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Wake-ups the database pushes (PostgreSQL `NOTIFY`); one that never fires where it has
+    /// none (SQLite). Subscribers still poll: see [`crate::signals`].
+    fn signals(&self) -> crate::signals::Subscription;
+
     // Users and keys.
     async fn create_user(&self, user: &User, key_hash: &str, key_prefix: &str) -> StoreResult<()>;
     async fn add_api_key(&self, user_id: &str, key_hash: &str, key_prefix: &str)

@@ -91,6 +91,37 @@ impl PostgresCluster {
         CLUSTER.get_or_init(PostgresCluster::start)
     }
 
+    /// A cluster of its own, for a test that stops and restarts it ([`Self::stop`],
+    /// [`Self::restart`]); gone when the test process ends, like the shared one.
+    pub fn private() -> PostgresCluster {
+        Self::start()
+    }
+
+    /// Stops the server as `pg_ctl stop` does (fast shutdown: open sessions are ended) and waits
+    /// until it is gone. Its data stays for [`Self::restart`].
+    pub fn stop(&self) {
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no running postgres in {}", pid_file.display()));
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Gone, or a zombie its watchdog has not reaped yet.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "postgres {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a stopped cluster again, on the same port and data.
+    pub fn restart(&self) {
+        self.launch();
+    }
+
     fn start() -> PostgresCluster {
         let bin = postgres_bin();
         let dir = tempfile::Builder::new()

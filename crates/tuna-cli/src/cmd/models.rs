@@ -21,34 +21,26 @@ pub struct AddArgs {
     /// Name to use in the API (default: the directory's name, lowercased)
     #[arg(long)]
     pub name: Option<String>,
-    /// The server's data directory
-    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
-    pub data_dir: PathBuf,
     #[command(flatten)]
-    pub database: super::DatabaseArg,
+    pub state: super::SharedStateArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// The server's data directory
-    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
-    pub data_dir: PathBuf,
     #[command(flatten)]
-    pub database: super::DatabaseArg,
+    pub state: super::SharedStateArgs,
 }
 
 pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
-    let (data_dir, database) = match &cmd {
-        ModelsCommand::Add(a) => (a.data_dir.clone(), a.database.clone()),
-        ModelsCommand::List(a) => (a.data_dir.clone(), a.database.clone()),
+    let state = match &cmd {
+        ModelsCommand::Add(a) => a.state.clone(),
+        ModelsCommand::List(a) => a.state.clone(),
     };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = database.open(&data_dir).await?;
+        let store = state.open_store().await?;
         let store = &*store;
         match cmd {
             ModelsCommand::Add(args) => {

@@ -10,15 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tuna_server::Settings;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Data directory: database, uploaded files, job directories, the demo model
-    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
-    pub data_dir: PathBuf,
     #[command(flatten)]
-    pub database: super::DatabaseArg,
+    pub state: super::SharedStateArgs,
     /// Address to listen on
     #[arg(long, env = "TUNA_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -34,9 +30,8 @@ pub struct ServeArgs {
     /// This node's name in `tuna workers list` and in job events (default: the host name)
     #[arg(long, env = "TUNA_WORKER_NAME")]
     pub worker_name: Option<String>,
-    /// Seconds a claim lasts without a heartbeat (tests shorten it; every node should agree)
-    #[arg(long, env = tuna_server::queue::LEASE_ENV, hide = true)]
-    pub lease_seconds: Option<f64>,
+    #[command(flatten)]
+    pub timing: super::QueueTimingArgs,
     /// Largest accepted upload, in MiB
     #[arg(long, env = "TUNA_MAX_UPLOAD_MIB", default_value_t = 512)]
     pub max_upload_mib: u64,
@@ -121,20 +116,11 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // First: the data directory (created next) and every file below it are private.
     tuna_server::prepare_server_process();
-    // Workers get the directory as an argument: make it independent of their working directory.
-    tuna_server::perms::private_dir(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)
-        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
-    let mut settings = Settings::new(&data_dir);
-    settings.database = args.database.url()?;
-    settings.blob_store = args.database.blob_store()?;
+    let mut settings = args.state.node_settings()?;
+    args.timing.apply(&mut settings);
     settings.cpu_slots = args.cpu_slots;
     if let Some(name) = args.worker_name {
         settings.worker_name = name;
-    }
-    if let Some(s) = args.lease_seconds {
-        settings.lease = tuna_server::queue::lease_of(s);
     }
     settings.max_upload_bytes = args.max_upload_mib.saturating_mul(1 << 20);
     settings.max_retries = args.max_retries.max(0);
@@ -174,13 +160,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let state = tuna_server::build_state(settings)
             .await
-            .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+            .with_context(|| format!("opening the data directory {}", args.state.data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
             format!("listening on {}\n---> HINT: another program uses the port; pass `--listen 127.0.0.1:8001`", args.listen)
         })?;
         let addr = listener.local_addr()?;
-        eprintln!("Tuna is serving http://{addr}/ (data directory {})", args.data_dir.display());
-        eprintln!("Create an API key with `tuna users create NAME --data-dir {}`", args.data_dir.display());
+        eprintln!("Tuna is serving http://{addr}/ (data directory {})", args.state.data_dir.display());
+        eprintln!("Create an API key with `tuna users create NAME --data-dir {}`", args.state.data_dir.display());
         tuna_server::serve(listener, state, async {
             let signal = tuna_server::shutdown_signal().await;
             eprintln!(

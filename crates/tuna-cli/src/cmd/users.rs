@@ -1,8 +1,6 @@
 //! `tuna users create|create-key|list|revoke`: users and their API keys. A key is printed once,
 //! when it is made; the store keeps only its SHA-256 and its first characters (to tell keys apart).
 
-use std::path::PathBuf;
-
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use tuna_server::store::{Store, User};
@@ -21,11 +19,8 @@ pub enum UsersCommand {
 
 #[derive(Args, Debug)]
 pub struct DataDirArgs {
-    /// The server's data directory
-    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
-    pub data_dir: PathBuf,
     #[command(flatten)]
-    pub database: super::DatabaseArg,
+    pub state: super::SharedStateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -53,14 +48,12 @@ pub fn run(cmd: UsersCommand) -> anyhow::Result<()> {
         UsersCommand::List(a) => a,
         UsersCommand::Revoke(a) => &a.dir,
     };
-    let (data_dir, database) = (dir.data_dir.clone(), dir.database.clone());
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let state = dir.state.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = database.open(&data_dir).await?;
+        let store = state.open_store().await?;
         let store = &*store;
         match cmd {
             UsersCommand::Create(a) => create(store, &a.name).await,

@@ -2,7 +2,6 @@
 //! each job's process); without it, a worker node that joins a shared database from any machine,
 //! claims jobs that fit its devices and memory under leases, and runs each in its own process.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,11 +9,8 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// The data directory (job directories; the SQLite file when there is no --database)
-    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
-    pub data_dir: PathBuf,
     #[command(flatten)]
-    pub database: super::DatabaseArg,
+    pub state: super::SharedStateArgs,
     /// The job to train (`ftjob-…`); without it, run as a worker node
     #[arg(long)]
     pub job: Option<String>,
@@ -39,9 +35,8 @@ pub struct WorkerArgs {
     /// Worker node: restarts of a job whose worker died before the job fails
     #[arg(long, env = "TUNA_MAX_RETRIES", default_value_t = 2)]
     pub max_retries: i64,
-    /// Worker node: seconds a claim lasts without a heartbeat (tests shorten it)
-    #[arg(long, env = tuna_server::queue::LEASE_ENV, hide = true)]
-    pub lease_seconds: Option<f64>,
+    #[command(flatten)]
+    pub timing: super::QueueTimingArgs,
     /// Worker node: seconds a stop waits for workers to checkpoint and exit
     #[arg(long, env = "TUNA_WORKER_STOP_SECONDS", default_value_t = 60)]
     pub worker_stop_seconds: u64,
@@ -54,9 +49,9 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         return run_node(args).map(|()| ExitCode::SUCCESS);
     };
     let code = tuna_server::worker::run_with_database(
-        &args.data_dir,
-        args.database.url()?,
-        args.database.blob_store()?,
+        &args.state.data_dir,
+        args.state.database_url()?,
+        args.state.blob_store_url()?,
         job,
         args.attempt,
     )?;
@@ -65,10 +60,6 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
     tuna_server::prepare_server_process();
-    tuna_server::perms::private_dir(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)
-        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let devices: Vec<String> = args
         .devices
         .iter()
@@ -78,9 +69,8 @@ fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
     if devices.is_empty() {
         anyhow::bail!("--devices: name at least one slot (cpu:0)");
     }
-    let mut settings = tuna_server::Settings::new(&data_dir);
-    settings.database = args.database.url()?;
-    settings.blob_store = args.database.blob_store()?;
+    let mut settings = args.state.node_settings()?;
+    args.timing.apply(&mut settings);
     settings.cpu_slots = devices.len();
     settings.devices = Some(devices);
     if let Some(name) = args.name {
@@ -88,9 +78,6 @@ fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
     }
     settings.memory_limit_bytes = args.memory_limit_mib.map(|m| m.saturating_mul(1 << 20));
     settings.max_retries = args.max_retries.max(0);
-    if let Some(s) = args.lease_seconds {
-        settings.lease = tuna_server::queue::lease_of(s);
-    }
     settings.worker_stop_timeout = std::time::Duration::from_secs(args.worker_stop_seconds);
     let name = settings.worker_name.clone();
     let database = settings.database_url().display();

@@ -1,8 +1,6 @@
 //! `tuna workers list`: the nodes that run jobs on the shared database (every `tuna serve` with
 //! local workers and every `tuna worker` node), their devices, jobs and last heartbeat.
 
-use std::path::PathBuf;
-
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand, Debug)]
@@ -13,11 +11,8 @@ pub enum WorkersCommand {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// The data directory (its SQLite file when there is no --database)
-    #[arg(long, env = "TUNA_DATA_DIR", default_value = "./tuna-data")]
-    pub data_dir: PathBuf,
     #[command(flatten)]
-    pub database: super::DatabaseArg,
+    pub state: super::SharedStateArgs,
 }
 
 pub fn run(cmd: WorkersCommand) -> anyhow::Result<()> {
@@ -26,7 +21,7 @@ pub fn run(cmd: WorkersCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = args.database.open(&args.data_dir).await?;
+        let store = args.state.open_store().await?;
         let workers = store.list_workers().await?;
         if workers.is_empty() {
             eprintln!(

@@ -98,16 +98,25 @@ pub(crate) fn claim_lost(job_id: &str, attempt: i64) {
     std::process::exit(EXIT_FENCED);
 }
 
-/// Heartbeats of claim `attempt` every third of the lease: each pushes the lease's end forward;
-/// a pending pause stops the run after its step; a lost claim ends the process.
+/// Heartbeats of claim `attempt` every third of the lease, and at once when the database says the
+/// job's claim or control changed (PostgreSQL `NOTIFY`, see [`crate::signals`]): each pushes the
+/// lease's end forward; a pending pause stops the run after its step; a lost claim (cancelled,
+/// taken over) ends the process.
 fn keep_lease(store: Arc<dyn Store>, job_id: String, attempt: i64, stop: Arc<AtomicU8>) {
     let lease = crate::queue::lease_duration();
     tokio::spawn(async move {
+        let mut signals = store.signals();
         let mut tick = tokio::time::interval(lease / 3);
         loop {
-            tick.tick().await;
-            let until = crate::ids::now_f64() + lease.as_secs_f64();
-            match store.heartbeat(&job_id, attempt, until).await {
+            tokio::select! {
+                _ = tick.tick() => {}
+                signal = signals.next() => {
+                    if !signal.concerns(&job_id) {
+                        continue;
+                    }
+                }
+            }
+            match check_claim(&*store, &job_id, attempt, lease).await {
                 Ok(Lease::Held(Some(JobControl::Pause))) => request_stop(&stop, STOP_PAUSE),
                 Ok(Lease::Held(None)) => {}
                 Ok(Lease::Lost) => claim_lost(&job_id, attempt),
@@ -117,6 +126,17 @@ fn keep_lease(store: Arc<dyn Store>, job_id: String, attempt: i64, stop: Arc<Ato
             }
         }
     });
+}
+
+/// One heartbeat: the lease runs `lease` from now while claim `attempt` holds.
+async fn check_claim(
+    store: &dyn Store,
+    job_id: &str,
+    attempt: i64,
+    lease: std::time::Duration,
+) -> Result<Lease, StoreError> {
+    let until = crate::ids::now_f64() + lease.as_secs_f64();
+    store.heartbeat(job_id, attempt, until).await
 }
 
 /// Runs the worker for `job_id` under claim `attempt` (the job's current claim when `None`) and
@@ -398,6 +418,13 @@ async fn run_async(
 
     while let Some(msg) = rx.recv().await {
         if let Err(e) = reporter.handle(msg).await {
+            // A worker that froze past its lease finds its session ended by the database (see
+            // `db::PG_IDLE_IN_TRANSACTION`) when it wakes: if its claim is gone, it must exit
+            // fenced, not stop "cleanly" with a checkpoint of its own.
+            let lease = crate::queue::lease_duration();
+            if let Ok(Lease::Lost) = check_claim(&*store, job_id, attempt, lease).await {
+                claim_lost(job_id, attempt);
+            }
             tracing::error!(job = %job_id, error = %e, "reporting progress failed; stopping the run");
             request_stop(
                 &stop,

@@ -148,7 +148,7 @@ impl Reporter {
     }
 
     async fn send(&self, r: StepReport) -> StoreResult<()> {
-        if !self.store.report(&r).await? {
+        if !until_reachable(&self.job.id, || self.store.report(&r)).await? {
             tracing::warn!(job = %self.job.id, "the job left this worker's claim; the report was dropped");
             super::claim_lost(&self.job.id, self.attempt);
         }
@@ -342,11 +342,11 @@ impl Reporter {
         };
         let event = NewEvent::info(job, format!("Checkpoint created at step {step}"))
             .data(json!({ "step": step, "fine_tuned_model_checkpoint": model_id }));
-        if !self
-            .store
-            .insert_checkpoint(&row, self.attempt, &event)
-            .await?
-        {
+        let recorded = until_reachable(&job.id, || {
+            self.store.insert_checkpoint(&row, self.attempt, &event)
+        })
+        .await?;
+        if !recorded {
             super::claim_lost(&self.job.id, self.attempt);
             return Ok(());
         }
@@ -503,6 +503,34 @@ impl Reporter {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a worker keeps retrying a write while the database cannot be reached (restarted,
+/// failed over, a network cut) before it stops the run. Training goes on meanwhile; if the
+/// outage outlasts the lease, the claim is reaped when the database is back and the retried write
+/// finds it gone (the worker then exits fenced).
+const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs `write` until it succeeds, fails otherwise than by an unreachable database, or the
+/// database stayed unreachable for [`UNREACHABLE_FOR`]. A report is idempotent (metrics rows are
+/// keyed by step), so a write whose commit's answer was lost can be sent again.
+async fn until_reachable<T, F, Fut>(job_id: &str, mut write: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let start = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match write().await {
+            Err(e) if e.is_unreachable() && start.elapsed() < UNREACHABLE_FOR => {
+                tracing::warn!(job = %job_id, error = %e, "the database cannot be reached; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
     }
 }
 
