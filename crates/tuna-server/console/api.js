@@ -178,6 +178,7 @@ export const checkKey = (key) => request("/v1/tuna/me", { key });
 export const me = () => request("/v1/tuna/me");
 /** Device slots and queue length of the server (Tuna's extension). */
 export const serverStatus = () => request("/v1/tuna/status");
+export const listWorkers = () => request("/v1/tuna/workers");
 /** Every setting of a job request: its limits, default and the methods it applies to. */
 export const jobSettings = () => request("/v1/tuna/job_settings");
 export const estimate = (body) => request("/v1/tuna/estimates", { method: "POST", json: body });

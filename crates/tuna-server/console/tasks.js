@@ -1,5 +1,6 @@
-// The task list: counts by status, one row per job (newest first), refreshed while jobs run, and
-// the unfinished new-task draft of this browser, if any.
+// The task list: counts by status, one row per job (newest first), refreshed while jobs run, the
+// unfinished new-task draft of this browser, if any, and the workers (the machines that train:
+// name, devices, current task, last heartbeat; other users' tasks are only counted).
 
 import * as api from "./api.js";
 import { plural, t } from "./i18n.js";
@@ -25,6 +26,7 @@ export function pageTasks(main) {
   const statsBox = h("div");
   const filters = h("div");
   const tableBox = h("div");
+  const workersBox = h("div");
   let current = [];
   let timer = null;
   let alive = true;
@@ -40,9 +42,11 @@ export function pageTasks(main) {
       current = jobs;
       // The filter is drawn once, so a refresh never takes the focus from the search field.
       if (!filters.firstChild && jobs.length) mount(filters, taskFilters(() => current, tableBox));
-      if (!body.contains(tableBox)) mount(body, statsBox, filters, tableBox);
+      if (!body.contains(tableBox)) mount(body, statsBox, filters, tableBox, workersBox);
       mount(statsBox, taskStats(jobs));
       drawTable(tableBox, jobs);
+      await drawWorkers(workersBox, jobs);
+      if (!alive) return;
       if (jobs.some((j) => ACTIVE.has(j.status))) timer = setTimeout(load, 3000);
     } catch (e) {
       if (!alive) return;
@@ -210,6 +214,45 @@ function taskTable(jobs) {
       { id: "tasks", "aria-label": plural(jobs.length, "{n} task", "{n} tasks") },
       h("thead", h("tr", [t("Name"), t("Base model"), t("Method"), t("Status"), t("Progress"), t("Created"), t("Duration")].map((c) => h("th", c)))),
       h("tbody", rows),
+    ),
+  );
+}
+
+/** The workers that joined the server's database, below the tasks; a failure leaves the tasks be. */
+async function drawWorkers(box, jobs) {
+  let list;
+  try {
+    list = (await api.listWorkers()).data;
+  } catch (e) {
+    return mount(box, h("div.card.workers", { id: "workers" }, h("div.card-head", h("h2", t("Workers"))), h("div.card-body", errorBox(e.message, t("Cannot load the workers")))));
+  }
+  const names = new Map(jobs.map((j) => [j.id, jobName(j)]));
+  const now = Date.now() / 1000;
+  const rows = list.map((w) => {
+    const others = w.running_jobs - w.your_jobs.length;
+    const current = [
+      ...w.your_jobs.map((id) => h("a.worker-job", { href: `#/tasks/${encodeURIComponent(id)}`, dataset: { job: id } }, names.get(id) || id)),
+      others > 0 ? h("span.muted.worker-others", plural(others, "{n} task of other users", "{n} tasks of other users")) : null,
+    ].filter(Boolean);
+    const ago = Math.max(0, Math.round(now - w.last_heartbeat));
+    return h(
+      "tr",
+      { dataset: { worker: w.name } },
+      h("td.col-name", h("span.task-name", w.name), h("div.task-id", w.devices.join(", "))),
+      h("td.col-status", h("span.badge", { class: w.alive ? "status-running" : "status-failed", dataset: { alive: String(w.alive) } }, h("span.dot"), w.alive ? t("Online") : t("Not answering"))),
+      h("td.col-model", { "data-label": t("Current task") }, current.length ? current : h("span.muted", t("Idle"))),
+      h("td.col-created.nowrap", { "data-label": t("Last heartbeat") }, t("{s} s ago", { s: ago })),
+    );
+  });
+  mount(
+    box,
+    h(
+      "div.card.workers",
+      { id: "workers" },
+      h("div.card-head", h("h2", t("Workers")), h("span.hint", t("The machines that train tasks. Other users' tasks are counted, not shown."))),
+      list.length
+        ? h("table.table", { "aria-label": t("Workers") }, h("thead", h("tr", [t("Worker"), t("Status"), t("Current task"), t("Last heartbeat")].map((c) => h("th", c)))), h("tbody", rows))
+        : h("div.card-body", h("p.muted", t("No worker has joined yet: `tuna serve` and `tuna worker` nodes list themselves."))),
     ),
   );
 }
