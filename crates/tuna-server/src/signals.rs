@@ -1,7 +1,7 @@
 //! Wake-ups the database pushes (PostgreSQL `LISTEN/NOTIFY`): an idle node claims a job the moment
 //! it is queued on any node, and a running job's worker checks its claim the moment the job is
 //! cancelled, paused or taken over, instead of at its next poll or heartbeat. The notifications
-//! come from a trigger on `jobs` (migration `20261220000000_notify-queue-and-control`), so every
+//! come from a trigger on `jobs` (migration `20261221000000_notify-queue-and-control`), so every
 //! path that changes a job sends them, on commit.
 //!
 //! Polling stays the fallback: SQLite has no `NOTIFY` ([`Subscription::none`] never fires), and
