@@ -75,7 +75,9 @@ fi
 
 port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 url="http://127.0.0.1:$port"
-"$tuna" serve --data-dir "$data" --listen "127.0.0.1:$port" >"$out/server.log" 2>&1 &
+# --software-gpus: the machine's software Vulkan device (lavapipe, installed by scripts/test.sh)
+# is offered as gpu:0, so the wizard's compute step lists a GPU (compute.test.mjs).
+"$tuna" serve --data-dir "$data" --listen "127.0.0.1:$port" --software-gpus >"$out/server.log" 2>&1 &
 server_pid=$!
 
 # Ready when the API answers an authenticated request (the demo model may be written first).
@@ -93,7 +95,7 @@ done
 
 status=0
 TUNA_URL="$url" TUNA_API_KEY="$key1" TUNA_API_KEY_2="$key2" TUNA_TEST_OUT="$out" \
-  node --test --test-concurrency=1 ${CONSOLE_TESTS:-"$here/console.test.mjs" "$here/defects.test.mjs" "$here/team.test.mjs" "$here/dpo.test.mjs" "$here/demo.test.mjs"} || status=$?
+  node --test --test-concurrency=1 ${CONSOLE_TESTS:-"$here/console.test.mjs" "$here/defects.test.mjs" "$here/team.test.mjs" "$here/dpo.test.mjs" "$here/compute.test.mjs" "$here/demo.test.mjs"} || status=$?
 if [ "$status" != 0 ]; then
   echo "console tests failed; the server's log is $out/server.log, screenshots are in $out" >&2
 fi

@@ -3,6 +3,7 @@
 mod cmd;
 mod device_arg;
 mod model_dir;
+mod node_slots;
 mod shapes;
 
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Workers of this binary (a node's job processes, `tuna worker --job`) train on their slot's
+    // device, GPUs included.
+    tuna_server::worker::set_device_opener(node_slots::open_slot);
     let result = match cli.command {
         Command::Chat(args) => cmd::chat::run(args).map(|()| ExitCode::SUCCESS),
         Command::Generate(args) => cmd::generate::run(args).map(|()| ExitCode::SUCCESS),

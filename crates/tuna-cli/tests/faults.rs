@@ -1391,4 +1391,118 @@ fn postgres_stopped_and_restarted_mid_run_loses_nothing() {
 
 fn job_process_count(job: &str) -> usize {
     pids_with(&format!("--job {job}")).len()
+/// Issue 14, the service part, end to end on the real binary: a node offers lavapipe (a
+/// software Vulkan GPU, offered only because `--software-gpus` asks for it) as `gpu:0` beside
+/// its CPU slot. A GPU job created through the API is claimed by the GPU slot only, trains on
+/// `gpu:0`, follows the same job on the CPU within 1e-3 at every step, and records the device.
+/// The estimates list both choices; the GPU's says "no measurement" until the GPU job measured it.
+/// (Lives here for the `tuna serve` harness; it injects no fault.)
+#[test]
+fn a_gpu_job_is_claimed_by_the_gpu_slot_and_follows_the_cpu_job() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--cpu-slots", "1", "--software-gpus"]);
+    let api = server.user("gina");
+    let file = api.upload();
+    let job = |compute: &str| {
+        let mut body = lora_job(&file, 2, 2);
+        body["tuna"]["precision"] = json!("f32");
+        body["tuna"]["compute"] = json!(compute);
+        body
+    };
+    let choices = |body: &Value| {
+        let (status, est) = api.post("/v1/tuna/estimates", body);
+        assert_eq!(status, 200, "{est}");
+        est["compute_choices"].as_array().unwrap().clone()
+    };
+    let before = choices(&job("gpu"));
+    let gpu = before.iter().find(|c| c["compute"] == "gpu").unwrap();
+    assert_eq!(
+        (&gpu["slots_total"], &gpu["slots_free"]),
+        (&json!(1), &json!(1)),
+        "{gpu}"
+    );
+    let label = gpu["devices"][0].as_str().unwrap();
+    assert!(
+        label.starts_with("gpu:0 on ") && label.contains("llvmpipe"),
+        "{label}"
+    );
+    assert_eq!(
+        gpu["estimate"]["throughput_source"], "none",
+        "no guess: {gpu}"
+    );
+    assert_eq!(gpu["estimate"]["duration_seconds"], Value::Null);
+    let cpu = before.iter().find(|c| c["compute"] == "cpu").unwrap();
+    assert_eq!(cpu["slots_total"], 1);
+    assert!(
+        cpu["estimate"]["duration_seconds"].as_f64().unwrap() > 0.0,
+        "{cpu}"
+    );
+
+    let on_gpu = api.create(&job("gpu"));
+    let on_cpu = api.create(&job("cpu"));
+    let losses = |id: &str| -> Vec<f64> {
+        let done = api.wait_status(id, "succeeded");
+        assert_eq!(
+            done["tuna"]["compute"],
+            if id == on_gpu { "gpu" } else { "cpu" }
+        );
+        let (_, m) = api.get(&format!("/v1/fine_tuning/jobs/{id}/metrics"));
+        m["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["type"] == "train")
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (g, c) = (losses(&on_gpu), losses(&on_cpu));
+    assert_eq!((g.len(), c.len()), (2, 2));
+    for (step, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (g - c).abs() / c < 1e-3,
+            "step {}: gpu {g} cpu {c}",
+            step + 1
+        );
+    }
+    let ran_on = api.job(&on_gpu)["tuna"]["ran_on"].clone();
+    assert_eq!(
+        (&ran_on["device"], &ran_on["backend"], &ran_on["software"]),
+        (&json!("gpu:0"), &json!("vulkan"), &json!(true)),
+        "{ran_on}"
+    );
+    assert!(
+        ran_on["name"].as_str().unwrap().contains("llvmpipe"),
+        "{ran_on}"
+    );
+    assert_eq!(api.job(&on_cpu)["tuna"]["ran_on"]["device"], "cpu:0");
+    let events = api.messages(&on_gpu);
+    assert!(
+        events
+            .iter()
+            .any(|m| m.starts_with("Fine-tuning job started on gpu:0")),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|m| m.starts_with("Training started on gpu:0 (llvmpipe") && m.contains("vulkan")),
+        "{events:?}"
+    );
+    // The GPU job measured lavapipe's speed: its choice now estimates from it.
+    let after = choices(&job("gpu"));
+    let gpu = after.iter().find(|c| c["compute"] == "gpu").unwrap();
+    assert_eq!(gpu["estimate"]["throughput_source"], "measured", "{gpu}");
+    assert!(
+        gpu["estimate"]["device"]
+            .as_str()
+            .unwrap()
+            .starts_with("gpu/llvmpipe"),
+        "{gpu}"
+    );
+    assert!(
+        gpu["estimate"]["duration_seconds"].as_f64().unwrap() > 0.0,
+        "{gpu}"
+    );
 }

@@ -20,6 +20,13 @@ function storedSmoothing() {
 }
 
 /** Metric rows as CSV: one line per row, the union of the rows' keys as columns. */
+/** The device a task ran on: `gpu:0 · NVIDIA H200 (cuda) · worker box-a`. */
+function ranOnText(r) {
+  if (!r) return null;
+  const kind = r.software ? t("{backend}, software: runs on the CPU", { backend: r.backend }) : r.backend;
+  return `${r.device} · ${r.name} (${kind}) · ${t("worker {name}", { name: r.worker })}`;
+}
+
 export function metricsCsv(rows) {
   const keys = [];
   for (const r of rows) for (const k of Object.keys(r)) if (!keys.includes(k)) keys.push(k);
@@ -259,7 +266,7 @@ export function pageTask(main, id) {
         item(t("Elapsed"), fmtDuration(jobDuration(j)), "task-elapsed"),
         item(
           j.status === "queued" ? t("Starts in") : TERMINAL.has(j.status) ? t("Estimate") : t("Remaining"),
-          TERMINAL.has(j.status) ? fmtDuration(est.duration_seconds) : eta !== null && eta !== undefined ? fmtDuration(eta) : "—",
+          TERMINAL.has(j.status) ? (Number.isFinite(est.duration_seconds) ? fmtDuration(est.duration_seconds) : "—") : eta !== null && eta !== undefined ? fmtDuration(eta) : "—",
           "task-eta",
           TERMINAL.has(j.status) ? t("made before the start") : j.status === "running" ? [t("at the measured speed"), estimateNote].filter(Boolean).join(" · ") : estimateNote,
         ),
@@ -284,8 +291,14 @@ export function pageTask(main, id) {
       d(t("Seed"), j.seed),
       d(t("Training file"), fileLabel(j.training_file)),
       d(t("Validation file"), fileLabel(j.validation_file)),
-      d(t("Device"), tu.device),
-      d(t("Estimate"), est.duration_seconds !== undefined ? `${fmtDuration(est.duration_seconds)}, ${fmtCost(est.cost, est.currency)}` : null),
+      d(t("Compute"), tu.compute === "gpu" ? t("GPU") : t("CPU")),
+      d(t("Device"), ranOnText(tu.ran_on) || tu.device),
+      d(
+        t("Estimate"),
+        est.total_tokens !== undefined
+          ? `${Number.isFinite(est.duration_seconds) ? fmtDuration(est.duration_seconds) : t("no speed measured on this device yet")}, ${fmtCost(est.cost, est.currency)}`
+          : null,
+      ),
       d(t("Fine-tuned model"), j.fine_tuned_model ? copyableId(j.fine_tuned_model) : null),
       d(t("Trained tokens"), j.trained_tokens !== null && j.trained_tokens !== undefined ? fmtInt(j.trained_tokens) : null),
     );

@@ -1,4 +1,6 @@
-// The new-task wizard: 1 task and dataset, 2 training parameters, 3 compute and start. The step is
+// The new-task wizard: 1 task and dataset, 2 training parameters, 3 compute and start (the
+// compute choices the server lists: CPU or GPU slots, each with its free slots, queue and
+// estimate; the chosen one is `tuna.compute` of the request). The step is
 // in the address (#/new/1, #/new/2, #/new/3), so Back, Forward and reload keep it; everything the
 // user entered is kept as a draft in this browser (localStorage) until the task starts or the
 // user discards it — after being asked.
@@ -115,6 +117,7 @@ export async function draftFromJob(job, { retry = false } = {}) {
     training,
     validation,
     params,
+    compute: tu.compute === "gpu" ? "gpu" : "cpu",
     step: retry && training ? 3 : 1,
   };
   saveDraft(d);
@@ -831,6 +834,8 @@ function jobRequest(draft) {
     eval_interval: p.eval_interval,
     validation_fraction: p.validation_fraction,
     sample_max_tokens: p.sample_max_tokens,
+    // The CPU is the server's default: a request without a choice keeps its old meaning.
+    compute: draft.compute && draft.compute !== "cpu" ? draft.compute : undefined,
   });
   if (draft.method === "lora") {
     const lora = compact({ rank: p.lora_rank, alpha: p.lora_alpha, dropout: p.lora_dropout });
@@ -893,9 +898,14 @@ function stepCompute(body, draft) {
     err,
     h("div.form-foot", h("div", cancelButton(draft)), h("div", h("button.btn", { type: "button", id: "back-3", onclick: () => navigate("#/new/2") }, t("Back")), " ", start)),
   );
+  const choose = (compute) => {
+    draft.compute = compute;
+    saveDraft(draft);
+    stepCompute(body, draft);
+  };
   Promise.all([api.estimate(req), api.serverStatus().catch(() => null)])
     .then(([e, status]) => {
-      mount(estBox, estimateView(e, status));
+      mount(estBox, computeChoices(e, draft, choose), estimateView(e, status));
       start.disabled = false;
     })
     .catch((e) => {
@@ -923,6 +933,58 @@ function stepCompute(body, draft) {
   });
 }
 
+/** "CPU" / "GPU" with what the slots are. */
+function computeName(kind) {
+  return kind === "gpu" ? t("GPU") : t("CPU");
+}
+
+/**
+ * The compute choices the server offers (`compute_choices` of the estimate): one radio card each
+ * with its devices, free slots, the queue ahead and the estimate there; a choice that cannot take
+ * the task (no GPU worker, DPO on a GPU) is shown disabled with the server's reason.
+ */
+function computeChoices(e, draft, choose) {
+  const choices = e.compute_choices || [];
+  if (!choices.length) return null;
+  const current = draft.compute || "cpu";
+  const card = (c) => {
+    const est = c.estimate || {};
+    const disabled = Boolean(c.unavailable) && c.compute !== current;
+    const time = Number.isFinite(est.duration_seconds)
+      ? t("≈ {d} ({source})", {
+          d: fmtDuration(est.duration_seconds),
+          source: est.throughput_source === "measured" ? t("measured") : t("first guess from the model size"),
+        })
+      : t("no speed measured on this device yet");
+    const queue = c.slots_total
+      ? [
+          t("{free} of {total} free", { free: c.slots_free, total: c.slots_total }),
+          c.jobs_ahead > 0 ? plural(c.jobs_ahead, "{n} task ahead", "{n} tasks ahead") : t("Starts now"),
+        ].join(" · ")
+      : t("no worker offers it");
+    return h(
+      "label.compute-choice",
+      { class: [c.compute === current ? "selected" : "", disabled ? "disabled" : ""].filter(Boolean).join(" "), dataset: { compute: c.compute } },
+      h("input", {
+        type: "radio",
+        name: "compute",
+        value: c.compute,
+        checked: c.compute === current,
+        disabled,
+        onchange: () => choose(c.compute),
+      }),
+      h(
+        "div.compute-body",
+        h("div.compute-head", h("b", computeName(c.compute)), h("span.muted.small", queue)),
+        h("div.compute-est", { dataset: { measured: String(Number.isFinite(est.duration_seconds)) } }, time, " · ", fmtCost(est.cost, est.currency)),
+        c.devices && c.devices.length ? h("ul.compute-devices.small.muted", c.devices.slice(0, 4).map((d) => h("li.mono", d)), c.devices.length > 4 ? h("li", t("and {n} more", { n: c.devices.length - 4 })) : null) : null,
+        c.unavailable ? h("p.small.warn-text", c.unavailable) : null,
+      ),
+    );
+  };
+  return h("div.compute-choices", { id: "compute-choices", role: "radiogroup", "aria-label": t("Compute") }, choices.map(card));
+}
+
 function estimateView(e, status) {
   const est = e.estimate || {};
   const stat = (k, v, sub) => h("div.stat", h("div.k", k), h("div.v", v), sub ? h("div.muted.small", sub) : null);
@@ -942,7 +1004,9 @@ function estimateView(e, status) {
         e.queue_position > 1 ? `#${e.queue_position}` : t("Starts now"),
         [e.queue_position > 1 ? plural(e.queue_position - 1, "{n} task ahead", "{n} tasks ahead") : null, busy].filter(Boolean).join(" · ") || null,
       ),
-      stat(t("Estimated duration"), fmtDuration(est.duration_seconds), `${plural(est.total_steps ?? 0, "{n} step", "{n} steps")} · ${t("{rate} tokens/s", { rate: fmtNum(est.tokens_per_second, 3) })} (${source})`),
+      Number.isFinite(est.duration_seconds)
+        ? stat(t("Estimated duration"), fmtDuration(est.duration_seconds), `${plural(est.total_steps ?? 0, "{n} step", "{n} steps")} · ${t("{rate} tokens/s", { rate: fmtNum(est.tokens_per_second, 3) })} (${source})`)
+        : stat(t("Estimated duration"), "—", `${plural(est.total_steps ?? 0, "{n} step", "{n} steps")} · ${t("no speed measured on this device yet")}`),
       stat(
         t("Estimated cost"),
         cost,

@@ -441,4 +441,15 @@ export const ZH = {
   "The machines that train tasks. Other users' tasks are counted, not shown.": "运行训练任务的机器。其他用户的任务只计数，不显示。",
   "Worker": "节点",
   "No worker has joined yet: `tuna serve` and `tuna worker` nodes list themselves.": "还没有训练节点加入：`tuna serve` 和 `tuna worker` 节点会自动登记。",
+  // Compute choices (issue 14).
+  "GPU": "GPU",
+  "CPU": "CPU",
+  "no speed measured on this device yet": "该设备尚无实测速度，暂无法估计时长",
+  "{backend}, software: runs on the CPU": "{backend}，软件实现：在 CPU 上运行",
+  "worker {name}": "训练节点 {name}",
+  "≈ {d} ({source})": "约 {d}（{source}）",
+  "measured": "实测",
+  "{free} of {total} free": "{total} 个中 {free} 个空闲",
+  "no worker offers it": "没有训练节点提供",
+  "and {n} more": "另有 {n} 个",
 };

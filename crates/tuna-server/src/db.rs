@@ -213,7 +213,7 @@ impl SqliteStore {
 const JOB_COLUMNS: &str = "id, user_id, model, training_file, validation_file, suffix, seed, status, control, spec, model_id, \
      estimate, metadata, created_at, started_at, finished_at, fine_tuned_model, trained_tokens, error, step, total_steps, \
      epoch, latest_metrics, retries, attempt, queue_order, claimed_at, device, running_seconds, run_started_at, result_files, \
-     lease_expires_at, worker, memory_bytes";
+     lease_expires_at, worker, memory_bytes, compute, ran_on";
 
 const FILE_COLUMNS: &str = "id, user_id, filename, purpose, bytes, created_at, status, status_details, check_report, blob_key";
 
@@ -630,8 +630,8 @@ mod $module {
         async fn create_job(&self, j: &NewJob, events: &[NewEvent]) -> StoreResult<JobRow> {
             let sql = format!(
                 "INSERT INTO jobs (id, user_id, model, training_file, validation_file, suffix, seed, status, spec, model_id, \
-                 estimate, metadata, created_at, memory_bytes, queue_order) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13, {BACK_OF_QUEUE}) \
+                 estimate, metadata, created_at, memory_bytes, compute, queue_order) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13, $14, {BACK_OF_QUEUE}) \
                  RETURNING {JOB_COLUMNS}"
             );
             let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
@@ -649,6 +649,7 @@ mod $module {
                 .bind(j.metadata.as_ref().map(Json))
                 .bind(j.created_at)
                 .bind(j.memory_bytes)
+                .bind(j.compute)
                 .fetch_one(&mut *tx)
                 .await?;
             for e in events {
@@ -741,7 +742,7 @@ mod $module {
                 "WITH waiting AS ( \
                      SELECT u.id AS user_id, \
                          (SELECT MIN(q.queue_order) FROM jobs q WHERE q.user_id = u.id AND q.status = 'queued' \
-                             AND COALESCE(q.memory_bytes, 0) <= $5) AS first, \
+                             AND COALESCE(q.memory_bytes, 0) <= $5 AND q.compute = $8) AS first, \
                          (SELECT COUNT(*) FROM jobs r WHERE r.user_id = u.id AND r.status = 'running') AS running, \
                          (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.user_id = u.id) AS last_claim \
                      FROM users u \
@@ -753,7 +754,7 @@ mod $module {
                      run_started_at = $3, claimed_at = $3, attempt = attempt + 1, control = NULL, \
                      lease_expires_at = $6, worker = $7 \
                  WHERE id = (SELECT q.id FROM jobs q WHERE q.status = 'queued' AND COALESCE(q.memory_bytes, 0) <= $5 \
-                             AND q.user_id = (SELECT user_id FROM next_user) ORDER BY q.queue_order LIMIT 1{lock}) \
+                             AND q.compute = $8 AND q.user_id = (SELECT user_id FROM next_user) ORDER BY q.queue_order LIMIT 1{lock}) \
                    AND status = 'queued' \
                  RETURNING {JOB_COLUMNS}",
                 lock = $claim_lock
@@ -767,6 +768,7 @@ mod $module {
                 .bind(c.memory_bytes.unwrap_or(i64::MAX))
                 .bind(c.lease_until)
                 .bind(c.worker)
+                .bind(c.compute)
                 .fetch_optional(&mut *tx)
                 .await?
             else {
@@ -809,8 +811,9 @@ mod $module {
         async fn upsert_worker(&self, w: &WorkerRow) -> StoreResult<()> {
             let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             sqlx::query(
-                "INSERT INTO workers (name, devices, memory_bytes, started_at, last_heartbeat) VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO workers (name, devices, memory_bytes, started_at, last_heartbeat, device_info) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (name) DO UPDATE SET devices = excluded.devices, memory_bytes = excluded.memory_bytes, \
+                 device_info = excluded.device_info, \
                  started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat",
             )
             .bind(&w.name)
@@ -818,6 +821,7 @@ mod $module {
             .bind(w.memory_bytes)
             .bind(w.started_at)
             .bind(w.last_heartbeat)
+            .bind(w.device_info.as_ref().map(Json))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -826,7 +830,7 @@ mod $module {
 
         async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
             let workers = sqlx::query_as::<_, WorkerRow>(
-                "SELECT name, devices, memory_bytes, started_at, last_heartbeat FROM workers ORDER BY name",
+                "SELECT name, devices, memory_bytes, started_at, last_heartbeat, device_info FROM workers ORDER BY name",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -878,6 +882,14 @@ mod $module {
             if !holds {
                 return Ok(false);
             }
+            if let Some(ran_on) = &r.ran_on {
+                sqlx::query("UPDATE jobs SET ran_on = $1 WHERE id = $2 AND attempt = $3")
+                    .bind(Json(ran_on))
+                    .bind(&r.job_id)
+                    .bind(r.attempt)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for m in &r.metrics {
                 sqlx::query(
                     "INSERT INTO job_metrics (job_id, kind, step, data) VALUES ($1, $2, $3, $4) \
@@ -899,7 +911,7 @@ mod $module {
 
         async fn queue_snapshot(&self) -> StoreResult<Vec<QueueEntry>> {
             Ok(sqlx::query_as::<_, QueueEntry>(
-                "SELECT id, user_id, status, queue_order, estimate, step, total_steps, running_seconds, run_started_at, claimed_at \
+                "SELECT id, user_id, status, queue_order, estimate, step, total_steps, running_seconds, run_started_at, claimed_at, compute \
                  FROM jobs WHERE status IN ('queued', 'running') ORDER BY queue_order",
             )
             .fetch_all(&self.pool)
@@ -1238,7 +1250,9 @@ sql_store!(
 mod tests {
     use super::*;
     use crate::lifecycle;
-    use crate::spec::{Hyperparameters, JobSpec, MethodSpec, SupervisedSpec, TunaSettings, Tuning};
+    use crate::spec::{
+        Compute, Hyperparameters, JobSpec, MethodSpec, SupervisedSpec, TunaSettings, Tuning,
+    };
 
     async fn add_users(s: &dyn Store) {
         for (id, name) in [("u1", "ann"), ("u2", "ben")] {
@@ -1325,6 +1339,7 @@ mod tests {
                 sample_max_tokens: 1,
                 keep_checkpoints: None,
                 precision: Default::default(),
+                compute: Default::default(),
             },
         }
     }
@@ -1344,6 +1359,7 @@ mod tests {
             metadata: None,
             created_at: 1,
             memory_bytes: None,
+            compute: Compute::Cpu,
         }
     }
 
@@ -1351,6 +1367,7 @@ mod tests {
         let now = ids::now_f64();
         ClaimRequest {
             device,
+            compute: Compute::of_slot(device).unwrap_or_default(),
             worker: "test-worker",
             memory_bytes: None,
             now,
@@ -1402,6 +1419,7 @@ mod tests {
         for later in [
             include_str!("../migrations/20261201000000_typed-job-lifecycle.sql"),
             include_str!("../migrations/20261210000000_leases-and-workers.sql"),
+            include_str!("../migrations/20261220000000_compute-choice.sql"),
         ] {
             sqlx::raw_sql(later).execute(&pool).await.unwrap();
         }
@@ -1572,6 +1590,7 @@ mod tests {
                 }),
                 metrics: vec![],
                 events: vec![],
+                ran_on: None,
             };
             assert!(!s.report(&report).await.unwrap(), "not running any more");
             let again = claim(&*s, "cpu:0").await.unwrap();
@@ -1881,6 +1900,7 @@ mod tests {
                     memory_bytes: Some(2 << 30),
                     started_at: 1,
                     last_heartbeat: 2.0,
+                    device_info: None,
                 })
                 .await
                 .unwrap();
@@ -1898,6 +1918,57 @@ mod tests {
             assert_eq!(
                 jobs,
                 [("small-box", vec!["small"]), ("test-worker", vec!["big"])]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_match_the_slot_kind_and_the_device_that_ran_is_kept() {
+        for s in engines().await {
+            let mut gpu_job = job("g", "u1");
+            gpu_job.compute = Compute::Gpu;
+            gpu_job.spec.tuna.compute = Compute::Gpu;
+            lifecycle::create(&*s, &gpu_job).await.unwrap();
+            lifecycle::create(&*s, &job("c", "u1")).await.unwrap();
+            // The GPU job is first in the queue, but a CPU slot takes the CPU job…
+            assert_eq!(claim(&*s, "cpu:0").await.unwrap().id, "c");
+            assert!(claim(&*s, "cpu:1").await.is_none(), "never the GPU job");
+            // …and only a GPU slot takes the GPU job.
+            let g = claim(&*s, "gpu:0").await.unwrap();
+            assert_eq!((g.id.as_str(), g.compute), ("g", Compute::Gpu));
+            assert!(claim(&*s, "gpu:1").await.is_none());
+            let ran_on = crate::openai::types::RanOn {
+                device: "gpu:0".into(),
+                backend: "vulkan".into(),
+                name: "llvmpipe".into(),
+                software: true,
+                worker: "test-worker".into(),
+            };
+            let r = StepReport {
+                job_id: "g".into(),
+                attempt: g.attempt,
+                progress: Some(JobProgress {
+                    step: 0,
+                    total_steps: 2,
+                    epoch: 0.0,
+                }),
+                metrics: vec![],
+                events: vec![],
+                ran_on: Some(ran_on.clone()),
+            };
+            assert!(s.report(&r).await.unwrap());
+            // The run ends (a crash puts it back): the slot is cleared, what ran it is kept.
+            lifecycle::worker_crashed(&*s, &g, "signal 9", "", 2)
+                .await
+                .unwrap()
+                .unwrap();
+            let after = s.get_job_unscoped("g").await.unwrap().unwrap();
+            assert_eq!(after.device, None);
+            assert_eq!(after.ran_on, Some(ran_on));
+            let queue = s.queue_snapshot().await.unwrap();
+            assert_eq!(
+                queue.iter().find(|e| e.id == "g").map(|e| e.compute),
+                Some(Compute::Gpu)
             );
         }
     }
@@ -1930,6 +2001,7 @@ mod tests {
                     }),
                     metrics,
                     events: vec![],
+                    ran_on: None,
                 };
                 assert!(s.report(&r).await.unwrap());
             }

@@ -30,11 +30,6 @@ pub fn seed_tokens_per_second(cfg: &QwenConfig, method: &str, gflops: f64) -> f6
     (gflops * 1e9 / flops_per_token).max(1e-3)
 }
 
-/// The device kind of a slot name (`cpu:0` → `cpu`).
-pub fn device_kind(device: &str) -> &str {
-    device.split(':').next().unwrap_or(device)
-}
-
 /// The measured row for (shape, device, method), or a seeded one (stored so later reads agree).
 pub async fn throughput(
     store: &dyn Store,
@@ -98,11 +93,13 @@ pub fn total_steps(examples: i64, hp: &Hyperparameters, max_steps: Option<i64>) 
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The run's tokens, steps and cost, and its duration at `tps` (`None`: no speed known on the
+/// device, so no duration either).
 pub fn make_estimate(
     size: &DatasetSize,
     hp: &Hyperparameters,
     max_steps: Option<i64>,
-    tps: &ThroughputRow,
+    tps: Option<&ThroughputRow>,
     price_per_million_tokens: f64,
     currency: &str,
     device: &str,
@@ -113,7 +110,7 @@ pub fn make_estimate(
     let total_tokens = (size.tokens_per_epoch as f64 * hp.n_epochs as f64 * steps as f64
         / full_steps as f64)
         .round() as i64;
-    let duration = total_tokens as f64 / tps.tokens_per_second.max(1e-9);
+    let speed = tps.map(|t| t.tokens_per_second.max(1e-9));
     Estimate {
         examples: size.examples,
         tokens_per_epoch: size.tokens_per_epoch,
@@ -122,9 +119,9 @@ pub fn make_estimate(
         batch_size: hp.batch_size,
         total_steps: steps,
         total_tokens,
-        tokens_per_second: tps.tokens_per_second,
-        throughput_source: tps.source.clone(),
-        duration_seconds: duration,
+        tokens_per_second: speed,
+        throughput_source: tps.map_or_else(|| "none".into(), |t| t.source.clone()),
+        duration_seconds: speed.map(|s| total_tokens as f64 / s),
         cost: price_per_million_tokens * total_tokens as f64 / 1e6,
         price_per_million_tokens,
         currency: currency.into(),
@@ -153,7 +150,11 @@ pub struct RunState {
 impl RunState {
     pub fn of(row: &JobRow) -> Self {
         RunState {
-            estimated_seconds: row.estimate.as_ref().map_or(0.0, |e| e.duration_seconds),
+            estimated_seconds: row
+                .estimate
+                .as_ref()
+                .and_then(|e| e.duration_seconds)
+                .unwrap_or(0.0),
             step: row.step,
             total_steps: row.total_steps,
             running_seconds: row.running_seconds,
@@ -163,7 +164,11 @@ impl RunState {
 
     pub fn of_entry(e: &QueueEntry) -> Self {
         RunState {
-            estimated_seconds: e.estimate.as_ref().map_or(0.0, |e| e.duration_seconds),
+            estimated_seconds: e
+                .estimate
+                .as_ref()
+                .and_then(|e| e.duration_seconds)
+                .unwrap_or(0.0),
             step: e.step,
             total_steps: e.total_steps,
             running_seconds: e.running_seconds,
@@ -231,7 +236,11 @@ pub fn simulate_queue(
             JobStatus::Queued => waiting.entry(&e.user_id).or_default().push_back(Waiting {
                 id: Some(&e.id),
                 order: e.queue_order,
-                seconds: e.estimate.as_ref().map_or(0.0, |est| est.duration_seconds),
+                seconds: e
+                    .estimate
+                    .as_ref()
+                    .and_then(|est| est.duration_seconds)
+                    .unwrap_or(0.0),
             }),
             _ => {}
         }
@@ -308,7 +317,7 @@ pub fn simulate_queue(
 
 /// What a job needs of the machine while it trains (memory) and of the disk once its
 /// checkpoints are written.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Footprint {
     /// Peak memory of the worker: weights, gradients and AdamW moments of what trains, and the
     /// activations of one micro-batch.
@@ -417,7 +426,15 @@ mod tests {
             source: "seed".into(),
             updated_at: 0,
         };
-        Some(make_estimate(&size, &hp, None, &tps, 0.0, "USD", "cpu"))
+        Some(make_estimate(
+            &size,
+            &hp,
+            None,
+            Some(&tps),
+            0.0,
+            "USD",
+            "cpu",
+        ))
     }
 
     fn entry(id: &str, status: &str, seconds: f64) -> QueueEntry {
@@ -441,6 +458,7 @@ mod tests {
             running_seconds: 0.0,
             run_started_at: running.then_some(1000.0),
             claimed_at: running.then_some(1000.0),
+            compute: Default::default(),
         }
     }
 
@@ -564,6 +582,7 @@ mod tests {
                 sample_max_tokens: 1,
                 keep_checkpoints: Some(2),
                 precision: Default::default(),
+                compute: Default::default(),
             },
         };
         let n = cfg.num_parameters() as u64;
@@ -611,12 +630,20 @@ mod tests {
             source: "seed".into(),
             updated_at: 0,
         };
-        let e = make_estimate(&size, &hp, None, &tps, 2.0, "USD", "cpu");
+        let e = make_estimate(&size, &hp, None, Some(&tps), 2.0, "USD", "cpu");
         assert_eq!(e.total_steps, 15);
         assert_eq!(e.total_tokens, 3000);
-        assert!((e.duration_seconds - 60.0).abs() < 1e-9);
+        assert!((e.duration_seconds.unwrap() - 60.0).abs() < 1e-9);
         assert!((e.cost - 0.006).abs() < 1e-12);
-        let e = make_estimate(&size, &hp, Some(5), &tps, 2.0, "USD", "cpu");
+        // No speed measured on the device: tokens and cost, but no duration and no guess.
+        let e = make_estimate(&size, &hp, None, None, 2.0, "USD", "gpu");
+        assert_eq!(
+            (e.total_tokens, e.duration_seconds, e.tokens_per_second),
+            (3000, None, None)
+        );
+        assert_eq!(e.throughput_source, "none");
+        assert!((e.cost - 0.006).abs() < 1e-12);
+        let e = make_estimate(&size, &hp, Some(5), Some(&tps), 2.0, "USD", "cpu");
         assert_eq!(e.total_steps, 5);
         assert_eq!(e.total_tokens, 1000);
     }

@@ -130,16 +130,20 @@ pub async fn create(store: &dyn Store, job: &NewJob) -> StoreResult<JobRow> {
 }
 
 fn estimate_message(e: &Estimate) -> String {
+    let time = match (e.duration_seconds, e.tokens_per_second) {
+        (Some(d), Some(tps)) => format!(
+            "about {d:.0} s at {tps:.0} tokens/s ({}) on {}",
+            e.throughput_source, e.device
+        ),
+        _ => format!("no duration: no speed measured on {} yet", e.device),
+    };
     format!(
-        "Estimate: {} examples, {} tokens per epoch × {} epochs = {} tokens in {} steps; about {:.0} s at {:.0} tokens/s ({}); cost {:.4} {}",
+        "Estimate: {} examples, {} tokens per epoch × {} epochs = {} tokens in {} steps; {time}; cost {:.4} {}",
         e.examples,
         e.tokens_per_epoch,
         e.n_epochs,
         e.total_tokens,
         e.total_steps,
-        e.duration_seconds,
-        e.tokens_per_second,
-        e.throughput_source,
         e.cost,
         e.currency
     )

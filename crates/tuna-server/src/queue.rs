@@ -33,7 +33,7 @@
 //! off; a claim that cannot be written (full disk) starts nothing; a supervisor that cannot
 //! record an exit keeps trying, and start-up recovery settles whatever is left.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -50,8 +50,11 @@ use crate::db::DATABASE_ENV;
 use crate::lifecycle::{self, StopReason};
 use crate::openai::types::JobError;
 use crate::signals::Signal;
+use crate::spec::Compute;
 use crate::state::Settings;
-use crate::store::{ClaimRequest, JobControl, JobRow, JobStatus, Store, StoreResult, WorkerRow};
+use crate::store::{
+    ClaimRequest, GpuSlot, JobControl, JobRow, JobStatus, Store, StoreResult, WorkerRow,
+};
 
 /// The worker stopped on a `pause` request after saving a resumable checkpoint.
 pub const EXIT_PAUSED: i32 = 10;
@@ -234,8 +237,39 @@ impl Scheduler {
                 memory_bytes: self.memory_bytes,
                 started_at: self.started_at,
                 last_heartbeat: now,
+                device_info: self.gpu_info(),
             })
             .await
+    }
+
+    /// This node's GPU slots, described (`None` when it has none).
+    pub fn gpu_info(&self) -> Option<BTreeMap<String, GpuSlot>> {
+        let gpus: BTreeMap<String, GpuSlot> = self
+            .devices
+            .iter()
+            .filter_map(|d| Some((d.clone(), self.settings.gpus.get(d)?.clone())))
+            .collect();
+        (!gpus.is_empty()).then_some(gpus)
+    }
+
+    /// This node's slots, and the worker name they are listed under.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
+    }
+
+    /// Memory a job on `slot` may plan to use: what this node's running jobs leave, and for a
+    /// GPU at most its own memory.
+    fn memory_for(&self, slot: &str) -> Option<i64> {
+        let gpu = self
+            .settings
+            .gpus
+            .get(slot)
+            .and_then(|g| g.memory_bytes)
+            .and_then(|m| i64::try_from(m).ok());
+        match (self.memory_left(), gpu) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Memory this node's running jobs leave.
@@ -261,19 +295,29 @@ impl Scheduler {
         *lock(&self.hold) = (None, FIRST_BACKOFF);
     }
 
+    /// Claims a job for each free slot, until the queue has nothing more for a slot's kind.
     async fn fill_slots(self: &Arc<Self>) -> StoreResult<()> {
+        // Kinds (CPU, GPU) the queue had nothing for in this pass.
+        let mut exhausted: Vec<Compute> = Vec::new();
+        let kind = |slot: usize| Compute::of_slot(&self.devices[slot]).unwrap_or_default();
         loop {
             if self.shutdown.is_cancelled() || self.held_for().is_some() {
                 return Ok(());
             }
-            let Some(slot) = lock(&self.free).pop() else {
-                return Ok(());
+            let slot = {
+                let mut free = lock(&self.free);
+                let Some(i) = free.iter().rposition(|s| !exhausted.contains(&kind(*s))) else {
+                    return Ok(());
+                };
+                free.remove(i)
             };
             let now = crate::ids::now_f64();
+            let device = &self.devices[slot];
             let request = ClaimRequest {
-                device: &self.devices[slot],
+                device,
+                compute: kind(slot),
                 worker: &self.settings.worker_name,
-                memory_bytes: self.memory_left(),
+                memory_bytes: self.memory_for(device),
                 now,
                 lease_until: now + self.settings.lease.as_secs_f64(),
                 max_running_per_user: self.settings.quotas.running_jobs,
@@ -283,7 +327,7 @@ impl Scheduler {
                 Ok(Some(job)) => self.spawn_worker(job, slot).await,
                 Ok(None) => {
                     lock(&self.free).push(slot);
-                    return Ok(());
+                    exhausted.push(kind(slot));
                 }
                 Err(e) => {
                     lock(&self.free).push(slot);

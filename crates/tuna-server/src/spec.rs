@@ -129,6 +129,54 @@ pub struct TunaSettings {
     /// How the matrix products multiply (`auto`: bf16 where the CPU has bf16 units).
     #[serde(default)]
     pub precision: PrecisionSetting,
+    /// What kind of slot trains the job (`tuna.compute`).
+    #[serde(default)]
+    pub compute: Compute,
+}
+
+/// The kind of slot a job asks for (`tuna.compute`): a worker's CPU slot (`cpu:N`) or one of its
+/// GPUs (`gpu:N`, one job per GPU). Stored beside the spec as the `jobs.compute` column, which
+/// the claim matches against the slot's kind.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum Compute {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl Compute {
+    pub const ALL: [Compute; 2] = [Compute::Cpu, Compute::Gpu];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compute::Cpu => "cpu",
+            Compute::Gpu => "gpu",
+        }
+    }
+
+    /// The kind of a slot name (`gpu:0` → GPU); `None` for a name of no known kind.
+    pub fn of_slot(slot: &str) -> Option<Compute> {
+        match slot.split(':').next() {
+            Some("cpu") => Some(Compute::Cpu),
+            Some("gpu") => Some(Compute::Gpu),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a job was asked to do.
@@ -188,6 +236,7 @@ mod tests {
                 sample_max_tokens: 8,
                 keep_checkpoints: None,
                 precision: PrecisionSetting::Auto,
+                compute: Compute::Cpu,
             },
         };
         let v = serde_json::to_value(&spec).unwrap();
@@ -202,8 +251,13 @@ mod tests {
             .unwrap()
             .remove("keep_checkpoints");
         old["tuna"].as_object_mut().unwrap().remove("precision");
+        old["tuna"].as_object_mut().unwrap().remove("compute");
         let old = serde_json::from_value::<JobSpec>(old).unwrap();
         assert_eq!(old.tuna.precision, PrecisionSetting::Auto);
+        assert_eq!(old.tuna.compute, Compute::Cpu);
+        assert_eq!(Compute::of_slot("gpu:3"), Some(Compute::Gpu));
+        assert_eq!(Compute::of_slot("cpu:0"), Some(Compute::Cpu));
+        assert_eq!(Compute::of_slot("tpu:0"), None);
 
         // DPO keeps OpenAI's shape: the hyperparameters flat, `beta` among them.
         let hp = *spec.hyperparameters();

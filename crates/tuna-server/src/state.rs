@@ -1,5 +1,6 @@
 //! Server settings and the state every handler shares.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::inference::{GenerationLimits, Inference};
 use crate::queue::Scheduler;
 use crate::quota::Quotas;
 use crate::sse::StreamSlots;
-use crate::store::Store;
+use crate::store::{GpuSlot, Store};
 
 /// Builds the command that runs one job's worker process: `(data_dir, job_id) -> Command`.
 /// The scheduler adds the claim (`TUNA_WORKER_ATTEMPT`), stdin, logs and a process group.
@@ -70,8 +71,12 @@ pub struct Settings {
     pub blob_store: Option<BlobStoreUrl>,
     /// Training slots on the CPU: jobs this node runs at once (0: an API-only node). Default 1.
     pub cpu_slots: usize,
-    /// This node's slots by name (`--devices cpu:0,cpu:1`); `None`: `cpu:0` … `cpu:{cpu_slots - 1}`.
+    /// This node's slots by name (`--devices cpu:0,cpu:1,gpu:0`); `None`: `cpu:0` …
+    /// `cpu:{cpu_slots - 1}`, then the GPUs of `gpus`.
     pub devices: Option<Vec<String>>,
+    /// The GPUs this node offers as slots, by slot name (`gpu:0`), one job each. The binary that
+    /// links the GPU crate finds them (`tuna devices`); the server only schedules onto them.
+    pub gpus: BTreeMap<String, GpuSlot>,
     /// The name this node's workers claim under and are listed by (`tuna workers list`).
     /// Default: the host name.
     pub worker_name: String,
@@ -148,6 +153,7 @@ impl std::fmt::Debug for Settings {
             .field("database", &self.database_url().display())
             .field("blob_store", &self.blob_store_url().url())
             .field("cpu_slots", &self.cpu_slots)
+            .field("devices", &self.devices())
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_retries", &self.max_retries)
             .field("price_per_million_tokens", &self.price_per_million_tokens)
@@ -171,6 +177,7 @@ impl Settings {
         Settings {
             cpu_slots: 1,
             devices: None,
+            gpus: BTreeMap::new(),
             worker_name: host_name(),
             lease: crate::queue::lease_duration(),
             poll_interval: Duration::from_secs(2),
@@ -208,9 +215,12 @@ impl Settings {
 
     /// This node's slots (see [`Settings::devices`]).
     pub fn devices(&self) -> Vec<String> {
-        self.devices
-            .clone()
-            .unwrap_or_else(|| (0..self.cpu_slots).map(|i| format!("cpu:{i}")).collect())
+        self.devices.clone().unwrap_or_else(|| {
+            (0..self.cpu_slots)
+                .map(|i| format!("cpu:{i}"))
+                .chain(self.gpus.keys().cloned())
+                .collect()
+        })
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -11,13 +11,15 @@
 //!
 //! Every user-facing read takes the user id, so no query can return another user's object.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::lifecycle::JobTransition;
-use crate::openai::types::{Estimate, JobError};
-use crate::spec::JobSpec;
+use crate::openai::types::{Estimate, JobError, RanOn};
+use crate::spec::{Compute, JobSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -236,6 +238,11 @@ pub struct JobRow {
     pub worker: Option<String>,
     /// Planned peak memory of the run: only a worker with this much left claims the job.
     pub memory_bytes: Option<i64>,
+    /// The kind of slot the job asks for (its spec's `tuna.compute`).
+    pub compute: Compute,
+    /// The device the latest run trained on, as its worker reported it.
+    #[sqlx(json(nullable))]
+    pub ran_on: Option<RanOn>,
 }
 
 /// A new job, as the API creates it (always `queued`).
@@ -255,6 +262,8 @@ pub struct NewJob {
     pub created_at: i64,
     /// Planned peak memory (the estimate's footprint), for capacity-aware claims.
     pub memory_bytes: Option<i64>,
+    /// The kind of slot that may claim it (`spec.tuna.compute`).
+    pub compute: Compute,
 }
 
 /// Columns a transition may set besides the status. `None` leaves a column alone.
@@ -382,6 +391,8 @@ pub struct StepReport {
     pub progress: Option<JobProgress>,
     pub metrics: Vec<MetricsRow>,
     pub events: Vec<NewEvent>,
+    /// The device the run trains on (sent once, when training starts).
+    pub ran_on: Option<RanOn>,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -418,6 +429,7 @@ pub struct QueueEntry {
     pub running_seconds: f64,
     pub run_started_at: Option<f64>,
     pub claimed_at: Option<f64>,
+    pub compute: Compute,
 }
 
 /// What one user holds: files, checkpoints and jobs (per-user quotas).
@@ -456,8 +468,10 @@ pub type ClaimEvent = dyn Fn(&JobRow) -> NewEvent + Send + Sync;
 /// Who claims, for what, and for how long.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
-    /// The slot the job will run on (`cpu:0`).
+    /// The slot the job will run on (`cpu:0`); only jobs of its kind are taken.
     pub device: &'a str,
+    /// The slot's kind.
+    pub compute: Compute,
     /// The worker's name (`workers.name`).
     pub worker: &'a str,
     /// Memory the worker has left: jobs planned to need more are not taken (`None`: no limit).
@@ -485,6 +499,21 @@ pub struct WorkerRow {
     pub memory_bytes: Option<i64>,
     pub started_at: i64,
     pub last_heartbeat: f64,
+    /// What its GPU slots are, by slot name.
+    #[sqlx(json(nullable))]
+    pub device_info: Option<BTreeMap<String, GpuSlot>>,
+}
+
+/// A GPU a worker offers as a slot (`gpu:N` as `tuna devices` numbers them on that machine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSlot {
+    /// The adapter's name (`NVIDIA H200`).
+    pub name: String,
+    /// `cuda` or `vulkan`.
+    pub backend: String,
+    pub memory_bytes: Option<u64>,
+    /// A Vulkan driver that runs on the CPU (Mesa's lavapipe): offered only when asked for.
+    pub software: bool,
 }
 
 /// A worker with the jobs it runs now.

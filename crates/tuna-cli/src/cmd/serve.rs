@@ -27,6 +27,14 @@ pub struct ServeArgs {
         default_value_t = 1
     )]
     pub cpu_slots: usize,
+    /// This node's slots, one job each (`cpu:0,cpu:1,gpu:0`); default: --cpu-slots CPU slots
+    /// and, unless that is 0, every GPU `tuna devices` lists (software ones with --software-gpus)
+    #[arg(long, env = "TUNA_DEVICES", value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
+    /// Also offer software Vulkan devices (Mesa's lavapipe; they run on the CPU, far slower
+    /// than a CPU slot: for tests) when finding GPUs
+    #[arg(long, env = "TUNA_SOFTWARE_GPUS")]
+    pub software_gpus: bool,
     /// This node's name in `tuna workers list` and in job events (default: the host name)
     #[arg(long, env = "TUNA_WORKER_NAME")]
     pub worker_name: Option<String>,
@@ -119,6 +127,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = args.state.node_settings()?;
     args.timing.apply(&mut settings);
     settings.cpu_slots = args.cpu_slots;
+    let slots =
+        crate::node_slots::node_slots(args.devices.as_deref(), args.cpu_slots, args.software_gpus)?;
+    settings.devices = Some(slots.devices);
+    settings.gpus = slots.gpus;
     if let Some(name) = args.worker_name {
         settings.worker_name = name;
     }

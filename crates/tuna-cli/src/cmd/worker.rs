@@ -18,14 +18,14 @@ pub struct WorkerArgs {
     /// claimed again since does nothing
     #[arg(long, env = tuna_server::queue::ATTEMPT_ENV)]
     pub attempt: Option<i64>,
-    /// Worker node: its slots, one job each (`cpu:0,cpu:1`)
-    #[arg(
-        long,
-        env = "TUNA_DEVICES",
-        value_delimiter = ',',
-        default_value = "cpu:0"
-    )]
-    pub devices: Vec<String>,
+    /// Worker node: its slots, one job each (`cpu:0,cpu:1,gpu:0`; default: `cpu:0` and every
+    /// GPU `tuna devices` lists, software Vulkan devices only with --software-gpus)
+    #[arg(long, env = "TUNA_DEVICES", value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
+    /// Worker node: also offer software Vulkan devices (Mesa's lavapipe; they run on the CPU,
+    /// far slower than a CPU slot: for tests) when finding GPUs
+    #[arg(long, env = "TUNA_SOFTWARE_GPUS")]
+    pub software_gpus: bool,
     /// Worker node: its name in `tuna workers list` and in job events (default: the host name)
     #[arg(long, env = "TUNA_WORKER_NAME")]
     pub name: Option<String>,
@@ -60,19 +60,12 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
     tuna_server::prepare_server_process();
-    let devices: Vec<String> = args
-        .devices
-        .iter()
-        .map(|d| d.trim().to_string())
-        .filter(|d| !d.is_empty())
-        .collect();
-    if devices.is_empty() {
-        anyhow::bail!("--devices: name at least one slot (cpu:0)");
-    }
+    let slots = crate::node_slots::node_slots(args.devices.as_deref(), 1, args.software_gpus)?;
     let mut settings = args.state.node_settings()?;
     args.timing.apply(&mut settings);
-    settings.cpu_slots = devices.len();
-    settings.devices = Some(devices);
+    settings.cpu_slots = slots.devices.len();
+    settings.devices = Some(slots.devices);
+    settings.gpus = slots.gpus;
     if let Some(name) = args.name {
         settings.worker_name = name;
     }
@@ -80,10 +73,11 @@ fn run_node(args: WorkerArgs) -> anyhow::Result<()> {
     settings.max_retries = args.max_retries.max(0);
     settings.worker_stop_timeout = std::time::Duration::from_secs(args.worker_stop_seconds);
     let name = settings.worker_name.clone();
+    let devices = settings.devices().join(", ");
     let database = settings.database_url().display();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        eprintln!("Worker {name} joined {database}");
+        eprintln!("Worker {name} joined {database} with slots {devices}");
         tuna_server::run_worker_node(settings, async {
             let signal = tuna_server::shutdown_signal().await;
             eprintln!(

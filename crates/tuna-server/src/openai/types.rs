@@ -139,8 +139,10 @@ pub struct TunaJob {
     pub estimate: Option<Estimate>,
     /// Times a dead worker was replaced.
     pub retries: i64,
-    /// The slot the job runs or ran on (`cpu:0`).
+    /// The slot the job runs on (`cpu:0`, `gpu:0`); null once the run ended (see `ran_on`).
     pub device: Option<String>,
+    /// The device the job's latest run trained on, as its worker opened it; kept after the end.
+    pub ran_on: Option<RanOn>,
     /// A pause was asked for and the worker has not stopped yet.
     pub pause_requested: bool,
 }
@@ -156,7 +158,7 @@ pub struct Progress {
 
 /// An estimate before the start: trained tokens × epochs from the dataset check, duration from
 /// the measured throughput of this model shape on this device, cost from the configured price.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// Examples the training file contributes per epoch.
     pub examples: i64,
@@ -170,16 +172,79 @@ pub struct Estimate {
     pub total_steps: i64,
     /// Tokens processed over the whole run (`tokens_per_epoch` × epochs, or fewer with `max_steps`).
     pub total_tokens: i64,
-    /// Training speed assumed, tokens per second.
-    pub tokens_per_second: f64,
-    /// `seed` (from the parameter count) or `measured` (from earlier jobs of this shape).
+    /// Training speed assumed, tokens per second; null when nothing was measured on the device
+    /// (GPUs get no first guess: `throughput_source` is `none`).
+    pub tokens_per_second: Option<f64>,
+    /// `seed` (from the parameter count, CPUs only), `measured` (from earlier jobs of this shape
+    /// on this device kind) or `none` (no measurement on this device kind yet).
     pub throughput_source: String,
-    pub duration_seconds: f64,
+    /// Null when there is no speed to estimate from.
+    pub duration_seconds: Option<f64>,
     /// `price_per_million_tokens` × `total_tokens` / 1e6.
     pub cost: f64,
     pub price_per_million_tokens: f64,
     pub currency: String,
     pub device: String,
+}
+
+/// The device a run trained on (`tuna.ran_on` of a job; also in its "Training started" event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RanOn {
+    /// The worker's slot (`cpu:0`, `gpu:0`).
+    pub device: String,
+    /// `cpu`, `cuda` or `vulkan`.
+    pub backend: String,
+    /// The CPU model or the GPU adapter's name (`NVIDIA H200`, `llvmpipe (LLVM 19.1.7, 256 bits)`).
+    pub name: String,
+    /// A software GPU (a Vulkan driver running on the CPU, such as Mesa's lavapipe).
+    #[serde(default)]
+    pub software: bool,
+    /// The worker node that ran it.
+    pub worker: String,
+}
+
+impl RanOn {
+    /// The device kind speeds are measured and looked up by: `cpu`, or `gpu/<adapter name>`
+    /// (an H200 and lavapipe must not share a row).
+    pub fn throughput_device(&self) -> String {
+        if self.backend == "cpu" {
+            "cpu".into()
+        } else {
+            format!("gpu/{}", self.name)
+        }
+    }
+
+    /// `gpu:0 (NVIDIA H200, cuda)`.
+    pub fn describe(&self) -> String {
+        let software = if self.software { ", software" } else { "" };
+        format!(
+            "{} ({}, {}{software})",
+            self.device, self.name, self.backend
+        )
+    }
+}
+
+/// One compute choice of `POST /v1/tuna/estimates`: the slots of that kind the cluster's live
+/// workers offer, where the job would stand in their queue, and what it would take there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComputeChoice {
+    /// `cpu` or `gpu` (the value of `tuna.compute`).
+    pub compute: String,
+    /// Slots of this kind over every live worker, and those free now.
+    pub slots_total: i64,
+    pub slots_free: i64,
+    /// What the slots are (`cpu:0 on box-a`, `gpu:0 on box-b: NVIDIA H200, 139.0 GiB`).
+    pub devices: Vec<String>,
+    /// Jobs of this kind queued or running before this one would start.
+    pub jobs_ahead: i64,
+    /// Where the job would stand among queued jobs of this kind (1: next).
+    pub queue_position: i64,
+    /// Unix time the job would start; null when a job ahead has no estimate to wait on.
+    pub estimated_start: Option<i64>,
+    /// The job's estimate on this kind (`duration_seconds` null: no measurement yet).
+    pub estimate: Estimate,
+    /// Why the choice cannot take this job (no worker offers it, DPO on a GPU); null when it can.
+    pub unavailable: Option<String>,
 }
 
 /// `POST /v1/tuna/estimates` answer.
@@ -194,6 +259,9 @@ pub struct EstimateResponse {
     /// Queue position and start time the job would get if created now.
     pub queue_position: i64,
     pub estimated_start: i64,
+    /// Every compute choice (`tuna.compute`) with its slots, queue and estimate; the job's own
+    /// choice is the one of `tuna.compute`.
+    pub compute_choices: Vec<ComputeChoice>,
 }
 
 /// The `fine_tuning.job.event` object.

@@ -1,4 +1,4 @@
-//! Tuna's own routes under `/v1/tuna/`: who am I, the server's queue and slots, the job settings
+//! Tuna's own routes under `/v1/tuna/`: who am I, the cluster's queue and slots, the job settings
 //! with their defaults and limits, the throughput table behind the estimates
 //! (`POST /v1/tuna/estimates` lives with the jobs).
 
@@ -10,6 +10,7 @@ use tracing::instrument;
 use crate::auth::AuthUser;
 use crate::error::ApiResult;
 use crate::openai::types::List;
+use crate::spec::Compute;
 use crate::state::AppState;
 use crate::store::{JobStatus, ThroughputRow};
 
@@ -37,10 +38,13 @@ pub async fn status(
         .count();
     let s = &state.settings;
     let usage = state.store.usage(&user.id).await?;
+    let offers = crate::compute::offers(&state).await?;
+    let total = |kind| offers.get(&kind).map_or(0, |o| o.total);
     let q = &s.quotas;
     Ok(Json(json!({
         "object": "tuna.status",
-        "slots": { "cpu": state.scheduler.slots() },
+        // Over every live worker; with none yet (an API-only node), one CPU slot.
+        "slots": { "cpu": total(Compute::Cpu).max(1), "gpu": total(Compute::Gpu) },
         "running": running,
         "queued": queued,
         "max_queued_jobs": s.max_queued_jobs,

@@ -505,6 +505,13 @@ pub static SETTINGS: &[Setting] = &[
         "How the matrix products multiply: `bf16` operands with f32 sums (as PyTorch's bf16 autocast: norms, losses, master weights and optimizer state stay f32), `f32` throughout, or `auto`: bf16 where the CPU has bf16 dot-product units (AMX-BF16, AVX512-BF16), else f32. The job's first event names the kernel that ran.",
     ),
     setting(
+        "compute",
+        "tuna.compute",
+        Kind::Enum(&["cpu", "gpu"]),
+        DefaultValue::Str("cpu"),
+        "What trains the job: a CPU slot of a worker, or one of its GPUs (one job per GPU). The server refuses a choice no worker offers; `POST /v1/tuna/estimates` lists the choices with their free slots, queue and estimate. The job records the device that ran it (`tuna.ran_on`).",
+    ),
+    setting(
         "keep_checkpoints",
         "tuna.keep_checkpoints",
         int(1, 100_000),

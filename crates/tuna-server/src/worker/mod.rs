@@ -41,7 +41,7 @@ use crate::artifacts;
 use crate::blob::{BLOB_STORE_ENV, BlobStoreUrl};
 use crate::db::{DATABASE_ENV, DatabaseUrl, open_store};
 use crate::lifecycle::{self, StopReason};
-use crate::openai::types::JobError;
+use crate::openai::types::{JobError, RanOn};
 use crate::queue::{
     EXIT_DISK_FULL, EXIT_FENCED, EXIT_ORPHANED, EXIT_PAUSED, EXIT_STOPPED, SUPERVISED_ENV,
 };
@@ -250,10 +250,65 @@ pub fn train_config(
     }
 }
 
+/// What a slot's device was opened as (see [`DeviceOpener`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedDevice {
+    /// `cpu`, `cuda` or `vulkan`.
+    pub backend: String,
+    /// The CPU model or the GPU adapter's name.
+    pub name: String,
+    /// A software GPU (a Vulkan driver on the CPU).
+    pub software: bool,
+}
+
+/// Moves a trainer's passes to the device of a slot (`cpu:0`, `gpu:1`) and says what it opened.
+/// The server does not link the GPU code (CubeCL): the `tuna` binary, which does, installs its
+/// opener with [`set_device_opener`] before it runs a worker. Without one, CPU slots train on
+/// the CPU engine and GPU slots fail the job with `device_unavailable`.
+pub type DeviceOpener = fn(slot: &str, trainer: &mut Trainer) -> Result<OpenedDevice, String>;
+
+static DEVICE_OPENER: std::sync::OnceLock<DeviceOpener> = std::sync::OnceLock::new();
+
+/// Installs the opener workers of this process use (the first call wins).
+pub fn set_device_opener(opener: DeviceOpener) {
+    let _ = DEVICE_OPENER.set(opener);
+}
+
+fn open_slot(slot: &str, trainer: &mut Trainer) -> Result<OpenedDevice, String> {
+    if let Some(open) = DEVICE_OPENER.get() {
+        return open(slot, trainer);
+    }
+    match crate::spec::Compute::of_slot(slot) {
+        Some(crate::spec::Compute::Cpu) => Ok(OpenedDevice {
+            backend: "cpu".into(),
+            name: "CPU".into(),
+            software: false,
+        }),
+        _ => Err(format!(
+            "slot `{slot}`: this worker has no GPU support (it runs without the `tuna` binary's device opener)"
+        )),
+    }
+}
+
+/// Why the training thread ended without a summary.
+enum RunError {
+    Train(tuna_train::Error),
+    /// The slot's device could not be opened.
+    Device(String),
+}
+
+impl From<tuna_train::Error> for RunError {
+    fn from(e: tuna_train::Error) -> Self {
+        RunError::Train(e)
+    }
+}
+
 enum Msg {
     Ready {
         /// How the matrix products run (`bf16 (avx512-bf16)`, `f32`).
         precision: String,
+        /// The device the passes run on.
+        ran_on: RanOn,
         total_steps: usize,
         steps_done: usize,
         resumed: bool,
@@ -400,12 +455,23 @@ async fn run_async(
         tx: tx.clone(),
         stop: stop.clone(),
     };
+    // A job claimed before slots had kinds has no slot recorded: the CPU.
+    let slot = job.device.clone().unwrap_or_else(|| "cpu:0".into());
+    let worker_name = job.worker.clone().unwrap_or_default();
     let training = std::thread::Builder::new()
         .name(format!("train-{job_id}"))
-        .spawn(move || -> tuna_train::Result<TrainSummary> {
+        .spawn(move || -> Result<TrainSummary, RunError> {
             let mut trainer = Trainer::new(cfg)?;
+            let opened = open_slot(&slot, &mut trainer).map_err(RunError::Device)?;
             let _ = tx.send(Msg::Ready {
-                precision: trainer.precision().describe(),
+                precision: trainer.precision_name(),
+                ran_on: RanOn {
+                    device: slot,
+                    backend: opened.backend,
+                    name: opened.name,
+                    software: opened.software,
+                    worker: worker_name,
+                },
                 total_steps: trainer.total_steps(),
                 steps_done: trainer.steps_done(),
                 resumed: trainer.resumed_from().is_some(),
@@ -413,7 +479,7 @@ async fn run_async(
                 validation_examples: trainer.data().stats.validation_examples,
             });
             let mut forward = forward;
-            trainer.run(&mut forward)
+            Ok(trainer.run(&mut forward)?)
         })?;
 
     while let Some(msg) = rx.recv().await {
@@ -448,6 +514,16 @@ async fn run_async(
             )
         })?;
     FINISHING.store(true, Ordering::SeqCst);
+    let outcome = match outcome {
+        Ok(summary) => Ok(summary),
+        Err(RunError::Train(e)) => Err(e),
+        Err(RunError::Device(message)) => {
+            let err = job_error("device_unavailable", message, Some("tuna.compute"));
+            let code = reporter.fail(err).await;
+            drop(lock);
+            return Ok(code);
+        }
+    };
     let code = match (outcome, stop.load(Ordering::SeqCst)) {
         (_, STOP_DISK_FULL) => disk_full(&mut reporter, &train_dir, "reporting progress").await,
         (Err(e), _) if crate::disk::chain_is_disk_full(&e) => {
@@ -583,6 +659,7 @@ mod tests {
                 sample_max_tokens: 8,
                 keep_checkpoints: None,
                 precision: Default::default(),
+                compute: Default::default(),
             },
         }
     }

@@ -22,7 +22,7 @@ use crate::estimate;
 use crate::ids;
 use crate::lifecycle;
 use crate::models::model_shape;
-use crate::openai::types::{CheckpointMetrics, JobError};
+use crate::openai::types::{CheckpointMetrics, JobError, RanOn};
 use crate::store::{
     CheckpointRow, FileRow, JobProgress, JobRow, MetricsKind, MetricsRow, NewEvent, StepReport,
     Store, StoreError, StoreResult,
@@ -35,6 +35,8 @@ pub struct Reporter {
     job_dir: PathBuf,
     last_step: Option<StepMetrics>,
     last_eval: Option<EvalMetrics>,
+    /// The device this run trains on, once training started.
+    ran_on: Option<RanOn>,
 }
 
 /// A trainer line as a metrics row: exactly what `metrics.jsonl` holds.
@@ -134,6 +136,7 @@ impl Reporter {
             job_dir,
             last_step: None,
             last_eval: None,
+            ran_on: None,
         }
     }
 
@@ -144,6 +147,7 @@ impl Reporter {
             progress,
             metrics: Vec::new(),
             events: Vec::new(),
+            ran_on: None,
         }
     }
 
@@ -160,17 +164,19 @@ impl Reporter {
         match msg {
             Msg::Ready {
                 precision,
+                ran_on,
                 total_steps,
                 steps_done,
                 resumed,
                 train_examples,
                 validation_examples,
             } => {
+                let device = ran_on.describe();
                 let message = if resumed {
-                    format!("Training resumed at step {steps_done} of {total_steps}")
+                    format!("Training resumed at step {steps_done} of {total_steps} on {device}")
                 } else {
                     format!(
-                        "Training started: {train_examples} training and {validation_examples} validation examples, {total_steps} steps; matrix products: {precision}"
+                        "Training started on {device}: {train_examples} training and {validation_examples} validation examples, {total_steps} steps; matrix products: {precision}"
                     )
                 };
                 let mut r = self.report(Some(JobProgress {
@@ -178,7 +184,10 @@ impl Reporter {
                     total_steps: total_steps as i64,
                     epoch: job.epoch,
                 }));
-                r.events.push(NewEvent::info(job, message));
+                r.events
+                    .push(NewEvent::info(job, message).data(json!({ "ran_on": &ran_on })));
+                r.ran_on = Some(ran_on.clone());
+                self.ran_on = Some(ran_on);
                 self.send(r).await?;
             }
             Msg::Step(m) => {
@@ -487,8 +496,12 @@ impl Reporter {
             let measured = summary.tokens as f64 / summary.elapsed_s;
             if let Ok(cfg) = QwenConfig::from_model_dir(model_dir) {
                 let shape = model_shape(&cfg);
-                let device =
-                    estimate::device_kind(job.device.as_deref().unwrap_or("cpu")).to_string();
+                // Keyed by the device kind (`cpu`, `gpu/NVIDIA H200`): GPUs differ too much
+                // to share a row.
+                let device = self
+                    .ran_on
+                    .as_ref()
+                    .map_or_else(|| "cpu".to_string(), RanOn::throughput_device);
                 let method = job.spec.throughput_method();
                 let old = self.store.get_throughput(&shape, &device, &method).await?;
                 let row = estimate::fold_measurement(

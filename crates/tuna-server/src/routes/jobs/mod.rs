@@ -25,9 +25,10 @@ use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::estimate::{self, NewJobProbe, QueueSlot};
 use crate::ids;
 use crate::lifecycle;
-use crate::openai::types::{EstimateResponse, FineTuningJob, List, PageQuery};
+use crate::openai::types::{ComputeChoice, EstimateResponse, FineTuningJob, List, PageQuery};
+use crate::spec::Compute;
 use crate::state::AppState;
-use crate::store::{JobControl, JobRow, JobStatus, NewJob, User};
+use crate::store::{JobControl, JobRow, JobStatus, NewJob, QueueEntry, User};
 use crate::validate::{ValidJobRequest, validate_job_request};
 use plan::{Plan, plan_job};
 use render::{Live, render_job, tuna_view};
@@ -35,18 +36,35 @@ use render::{Live, render_job, tuna_view};
 pub use artifacts::{checkpoints, delete_all, download, metrics};
 pub use events::events;
 
-/// Queue positions of every queued job, and the slot `new` would get.
+/// Queue positions of every queued job, and the slot `new` would get on `compute`. Each kind
+/// of slot has its own queue: CPU jobs wait for CPU slots, GPU jobs for GPUs.
 async fn queue_view(
     state: &AppState,
-    new: Option<NewJobProbe<'_>>,
+    new: Option<(NewJobProbe<'_>, Compute)>,
 ) -> ApiResult<(HashMap<String, QueueSlot>, Option<QueueSlot>)> {
     let snapshot = state.store.queue_snapshot().await?;
-    Ok(estimate::simulate_queue(
-        &snapshot,
-        state.scheduler.slots(),
-        ids::now_f64(),
-        new,
-    ))
+    let offers = crate::compute::offers(state).await?;
+    let now = ids::now_f64();
+    let mut out = HashMap::new();
+    let mut new_slot = None;
+    for kind in Compute::ALL {
+        let of_kind: Vec<QueueEntry> = snapshot
+            .iter()
+            .filter(|e| e.compute == kind)
+            .cloned()
+            .collect();
+        let probe = new.filter(|(_, c)| *c == kind).map(|(p, _)| p);
+        if of_kind.is_empty() && probe.is_none() {
+            continue;
+        }
+        // With no live worker of the kind (an API-only node before its workers joined), the
+        // queue is simulated on one slot.
+        let slots = offers.get(&kind).map_or(0, |o| o.total).max(1);
+        let (positions, slot) = estimate::simulate_queue(&of_kind, slots, now, probe);
+        out.extend(positions);
+        new_slot = new_slot.or(slot);
+    }
+    Ok((out, new_slot))
 }
 
 async fn render_one(state: &AppState, row: &JobRow) -> ApiResult<FineTuningJob> {
@@ -101,6 +119,7 @@ pub async fn create(
         )));
     }
     let id = ids::new_id(ids::JOB);
+    let compute = plan.spec.tuna.compute;
     let new = NewJob {
         model_id: format!(
             "ft:{}:{}:{}:{}",
@@ -122,6 +141,7 @@ pub async fn create(
         metadata: v.metadata().cloned(),
         created_at: ids::now(),
         memory_bytes: i64::try_from(plan.footprint.memory_bytes).ok(),
+        compute,
     };
     // One transaction, run to its end even if the client goes away meanwhile: the job exists
     // queued, or not at all.
@@ -225,17 +245,55 @@ pub async fn estimate(
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<EstimateResponse>> {
     let (v, plan) = admit(&state, &user, &body).await?;
-    let probe = NewJobProbe {
-        user_id: &user.id,
-        seconds: plan.estimate.duration_seconds,
-    };
-    let next = queue_view(&state, Some(probe))
-        .await?
-        .1
-        .unwrap_or(QueueSlot {
-            position: 1,
-            estimated_start: ids::now_f64(),
+    let snapshot = state.store.queue_snapshot().await?;
+    let mut compute_choices = Vec::new();
+    let mut next = None;
+    for kind in Compute::ALL {
+        let estimate = plan.estimate_on(&state, kind).await?;
+        let probe = NewJobProbe {
+            user_id: &user.id,
+            seconds: estimate.duration_seconds.unwrap_or(0.0),
+        };
+        let slot = queue_view(&state, Some((probe, kind)))
+            .await?
+            .1
+            .unwrap_or(QueueSlot {
+                position: 1,
+                estimated_start: ids::now_f64(),
+            });
+        let offer = plan.offers.get(&kind).cloned().unwrap_or_default();
+        let running = snapshot
+            .iter()
+            .filter(|e| e.compute == kind && e.status == JobStatus::Running)
+            .count();
+        // Jobs ahead without a duration (GPU jobs before any measurement) make the start unknown.
+        let unknown_ahead = snapshot.iter().any(|e| {
+            e.compute == kind
+                && e.estimate
+                    .as_ref()
+                    .is_none_or(|x| x.duration_seconds.is_none())
         });
+        let dpo = matches!(plan.spec.method, crate::spec::MethodSpec::Dpo { .. });
+        if kind == plan.spec.tuna.compute {
+            next = Some(slot);
+        }
+        compute_choices.push(ComputeChoice {
+            compute: kind.as_str().into(),
+            slots_total: offer.total as i64,
+            slots_free: offer.total.saturating_sub(running) as i64,
+            devices: offer.devices,
+            jobs_ahead: running as i64 + slot.position - 1,
+            queue_position: slot.position,
+            estimated_start: (!unknown_ahead && offer.total > 0)
+                .then_some(slot.estimated_start as i64),
+            estimate,
+            unavailable: crate::compute::unavailable(kind, &plan.offers, dpo),
+        });
+    }
+    let next = next.unwrap_or(QueueSlot {
+        position: 1,
+        estimated_start: ids::now_f64(),
+    });
     let live = Live {
         queue: Some(next),
         ..Live::default()
@@ -249,5 +307,6 @@ pub async fn estimate(
         estimate: plan.estimate,
         queue_position: next.position,
         estimated_start: next.estimated_start as i64,
+        compute_choices,
     }))
 }

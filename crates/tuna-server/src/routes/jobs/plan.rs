@@ -2,15 +2,18 @@
 //! dataset, its estimate and footprint), shared by job creation and `POST /v1/tuna/estimates`,
 //! so the estimate route answers exactly what creation would.
 
+use std::collections::BTreeMap;
+
 use tuna_model::QwenConfig;
 use tuna_train::{Method, Objective, default_learning_rate};
 
 use crate::checker::{DatasetSize, check_dataset, dataset_size};
+use crate::compute::{self, Offer};
 use crate::error::{ApiError, ApiResult};
 use crate::estimate::{self, Footprint};
 use crate::models::{Weights, model_shape, resolve_weights};
 use crate::openai::types::Estimate;
-use crate::spec::{JobSpec, LoraSpec, MethodSpec, Tuning};
+use crate::spec::{Compute, JobSpec, LoraSpec, MethodSpec, Tuning};
 use crate::state::AppState;
 use crate::store::{FileRow, Store, User};
 use crate::validate::ValidJobRequest;
@@ -21,8 +24,35 @@ pub struct Plan {
     pub weights: Weights,
     pub spec: JobSpec,
     pub size: DatasetSize,
+    /// The estimate on the job's compute choice (`spec.tuna.compute`).
     pub estimate: Estimate,
     pub footprint: Footprint,
+    /// The model's shape, as the throughput table names it.
+    pub shape: String,
+    pub cfg: QwenConfig,
+    /// What the cluster offers now, by kind.
+    pub offers: BTreeMap<Compute, Offer>,
+}
+
+impl Plan {
+    /// The job's estimate if it ran on `compute` (no duration when no speed is known there).
+    pub async fn estimate_on(&self, state: &AppState, compute: Compute) -> ApiResult<Estimate> {
+        let method = self.spec.throughput_method();
+        let offer = self.offers.get(&compute);
+        let tps = compute::speed(state, compute, offer, &self.shape, &method, &self.cfg).await?;
+        let device = tps
+            .as_ref()
+            .map_or_else(|| compute.as_str().to_string(), |t| t.device.clone());
+        Ok(estimate::make_estimate(
+            &self.size,
+            self.spec.hyperparameters(),
+            self.spec.tuna.max_steps,
+            tps.as_ref(),
+            state.settings.price_per_million_tokens,
+            &state.settings.currency,
+            &device,
+        ))
+    }
 }
 
 async fn usable_file(
@@ -209,38 +239,38 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
         // The run trains the adapter on: the job records its settings, not the request's.
         spec.tuna.lora = Some(adapter_settings(dir)?);
     }
-    let device = "cpu";
-    let method = spec.throughput_method();
-    let tps = estimate::throughput(
-        store,
-        &model_shape(&cfg),
-        device,
-        &method,
-        &cfg,
-        state.settings.cpu_gflops,
-    )
-    .await?;
-    let estimate = estimate::make_estimate(
-        &size,
-        spec.hyperparameters(),
-        spec.tuna.max_steps,
-        &tps,
-        state.settings.price_per_million_tokens,
-        &state.settings.currency,
-        device,
-    );
-    let tokenizer_bytes = ["tokenizer.json", "tokenizer_config.json"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(weights.model_dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
-    let footprint = estimate::footprint(&cfg, &spec, estimate.total_steps, tokenizer_bytes);
-    crate::quota::check_machine(&state.settings, &footprint)?;
-    Ok(Plan {
+    let offers = compute::offers(state).await?;
+    let dpo = matches!(spec.method, MethodSpec::Dpo { .. });
+    if let Some(why) = compute::unavailable(spec.tuna.compute, &offers, dpo) {
+        return Err(ApiError::invalid_coded(
+            format!("`tuna.compute` `{}`: {why}", spec.tuna.compute.as_str()),
+            Some("tuna.compute"),
+            "compute_unavailable",
+        ));
+    }
+    let mut plan = Plan {
+        shape: model_shape(&cfg),
+        cfg,
+        offers,
         weights,
         spec,
         size,
-        estimate,
-        footprint,
-    })
+        // Replaced just below, once the plan can estimate itself.
+        estimate: Estimate::default(),
+        footprint: Footprint::default(),
+    };
+    plan.estimate = plan.estimate_on(state, plan.spec.tuna.compute).await?;
+    let tokenizer_bytes = ["tokenizer.json", "tokenizer_config.json"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(plan.weights.model_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    plan.footprint = estimate::footprint(
+        &plan.cfg,
+        &plan.spec,
+        plan.estimate.total_steps,
+        tokenizer_bytes,
+    );
+    crate::quota::check_machine(&state.settings, &plan.footprint)?;
+    Ok(plan)
 }

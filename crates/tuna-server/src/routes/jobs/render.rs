@@ -3,7 +3,7 @@
 
 use crate::estimate::{self, QueueSlot};
 use crate::openai::types::{
-    CheckpointTuna, Estimate, FineTuningJob, JobCheckpoint, JobEvent, Progress, TunaJob,
+    CheckpointTuna, Estimate, FineTuningJob, JobCheckpoint, JobEvent, Progress, RanOn, TunaJob,
 };
 use crate::spec::JobSpec;
 use crate::store::{CheckpointRow, EventRow, JobControl, JobRow, JobStatus};
@@ -22,6 +22,7 @@ pub struct Live {
     pub latest_metrics: Option<serde_json::Value>,
     pub retries: i64,
     pub device: Option<String>,
+    pub ran_on: Option<RanOn>,
     pub pause_requested: bool,
 }
 
@@ -43,6 +44,7 @@ pub fn tuna_view(spec: &JobSpec, estimate: Option<&Estimate>, live: Live) -> Tun
         estimate: estimate.cloned(),
         retries: live.retries,
         device: live.device,
+        ran_on: live.ran_on,
         pause_requested: live.pause_requested,
     }
 }
@@ -72,6 +74,7 @@ pub fn render_job(row: &JobRow, queue: Option<&QueueSlot>, now: f64) -> FineTuni
         latest_metrics: row.latest_metrics.clone(),
         retries: row.retries,
         device: row.device.clone(),
+        ran_on: row.ran_on.clone(),
         pause_requested: running && row.control == Some(JobControl::Pause),
     };
     let hp = *row.spec.hyperparameters();
