@@ -993,12 +993,16 @@ function estimateView(e, status) {
   const busy = status ? t("{running} running, {queued} queued", { running: status.running, queued: status.queued }) : null;
   const cost = fmtCost(est.cost, est.currency);
   const source = est.throughput_source === "measured" ? t("measured on earlier tasks") : t("first guess from the model size");
+  // The choice this estimate is for (its kind's slots).
+  const chosen = (e.compute_choices || []).find((c) => c.compute === ((e.tuna && e.tuna.compute) || "cpu"));
   return h(
     "div",
     { id: "estimate" },
     h(
       "div.estimate",
-      stat(t("Device"), est.device || "—", slots !== null ? plural(slots, "{n} device slot", "{n} device slots") : null),
+      chosen
+        ? stat(t("Device"), computeName(chosen.compute), plural(chosen.slots_total, "{n} device slot", "{n} device slots"))
+        : stat(t("Device"), est.device || "—", slots !== null ? plural(slots, "{n} device slot", "{n} device slots") : null),
       stat(
         t("Queue"),
         e.queue_position > 1 ? `#${e.queue_position}` : t("Starts now"),

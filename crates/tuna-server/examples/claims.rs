@@ -86,6 +86,7 @@ where
         metadata: None,
         created_at: tuna_server::ids::now(),
         memory_bytes: Some(1 << 30),
+        compute: tuna_server::spec::Compute::Cpu,
     };
     tuna_server::lifecycle::create(store, &seed).await?;
     let user_case: String = ids
@@ -132,6 +133,7 @@ async fn run(
                 let now = tuna_server::ids::now_f64();
                 let request = ClaimRequest {
                     device: "cpu:0",
+                    compute: tuna_server::spec::Compute::Cpu,
                     worker: &name,
                     memory_bytes: Some(64 << 30),
                     now,

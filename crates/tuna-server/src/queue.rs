@@ -1,5 +1,5 @@
-//! The scheduler: the machine's devices are slots (`cpu:0`, `cpu:1`, ...); when a slot is free the
-//! next queued job is claimed (one statement in the store, fair between users) and a worker
+//! The scheduler: the machine's devices are slots (`cpu:0`, `cpu:1`, ..., and one `gpu:N` per GPU
+//! offered); when a slot is free the next queued job of the slot's kind (`tuna.compute`) is claimed (one statement in the store, fair between users) and a worker
 //! process is started for it (`tuna worker --data-dir D --job ID`, with the claim's `attempt` in
 //! `TUNA_WORKER_ATTEMPT`). A supervisor task per worker waits for its exit and has the lifecycle
 //! record what the job becomes:
@@ -153,12 +153,6 @@ impl Scheduler {
             running: Mutex::new(HashMap::new()),
             hold: Mutex::new((None, FIRST_BACKOFF)),
         })
-    }
-
-    /// Slots for queue estimates: this node's, or one on an API-only node (its workers are
-    /// elsewhere).
-    pub fn slots(&self) -> usize {
-        self.devices.len().max(1)
     }
 
     /// Settles jobs left mid-creation before the first claim (see [`lifecycle::recover`]).

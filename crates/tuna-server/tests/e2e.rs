@@ -69,6 +69,41 @@ async fn upload_train_checkpoints_samples_and_chat() {
     assert_eq!(est.status, 200, "{:?}", est.body);
     assert_eq!(est.body["estimate"]["total_steps"], 4);
     assert_eq!(est.body["queue_position"], 1);
+    // One compute choice per kind: this server's CPU slot, and a GPU that no worker offers
+    // (said so, with no invented estimate); creating a GPU job is refused on its field.
+    let choices = est.body["compute_choices"].as_array().unwrap();
+    let kinds: Vec<&str> = choices
+        .iter()
+        .map(|c| c["compute"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["cpu", "gpu"]);
+    assert_eq!(
+        (&choices[0]["slots_total"], &choices[0]["unavailable"]),
+        (&json!(1), &Value::Null)
+    );
+    assert!(choices[0]["estimate"]["duration_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(choices[1]["slots_total"], 0);
+    assert_eq!(choices[1]["estimate"]["duration_seconds"], Value::Null);
+    assert_eq!(choices[1]["estimate"]["throughput_source"], "none");
+    assert!(
+        choices[1]["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("no live worker offers a GPU"),
+        "{}",
+        choices[1]
+    );
+    let mut on_gpu = tiny_job(file_id, 4, 2);
+    on_gpu["tuna"]["compute"] = json!("gpu");
+    let refused = c.post("/v1/fine_tuning/jobs", &on_gpu).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(
+        (
+            &refused.body["error"]["param"],
+            &refused.body["error"]["code"]
+        ),
+        (&json!("tuna.compute"), &json!("compute_unavailable"))
+    );
 
     // Create the job (with a validation file): hyperparameters recorded, Tuna's fields echoed,
     // estimate kept.
@@ -138,6 +173,17 @@ async fn upload_train_checkpoints_samples_and_chat() {
     assert_ne!(running["status"], "failed", "{running}");
 
     let done = c.wait_status(&id, "succeeded", TRAIN_TIMEOUT).await;
+    // The slot is given back, the device that ran the job is kept.
+    assert_eq!(done["tuna"]["device"], Value::Null);
+    assert_eq!(
+        (
+            &done["tuna"]["compute"],
+            &done["tuna"]["ran_on"]["device"],
+            &done["tuna"]["ran_on"]["backend"]
+        ),
+        (&json!("cpu"), &json!("cpu:0"), &json!("cpu")),
+        "{done}"
+    );
     assert!(
         done["fine_tuned_model"]
             .as_str()
@@ -213,8 +259,10 @@ async fn upload_train_checkpoints_samples_and_chat() {
     // The job says how its matrix products ran (`auto`: bf16 where the CPU has bf16 units).
     let auto = tuna_train::PrecisionSetting::Auto.resolve().describe();
     assert!(
-        texts.iter().any(|t| t.starts_with("Training started")
-            && t.ends_with(&format!("matrix products: {auto}"))),
+        texts
+            .iter()
+            .any(|t| t.starts_with("Training started on cpu:0 (")
+                && t.ends_with(&format!("matrix products: {auto}"))),
         "{texts:?}"
     );
     let metric_events: Vec<&Value> = ev.body["data"]

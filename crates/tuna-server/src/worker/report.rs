@@ -173,7 +173,9 @@ impl Reporter {
             } => {
                 let device = ran_on.describe();
                 let message = if resumed {
-                    format!("Training resumed at step {steps_done} of {total_steps} on {device}")
+                    // The device is in the event's `ran_on` (and on the job); the text stays
+                    // what clients match on.
+                    format!("Training resumed at step {steps_done} of {total_steps}")
                 } else {
                     format!(
                         "Training started on {device}: {train_examples} training and {validation_examples} validation examples, {total_steps} steps; matrix products: {precision}"
