@@ -298,9 +298,16 @@ impl Scheduler {
             if self.shutdown.is_cancelled() || self.held_for().is_some() {
                 return Ok(());
             }
+            // The lowest free slot of a kind not exhausted yet: slots are tried in their order
+            // (`cpu:0` first), whatever order they were freed in.
             let slot = {
                 let mut free = lock(&self.free);
-                let Some(i) = free.iter().rposition(|s| !exhausted.contains(&kind(*s))) else {
+                let Some((i, _)) = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !exhausted.contains(&kind(**s)))
+                    .min_by_key(|(_, s)| **s)
+                else {
                     return Ok(());
                 };
                 free.remove(i)
