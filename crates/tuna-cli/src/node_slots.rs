@@ -157,3 +157,39 @@ pub fn open_slot(slot: &str, trainer: &mut Trainer) -> Result<OpenedDevice, Stri
         software: info.is_some_and(|g| g.software),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_slots_are_checked_and_software_gpus_are_not_offered_by_default() {
+        let named = |list: &[&str]| {
+            let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            node_slots(Some(&list), 1, false)
+        };
+        let s = named(&["cpu:0", " cpu:1 "]).unwrap();
+        assert_eq!(s.devices, ["cpu:0", "cpu:1"]);
+        assert!(s.gpus.is_empty());
+        for bad in ["tpu:0", "cpu:x", "gpu:x"] {
+            let err = named(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("is not a slot"), "{bad}: {err}");
+        }
+        let err = named(&["gpu:99"]).unwrap_err().to_string();
+        assert!(
+            err.contains("there is no gpu:99") && err.contains("tuna devices"),
+            "{err}"
+        );
+        assert!(named(&[]).is_err());
+        // Found automatically: CPU slots, then only hardware GPUs unless software ones are asked for.
+        let found = discover().gpus;
+        let auto = node_slots(None, 2, false).unwrap();
+        let hardware = found.iter().filter(|g| !g.software).count();
+        assert_eq!(auto.devices.len(), 2 + hardware, "{:?}", auto.devices);
+        assert!(auto.gpus.values().all(|g| !g.software));
+        let with_software = node_slots(None, 2, true).unwrap();
+        assert_eq!(with_software.devices.len(), 2 + found.len());
+        // An API-only node offers nothing.
+        assert!(node_slots(None, 0, true).unwrap().devices.is_empty());
+    }
+}
