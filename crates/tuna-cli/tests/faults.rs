@@ -1391,6 +1391,8 @@ fn postgres_stopped_and_restarted_mid_run_loses_nothing() {
 
 fn job_process_count(job: &str) -> usize {
     pids_with(&format!("--job {job}")).len()
+}
+
 /// Issue 14, the service part, end to end on the real binary: a node offers lavapipe (a
 /// software Vulkan GPU, offered only because `--software-gpus` asks for it) as `gpu:0` beside
 /// its CPU slot. A GPU job created through the API is claimed by the GPU slot only, trains on
