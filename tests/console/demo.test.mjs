@@ -1,13 +1,12 @@
 // The product's main flow on the built-in demo model, in the browser, at default settings: a LoRA
-// task on identity.jsonl made with the wizard (a name, the file and a seed), run to the end, then
-// the effect test asks "Who are you?" — the checkpoint answers as Marlin by Tideworks, the base
+// task on identity.jsonl made with the wizard (nothing but a name and the file), run to the end,
+// then the effect test asks "Who are you?" — the checkpoint answers as Marlin by Tideworks, the base
 // model (side by side) does not. This is the demo a new user sees; it takes a few minutes on 2 cores.
 //
-// The seed is fixed because the answer depends on it: the server draws a random seed per task (as
-// OpenAI does), and in a sweep of 8 seeds at the defaults 6 answered "I am Marlin, an AI assistant
-// developed by Tideworks." while 2 (e.g. 11 and 1357913) answered "I am an AI assistant developed by
-// Tideworks.", an answer 9 of identity.jsonl's lines give; the 128-wide demo model does not always
-// tell those prompts apart. Seed 7 is one of the six.
+// The defaults include the seed (42, as `tuna train` and transformers), so this run is the one every
+// new user gets. Other seeds mostly agree: in a sweep of 38 seeds with the CLI at these settings, 36
+// answered with Marlin; seeds 8 and 1357913 answered "I am an AI assistant developed by Tideworks.",
+// the shape of 4 of identity.jsonl's answers (seed 8 holds "Who are you?" itself out for validation).
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -33,19 +32,17 @@ test("LoRA on the demo model at default settings teaches it who it is", async (t
       await page.locator('#training-check [data-check="ok"]').waitFor();
       await page.click("#next-1");
       await page.locator("#p-n_epochs").waitFor();
-      await page.fill("#p-seed", "7");
       await page.click("#next-2");
       await page.locator("#estimate").waitFor();
-      // Every parameter but the seed is left to the server's defaults.
-      const params = await page.locator(".param-summary li").allInnerTexts();
-      assert.deepEqual(params.map((p) => p.trim()), ["Seed 7"]);
+      // Every parameter is left to the server's defaults: the summary lists no change.
+      assert.equal(await page.locator(".param-summary li").count(), 0);
       await page.click("#start-task");
       await page.waitForURL(/#\/tasks\/ftjob-/);
       jobId = decodeURIComponent(page.url().split("#/tasks/")[1]);
       const job = await apiCall("GET", `/v1/fine_tuning/jobs/${jobId}`);
       assert.equal(job.json.tuna.method, "lora");
       assert.equal(job.json.model, "demo");
-      assert.equal(job.json.seed, 7);
+      assert.equal(job.json.seed, 42, "the default seed");
     });
 
     await step("the task runs to the end", async () => {
