@@ -51,6 +51,13 @@ fn free_port() -> u16 {
 }
 
 /// Processes whose command line mentions `needle` (the server's and its workers' data dir).
+/// A new database on the shared throwaway PostgreSQL cluster (started on first use).
+fn fresh_postgres() -> String {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(tuna_server::test_services::fresh_postgres_database())
+}
+
 fn pids_with(needle: &str) -> Vec<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc")
@@ -1112,7 +1119,6 @@ fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
 /// A worker frozen past its lease (SIGSTOP): another node takes the job over; when the frozen
 /// one wakes (SIGCONT), its claim is stale, its writes are refused and it exits at once
 /// (fenced) without a checkpoint or a metric of its own landing.
-#[test]
 ///
 /// On PostgreSQL, the database of many machines. (On SQLite a process stopped inside a write
 /// transaction holds the database's write lock, 11 of 300 random stops of a training worker
@@ -1121,11 +1127,10 @@ fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
 /// it holds then ends with its session (`db::PG_IDLE_IN_TRANSACTION`), so the takeover still
 /// happens; `db::tests::a_session_frozen_inside_a_transaction_does_not_block_the_reaper` forces
 /// that case.
+#[test]
 fn a_frozen_worker_is_fenced_when_it_wakes() {
     let _serial = serial();
-    let url = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(tuna_server::test_services::fresh_postgres_database());
+    let url = fresh_postgres();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (server, a, _b, fa, _fb) = api_node(&data, &["--database", &url]);
@@ -1170,9 +1175,7 @@ fn a_frozen_worker_is_fenced_when_it_wakes() {
 #[test]
 fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
     let _serial = serial();
-    let url = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(tuna_server::test_services::fresh_postgres_database());
+    let url = fresh_postgres();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let common = ["--database", &url, "--lease-seconds", LEASE];
@@ -1263,9 +1266,7 @@ fn two_api_nodes_on_one_postgres_answer_alike_and_keep_each_other_s_jobs() {
 #[test]
 fn queued_jobs_pauses_and_cancels_reach_other_nodes_through_postgres_notify() {
     let _serial = serial();
-    let url = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(tuna_server::test_services::fresh_postgres_database());
+    let url = fresh_postgres();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let slow = ["--lease-seconds", "3600", "--poll-seconds", "3600"];
