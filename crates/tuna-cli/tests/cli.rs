@@ -12,6 +12,16 @@ fn tuna(cache: &Path, args: &[&str]) -> Output {
         .expect("the tuna binary runs")
 }
 
+/// `tuna train --model demo --data DATA --out OUT` followed by `extra`.
+fn train_demo(cache: &Path, data: &str, out: &str, extra: &[&str]) -> Output {
+    let args = [
+        &["train", "--model", "demo", "--data", data, "--out", out][..],
+        extra,
+    ]
+    .concat();
+    tuna(cache, &args)
+}
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -34,20 +44,7 @@ fn summary_line(out: &Output) -> serde_json::Value {
 #[test]
 fn unknown_precision_is_refused_with_the_choices() {
     let cache = tempfile::tempdir().unwrap();
-    let out = tuna(
-        cache.path(),
-        &[
-            "train",
-            "--model",
-            "demo",
-            "--data",
-            "x.jsonl",
-            "--out",
-            "o",
-            "--precision",
-            "fp8",
-        ],
-    );
+    let out = train_demo(cache.path(), "x.jsonl", "o", &["--precision", "fp8"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -144,16 +141,11 @@ fn train_two_steps_then_chat_with_the_adapter_and_merge() {
     let cache = tempfile::tempdir().unwrap();
     let run = cache.path().join("run");
     let data = repo("assets/data/identity.jsonl");
-    let out = tuna(
+    let out = train_demo(
         cache.path(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
         &[
-            "train",
-            "--model",
-            "demo",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
             "--method",
             "lora",
             "--max-steps",
@@ -294,16 +286,11 @@ fn train_two_dpo_steps_on_preference_pairs() {
     let cache = tempfile::tempdir().unwrap();
     let run = cache.path().join("run");
     let pairs = repo("assets/data/identity_pref.jsonl");
-    let out = tuna(
+    let out = train_demo(
         cache.path(),
+        pairs.to_str().unwrap(),
+        run.to_str().unwrap(),
         &[
-            "train",
-            "--model",
-            "demo",
-            "--data",
-            pairs.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
             "--objective",
             "dpo",
             "--beta",
@@ -433,16 +420,11 @@ fn train_on_the_gpu_follows_the_cpu_loss_curve() {
     let data = repo("assets/data/identity.jsonl");
     let train = |device: &str| {
         let run = cache.path().join(format!("run-{device}"));
-        let out = tuna(
+        let out = train_demo(
             cache.path(),
+            data.to_str().unwrap(),
+            run.to_str().unwrap(),
             &[
-                "train",
-                "--model",
-                "demo",
-                "--data",
-                data.to_str().unwrap(),
-                "--out",
-                run.to_str().unwrap(),
                 "--max-steps",
                 "3",
                 "--grad-accum",
@@ -481,19 +463,11 @@ fn train_on_the_gpu_follows_the_cpu_loss_curve() {
         assert!(rel < 1e-3, "step {}: gpu {g} cpu {c}", step + 1);
     }
 
-    let out = tuna(
+    let out = train_demo(
         cache.path(),
-        &[
-            "train",
-            "--model",
-            "demo",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            cache.path().join("run-x").to_str().unwrap(),
-            "--device",
-            "gpu:9",
-        ],
+        data.to_str().unwrap(),
+        cache.path().join("run-x").to_str().unwrap(),
+        &["--device", "gpu:9"],
     );
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
@@ -501,12 +475,7 @@ fn train_on_the_gpu_follows_the_cpu_loss_curve() {
         stderr.contains("gpu:9") && stderr.contains("tuna devices"),
         "{stderr}"
     );
-    let out = tuna(
-        cache.path(),
-        &[
-            "train", "--model", "demo", "--data", "x", "--out", "y", "--device", "tpu",
-        ],
-    );
+    let out = train_demo(cache.path(), "x", "y", &["--device", "tpu"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("not a device"),
