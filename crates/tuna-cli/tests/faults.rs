@@ -93,6 +93,8 @@ struct Server {
     data_dir: PathBuf,
     /// `--database`, when the test passed one.
     database: Option<String>,
+    /// Added to its environment and its nodes' (the blob store's variables).
+    env: Vec<(String, String)>,
     log: PathBuf,
     pub url: String,
     pub port: u16,
@@ -105,6 +107,15 @@ impl Server {
 
     /// `program` is the argv prefix (a binary, or `sh -c '…' tuna`).
     fn start_as(program: Vec<String>, data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(program, data_dir, extra, Vec::new())
+    }
+
+    fn start_with_env(
+        program: Vec<String>,
+        data_dir: &Path,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Server {
         let database = extra
             .iter()
             .position(|a| *a == "--database")
@@ -115,6 +126,7 @@ impl Server {
             program,
             data_dir: data_dir.to_path_buf(),
             database,
+            env,
             log: data_dir.with_extension(format!("{}.log", free_port())),
             url: String::new(),
             port: 0,
@@ -142,6 +154,7 @@ impl Server {
             .arg(demo_root())
             .args(["--worker-stop-seconds", "60"])
             .args(extra)
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -290,6 +303,16 @@ impl Api {
                 .send()
                 .unwrap(),
         )
+    }
+
+    fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
     }
 
     fn delete(&self, path: &str) -> (u16, Value) {
@@ -957,8 +980,8 @@ fn a_leaked_key_is_revoked_while_the_server_runs() {
 
 // ---------------------------------------------------------------------------------------------
 // Many machines (issue 10): worker nodes that join, leases, fencing, several API nodes. The
-// "machines" are processes sharing one data directory (files and checkpoints; the S3 blob store
-// is what lets real machines share them) and one database.
+// "machines" are processes sharing one database; in the [`Cluster`] tests each has a data folder
+// of its own and files and checkpoints go through S3 (SeaweedFS), as on real machines.
 
 /// Seconds a claim lasts without a heartbeat in these tests.
 const LEASE: &str = "2";
@@ -967,20 +990,33 @@ const LEASE: &str = "2";
 struct Node {
     child: Child,
     log: PathBuf,
+    data_dir: PathBuf,
 }
 
 impl Node {
+    /// A node on the server's data directory.
     fn start(server: &Server, name: &str) -> Node {
         Self::start_with(server, name, &["--lease-seconds", LEASE])
     }
 
     fn start_with(server: &Server, name: &str, extra: &[&str]) -> Node {
-        let log = server.data_dir.with_extension(format!("{name}.log"));
+        Self::start_in_with(server, &server.data_dir, name, extra)
+    }
+
+    /// A node on a machine of its own: data directory `data_dir`, the server's database and
+    /// blob store.
+    fn start_in(server: &Server, data_dir: &Path, name: &str) -> Node {
+        Self::start_in_with(server, data_dir, name, &["--lease-seconds", LEASE])
+    }
+
+    fn start_in_with(server: &Server, data_dir: &Path, name: &str, extra: &[&str]) -> Node {
+        let log = data_dir.with_extension(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(tuna())
             .args(["worker", "--data-dir"])
-            .arg(&server.data_dir)
+            .arg(data_dir)
             .args(server.database.iter().flat_map(|d| ["--database", d]))
+            .envs(server.env.iter().cloned())
             .args(["--devices", "cpu:0", "--name", name])
             .args(extra)
             .stdin(Stdio::null())
@@ -989,7 +1025,11 @@ impl Node {
             .process_group(0)
             .spawn()
             .expect("tuna worker starts");
-        Node { child, log }
+        Node {
+            child,
+            log,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -1005,6 +1045,12 @@ impl Drop for Node {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its job processes (own process groups).
+        for pid in pids_with(&format!("--data-dir {} ", self.data_dir.display())) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 
@@ -1030,25 +1076,6 @@ fn wait_gone(pid: u32) {
     }
 }
 
-/// The final adapter of a succeeded job: the newest checkpoint's weights.
-fn final_adapter(data_dir: &Path, job: &str) -> Vec<u8> {
-    let train = data_dir.join("jobs").join(job).join("train");
-    let newest = std::fs::read_dir(&train)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            Some((
-                name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?,
-                e.path(),
-            ))
-        })
-        .max()
-        .unwrap()
-        .1;
-    std::fs::read(newest.join("adapter_model.safetensors")).unwrap()
-}
-
 /// An API-only node (no local workers) with short leases, and two users.
 fn api_node(data: &Path, extra: &[&str]) -> (Server, Api, Api, String, String) {
     let mut args = vec!["--local-workers", "0", "--lease-seconds", LEASE];
@@ -1058,16 +1085,106 @@ fn api_node(data: &Path, extra: &[&str]) -> (Server, Api, Api, String, String) {
     (server, a, b, fa, fb)
 }
 
-/// A machine dies (its worker node and the job's process SIGKILLed together): nobody records
-/// anything, the lease runs out, the API node's reaper puts the job back, another node resumes it
-/// from the last checkpoint, and the adapter is bit-identical to an uninterrupted run's.
+/// Machines that share nothing but a PostgreSQL database and an S3 store (SeaweedFS): each
+/// node gets a data folder of its own under `dir`.
+struct Cluster {
+    dir: tempfile::TempDir,
+    database: String,
+    /// `TUNA_BLOB_STORE` and the `AWS_*` variables of the store.
+    env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let database = rt.block_on(tuna_server::test_services::fresh_postgres_database());
+        let blobs = rt.block_on(tuna_server::test_services::SeaweedFs::fresh_location());
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            database,
+            env: blobs.child_env(),
+        }
+    }
+
+    /// The data folder of `machine`.
+    fn folder(&self, machine: &str) -> PathBuf {
+        self.dir.path().join(machine)
+    }
+
+    /// An API-only node (no local workers, short leases) on `machine`.
+    fn api_node(&self, machine: &str) -> Server {
+        Server::start_with_env(
+            vec![tuna().display().to_string()],
+            &self.folder(machine),
+            &[
+                "--database",
+                &self.database,
+                "--local-workers",
+                "0",
+                "--lease-seconds",
+                LEASE,
+            ],
+            self.env.clone(),
+        )
+    }
+
+    /// A worker node `name` on `machine`.
+    fn worker(&self, server: &Server, machine: &str, name: &str) -> Node {
+        Node::start_in(server, &self.folder(machine), name)
+    }
+}
+
+/// A file's content in a tar archive.
+fn file_in_tar(tar: &[u8], suffix: &str) -> Option<Vec<u8>> {
+    let mut at = 0;
+    while at + 512 <= tar.len() {
+        let header = &tar[at..at + 512];
+        let name = String::from_utf8_lossy(&header[..100])
+            .trim_end_matches('\0')
+            .to_string();
+        if name.is_empty() {
+            return None;
+        }
+        let size_field = String::from_utf8_lossy(&header[124..136]);
+        let size =
+            usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .ok()?;
+        let body = at + 512;
+        if name.ends_with(suffix) {
+            return Some(tar[body..body + size].to_vec());
+        }
+        at = body + size.div_ceil(512) * 512;
+    }
+    None
+}
+
+/// The adapter of checkpoint `step` of `job`, downloaded through the API.
+fn downloaded_adapter(api: &Api, job: &str, step: i64) -> Vec<u8> {
+    let (status, tar) = api.get_bytes(&format!(
+        "/v1/fine_tuning/jobs/{job}/checkpoints/{step}/adapter"
+    ));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&tar));
+    file_in_tar(&tar, "adapter_model.safetensors").expect("an adapter in the archive")
+}
+
+/// A cluster of separate machines sharing nothing but PostgreSQL and S3 (each process has its own
+/// data folder): 2 API nodes, 3 worker nodes, 3 users, 20 jobs created on both API nodes. One
+/// machine dies mid-job (its worker node and the job's process SIGKILLed together): nobody
+/// records anything, the lease runs out, an API node's reaper puts the job back, a node on
+/// another machine resumes it from the last checkpoint in the store, and the adapter is
+/// bit-identical to an uninterrupted run's. Every job succeeds; the second API node, which never
+/// saw a checkpoint on its disk, serves the adapters and chats with the model.
 #[test]
 fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (server, a, b, fa, fb) = api_node(&data, &[]);
-    let node_a = Node::start(&server, "node-a");
+    let cluster = Cluster::new();
+    let server = cluster.api_node("api-1");
+    let (a, b, fa, fb) = server.two_users();
+    let api_2 = cluster.api_node("api-2");
+    let (a2, b2) = (a.at(&api_2), b.at(&api_2));
+    let c = api_2.user("carol");
+    let fc = c.upload();
+    let node_a = cluster.worker(&server, "machine-a", "node-a");
     let id = a.create(&lora_job(&fa, 10, 3));
     a.wait_step(&id, 4);
     let job_pid = job_process(&id);
@@ -1075,7 +1192,18 @@ fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
     signal(&job_pid.to_string(), "KILL");
     wait_gone(job_pid);
     let killed_at = Instant::now();
-    let _node_b = Node::start(&server, "node-b");
+    // 19 more small jobs of the three users, through both API nodes.
+    let mut others = Vec::new();
+    for i in 0..19 {
+        let (api, file) = match i % 3 {
+            0 => (if i % 2 == 0 { &a } else { &a2 }, &fa),
+            1 => (if i % 2 == 0 { &b } else { &b2 }, &fb),
+            _ => (&c, &fc),
+        };
+        others.push((api, api.create(&lora_job(file, 4, 2))));
+    }
+    let _node_b = cluster.worker(&server, "machine-b", "node-b");
+    let _node_c = cluster.worker(&server, "machine-c", "node-c");
     let done = a.wait_status(&id, "succeeded");
     assert!(
         killed_at.elapsed() >= Duration::from_secs(1),
@@ -1095,25 +1223,48 @@ fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
         "{msgs:?}"
     );
     assert!(
-        msgs.iter()
-            .any(|m| m.contains("of worker node-b (retry 1)")),
+        msgs.iter().any(|m| m.contains("of worker node-b (retry 1)")
+            || m.contains("of worker node-c (retry 1)")),
         "{msgs:?}"
     );
-    assert!(
-        ["3", "6", "9"]
-            .iter()
-            .any(|s| msgs.contains(&format!("Training resumed at step {s} of 10"))),
-        "resumed from a checkpoint: {msgs:?}"
-    );
+    let resumed_at = ["3", "6", "9"]
+        .into_iter()
+        .find(|s| msgs.contains(&format!("Training resumed at step {s} of 10")))
+        .unwrap_or_else(|| panic!("resumed from a checkpoint: {msgs:?}"));
+    // The machine that resumed it fetched machine a's checkpoint from the store (claim 1 wrote
+    // it); no folder of machine a was read.
+    let fetched: Vec<PathBuf> = ["machine-b", "machine-c"]
+        .iter()
+        .map(|m| {
+            cluster
+                .folder(m)
+                .join("cache/checkpoints")
+                .join(&id)
+                .join(format!("attempt-1/step-{resumed_at}"))
+        })
+        .filter(|d| d.join("adapter_model.safetensors").is_file())
+        .collect();
+    assert_eq!(fetched.len(), 1, "no machine fetched the checkpoint");
+    for (api, job) in &others {
+        let done = api.wait_status(job, "succeeded");
+        assert_eq!(api.train_steps(job), one_to(4), "{done}");
+    }
     // The same job (same file, seed and settings) uninterrupted.
     let reference = b.create(&lora_job(&fb, 10, 3));
     b.wait_status(&reference, "succeeded");
     assert!(
-        final_adapter(&data, &id) == final_adapter(&data, &reference),
+        downloaded_adapter(&a2, &id, 10) == downloaded_adapter(&b2, &reference, 10),
         "the resumed adapter differs from the uninterrupted one"
     );
+    let model = done["fine_tuned_model"].as_str().unwrap();
+    let (status, chat) = a2.post(
+        "/v1/chat/completions",
+        &json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+    );
+    assert_eq!(status, 200, "{chat}");
     a.assert_all_final();
     b.assert_all_final();
+    c.assert_all_final();
 }
 
 /// A worker frozen past its lease (SIGSTOP): another node takes the job over; when the frozen

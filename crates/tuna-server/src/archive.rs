@@ -11,7 +11,8 @@ pub const RESUME_ONLY: &[&str] = &[
     tuna_train::checkpoint::OPTIMIZER_STATE,
 ];
 
-/// The files of `dir` to publish: regular files, resume state left out, sorted by name.
+/// The files of `dir` to publish: regular files, resume state and markers (`.name`) left out,
+/// sorted by name.
 pub fn publishable_files(dir: &Path) -> io::Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -20,7 +21,7 @@ pub fn publishable_files(dir: &Path) -> io::Result<Vec<(String, u64)>> {
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        if meta.is_file() && !RESUME_ONLY.contains(&name.as_str()) {
+        if meta.is_file() && !RESUME_ONLY.contains(&name.as_str()) && !name.starts_with('.') {
             out.push((name, meta.len()));
         }
     }

@@ -67,6 +67,27 @@ pub fn remove_partial_checkpoints(train_dir: &Path) -> u64 {
     freed
 }
 
+/// Removes the checkpoint directories of `train_dir` that no row recorded: `recorded` holds each
+/// row's directory and blob prefix (`None`: a row from before the blob store, recorded by its
+/// directory alone); a directory counts only if its marker names the row's prefix.
+pub fn remove_unrecorded(train_dir: &Path, recorded: &[(PathBuf, Option<String>)]) {
+    for dir in checkpoint_dirs(train_dir) {
+        if dir.extension().is_some_and(|e| e == "tmp") {
+            continue; // the trainer clears its own
+        }
+        let marker = std::fs::read_to_string(dir.join(crate::checkpoints::RECORDED_MARKER)).ok();
+        let kept = recorded.iter().any(|(path, prefix)| {
+            *path == dir && prefix.as_ref().is_none_or(|p| marker.as_ref() == Some(p))
+        });
+        if !kept {
+            tracing::info!(path = %dir.display(), "removing a checkpoint no row recorded");
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove an unrecorded checkpoint");
+            }
+        }
+    }
+}
+
 /// Removes checkpoint directories (rows the store already deleted). Missing ones are fine.
 pub fn remove_dirs(dirs: &[PathBuf]) -> std::io::Result<u64> {
     let mut freed = 0;

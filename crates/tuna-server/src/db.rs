@@ -219,7 +219,7 @@ const FILE_COLUMNS: &str = "id, user_id, filename, purpose, bytes, created_at, s
 
 const EVENT_COLUMNS: &str = "seq, id, job_id, created_at, level, message, type, data";
 
-const CHECKPOINT_COLUMNS: &str = "id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes";
+const CHECKPOINT_COLUMNS: &str = "id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes, blob_files";
 
 /// The next place at the back of the queue.
 const BACK_OF_QUEUE: &str = "(SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs)";
@@ -988,10 +988,11 @@ mod $module {
             }
             // A resumed run may save the same step again: the newer files replace the row.
             sqlx::query(
-                "INSERT INTO checkpoints (id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                "INSERT INTO checkpoints (id, job_id, user_id, step, created_at, fine_tuned_model_checkpoint, metrics, sample, path, kind, bytes, blob_files) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (job_id, step) DO UPDATE SET created_at = excluded.created_at, metrics = excluded.metrics, \
-                 sample = excluded.sample, path = excluded.path, kind = excluded.kind, bytes = excluded.bytes",
+                 sample = excluded.sample, path = excluded.path, kind = excluded.kind, bytes = excluded.bytes, \
+                 blob_files = excluded.blob_files",
             )
             .bind(&c.id)
             .bind(&c.job_id)
@@ -1004,6 +1005,7 @@ mod $module {
             .bind(&c.path)
             .bind(&c.kind)
             .bind(c.bytes)
+            .bind(&c.blob_files)
             .execute(&mut *tx)
             .await?;
             insert_event(&mut tx, event).await?;
@@ -2045,12 +2047,14 @@ mod tests {
                 path: "/a".into(),
                 kind: "lora".into(),
                 bytes: 10,
+                blob_files: None,
             };
             let ev = NewEvent::info(&j, "c");
             assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
             c.id = "ftckpt_2".into();
             c.path = "/b".into();
             c.bytes = 30;
+            c.blob_files = Some("{}".into());
             assert!(s.insert_checkpoint(&c, j.attempt, &ev).await.unwrap());
             assert!(!s.insert_checkpoint(&c, j.attempt + 1, &ev).await.unwrap());
             let rows = s.job_checkpoints("j").await.unwrap();

@@ -41,7 +41,11 @@ pub fn new_api_key() -> String {
 /// What the store keeps of a key. Keys are long random strings, so a fast hash is enough
 /// (no dictionary to guard against, unlike passwords).
 pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
+    to_hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// Lowercase hex of a digest.
+pub fn to_hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -30,6 +30,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod blob;
 pub mod checker;
+pub mod checkpoints;
 pub mod compute;
 pub mod console;
 pub mod db;

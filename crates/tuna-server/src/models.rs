@@ -13,6 +13,8 @@ use serde::Deserialize;
 use tuna_model::QwenConfig;
 use tuna_model::demo::{DEMO_MODEL_NAME, ensure_demo_model};
 
+use crate::blob::BlobStore;
+use crate::checkpoints;
 use crate::ids;
 use crate::store::{CheckpointRow, ModelRow, Page, Store, StoreResult};
 
@@ -189,6 +191,39 @@ pub struct Weights {
     pub model_dir: PathBuf,
     /// A LoRA checkpoint (PEFT adapter directory) applied on top of `model_dir`.
     pub adapter_dir: Option<PathBuf>,
+    /// The full fine-tuning checkpoint `model_dir` is, when it is one.
+    pub model_checkpoint: Option<CheckpointRow>,
+    /// The checkpoint `adapter_dir` is.
+    pub adapter_checkpoint: Option<CheckpointRow>,
+}
+
+impl Weights {
+    /// The same weights in local directories: checkpoints on the node that wrote them are their
+    /// own, on any other a verified copy fetched once from the blob store
+    /// ([`crate::checkpoints::local_dir`]); the demo model, which another node registered, is
+    /// this node's own (every node builds it identically) under `demo_root`.
+    pub async fn localize(
+        mut self,
+        blobs: &dyn BlobStore,
+        cache_root: &Path,
+        demo_root: &Path,
+    ) -> std::io::Result<Weights> {
+        if self.model_checkpoint.is_none() && self.base.source == "demo" && !self.model_dir.is_dir()
+        {
+            let root = demo_root.to_path_buf();
+            self.model_dir = tokio::task::spawn_blocking(move || ensure_demo_model(&root))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+        }
+        if let Some(c) = &self.model_checkpoint {
+            self.model_dir = checkpoints::local_dir(blobs, cache_root, c, false).await?;
+        }
+        if let Some(c) = &self.adapter_checkpoint {
+            self.adapter_dir = Some(checkpoints::local_dir(blobs, cache_root, c, false).await?);
+        }
+        Ok(self)
+    }
 }
 
 /// How many jobs started from fine-tuned models one model id may chain back through.
@@ -241,6 +276,8 @@ pub async fn resolve_weights(
     let mut weights = Weights {
         model_dir: PathBuf::from(&base.path),
         adapter_dir: None,
+        model_checkpoint: None,
+        adapter_checkpoint: None,
         base,
     };
     // Oldest first: a full checkpoint replaces the weights; a LoRA adapter (which, when its job
@@ -248,9 +285,12 @@ pub async fn resolve_weights(
     for c in chain.iter().rev() {
         if c.kind == "full" {
             weights.model_dir = PathBuf::from(&c.path);
+            weights.model_checkpoint = Some(c.clone());
             weights.adapter_dir = None;
+            weights.adapter_checkpoint = None;
         } else {
             weights.adapter_dir = Some(PathBuf::from(&c.path));
+            weights.adapter_checkpoint = Some(c.clone());
         }
     }
     Ok(weights.into())

@@ -245,10 +245,14 @@ impl Settings {
             .unwrap_or_else(|| BlobStoreUrl::File(self.blob_root()))
     }
 
+    /// This node's local copies of what lives in the blob store (checkpoints, datasets).
+    pub fn cache_root(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+
     /// Opens the blob store; local copies of remote blobs go to `<data_dir>/cache/blobs`.
     pub fn open_blob_store(&self) -> std::io::Result<Arc<dyn BlobStore>> {
-        self.blob_store_url()
-            .open(&self.data_dir.join("cache").join("blobs"))
+        self.blob_store_url().open(&self.cache_root().join("blobs"))
     }
 
     /// How chat generation is shared and bounded.

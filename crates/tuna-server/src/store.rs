@@ -413,6 +413,9 @@ pub struct CheckpointRow {
     pub kind: String,
     /// Size of the directory when it was recorded.
     pub bytes: i64,
+    /// Where its files are in the blob store (a [`crate::checkpoints::Manifest`] as JSON); `None`
+    /// for checkpoints recorded before checkpoints went to the blob store (only `path` has them).
+    pub blob_files: Option<String>,
 }
 
 /// One job in the queue snapshot used for positions and start estimates.

@@ -226,6 +226,113 @@ async fn a_crashed_worker_resumes_from_its_last_checkpoint() {
     t.server.stop().await.unwrap();
 }
 
+/// The object store (SeaweedFS, SIGKILLed) unreachable for a worker, twice. First while it
+/// fetches the job's training file: the job's events name what, the key and the store, and the
+/// job is retried, not lost. Then while it stores a checkpoint: no row is written for it (a
+/// checkpoint is recorded only once every file is stored), the events say so, and the job is
+/// retried from its last stored checkpoint. Once the store is back the job succeeds, every step
+/// trained once, and every recorded checkpoint downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_cannot_reach_the_object_store_says_so_and_the_job_is_retried() {
+    use tuna_server::test_services::SeaweedFs;
+    let weed = tokio::task::spawn_blocking(|| SeaweedFs::start(16, 64))
+        .await
+        .unwrap();
+    let mut url = weed.location("worker-down");
+    if let tuna_server::blob::BlobStoreUrl::S3(loc) = &mut url {
+        loc.retry_timeout = Duration::from_secs(1);
+    }
+    let t = TestServer::start_with(|s| {
+        s.blob_store = Some(url);
+        s.max_retries = 20;
+    })
+    .await;
+    let c = t.user("s3down").await;
+    let file = upload(&c).await;
+    let weed = tokio::task::spawn_blocking(move || {
+        weed.kill();
+        weed
+    })
+    .await
+    .unwrap();
+    let mut body = tiny_job(&file, 200, 3);
+    body["tuna"]["sample_prompts"] = json!(0);
+    let id = create(&c, &body).await;
+    let fetch_failed = format!(
+        "Cannot fetch training_file `{file}` (key `files/{file}`) from the blob store s3://"
+    );
+    let start = std::time::Instant::now();
+    while !messages(&c, &id)
+        .await
+        .iter()
+        .any(|m| m.starts_with(&fetch_failed))
+    {
+        assert!(start.elapsed() < T, "{:?}", messages(&c, &id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let weed = tokio::task::spawn_blocking(move || {
+        weed.restart();
+        weed
+    })
+    .await
+    .unwrap();
+    // Training, past its first stored checkpoint: the store goes again.
+    c.wait_job(&id, T, |j| {
+        j["status"] == "running" && j["tuna"]["progress"]["step"].as_i64().unwrap_or(0) >= 4
+    })
+    .await;
+    let weed = tokio::task::spawn_blocking(move || {
+        weed.kill();
+        weed
+    })
+    .await
+    .unwrap();
+    let start = std::time::Instant::now();
+    while !messages(&c, &id).await.iter().any(|m| {
+        m.contains("could not be stored") && m.contains("retried from its last stored checkpoint")
+    }) {
+        assert!(start.elapsed() < T, "{:?}", messages(&c, &id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let weed = tokio::task::spawn_blocking(move || {
+        weed.restart();
+        weed
+    })
+    .await
+    .unwrap();
+    let done = c.wait_status(&id, "succeeded", T).await;
+    assert!(done["tuna"]["retries"].as_i64().unwrap() >= 2, "{done}");
+    assert_eq!(metric_steps(&c, &id).await, (1..=200).collect::<Vec<i64>>());
+    let msgs = messages(&c, &id).await;
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("Training resumed at step ")),
+        "{msgs:?}"
+    );
+    let ck = c
+        .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints?limit=10"))
+        .await
+        .body;
+    for row in ck["data"].as_array().unwrap() {
+        let step = row["step_number"].as_i64().unwrap();
+        let got = c
+            .http
+            .get(format!(
+                "{}/v1/fine_tuning/jobs/{id}/checkpoints/{step}/adapter",
+                c.base
+            ))
+            .bearer_auth(&c.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200, "checkpoint {step}");
+    }
+    t.server.stop().await.unwrap();
+    tokio::task::spawn_blocking(move || drop(weed))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_keeps_dying_fails_the_job_with_the_reason() {
     let t = TestServer::start_with(|s| {

@@ -112,6 +112,27 @@ impl BlobStore for LocalBlobStore {
     async fn local_path(&self, key: &str) -> io::Result<PathBuf> {
         self.path(key)
     }
+
+    /// A hard link when `src` is on the same file system (no second copy of a checkpoint on
+    /// one machine), else a copy.
+    async fn put_immutable_file(&self, key: &str, src: &Path) -> io::Result<u64> {
+        let dest = self.path(key)?;
+        let (src_owned, dest_owned) = (src.to_path_buf(), dest.clone());
+        let linked = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            crate::perms::private_dir(parent(&dest_owned))?;
+            let tmp = dest_owned.with_extension("partial");
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::hard_link(&src_owned, &tmp)?;
+            std::fs::rename(&tmp, &dest_owned)?;
+            Ok(std::fs::metadata(&dest_owned)?.len())
+        })
+        .await
+        .map_err(io::Error::other)?;
+        match linked {
+            Ok(n) => Ok(n),
+            Err(_) => super::put_file(self, key, src).await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +154,23 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join("files/a")), 0o600);
         assert_eq!(mode(&dir.path().join("files")), 0o700);
+    }
+
+    #[tokio::test]
+    async fn an_immutable_file_is_linked_not_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path().join("blobs"));
+        let src = dir.path().join("weights");
+        std::fs::write(&src, b"0123456789").unwrap();
+        assert_eq!(store.put_immutable_file("c/w", &src).await.unwrap(), 10);
+        let stored = dir.path().join("blobs/c/w");
+        assert_eq!(
+            std::fs::metadata(&stored).unwrap().ino(),
+            std::fs::metadata(&src).unwrap().ino()
+        );
+        // The source goes (a checkpoint's optimizer state is dropped): the blob stays.
+        std::fs::remove_file(&src).unwrap();
+        assert_eq!(std::fs::read(&stored).unwrap(), b"0123456789");
     }
 }

@@ -33,6 +33,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> io::Result<()>;
     /// A local file with the content of `key`.
     async fn local_path(&self, key: &str) -> io::Result<PathBuf>;
+    /// Stores the local file `src` under `key`; returns its size. `src` is never written again
+    /// (a checkpoint's files), so a folder store may link it instead of copying it.
+    async fn put_immutable_file(&self, key: &str, src: &Path) -> io::Result<u64> {
+        put_file(self, key, src).await
+    }
 }
 
 #[async_trait]
@@ -97,6 +102,22 @@ pub struct S3Location {
 /// enough that an upload fails with a clear error while the user still waits for it.
 pub const DEFAULT_S3_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Seconds a failing S3 request is retried (default [`DEFAULT_S3_RETRY_TIMEOUT`]); read with the
+/// `--blob-store` URL, passed on to workers.
+pub const S3_RETRY_SECONDS_ENV: &str = "TUNA_S3_RETRY_SECONDS";
+
+fn s3_retry_timeout() -> Result<Duration, String> {
+    match std::env::var(S3_RETRY_SECONDS_ENV) {
+        Err(_) => Ok(DEFAULT_S3_RETRY_TIMEOUT),
+        Ok(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{S3_RETRY_SECONDS_ENV}=`{v}` is not a number of seconds")),
+    }
+}
+
 impl std::fmt::Debug for S3Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The values may be credentials: only their names.
@@ -152,7 +173,7 @@ impl BlobStoreUrl {
                 bucket: bucket.into(),
                 prefix,
                 env: Vec::new(),
-                retry_timeout: DEFAULT_S3_RETRY_TIMEOUT,
+                retry_timeout: s3_retry_timeout()?,
             }));
         }
         Err(format!(
@@ -174,6 +195,10 @@ impl BlobStoreUrl {
         let mut env = vec![(BLOB_STORE_ENV.to_string(), self.url())];
         if let BlobStoreUrl::S3(loc) = self {
             env.extend(loc.env.iter().cloned());
+            env.push((
+                S3_RETRY_SECONDS_ENV.to_string(),
+                loc.retry_timeout.as_secs_f64().to_string(),
+            ));
         }
         env
     }
@@ -189,7 +214,7 @@ impl BlobStoreUrl {
 }
 
 /// Copies the local file `src` into the store under `key` (streaming); returns its size.
-pub async fn put_file(store: &dyn BlobStore, key: &str, src: &Path) -> io::Result<u64> {
+pub async fn put_file<S: BlobStore + ?Sized>(store: &S, key: &str, src: &Path) -> io::Result<u64> {
     let mut file = tokio::fs::File::open(src).await?;
     let mut writer = store.writer(key).await?;
     let mut buf = vec![0u8; 1 << 20];

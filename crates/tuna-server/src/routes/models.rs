@@ -218,7 +218,13 @@ async fn find(state: &AppState, user: &User, id: String) -> ApiResult<ModelObjec
 pub async fn resolve_target(state: &AppState, user: &User, id: &str) -> ApiResult<Target> {
     let w = crate::models::resolve_weights(&*state.store, &user.id, id)
         .await?
-        .ok_or_else(|| ApiError::model_not_found(id))?;
+        .ok_or_else(|| ApiError::model_not_found(id))?
+        .localize(
+            &*state.blobs,
+            &state.settings.cache_root(),
+            &state.settings.demo_model_root,
+        )
+        .await?;
     Ok(Target {
         id: id.into(),
         model_dir: w.model_dir,

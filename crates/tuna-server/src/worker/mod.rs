@@ -394,7 +394,17 @@ async fn run_async(
         tracing::info!(job = %job_id, status = %job.status, "the job left this claim while waiting for the job's lock; nothing to do");
         return Ok(0);
     }
-    let mut reporter = Reporter::new(store.clone(), job.clone(), attempt, dir.clone());
+    let blobs = settings.open_blob_store()?;
+    let cache_root = settings.cache_root();
+    let mut reporter = Reporter::new(
+        store.clone(),
+        blobs.clone(),
+        cache_root.clone(),
+        job.clone(),
+        attempt,
+        dir.clone(),
+    );
+    let store_url = settings.blob_store_url().url();
 
     let Some(weights) = crate::models::resolve_weights(&*store, &job.user_id, &job.model).await?
     else {
@@ -408,7 +418,16 @@ async fn run_async(
         );
         return Ok(reporter.fail(err).await);
     };
-    let blobs = settings.open_blob_store()?;
+    let weights = match weights
+        .localize(&*blobs, &cache_root, &settings.demo_model_root)
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            let what = format!("the model `{}`", job.model);
+            return Ok(fetch_failed(&reporter, &what, &store_url, e).await);
+        }
+    };
     let mut paths = Vec::new();
     for (param, id) in [
         ("training_file", Some(&job.training_file)),
@@ -419,7 +438,13 @@ async fn run_async(
             continue;
         };
         match store.get_file(&job.user_id, id).await? {
-            Some(f) => paths.push(Some(blobs.local_path(&f.blob_key).await?)),
+            Some(f) => match blobs.local_path(&f.blob_key).await {
+                Ok(p) => paths.push(Some(p)),
+                Err(e) => {
+                    let what = format!("{param} `{id}` (key `{}`)", f.blob_key);
+                    return Ok(fetch_failed(&reporter, &what, &store_url, e).await);
+                }
+            },
             None => {
                 let err = job_error(
                     "file_not_found",
@@ -431,7 +456,7 @@ async fn run_async(
         }
     }
     let train_dir = artifacts::train_dir(&dir);
-    let cfg = train_config(
+    let mut cfg = train_config(
         &job.spec,
         job.seed,
         weights.model_dir.clone(),
@@ -440,9 +465,15 @@ async fn run_async(
         paths[1].clone(),
         train_dir.clone(),
     );
-
-    // A worker killed between writing a checkpoint and recording it left it unrecorded.
-    reporter.reconcile().await?;
+    // Only recorded checkpoints count, wherever they were written.
+    cfg.resume = false;
+    cfg.resume_from = match reporter.prepare_resume().await {
+        Ok(from) => from,
+        Err(e) => {
+            let what = "the job's last checkpoint".to_string();
+            return Ok(fetch_failed(&reporter, &what, &store_url, e).await);
+        }
+    };
 
     if std::env::var_os(SUPERVISED_ENV).is_some() {
         let stop = stop.clone();
@@ -567,6 +598,19 @@ async fn run_async(
     };
     drop(lock);
     Ok(code)
+}
+
+/// What the run needs could not be fetched from the blob store (or verified): say which, from
+/// where and why in the job's events, then exit as a crash, so the job is retried (counting a
+/// retry), on this node or another.
+async fn fetch_failed(reporter: &Reporter, what: &str, store_url: &str, e: std::io::Error) -> i32 {
+    let message = format!(
+        "Cannot fetch {what} from the blob store {store_url}: {e}; the job will be retried"
+    );
+    tracing::error!(job = %reporter.job_id(), "{message}");
+    eprintln!("{message}");
+    reporter.warn(message).await;
+    1
 }
 
 /// The disk is full: free what the unfinished checkpoint took, then fail the job saying so.

@@ -4,9 +4,10 @@
 //! retention and the optimizer state only the newest checkpoint keeps, and the job's end.
 //! Every write carries the worker's claim and its result is checked.
 //!
-//! Before training resumes, [`Reporter::reconcile`] re-reads what the trainer left on disk (its
-//! `metrics.jsonl` and complete checkpoints): a worker killed between writing a checkpoint and
-//! recording it leaves nothing unrecorded.
+//! Checkpoints go to the blob store before their row is written ([`crate::checkpoints`]); only
+//! rows count: before training resumes, [`Reporter::prepare_resume`] fetches the newest recorded
+//! checkpoint (on any machine) and removes the job folder's unrecorded ones (a worker killed
+//! between writing a checkpoint and recording it, or a fenced one), whose steps are redone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,18 +19,22 @@ use tuna_train::{CheckpointInfo, EvalMetrics, PreferenceMetrics, StepMetrics, Tr
 use super::Msg;
 use crate::artifacts;
 use crate::blob::BlobStore;
+use crate::checkpoints;
 use crate::estimate;
 use crate::ids;
 use crate::lifecycle;
 use crate::models::model_shape;
 use crate::openai::types::{CheckpointMetrics, JobError, RanOn};
 use crate::store::{
-    CheckpointRow, FileRow, JobProgress, JobRow, MetricsKind, MetricsRow, NewEvent, StepReport,
-    Store, StoreError, StoreResult,
+    CheckpointRow, EventLevel, FileRow, JobProgress, JobRow, MetricsKind, MetricsRow, NewEvent,
+    StepReport, Store, StoreError, StoreResult,
 };
 
 pub struct Reporter {
     store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    /// This node's copies of blobs (`<data-dir>/cache`).
+    cache_root: PathBuf,
     job: JobRow,
     attempt: i64,
     job_dir: PathBuf,
@@ -128,9 +133,18 @@ pub fn results_csv(rows: &[MetricsRow]) -> String {
 }
 
 impl Reporter {
-    pub fn new(store: Arc<dyn Store>, job: JobRow, attempt: i64, job_dir: PathBuf) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        cache_root: PathBuf,
+        job: JobRow,
+        attempt: i64,
+        job_dir: PathBuf,
+    ) -> Self {
         Reporter {
             store,
+            blobs,
+            cache_root,
             job,
             attempt,
             job_dir,
@@ -148,6 +162,20 @@ impl Reporter {
             metrics: Vec::new(),
             events: Vec::new(),
             ran_on: None,
+        }
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.job.id
+    }
+
+    /// A warning in the job's events (best effort: a failure is logged).
+    pub async fn warn(&self, message: String) {
+        let mut r = self.report(None);
+        r.events
+            .push(NewEvent::info(&self.job, message).level(EventLevel::Warn));
+        if let Err(e) = self.send(r).await {
+            tracing::warn!(job = %self.job.id, error = %e, "cannot record a warning");
         }
     }
 
@@ -255,62 +283,42 @@ impl Reporter {
         Ok(())
     }
 
-    /// Records what an earlier run of this job left on disk but not in the store: metrics lines
-    /// up to its newest checkpoint, and complete checkpoints without a row.
-    pub async fn reconcile(&mut self) -> StoreResult<()> {
-        let train_dir = artifacts::train_dir(&self.job_dir);
-        let (on_disk, lines) = {
-            let dir = train_dir.clone();
-            tokio::task::spawn_blocking(move || read_run(&dir))
-                .await
-                .unwrap_or_default()
-        };
-        let Some(newest) = on_disk.last().map(|(_, p)| p.clone()) else {
-            return Ok(());
-        };
-        let newest_step = on_disk.last().map_or(0, |(s, _)| *s as i64);
-        let kept: Vec<MetricsRow> = lines
-            .into_iter()
-            .filter(|r| r.step <= newest_step)
-            .collect();
-        for chunk in kept.chunks(1000) {
-            let mut r = self.report(None);
-            r.metrics = chunk.to_vec();
-            self.send(r).await?;
-        }
-        let recorded: Vec<i64> = self
+    /// Where this run resumes from: a local copy of the job's newest recorded checkpoint (its own
+    /// directory on the node that wrote it, else fetched from the blob store and verified), or
+    /// `None` to start at step 0. Only rows count: checkpoint directories in the job's folder that
+    /// no row recorded (a killed worker's last one, or a fenced worker's) are removed, and their
+    /// steps are trained again (training is deterministic).
+    pub async fn prepare_resume(&mut self) -> Result<Option<PathBuf>, std::io::Error> {
+        let rows = self
             .store
             .job_checkpoints(&self.job.id)
-            .await?
+            .await
+            .map_err(std::io::Error::other)?;
+        let train_dir = artifacts::train_dir(&self.job_dir);
+        let recorded: Vec<(PathBuf, Option<String>)> = rows
             .iter()
-            .map(|c| c.step)
+            .map(|r| {
+                let prefix = checkpoints::Manifest::of(r)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.prefix);
+                (PathBuf::from(&r.path), prefix)
+            })
             .collect();
-        for (step, path) in on_disk {
-            if recorded.contains(&(step as i64)) {
-                continue;
-            }
-            let Some(info) = checkpoint_on_disk(step, &path) else {
-                continue;
-            };
-            let at = |kind: MetricsKind| {
-                kept.iter()
-                    .find(|r| r.kind == kind && r.step == step as i64)
-                    .map(|r| r.data.clone())
-            };
-            self.last_step = at(MetricsKind::Train).and_then(|d| serde_json::from_value(d).ok());
-            self.last_eval = at(MetricsKind::Eval).and_then(|d| serde_json::from_value(d).ok());
-            self.checkpoint_kept(&info, &newest).await?;
-        }
-        Ok(())
+        tokio::task::spawn_blocking(move || artifacts::remove_unrecorded(&train_dir, &recorded))
+            .await
+            .map_err(std::io::Error::other)?;
+        let Some(newest) = rows.first() else {
+            return Ok(None);
+        };
+        checkpoints::local_dir(&*self.blobs, &self.cache_root, newest, true)
+            .await
+            .map(Some)
     }
 
+    /// Uploads a checkpoint the trainer wrote to the blob store, then records it (fenced by the
+    /// claim), then marks its directory as recorded.
     async fn checkpoint(&mut self, info: &CheckpointInfo) -> StoreResult<()> {
-        let newest = info.path.clone();
-        self.checkpoint_kept(info, &newest).await
-    }
-
-    /// Records a checkpoint; `newest` is the checkpoint whose optimizer state a resume needs.
-    async fn checkpoint_kept(&mut self, info: &CheckpointInfo, newest: &Path) -> StoreResult<()> {
         let job = &self.job;
         let step = info.step as i64;
         let at_step = self.last_step.as_ref().filter(|m| m.step == info.step);
@@ -327,17 +335,30 @@ impl Reporter {
         let model_id = format!("{}:ckpt-step-{step}", job.model_id);
         let path = info.path.clone();
         // Older checkpoints keep only their weights: a resume needs the newest one's optimizer.
-        let (train_dir, keep, this) = (
-            artifacts::train_dir(&self.job_dir),
-            newest.to_path_buf(),
-            path.clone(),
-        );
+        let (train_dir, this) = (artifacts::train_dir(&self.job_dir), path.clone());
         let bytes = tokio::task::spawn_blocking(move || {
-            artifacts::drop_optimizer_state_except(&train_dir, Some(&keep));
+            artifacts::drop_optimizer_state_except(&train_dir, Some(&this));
             artifacts::checkpoint_bytes(&this)
         })
         .await
         .unwrap_or(0);
+        let prefix = checkpoints::blob_prefix(&job.id, self.attempt, step);
+        let manifest = match checkpoints::upload(&*self.blobs, &prefix, &path).await {
+            Ok(m) => m,
+            Err(e) => {
+                // No row without every file: the run stops and the job is retried from its
+                // last recorded checkpoint.
+                self.warn(format!(
+                    "Checkpoint at step {step} could not be stored ({e}); the job will be retried from its last stored checkpoint"
+                ))
+                .await;
+                return Err(if crate::disk::is_disk_full(&e) {
+                    StoreError::Full(e.to_string())
+                } else {
+                    StoreError::Corrupt(e.to_string())
+                });
+            }
+        };
         let row = CheckpointRow {
             id: ids::new_id(ids::CHECKPOINT),
             job_id: job.id.clone(),
@@ -350,6 +371,7 @@ impl Reporter {
             path: path.to_string_lossy().into_owned(),
             kind: job.spec.tuna.method.as_str().into(),
             bytes: bytes as i64,
+            blob_files: Some(manifest.to_json()),
         };
         let event = NewEvent::info(job, format!("Checkpoint created at step {step}"))
             .data(json!({ "step": step, "fine_tuned_model_checkpoint": model_id }));
@@ -361,6 +383,17 @@ impl Reporter {
             super::claim_lost(&self.job.id, self.attempt);
             return Ok(());
         }
+        if let Err(e) = checkpoints::mark_recorded(&path, &prefix) {
+            tracing::warn!(job = %job.id, error = %e, "cannot mark the checkpoint recorded (other nodes fetch it from the blob store)");
+        }
+        let older: Vec<CheckpointRow> = self
+            .store
+            .job_checkpoints(&job.id)
+            .await?
+            .into_iter()
+            .filter(|c| c.step < step)
+            .collect();
+        checkpoints::drop_resume_blobs(&*self.blobs, &older).await;
         self.apply_retention().await
     }
 
@@ -387,23 +420,20 @@ impl Reporter {
             .store
             .delete_checkpoints(&self.job.id, &ids, Some(&event))
             .await?;
-        let dirs: Vec<PathBuf> = gone.iter().map(|c| PathBuf::from(&c.path)).collect();
-        if let Err(e) = tokio::task::spawn_blocking(move || artifacts::remove_dirs(&dirs))
-            .await
-            .unwrap_or(Ok(0))
-        {
-            tracing::warn!(job = %self.job.id, error = %e, "cannot remove old checkpoints");
-        }
+        checkpoints::remove(&*self.blobs, &self.cache_root, &gone).await;
         Ok(())
     }
 
-    /// A final job needs no resume state.
+    /// A final job needs no resume state, here or in the blob store.
     async fn drop_resume_state(&self) {
         let train_dir = artifacts::train_dir(&self.job_dir);
         let _ = tokio::task::spawn_blocking(move || {
             artifacts::drop_optimizer_state_except(&train_dir, None)
         })
         .await;
+        if let Ok(rows) = self.store.job_checkpoints(&self.job.id).await {
+            checkpoints::drop_resume_blobs(&*self.blobs, &rows).await;
+        }
     }
 
     /// Fails the job; the exit code: 0 when recorded, [`crate::queue::EXIT_DISK_FULL`] when the
@@ -547,45 +577,6 @@ where
             other => return other,
         }
     }
-}
-
-/// The complete checkpoints of a run directory (oldest first) and its metrics lines.
-fn read_run(train_dir: &Path) -> (Vec<(usize, PathBuf)>, Vec<MetricsRow>) {
-    let checkpoints = tuna_train::checkpoint::list_checkpoints(train_dir).unwrap_or_default();
-    let lines = std::fs::read_to_string(train_dir.join("metrics.jsonl")).unwrap_or_default();
-    let rows = lines
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| {
-            let kind = match v.get("type")?.as_str()? {
-                "train" => MetricsKind::Train,
-                "eval" => MetricsKind::Eval,
-                _ => return None,
-            };
-            Some(MetricsRow {
-                kind,
-                step: v.get("step")?.as_i64()?,
-                data: v,
-            })
-        })
-        .collect();
-    (checkpoints, rows)
-}
-
-/// What the trainer reported for a checkpoint, read back from its directory.
-fn checkpoint_on_disk(step: usize, dir: &Path) -> Option<CheckpointInfo> {
-    use tuna_train::checkpoint::{SAMPLE_FILE, TRAINER_STATE, TrainerState, read_json};
-    let state: TrainerState = read_json(&dir.join(TRAINER_STATE)).ok()?;
-    let samples = read_json(&dir.join(SAMPLE_FILE)).unwrap_or_default();
-    Some(CheckpointInfo {
-        step,
-        epoch: state.epoch,
-        path: dir.to_path_buf(),
-        train_loss: state.train_loss,
-        eval_loss: state.eval_loss,
-        samples,
-        is_final: false,
-    })
 }
 
 #[cfg(test)]

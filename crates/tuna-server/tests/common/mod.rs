@@ -18,7 +18,7 @@ use tuna_server::{RunningServer, Settings};
 
 pub const WORKER_DATA_DIR_ENV: &str = "TUNA_TEST_WORKER_DATA_DIR";
 pub const WORKER_JOB_ENV: &str = "TUNA_TEST_WORKER_JOB";
-/// Makes a test worker abort right after it wrote its first checkpoint.
+/// Makes a test worker abort right after its first checkpoint was recorded.
 pub const ABORT_AFTER_CHECKPOINT_ENV: &str = "TUNA_TEST_ABORT_AFTER_CHECKPOINT";
 
 pub fn run_worker_if_asked() {
@@ -29,17 +29,21 @@ pub fn run_worker_if_asked() {
         return; // an ordinary test run: nothing to do
     };
     if std::env::var_os(ABORT_AFTER_CHECKPOINT_ENV).is_some() {
-        // Simulates a crash (no cleanup, no exit code of ours) right after the first checkpoint.
-        let metrics = Path::new(&dir)
-            .join("jobs")
-            .join(&job)
-            .join("train")
-            .join("metrics.jsonl");
+        // Simulates a crash (no cleanup, no exit code of ours) right after the first checkpoint
+        // was recorded (stored and its row written: its directory is marked).
+        let train = Path::new(&dir).join("jobs").join(&job).join("train");
         std::thread::spawn(move || {
             loop {
-                if std::fs::read_to_string(&metrics)
-                    .is_ok_and(|t| t.contains("\"type\":\"checkpoint\""))
-                {
+                let recorded = std::fs::read_dir(&train)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| {
+                        e.path()
+                            .join(tuna_server::checkpoints::RECORDED_MARKER)
+                            .is_file()
+                    });
+                if recorded {
                     std::process::abort();
                 }
                 std::thread::sleep(Duration::from_millis(5));

@@ -5,8 +5,6 @@
 //! nothing ever points at files that are gone, and repeating a delete whose file removal failed
 //! finishes it.
 
-use std::path::PathBuf;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -99,7 +97,8 @@ pub async fn download(
         .get_checkpoint(&user.id, &id, &ckpt)
         .await?
         .ok_or_else(|| ApiError::checkpoint_not_found(&ckpt))?;
-    let dir = PathBuf::from(&c.path);
+    let dir = crate::checkpoints::local_dir(&*state.blobs, &state.settings.cache_root(), &c, false)
+        .await?;
     let files = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || crate::archive::publishable_files(&dir)).await??
@@ -189,7 +188,8 @@ async fn refuse_if_started_from(state: &AppState, user_id: &str, names: &[&str])
     ))
 }
 
-/// Deletes checkpoint rows (with an event), then their directories; the bytes freed.
+/// Deletes checkpoint rows (with an event), then their files (blob store, this node's
+/// directories and cached copies); the local bytes freed.
 async fn delete_rows(
     state: &AppState,
     job: &JobRow,
@@ -202,8 +202,7 @@ async fn delete_rows(
         .store
         .delete_checkpoints(&job.id, &ids, Some(&event))
         .await?;
-    let dirs: Vec<PathBuf> = gone.iter().map(|c| PathBuf::from(&c.path)).collect();
-    Ok(tokio::task::spawn_blocking(move || files::remove_dirs(&dirs)).await??)
+    Ok(crate::checkpoints::remove(&*state.blobs, &state.settings.cache_root(), &gone).await)
 }
 
 /// `DELETE /v1/fine_tuning/jobs/{id}/checkpoints`: every artifact of a finished job (its

@@ -170,7 +170,13 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
     let store = &*state.store;
     let weights = resolve_weights(store, &user.id, v.model())
         .await?
-        .ok_or_else(|| ApiError::model_not_found(v.model()))?;
+        .ok_or_else(|| ApiError::model_not_found(v.model()))?
+        .localize(
+            &*state.blobs,
+            &state.settings.cache_root(),
+            &state.settings.demo_model_root,
+        )
+        .await?;
     if weights.adapter_dir.is_some() && v.tuning() == "full" {
         return Err(ApiError::invalid(
             format!(
