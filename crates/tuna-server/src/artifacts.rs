@@ -36,10 +36,23 @@ pub fn checkpoint_bytes(dir: &Path) -> u64 {
     crate::disk::dir_size(dir).saturating_sub(optimizer)
 }
 
-/// Removes the optimizer state of every checkpoint but `keep` (a resume needs only the newest).
+fn checkpoint_step(dir: &Path) -> Option<u64> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .parse()
+        .ok()
+}
+
+/// Removes the optimizer state of every checkpoint older than `keep` (a resume needs only the
+/// newest recorded one); `None`: of all. Newer ones keep theirs: the trainer runs ahead of the
+/// worker that records (and uploads) its checkpoints, so they are not recorded yet.
 pub fn drop_optimizer_state_except(train_dir: &Path, keep: Option<&Path>) {
+    let keep_step = keep.map(|k| checkpoint_step(k).unwrap_or(u64::MAX));
     for dir in checkpoint_dirs(train_dir) {
-        if Some(dir.as_path()) == keep {
+        if let Some(k) = keep_step
+            && checkpoint_step(&dir).is_none_or(|s| s >= k)
+        {
             continue;
         }
         let f = dir.join(OPTIMIZER_STATE);
@@ -110,7 +123,7 @@ mod tests {
     fn only_the_kept_checkpoint_keeps_its_optimizer_state() {
         let dir = tempfile::tempdir().unwrap();
         let train = train_dir(dir.path());
-        for step in [2, 4] {
+        for step in [2, 4, 6] {
             let c = train.join(format!("checkpoint-{step}"));
             std::fs::create_dir_all(&c).unwrap();
             std::fs::write(c.join("adapter_model.safetensors"), [0u8; 10]).unwrap();
@@ -122,6 +135,8 @@ mod tests {
         drop_optimizer_state_except(&train, Some(&train.join("checkpoint-4")));
         assert!(!train.join("checkpoint-2").join(OPTIMIZER_STATE).exists());
         assert!(train.join("checkpoint-4").join(OPTIMIZER_STATE).exists());
+        // A newer checkpoint (written while the older one was being recorded) keeps its own.
+        assert!(train.join("checkpoint-6").join(OPTIMIZER_STATE).exists());
         assert_eq!(remove_partial_checkpoints(&train), 7);
         assert!(!train.join("checkpoint-6.tmp").exists());
         assert_eq!(
