@@ -23,7 +23,7 @@
 
 mod report;
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,7 +94,11 @@ pub(crate) fn claim_lost(job_id: &str, attempt: i64) {
         attempt,
         "the job is no longer running under this worker's claim (cancelled, or taken over after the lease expired); exiting without writing anything more"
     );
-    eprintln!("job {job_id}: claim {attempt} is no longer valid; exiting (fenced)");
+    // Not eprintln!: it panics when stderr (the job's log) cannot be written, on a full disk.
+    let _ = writeln!(
+        std::io::stderr(),
+        "job {job_id}: claim {attempt} is no longer valid; exiting (fenced)"
+    );
     std::process::exit(EXIT_FENCED);
 }
 
@@ -608,7 +612,7 @@ async fn fetch_failed(reporter: &Reporter, what: &str, store_url: &str, e: std::
         "Cannot fetch {what} from the blob store {store_url}: {e}; the job will be retried"
     );
     tracing::error!(job = %reporter.job_id(), "{message}");
-    eprintln!("{message}");
+    let _ = writeln!(std::io::stderr(), "{message}");
     reporter.warn(message).await;
     1
 }
