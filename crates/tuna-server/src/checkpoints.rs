@@ -157,8 +157,9 @@ fn recorded_as(dir: &Path, prefix: &str) -> bool {
     std::fs::read_to_string(dir.join(RECORDED_MARKER)).is_ok_and(|p| p == prefix)
 }
 
-/// A local directory with `row`'s files: the directory this node wrote and recorded, else a copy
-/// in `cache_root/<prefix>/` fetched from the blob store file by file, each checked against the
+/// A local directory with `row`'s files: the directory this node wrote and recorded (under the
+/// data directory `cache_root` is in), else a copy in `cache_root/<prefix>/` fetched from the
+/// blob store file by file, each checked against the
 /// manifest (size, SHA-256) before it is put in place. `resume`: the optimizer state too (only
 /// the newest checkpoint of an unfinished job keeps it); else only what chat and downloads use.
 pub async fn local_dir(
@@ -177,7 +178,12 @@ pub async fn local_dir(
         .filter(|f| resume || f.name != OPTIMIZER_STATE)
         .collect();
     let has_all = |dir: &Path| wanted.iter().all(|f| dir.join(&f.name).is_file());
-    if recorded_as(&own, &manifest.prefix) && has_all(&own) {
+    // Only this node's own folder (the data directory `cache_root` is in): another node's
+    // folder that happens to be reachable is not this node's to read.
+    let mine = cache_root
+        .parent()
+        .is_some_and(|data| own.starts_with(data));
+    if mine && recorded_as(&own, &manifest.prefix) && has_all(&own) {
         return Ok(own);
     }
     let cache = cache_root.join(&manifest.prefix);
@@ -325,6 +331,12 @@ mod tests {
 
         // Another node: a verified copy, without the optimizer state unless resuming.
         let cache_b = dir.path().join("node-b/cache");
+        // Node a's folder is reachable from here, but not node b's own: b fetches.
+        assert_eq!(
+            local_dir(&*blobs, &cache_b, &r, false).await.unwrap(),
+            cache_b.join(&prefix)
+        );
+        std::fs::remove_dir_all(cache_b.join(&prefix)).unwrap();
         let mut r_b = r.clone();
         r_b.path = "/nonexistent/checkpoint-4".into();
         let got = local_dir(&*blobs, &cache_b, &r_b, false).await.unwrap();
