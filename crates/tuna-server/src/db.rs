@@ -1421,6 +1421,7 @@ mod tests {
         for later in [
             include_str!("../migrations/20261201000000_typed-job-lifecycle.sql"),
             include_str!("../migrations/20261210000000_leases-and-workers.sql"),
+            include_str!("../migrations/20261220000000_checkpoints-in-blob-store.sql"),
             include_str!("../migrations/20261222000000_compute-choice.sql"),
         ] {
             sqlx::raw_sql(later).execute(&pool).await.unwrap();
