@@ -60,6 +60,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (a job's worker.log on a full disk) is dropped: by
+        // default the subscriber reports that with `eprintln!`, which panics on the same disk.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     // Workers of this binary (a node's job processes, `tuna worker --job`) train on their slot's
