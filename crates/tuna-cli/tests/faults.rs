@@ -1267,6 +1267,98 @@ fn a_dead_machine_s_job_resumes_on_another_node_after_its_lease() {
     c.assert_all_final();
 }
 
+/// `tuna models add` on an operator's machine stores the model in the object store, and the
+/// source folder can go: a worker on another machine fetches it (cached by content hash, checked
+/// against the manifest) and trains on it; an API node plans the job from its configuration and
+/// tokenizer files alone and fetches the weights only to chat. The same model added under a
+/// second name is stored once.
+#[test]
+fn a_model_added_on_one_machine_trains_and_chats_on_the_others() {
+    let _serial = serial();
+    let cluster = Cluster::new();
+    let server = cluster.api_node("api-1");
+    let (a, _b, fa, _fb) = server.two_users();
+    let source = cluster.dir.path().join("operator/Qwen-demo-copy");
+    std::fs::create_dir_all(&source).unwrap();
+    let demo = tuna_model::demo::ensure_demo_model(&demo_root()).unwrap();
+    for entry in std::fs::read_dir(&demo).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), source.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(source.join("README.md"), "not a model file").unwrap();
+    let add = |name: &str| {
+        let out = Command::new(tuna())
+            .args(["models", "add"])
+            .arg(&source)
+            .args(["--name", name, "--data-dir"])
+            .arg(cluster.folder("operator"))
+            .args(["--database", &cluster.database])
+            .envs(cluster.env.iter().cloned())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let first = add("team-model");
+    let second = add("team-model-again");
+    let prefix = |line: &str| {
+        line.split_once("blob-store:")
+            .map(|(_, p)| p.trim().to_string())
+            .unwrap_or_else(|| panic!("stored in the blob store: {line}"))
+    };
+    assert!(prefix(&first).starts_with("models/sha256-"), "{first}");
+    assert_eq!(prefix(&first), prefix(&second), "one content, one copy");
+    std::fs::remove_dir_all(&source).unwrap();
+
+    let api_2 = cluster.api_node("api-2");
+    let a2 = a.at(&api_2);
+    let _node = cluster.worker(&server, "machine-b", "node-b");
+    let mut job = lora_job(&fa, 3, 3);
+    job["model"] = json!("team-model");
+    let id = a2.create(&job);
+    let done = a2.wait_status(&id, "succeeded");
+    assert_eq!(a2.train_steps(&id), one_to(3), "{done}");
+    let cached = |machine: &str, file: &str| {
+        cluster
+            .folder(machine)
+            .join("cache")
+            .join(prefix(&first))
+            .join(file)
+            .is_file()
+    };
+    assert!(
+        cached("machine-b", "model.safetensors"),
+        "the worker fetched the weights"
+    );
+    assert!(
+        !cached("machine-b", "README.md"),
+        "only the files Tuna reads are stored"
+    );
+    assert!(
+        cached("api-2", "config.json"),
+        "the API node planned from the stored config"
+    );
+    assert!(
+        !cached("api-2", "model.safetensors"),
+        "planning fetched no weights"
+    );
+    let (status, chat) = a2.post(
+        "/v1/chat/completions",
+        &json!({"model": "team-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+    );
+    assert_eq!(status, 200, "{chat}");
+    assert!(
+        cached("api-2", "model.safetensors"),
+        "chat fetched the weights"
+    );
+    a.assert_all_final();
+}
+
 /// A worker frozen past its lease (SIGSTOP): another node takes the job over; when the frozen
 /// one wakes (SIGCONT), its claim is stale, its writes are refused and it exits at once
 /// (fenced) without a checkpoint or a metric of its own landing.

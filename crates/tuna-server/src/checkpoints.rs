@@ -14,59 +14,27 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tuna_train::checkpoint::OPTIMIZER_STATE;
 
 use crate::blob::BlobStore;
+use crate::blob::manifest::{self, Manifest, ManifestFile};
 use crate::store::CheckpointRow;
 
 /// In a checkpoint directory: the blob prefix its row recorded it under.
 pub const RECORDED_MARKER: &str = ".tuna-recorded";
-
-/// Where a checkpoint's files are in the blob store (the row's `blob_files`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub prefix: String,
-    pub files: Vec<ManifestFile>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ManifestFile {
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
 
 /// The prefix claim `attempt` uploads the checkpoint of `step` under.
 pub fn blob_prefix(job_id: &str, attempt: i64, step: i64) -> String {
     format!("checkpoints/{job_id}/attempt-{attempt}/step-{step}")
 }
 
-impl Manifest {
-    /// The row's manifest; `None` for a checkpoint recorded before checkpoints went to the store.
-    pub fn of(row: &CheckpointRow) -> io::Result<Option<Manifest>> {
-        row.blob_files
-            .as_deref()
-            .map(|json| {
-                serde_json::from_str(json).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("checkpoint {}: bad blob manifest: {e}", row.id),
-                    )
-                })
-            })
-            .transpose()
-    }
-
-    pub fn key(&self, name: &str) -> String {
-        format!("{}/{name}", self.prefix)
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
+/// A checkpoint row's manifest; `None` for a checkpoint recorded before checkpoints went to the
+/// store.
+pub fn manifest_of(row: &CheckpointRow) -> io::Result<Option<Manifest>> {
+    row.blob_files
+        .as_deref()
+        .map(|json| Manifest::parse(json, &format!("checkpoint {}", row.id)))
+        .transpose()
 }
 
 /// The files of a checkpoint directory to store: regular files, markers left out.
@@ -85,67 +53,26 @@ fn checkpoint_files(dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    Ok((bytes, crate::ids::to_hex(&hasher.finalize())))
-}
-
-/// Uploads the files of checkpoint directory `dir` under `prefix` (each one whole or not at all;
-/// large ones as multipart uploads) and returns their manifest. On an error, what went up is
-/// removed (best effort) and the error names the file.
+/// Uploads the files of checkpoint directory `dir` under `prefix` (see [`manifest::upload`]).
 pub async fn upload(blobs: &dyn BlobStore, prefix: &str, dir: &Path) -> io::Result<Manifest> {
     let owned = dir.to_path_buf();
-    let files = tokio::task::spawn_blocking(move || -> io::Result<Vec<ManifestFile>> {
-        checkpoint_files(&owned)?
-            .into_iter()
-            .map(|name| {
-                let (bytes, sha256) = sha256_file(&owned.join(&name))?;
-                Ok(ManifestFile {
-                    name,
-                    bytes,
-                    sha256,
-                })
-            })
-            .collect()
-    })
-    .await
-    .map_err(io::Error::other)??;
-    let manifest = Manifest {
-        prefix: prefix.to_string(),
-        files,
-    };
-    for (i, f) in manifest.files.iter().enumerate() {
-        let key = manifest.key(&f.name);
-        let stored = blobs.put_immutable_file(&key, &dir.join(&f.name)).await;
-        let failure = match stored {
-            Ok(n) if n == f.bytes => continue,
-            Ok(n) => io::Error::other(format!(
-                "`{key}`: {n} bytes stored, {} expected (the file changed)",
-                f.bytes
-            )),
-            Err(e) => e,
-        };
-        for done in &manifest.files[..=i] {
-            let _ = blobs.delete(&manifest.key(&done.name)).await;
+    let names = tokio::task::spawn_blocking(move || checkpoint_files(&owned))
+        .await
+        .map_err(io::Error::other)??;
+    let files = manifest::describe(dir, names).await?;
+    let keys: Vec<String> = files
+        .iter()
+        .map(|f| format!("{prefix}/{}", f.name))
+        .collect();
+    let uploaded = manifest::upload(blobs, prefix, dir, files).await;
+    if let Err(e) = uploaded {
+        // The prefix is this claim's own: nothing else uses what went up.
+        for key in &keys {
+            let _ = blobs.delete(key).await;
         }
-        return Err(io::Error::new(
-            failure.kind(),
-            format!("uploading checkpoint file `{key}`: {failure}"),
-        ));
+        return Err(io::Error::new(e.kind(), format!("checkpoint: {e}")));
     }
-    Ok(manifest)
+    uploaded
 }
 
 /// Marks `dir` as the checkpoint recorded under `prefix` (after its row landed).
@@ -169,7 +96,7 @@ pub async fn local_dir(
     resume: bool,
 ) -> io::Result<PathBuf> {
     let own = PathBuf::from(&row.path);
-    let Some(manifest) = Manifest::of(row)? else {
+    let Some(manifest) = manifest_of(row)? else {
         return Ok(own); // recorded before checkpoints went to the blob store
     };
     let wanted: Vec<&ManifestFile> = manifest
@@ -187,69 +114,14 @@ pub async fn local_dir(
         return Ok(own);
     }
     let cache = cache_root.join(&manifest.prefix);
-    crate::perms::private_dir(&cache)?;
-    for f in wanted {
-        let dest = cache.join(&f.name);
-        if dest.is_file() {
-            continue; // put in place only once verified
-        }
-        fetch_verified(blobs, &manifest.key(&f.name), f, &dest).await?;
-    }
+    manifest::fetch_into(blobs, &manifest, &wanted, &cache).await?;
     Ok(cache)
-}
-
-/// Downloads `key` into `dest` through a temporary file, checking its size and hash.
-async fn fetch_verified(
-    blobs: &dyn BlobStore,
-    key: &str,
-    expected: &ManifestFile,
-    dest: &Path,
-) -> io::Result<()> {
-    let tmp = dest.with_file_name(format!(
-        ".{}.{}.partial",
-        expected.name,
-        crate::ids::new_id("dl")
-    ));
-    let copy = async {
-        let mut reader = blobs.open(key).await?;
-        let mut file = tokio::fs::File::create(&tmp).await?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).await?;
-            bytes += n as u64;
-        }
-        file.flush().await?;
-        file.sync_all().await?;
-        let sha256 = crate::ids::to_hex(&hasher.finalize());
-        if bytes != expected.bytes || sha256 != expected.sha256 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "checkpoint file `{key}` does not match its manifest: {bytes} bytes, sha256 {sha256}; expected {} bytes, sha256 {}",
-                    expected.bytes, expected.sha256
-                ),
-            ));
-        }
-        tokio::fs::rename(&tmp, dest).await
-    };
-    let result = copy.await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
 }
 
 /// Removes the optimizer state of `rows` from the blob store (a resume needs only the newest's).
 pub async fn drop_resume_blobs(blobs: &dyn BlobStore, rows: &[CheckpointRow]) {
     for row in rows {
-        if let Ok(Some(m)) = Manifest::of(row)
+        if let Ok(Some(m)) = manifest_of(row)
             && m.files.iter().any(|f| f.name == OPTIMIZER_STATE)
             && let Err(e) = blobs.delete(&m.key(OPTIMIZER_STATE)).await
         {
@@ -264,7 +136,7 @@ pub async fn remove(blobs: &dyn BlobStore, cache_root: &Path, rows: &[Checkpoint
     let mut dirs = Vec::new();
     for row in rows {
         dirs.push(PathBuf::from(&row.path));
-        if let Ok(Some(m)) = Manifest::of(row) {
+        if let Ok(Some(m)) = manifest_of(row) {
             for f in &m.files {
                 if let Err(e) = blobs.delete(&m.key(&f.name)).await {
                     tracing::warn!(checkpoint = %row.id, error = %e, "cannot remove a checkpoint file from the blob store");

@@ -497,13 +497,16 @@ mod $module {
 
         async fn upsert_model(&self, m: &ModelRow) -> StoreResult<()> {
             sqlx::query(
-                "INSERT INTO models (name, path, source, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (name) DO UPDATE SET path = excluded.path, source = excluded.source",
+                "INSERT INTO models (name, path, source, created_at, blob_files) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO UPDATE SET path = excluded.path, source = excluded.source, \
+                 blob_files = excluded.blob_files",
             )
             .bind(&m.name)
             .bind(&m.path)
             .bind(&m.source)
             .bind(m.created_at)
+            .bind(&m.blob_files)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -511,7 +514,7 @@ mod $module {
 
         async fn list_models(&self) -> StoreResult<Vec<ModelRow>> {
             Ok(sqlx::query_as::<_, ModelRow>(
-                "SELECT name, path, source, created_at FROM models ORDER BY created_at, name",
+                "SELECT name, path, source, created_at, blob_files FROM models ORDER BY created_at, name",
             )
             .fetch_all(&self.pool)
             .await?)
@@ -519,7 +522,7 @@ mod $module {
 
         async fn get_model(&self, name: &str) -> StoreResult<Option<ModelRow>> {
             Ok(sqlx::query_as::<_, ModelRow>(
-                "SELECT name, path, source, created_at FROM models WHERE name = $1",
+                "SELECT name, path, source, created_at, blob_files FROM models WHERE name = $1",
             )
             .bind(name)
             .fetch_optional(&self.pool)
@@ -1423,6 +1426,7 @@ mod tests {
             include_str!("../migrations/20261210000000_leases-and-workers.sql"),
             include_str!("../migrations/20261220000000_checkpoints-in-blob-store.sql"),
             include_str!("../migrations/20261222000000_compute-choice.sql"),
+            include_str!("../migrations/20261223000000_models-in-blob-store.sql"),
         ] {
             sqlx::raw_sql(later).execute(&pool).await.unwrap();
         }

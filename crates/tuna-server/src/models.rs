@@ -14,6 +14,7 @@ use tuna_model::QwenConfig;
 use tuna_model::demo::{DEMO_MODEL_NAME, ensure_demo_model};
 
 use crate::blob::BlobStore;
+use crate::blob::manifest::{self, Manifest};
 use crate::checkpoints;
 use crate::ids;
 use crate::store::{CheckpointRow, ModelRow, Page, Store, StoreResult};
@@ -28,6 +29,11 @@ pub enum ModelError {
         "model name `{0}` must be 1-64 characters of letters, digits, `.`, `_` or `-`, and not start with `ft:`"
     )]
     BadName(String),
+    #[error("storing `{}` in the blob store: {source}", path.display())]
+    Upload {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("creating the demo model: {0}")]
@@ -73,9 +79,12 @@ pub fn inspect_model_dir(dir: &Path) -> Result<QwenConfig, ModelError> {
     Ok(cfg)
 }
 
-/// Registers `dir` as `name` (source `cli` or `config`) after checking it.
+/// Registers `dir` as `name` (source `cli` or `config`) after checking it. With `blobs`, its
+/// files go to the blob store first ([`store_model_files`]) and every node reads them from there;
+/// without, the row only records `dir`, which every node must then have.
 pub async fn add_model(
     store: &dyn Store,
+    blobs: Option<&dyn BlobStore>,
     name: &str,
     dir: &Path,
     source: &str,
@@ -94,14 +103,61 @@ pub async fn add_model(
             path: dir.clone(),
             reason: e.to_string(),
         })??;
+    let blob_files = match blobs {
+        Some(blobs) => Some(
+            store_model_files(blobs, &dir)
+                .await
+                .map_err(|source| ModelError::Upload {
+                    path: dir.clone(),
+                    source,
+                })?
+                .to_json(),
+        ),
+        None => None,
+    };
     let row = ModelRow {
         name: name.to_string(),
         path: dir.to_string_lossy().into_owned(),
         source: source.into(),
         created_at: ids::now(),
+        blob_files,
     };
     store.upsert_model(&row).await?;
     Ok(row)
+}
+
+/// The files of a model directory that Tuna reads (top-level configs, tokenizer files, chat
+/// templates and safetensors weights); the rest (other weight formats, READMEs, sub-folders)
+/// stays behind.
+pub fn model_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let wanted = [".json", ".safetensors", ".txt", ".jinja"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        // `is_file` follows links: a Hugging Face cache snapshot is a folder of links.
+        if wanted && !name.starts_with('.') && entry.path().is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Stores the model in `dir` in the blob store under `models/sha256-<content hash>/` (the same
+/// model added twice, under any name, is stored once) and returns its manifest.
+pub async fn store_model_files(blobs: &dyn BlobStore, dir: &Path) -> std::io::Result<Manifest> {
+    let owned = dir.to_path_buf();
+    let names = tokio::task::spawn_blocking(move || model_files(&owned))
+        .await
+        .map_err(std::io::Error::other)??;
+    let files = manifest::describe(dir, names).await?;
+    let prefix = format!("models/sha256-{}", Manifest::content_hash(&files));
+    manifest::upload(blobs, &prefix, dir, files).await
 }
 
 /// Writes the demo model (once) under `root` and registers it as `demo`.
@@ -125,6 +181,7 @@ pub async fn register_demo(store: &dyn Store, root: &Path) -> Result<ModelRow, M
         path,
         source: "demo".into(),
         created_at: ids::now(),
+        blob_files: None,
     };
     store.upsert_model(&row).await?;
     Ok(row)
@@ -161,7 +218,7 @@ pub async fn register_models_file(
         } else {
             base.join(&entry.path)
         };
-        rows.push(add_model(store, &entry.name, &dir, "config").await?);
+        rows.push(add_model(store, None, &entry.name, &dir, "config").await?);
     }
     Ok(rows)
 }
@@ -201,12 +258,16 @@ impl Weights {
     /// The same weights in local directories: checkpoints on the node that wrote them are their
     /// own, on any other a verified copy fetched once from the blob store
     /// ([`crate::checkpoints::local_dir`]); the demo model, which another node registered, is
-    /// this node's own (every node builds it identically) under `demo_root`.
+    /// this node's own (every node builds it identically) under `demo_root`; a base model stored
+    /// in the blob store is cached under `cache_root/models/sha256-<content hash>/`.
+    /// `with_weights: false` (planning a job on an API node) fetches a stored base model's
+    /// configuration and tokenizer files only, not its weights.
     pub async fn localize(
         mut self,
         blobs: &dyn BlobStore,
         cache_root: &Path,
         demo_root: &Path,
+        with_weights: bool,
     ) -> std::io::Result<Weights> {
         if self.model_checkpoint.is_none() && self.base.source == "demo" && !self.model_dir.is_dir()
         {
@@ -218,12 +279,38 @@ impl Weights {
         }
         if let Some(c) = &self.model_checkpoint {
             self.model_dir = checkpoints::local_dir(blobs, cache_root, c, false).await?;
+        } else if self.base.blob_files.is_some() {
+            self.model_dir = local_base_dir(blobs, cache_root, &self.base, with_weights).await?;
         }
         if let Some(c) = &self.adapter_checkpoint {
             self.adapter_dir = Some(checkpoints::local_dir(blobs, cache_root, c, false).await?);
         }
         Ok(self)
     }
+}
+
+/// A local directory with base model `row`'s files: its recorded path, or for a model stored in
+/// the blob store a copy cached on this node by its content hash
+/// (`cache_root/models/sha256-<hash>/`), each file fetched once and checked against the manifest.
+/// `with_weights: false`: its configuration and tokenizer files only.
+pub async fn local_base_dir(
+    blobs: &dyn BlobStore,
+    cache_root: &Path,
+    row: &ModelRow,
+    with_weights: bool,
+) -> std::io::Result<PathBuf> {
+    let Some(json) = &row.blob_files else {
+        return Ok(PathBuf::from(&row.path));
+    };
+    let stored = Manifest::parse(json, &format!("model {}", row.name))?;
+    let dir = cache_root.join(&stored.prefix);
+    let wanted = stored
+        .files
+        .iter()
+        .filter(|f| with_weights || !f.name.ends_with(".safetensors"))
+        .collect::<Vec<_>>();
+    manifest::fetch_into(blobs, &stored, &wanted, &dir).await?;
+    Ok(dir)
 }
 
 /// How many jobs started from fine-tuned models one model id may chain back through.

@@ -100,6 +100,9 @@ pub struct ModelRow {
     /// `demo`, `config` (models file) or `cli` (`tuna models add`).
     pub source: String,
     pub created_at: i64,
+    /// Where its files are in the blob store (a [`crate::blob::manifest::Manifest`] as JSON);
+    /// `None` for a model only recorded by `path`.
+    pub blob_files: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -413,7 +416,7 @@ pub struct CheckpointRow {
     pub kind: String,
     /// Size of the directory when it was recorded.
     pub bytes: i64,
-    /// Where its files are in the blob store (a [`crate::checkpoints::Manifest`] as JSON); `None`
+    /// Where its files are in the blob store (a [`crate::blob::manifest::Manifest`] as JSON); `None`
     /// for checkpoints recorded before checkpoints went to the blob store (only `path` has them).
     pub blob_files: Option<String>,
 }

@@ -394,8 +394,11 @@ async fn retention_optimizer_state_and_deleting_models_and_artifacts() {
     t.server.stop().await.unwrap();
 }
 
+/// What a worker killed after writing (and uploading) a checkpoint but before its row landed
+/// leaves: a checkpoint folder no row names. The row is the commit point: the resume starts from
+/// the last recorded checkpoint, the unrecorded folder is removed, never trained on or listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_checkpoint_written_but_not_recorded_is_recorded_when_the_job_resumes() {
+async fn a_checkpoint_written_but_not_recorded_is_never_resumed_from() {
     let t = TestServer::start().await;
     let c = t.user("gap").await;
     let file = upload(&c).await;
@@ -409,22 +412,16 @@ async fn a_checkpoint_written_but_not_recorded_is_recorded_when_the_job_resumes(
     let step = c.wait_status(&id, "paused", T).await["tuna"]["progress"]["step"]
         .as_i64()
         .unwrap();
-    // What a worker killed right after writing its last checkpoint leaves: the files, without
-    // their rows (the checkpoint's, and the metrics after step 1).
-    let db = tuna_server::db::SqliteStore::open(&t.dir.path().join("tuna.db"))
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM checkpoints WHERE job_id = ? AND step = ?")
-        .bind(&id)
-        .bind(step)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM job_metrics WHERE job_id = ? AND step > 1")
-        .bind(&id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let train = t.dir.path().join("jobs").join(&id).join("train");
+    let unrecorded = train.join(format!("checkpoint-{}", step + 2));
+    std::fs::create_dir_all(&unrecorded).unwrap();
+    for entry in std::fs::read_dir(train.join(format!("checkpoint-{step}"))).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            std::fs::copy(entry.path(), unrecorded.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::write(unrecorded.join("planted"), "").unwrap();
     c.post(&format!("/v1/fine_tuning/jobs/{id}/resume"), &json!({}))
         .await;
     c.wait_job(&id, T, |j| {
@@ -433,9 +430,21 @@ async fn a_checkpoint_written_but_not_recorded_is_recorded_when_the_job_resumes(
     .await;
     c.post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))
         .await;
+    assert!(
+        !unrecorded.join("planted").exists(),
+        "the unrecorded folder was removed"
+    );
+    let msgs = messages(&c, &id).await;
+    assert!(
+        msgs.contains(&format!("Training resumed at step {step} of 10000")),
+        "{msgs:?}"
+    );
     let listed = checkpoint_steps(&c, &id).await;
     assert!(listed.contains(&step), "{listed:?} lacks {step}");
     let steps = metric_steps(&c, &id).await;
-    assert_eq!(steps[..step as usize], (1..=step).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        steps[..step as usize + 1],
+        (1..=step + 1).collect::<Vec<_>>()[..]
+    );
     t.server.stop().await.unwrap();
 }

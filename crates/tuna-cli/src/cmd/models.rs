@@ -21,6 +21,10 @@ pub struct AddArgs {
     /// Name to use in the API (default: the directory's name, lowercased)
     #[arg(long)]
     pub name: Option<String>,
+    /// Only record the directory's path instead of storing the model in the blob store (every
+    /// machine must then have the model at that path, e.g. on a shared read-only mount)
+    #[arg(long)]
+    pub keep_in_place: bool,
     #[command(flatten)]
     pub state: super::SharedStateArgs,
 }
@@ -48,10 +52,28 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                     Some(n) => n,
                     None => default_name(&args.dir),
                 };
-                let row = tuna_server::models::add_model(store, &name, &args.dir, "cli")
-                    .await
-                    .with_context(|| format!("adding {}", args.dir.display()))?;
-                println!("{}\t{}", row.name, row.path);
+                // On one machine with the default folder store, the files are hard-linked
+                // into it where the file system allows: no second copy.
+                let blobs = match args.keep_in_place {
+                    true => None,
+                    false => Some(
+                        state
+                            .node_settings()?
+                            .open_blob_store()
+                            .context("opening the blob store")?,
+                    ),
+                };
+                eprintln!("Checking and storing {} …", args.dir.display());
+                let row = tuna_server::models::add_model(
+                    store,
+                    blobs.as_deref(),
+                    &name,
+                    &args.dir,
+                    "cli",
+                )
+                .await
+                .with_context(|| format!("adding {}", args.dir.display()))?;
+                println!("{}\t{}", row.name, stored_at(&row));
             }
             ModelsCommand::List(_) => {
                 let rows = store.list_models().await?;
@@ -59,12 +81,21 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                     eprintln!("No models yet: `tuna serve` registers `demo` on its first start.");
                 }
                 for m in rows {
-                    println!("{}\t{}\t{}", m.name, m.source, m.path);
+                    println!("{}\t{}\t{}", m.name, m.source, stored_at(&m));
                 }
             }
         }
         Ok(())
     })
+}
+
+/// Where every machine reads the model from: its blob-store prefix, else its path.
+fn stored_at(row: &tuna_server::store::ModelRow) -> String {
+    row.blob_files
+        .as_deref()
+        .and_then(|json| tuna_server::blob::manifest::Manifest::parse(json, &row.name).ok())
+        .map(|m| format!("blob-store:{}", m.prefix))
+        .unwrap_or_else(|| row.path.clone())
 }
 
 /// The directory's last component, lowercased, other characters replaced by `-`.

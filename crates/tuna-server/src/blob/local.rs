@@ -133,6 +133,24 @@ impl BlobStore for LocalBlobStore {
             Err(_) => super::put_file(self, key, src).await,
         }
     }
+
+    async fn link_immutable_file(&self, key: &str, dest: &Path) -> io::Result<bool> {
+        let src = self.path(key)?;
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = dest.parent() {
+                crate::perms::private_dir(dir)?;
+            }
+            match std::fs::hard_link(&src, &dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+                // Another file system (EXDEV) or no links allowed: the caller copies.
+                Err(_) => Ok(false),
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
 }
 
 #[cfg(test)]

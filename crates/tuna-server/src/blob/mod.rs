@@ -6,6 +6,7 @@
 //! [`BlobStore::local_path`], which the S3 store serves from a local cache.
 
 mod local;
+pub mod manifest;
 mod s3;
 
 use std::io;
@@ -37,6 +38,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// (a checkpoint's files), so a folder store may link it instead of copying it.
     async fn put_immutable_file(&self, key: &str, src: &Path) -> io::Result<u64> {
         put_file(self, key, src).await
+    }
+    /// Makes `dest` (a new path) the same file as `key` without copying it, when the store can
+    /// (a folder on the same file system); `false` when it cannot, and the caller downloads.
+    async fn link_immutable_file(&self, _key: &str, _dest: &Path) -> io::Result<bool> {
+        Ok(false)
     }
 }
 

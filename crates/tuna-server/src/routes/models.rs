@@ -1,8 +1,6 @@
 //! `/v1/models`: base models, fine-tuned models and every checkpoint of the user's jobs; their
 //! deletion; and the resolution of a model id to what chat completions load.
 
-use std::path::PathBuf;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use tracing::instrument;
@@ -172,7 +170,9 @@ async fn generation_defaults(
     let Some(m) = state.store.get_model(name).await? else {
         return Ok(None);
     };
-    let dir = PathBuf::from(m.path);
+    let dir = crate::models::local_base_dir(&*state.blobs, &state.settings.cache_root(), &m, false)
+        .await
+        .map_err(|e| ApiError::internal(format!("fetching model `{name}`: {e}")))?;
     let config =
         tokio::task::spawn_blocking(move || tuna_model::GenerationConfig::from_model_dir(&dir))
             .await
@@ -223,6 +223,7 @@ pub async fn resolve_target(state: &AppState, user: &User, id: &str) -> ApiResul
             &*state.blobs,
             &state.settings.cache_root(),
             &state.settings.demo_model_root,
+            true,
         )
         .await?;
     Ok(Target {

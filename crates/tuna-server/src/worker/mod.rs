@@ -423,7 +423,7 @@ async fn run_async(
         return Ok(reporter.fail(err).await);
     };
     let weights = match weights
-        .localize(&*blobs, &cache_root, &settings.demo_model_root)
+        .localize(&*blobs, &cache_root, &settings.demo_model_root, true)
         .await
     {
         Ok(w) => w,

@@ -298,10 +298,7 @@ impl Reporter {
         let recorded: Vec<(PathBuf, Option<String>)> = rows
             .iter()
             .map(|r| {
-                let prefix = checkpoints::Manifest::of(r)
-                    .ok()
-                    .flatten()
-                    .map(|m| m.prefix);
+                let prefix = checkpoints::manifest_of(r).ok().flatten().map(|m| m.prefix);
                 (PathBuf::from(&r.path), prefix)
             })
             .collect();

@@ -175,6 +175,7 @@ pub async fn plan_job(state: &AppState, user: &User, v: &ValidJobRequest) -> Api
             &*state.blobs,
             &state.settings.cache_root(),
             &state.settings.demo_model_root,
+            false,
         )
         .await?;
     if weights.adapter_dir.is_some() && v.tuning() == "full" {
