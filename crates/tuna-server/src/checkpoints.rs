@@ -130,6 +130,31 @@ pub async fn drop_resume_blobs(blobs: &dyn BlobStore, rows: &[CheckpointRow]) {
     }
 }
 
+/// Removes the blobs under `checkpoints/<job>/` that no row of `rows` (all of the job's) names:
+/// what a fenced worker uploaded under its stale attempt, or what a worker killed between an
+/// upload and its row left. For a final job, whose own worker writes nothing more. Returns how
+/// many blobs went.
+pub async fn remove_orphans(
+    blobs: &dyn BlobStore,
+    job_id: &str,
+    rows: &[CheckpointRow],
+) -> io::Result<usize> {
+    let mut named = std::collections::HashSet::new();
+    for row in rows {
+        if let Some(m) = manifest_of(row)? {
+            named.extend(m.files.iter().map(|f| m.key(&f.name)));
+        }
+    }
+    let mut removed = 0;
+    for key in blobs.list(&format!("checkpoints/{job_id}")).await? {
+        if !named.contains(&key) {
+            blobs.delete(&key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes deleted checkpoints (rows the store already dropped) everywhere this node can: their
 /// blobs, their directory and this node's cached copy. Returns the local bytes freed.
 pub async fn remove(blobs: &dyn BlobStore, cache_root: &Path, rows: &[CheckpointRow]) -> u64 {
@@ -236,6 +261,24 @@ mod tests {
             "{err}"
         );
         assert!(!cache_c.join(&prefix).join(OPTIMIZER_STATE).exists());
+
+        // What a stale attempt uploaded is an orphan once the job is final; recorded blobs stay.
+        let stale = upload(&*blobs, &blob_prefix("ftjob-1", 1, 4), &ckpt)
+            .await
+            .unwrap();
+        let other_job = upload(&*blobs, &blob_prefix("ftjob-10", 1, 4), &ckpt)
+            .await
+            .unwrap();
+        let removed = remove_orphans(&*blobs, "ftjob-1", std::slice::from_ref(&r_b))
+            .await
+            .unwrap();
+        assert_eq!(removed, stale.files.len());
+        assert!(blobs.open(&stale.key(OPTIMIZER_STATE)).await.is_err());
+        assert!(blobs.open(&manifest.key(OPTIMIZER_STATE)).await.is_ok());
+        assert!(
+            blobs.open(&other_job.key(OPTIMIZER_STATE)).await.is_ok(),
+            "another job's"
+        );
 
         // Deleted: blobs and copies go.
         remove(&*blobs, &cache_b, std::slice::from_ref(&r_b)).await;

@@ -113,6 +113,41 @@ impl BlobStore for LocalBlobStore {
         self.path(key)
     }
 
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let (root, top) = (self.root.clone(), self.path(prefix)?);
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            let mut dirs = vec![top];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let path = entry.path();
+                    if entry.file_type()?.is_dir() {
+                        dirs.push(path);
+                        continue;
+                    }
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    // Blobs being written (`*.partial`, hidden temporaries) are not blobs yet.
+                    if name.starts_with('.') || name.ends_with(".partial") {
+                        continue;
+                    }
+                    if let Ok(rel) = path.strip_prefix(&root) {
+                        keys.push(rel.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Ok(keys)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// A hard link when `src` is on the same file system (no second copy of a checkpoint on
     /// one machine), else a copy.
     async fn put_immutable_file(&self, key: &str, src: &Path) -> io::Result<u64> {

@@ -34,6 +34,8 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> io::Result<()>;
     /// A local file with the content of `key`.
     async fn local_path(&self, key: &str) -> io::Result<PathBuf>;
+    /// The keys under `prefix/` (finished blobs only), in no particular order.
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Stores the local file `src` under `key`; returns its size. `src` is never written again
     /// (a checkpoint's files), so a folder store may link it instead of copying it.
     async fn put_immutable_file(&self, key: &str, src: &Path) -> io::Result<u64> {
@@ -317,6 +319,26 @@ mod tests {
             store.delete("files/a").await.unwrap();
             let gone = read_all(&*store, "files/a").await.map_err(|e| e.kind());
             assert_eq!(gone, Err(io::ErrorKind::NotFound), "{name}");
+        }
+    }
+
+    /// Listing goes by whole path segments: `a/job-1` never lists `a/job-10`; unfinished blobs
+    /// are not listed.
+    #[tokio::test]
+    async fn list_names_the_finished_blobs_under_a_prefix() {
+        for (name, store, _dir) in stores().await {
+            for key in ["c/job-1/x/1", "c/job-1/y/2", "c/job-10/x/1", "d/z"] {
+                let mut w = store.writer(key).await.unwrap();
+                w.write(b"1").await.unwrap();
+                w.finish().await.unwrap();
+            }
+            let mut open = store.writer("c/job-1/x/3").await.unwrap();
+            open.write(b"pending").await.unwrap();
+            let mut keys = store.list("c/job-1").await.unwrap();
+            keys.sort();
+            assert_eq!(keys, ["c/job-1/x/1", "c/job-1/y/2"], "{name}");
+            assert!(store.list("c/none").await.unwrap().is_empty(), "{name}");
+            open.abort().await;
         }
     }
 

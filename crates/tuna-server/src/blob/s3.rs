@@ -311,6 +311,25 @@ impl BlobStore for S3BlobStore {
         }
     }
 
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let location = self.location(prefix)?;
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&location))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("listing", prefix, e))?;
+        let ours = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        Ok(objects
+            .into_iter()
+            .filter_map(|o| o.location.as_ref().strip_prefix(&ours).map(str::to_string))
+            .collect())
+    }
+
     /// The cached copy when it has the object's size (keys are never rewritten with other
     /// content), else a fresh download.
     async fn local_path(&self, key: &str) -> io::Result<PathBuf> {

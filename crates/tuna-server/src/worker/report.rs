@@ -430,6 +430,9 @@ impl Reporter {
         .await;
         if let Ok(rows) = self.store.job_checkpoints(&self.job.id).await {
             checkpoints::drop_resume_blobs(&*self.blobs, &rows).await;
+            if let Err(e) = checkpoints::remove_orphans(&*self.blobs, &self.job.id, &rows).await {
+                tracing::warn!(job = %self.job.id, error = %e, "cannot remove checkpoint blobs no row names");
+            }
         }
     }
 
