@@ -1,10 +1,12 @@
-//! `--device cpu|gpu|gpu:N`: where a command's training passes run (`tuna devices` lists the
-//! GPUs by these numbers).
+//! `--device cpu|gpu|gpu:N`: where a command's model runs — training passes, generation —
+//! (`tuna devices` lists the GPUs by these numbers).
 
 use std::fmt;
 use std::str::FromStr;
 
 use anyhow::Context;
+use tuna_model::generate::{CpuDecoder, Decoder};
+use tuna_model::{LoraAdapter, QwenModel};
 use tuna_train::Trainer;
 
 /// A device named on the command line.
@@ -60,6 +62,23 @@ impl DeviceArg {
             .set_device(device)
             .context("moving training to the device")?;
         Ok(())
+    }
+
+    /// Generation with `model` (and `adapter`) on this device: the CPU engine, or the weights
+    /// uploaded to the GPU (f32) with the key/value cache there.
+    pub fn decoder<'a>(
+        self,
+        model: &'a QwenModel,
+        adapter: Option<&'a LoraAdapter>,
+    ) -> anyhow::Result<Box<dyn Decoder + 'a>> {
+        let DeviceArg::Gpu(index) = self else {
+            return Ok(Box::new(CpuDecoder::new(model, adapter)));
+        };
+        let (decoder, label) = tuna_gpu::gpu_decoder(index, model, adapter).with_context(|| {
+            format!("opening gpu:{index}\n---> HINT: `tuna devices` lists the GPUs this machine has")
+        })?;
+        tracing::info!(device = %label, "generating on the device");
+        Ok(decoder)
     }
 }
 

@@ -26,5 +26,5 @@ pub use cubecl::cuda::CudaRuntime;
 pub use cubecl::prelude::{CubeElement, Float, Runtime};
 pub use cubecl::wgpu::WgpuRuntime;
 pub use error::{Error, Result};
-pub use model::{GpuModel, train_device};
+pub use model::{GpuDecoder, GpuModel, gpu_decoder, train_device};
 pub use runtime::{Buffer, Gpu, ReduceMode};

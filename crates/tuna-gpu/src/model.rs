@@ -27,6 +27,9 @@ use crate::ops::swiglu::{swiglu_backward, swiglu_forward};
 use crate::runtime::{Buffer, Gpu};
 use crate::{CudaRuntime, Runtime, WgpuRuntime};
 
+mod decode;
+pub use decode::{GpuDecoder, gpu_decoder};
+
 type Buf<R> = Buffer<R, f32>;
 
 struct DeviceLinear<R: Runtime> {

@@ -119,6 +119,22 @@ fn launch_every_op<F: Float + CubeElement>(gpu: &Gpu<CudaSourceRuntime>) {
         nkv,
         hd,
     );
+    // Generation: the cache append and attention over the cache (prefill of 3 after 1, kv
+    // cache of 8 rows).
+    let cache = buf(8 * nkv * hd);
+    g::attention_cached::kv_append(gpu, &cache, &buf(n * nkv * hd), 0, nkv * hd);
+    g::attention_cached::attention_cached(
+        gpu,
+        &buf(3 * nh * hd),
+        &buf(3 * nh * hd),
+        &cache,
+        &buf(8 * nkv * hd),
+        1,
+        3,
+        nh,
+        nkv,
+        hd,
+    );
     // Large enough that the tensor-core matmul accepts the shape.
     let (m, k, nn) = (256, 256, 256);
     g::matmul::gemm(

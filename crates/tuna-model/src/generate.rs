@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::config::GenerationConfig;
+use crate::config::{GenerationConfig, QwenConfig};
 use crate::error::{Error, Result};
 use crate::lora::LoraAdapter;
 use crate::qwen::{KvCache, QwenModel};
@@ -203,11 +203,74 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Generates after `prompt`, calling `on_token` with each new token as soon as it exists
-/// (eos tokens are not passed on). The callback may stop generation early.
+/// What generation runs on: a model that appends tokens to its own key/value cache and returns
+/// the logits of the last one. The CPU engine ([`CpuDecoder`]) or a GPU (`tuna_gpu::GpuDecoder`);
+/// the sampling stays on the host, in [`generate_on`], so every device picks the same tokens from
+/// the same logits.
+pub trait Decoder {
+    fn config(&self) -> &QwenConfig;
+    /// Starts a new sequence with room for `capacity` tokens (forgetting the previous one).
+    fn start(&mut self, capacity: usize) -> Result<()>;
+    /// Appends `tokens` to the sequence and returns the logits (vocab) of the last one.
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+}
+
+/// The CPU engine as a [`Decoder`]: `model` (and `adapter`, applied on the fly) with a
+/// [`KvCache`] in host memory.
+pub struct CpuDecoder<'a> {
+    model: &'a QwenModel,
+    adapter: Option<&'a LoraAdapter>,
+    cache: KvCache,
+}
+
+impl<'a> CpuDecoder<'a> {
+    pub fn new(model: &'a QwenModel, adapter: Option<&'a LoraAdapter>) -> Self {
+        CpuDecoder {
+            model,
+            adapter,
+            cache: KvCache::new(&model.config, 1),
+        }
+    }
+}
+
+impl Decoder for CpuDecoder<'_> {
+    fn config(&self) -> &QwenConfig {
+        &self.model.config
+    }
+
+    fn start(&mut self, capacity: usize) -> Result<()> {
+        self.cache = KvCache::new(&self.model.config, capacity);
+        Ok(())
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.model.forward(tokens, &mut self.cache, self.adapter)
+    }
+}
+
+/// Generates after `prompt` on the CPU engine; see [`generate_on`].
 pub fn generate(
     model: &QwenModel,
     adapter: Option<&LoraAdapter>,
+    prompt: &[u32],
+    params: &SamplingParams,
+    eos_token_ids: &[u32],
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
+    generate_on(
+        &mut CpuDecoder::new(model, adapter),
+        prompt,
+        params,
+        eos_token_ids,
+        on_token,
+    )
+}
+
+/// Generates after `prompt` on `decoder` (prefill of the whole prompt, then one token per step),
+/// calling `on_token` with each new token as soon as it exists (eos tokens are not passed on).
+/// The callback may stop generation early.
+pub fn generate_on(
+    decoder: &mut dyn Decoder,
     prompt: &[u32],
     params: &SamplingParams,
     eos_token_ids: &[u32],
@@ -217,7 +280,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::InvalidSampling("the prompt is empty".into()));
     }
-    let max_ctx = model.config.max_position_embeddings;
+    let max_ctx = decoder.config().max_position_embeddings;
     if prompt.len() >= max_ctx {
         return Err(Error::ContextOverflow {
             len: prompt.len(),
@@ -225,10 +288,10 @@ pub fn generate(
         });
     }
     let budget = params.max_new_tokens.min(max_ctx - prompt.len());
-    let mut cache = KvCache::new(&model.config, prompt.len() + budget);
+    decoder.start(prompt.len() + budget)?;
     let mut sampler = Sampler::new(params.clone());
     let mut history = prompt.to_vec();
-    let mut logits = model.forward(prompt, &mut cache, adapter)?;
+    let mut logits = decoder.step(prompt)?;
     let mut tokens = Vec::new();
     let mut finish_reason = FinishReason::Length;
     while tokens.len() < budget {
@@ -246,7 +309,7 @@ pub fn generate(
         if tokens.len() == budget {
             break;
         }
-        logits = model.forward(&[next], &mut cache, adapter)?;
+        logits = decoder.step(&[next])?;
     }
     Ok(Generation {
         tokens,

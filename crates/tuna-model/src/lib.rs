@@ -18,7 +18,9 @@ pub mod train;
 pub use backend::{Backend, CpuBackend, TrainDevice};
 pub use config::{Architecture, GenerationConfig, QwenConfig, TrainingDefaults};
 pub use error::{Error, Result};
-pub use generate::{FinishReason, Generation, SamplingParams, generate};
+pub use generate::{
+    CpuDecoder, Decoder, FinishReason, Generation, SamplingParams, generate, generate_on,
+};
 pub use lora::{LoraAdapter, LoraConfig, LoraTarget};
 pub use params::{Gradients, Param, ParamLayout};
 pub use qwen::{KvCache, QwenModel};

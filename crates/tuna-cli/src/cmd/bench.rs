@@ -1,4 +1,5 @@
-//! `tuna bench`: end-to-end throughput on random-weight models of real shapes.
+//! `tuna bench`: end-to-end throughput on random-weight models of real shapes (or, for
+//! generation, a model directory), on the CPU or a GPU.
 //! Numbers are printed, never asserted (see STYLE.md: timing never runs in `cargo test`).
 
 use std::time::Instant;
@@ -6,7 +7,8 @@ use std::time::Instant;
 use clap::{Args, Subcommand, ValueEnum};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_engine::DType;
-use tuna_model::{KvCache, QwenModel};
+use anyhow::Context;
+use tuna_model::QwenModel;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -47,6 +49,13 @@ pub struct GenerateBenchArgs {
     /// where the CPU has bf16 units). Decode reads the weights as stored either way.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: super::train::PrecisionArg,
+    /// Benchmark this model directory (or `demo`) instead of a random-weight `--shape`
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Where generation runs: cpu, gpu or gpu:N (f32 weights and the key/value cache on the GPU;
+    /// `--precision` and `--dtype` apply to the CPU only)
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::device_arg::DeviceArg,
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
@@ -68,45 +77,72 @@ pub fn peak_rss_mb() -> Option<f64> {
 }
 
 fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
-    let cfg = crate::shapes::config(&args.shape)?;
     anyhow::ensure!(
         args.prompt_len > 0 && args.new_tokens > 0,
         "--prompt-len and --new-tokens must be positive"
     );
     let build = Instant::now();
-    let mut model = QwenModel::random(cfg.clone(), args.dtype.into(), 0.02, 1);
+    let (name, mut model) = match &args.model {
+        Some(m) => {
+            let dir = crate::model_dir::resolve(m)?;
+            let model = QwenModel::load(&dir)
+                .with_context(|| format!("loading model {}", dir.display()))?;
+            (m.clone(), model)
+        }
+        None => {
+            let cfg = crate::shapes::config(&args.shape)?;
+            let model = QwenModel::random(cfg, args.dtype.into(), 0.02, 1);
+            (args.shape.clone(), model)
+        }
+    };
+    let cfg = model.config.clone();
+    anyhow::ensure!(
+        args.prompt_len + args.new_tokens <= cfg.max_position_embeddings,
+        "--prompt-len + --new-tokens exceed the context window of {} tokens",
+        cfg.max_position_embeddings
+    );
     let precision = tuna_train::PrecisionSetting::from(args.precision).resolve();
     model.set_precision(precision);
+    let mut decoder = args.device.decoder(&model, None)?;
     let build_s = build.elapsed().as_secs_f64();
     let mut rng = StdRng::seed_from_u64(2);
     let prompt: Vec<u32> = (0..args.prompt_len)
         .map(|_| rng.random_range(0..cfg.vocab_size as u32))
         .collect();
 
-    // Warm-up: page in the weights and spin up the thread pool.
-    let mut cache = KvCache::new(&cfg, args.prompt_len + args.new_tokens);
-    model.forward(&prompt[..1], &mut cache, None)?;
-    cache.clear();
+    // Warm-up: page in the weights, spin up the thread pool, compile the GPU kernels.
+    decoder.start(args.prompt_len + args.new_tokens)?;
+    let logits = decoder.step(&prompt)?;
+    decoder.step(&[tuna_model::generate::argmax(&logits)])?;
+    decoder.start(args.prompt_len + args.new_tokens)?;
 
     let t0 = Instant::now();
-    let mut logits = model.forward(&prompt, &mut cache, None)?;
+    let mut logits = decoder.step(&prompt)?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..args.new_tokens {
         let next = tuna_model::generate::argmax(&logits);
-        logits = model.forward(&[next], &mut cache, None)?;
+        logits = decoder.step(&[next])?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     let prefill_tps = args.prompt_len as f64 / prefill_s;
     let decode_tps = args.new_tokens as f64 / decode_s;
     let rss = peak_rss_mb();
     let threads = rayon::current_num_threads();
+    let device = args.device.to_string();
+    let (dtype, products) = match args.device {
+        crate::device_arg::DeviceArg::Cpu => (
+            model.embed_tokens.dtype().name().to_string(),
+            precision.describe(),
+        ),
+        crate::device_arg::DeviceArg::Gpu(_) => ("f32".to_string(), "f32".into()),
+    };
     if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "shape": args.shape, "dtype": DType::from(args.dtype).name(), "threads": threads,
-                "precision": precision.describe(),
+                "shape": name, "device": device, "dtype": dtype, "threads": threads,
+                "precision": products,
                 "parameters": cfg.num_parameters(), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                 "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
                 "peak_rss_mb": rss, "build_s": build_s,
@@ -114,11 +150,8 @@ fn bench_generate(args: GenerateBenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "shape {} ({:.0}M parameters), weights {}, {} products, {threads} threads",
-            args.shape,
+            "{name} ({:.1}M parameters) on {device}, weights {dtype}, {products} products, {threads} threads",
             cfg.num_parameters() as f64 / 1e6,
-            DType::from(args.dtype).name(),
-            precision.describe()
         );
         println!(
             "prefill  {:>4} tokens  {:>8.1} tokens/s",

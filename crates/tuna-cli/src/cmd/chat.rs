@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use tuna_data::tokenize::ChatTokenizer;
 use tuna_data::{Message, Role};
-use tuna_model::{GenerationConfig, LoraAdapter, QwenModel, SamplingParams};
+use tuna_model::{Decoder, GenerationConfig, SamplingParams};
 
 use super::sampling::SamplingArgs;
 
@@ -32,18 +32,17 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
 }
 
-struct Session {
-    model: QwenModel,
-    adapter: Option<LoraAdapter>,
+struct Session<'a> {
+    decoder: Box<dyn Decoder + 'a>,
     tokenizer: ChatTokenizer,
     params: SamplingParams,
     eos: Vec<u32>,
     thinking: bool,
 }
 
-impl Session {
+impl Session<'_> {
     /// Streams the assistant's answer to `messages` to stdout and returns it.
-    fn answer(&self, messages: &[Message]) -> anyhow::Result<String> {
+    fn answer(&mut self, messages: &[Message]) -> anyhow::Result<String> {
         let prompt = self
             .tokenizer
             .encode_prompt(messages, Some(self.thinking))?;
@@ -51,9 +50,8 @@ impl Session {
         let mut text = String::new();
         let mut stdout = std::io::stdout().lock();
         let mut failure = None;
-        tuna_model::generate(
-            &self.model,
-            self.adapter.as_ref(),
+        tuna_model::generate_on(
+            self.decoder.as_mut(),
             &prompt,
             &self.params,
             &self.eos,
@@ -89,9 +87,8 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let gen_cfg = GenerationConfig::from_model_dir(&dir)?;
     let mut eos = gen_cfg.eos_token_id.clone();
     eos.extend(tokenizer.eos_token_ids());
-    let session = Session {
-        model,
-        adapter,
+    let mut session = Session {
+        decoder: args.sampling.device.decoder(&model, adapter.as_ref())?,
         tokenizer,
         params: args.sampling.params(&gen_cfg),
         eos,

@@ -35,9 +35,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let params = args.sampling.params(&gen_cfg);
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
-    let generation = tuna_model::generate(
-        &model,
-        adapter.as_ref(),
+    let mut decoder = args.sampling.device.decoder(&model, adapter.as_ref())?;
+    let generation = tuna_model::generate_on(
+        decoder.as_mut(),
         &args.prompt_ids,
         &params,
         &gen_cfg.eos_token_id,

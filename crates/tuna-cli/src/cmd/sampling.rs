@@ -9,6 +9,7 @@ use tuna_model::{GenerationConfig, LoraAdapter, QwenModel, SamplingParams};
 use tuna_train::PrecisionSetting;
 
 use super::train::PrecisionArg;
+use crate::device_arg::DeviceArg;
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -35,8 +36,15 @@ pub struct SamplingArgs {
     pub greedy: bool,
     /// Prompt (prefill) matrix products: bf16 where the CPU has bf16 units (auto), f32, or bf16.
     /// Decoding reads the weights as stored, in f32, either way.
+    /// On a GPU the model runs in f32 and this flag has no effect.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,
+    /// Where the model runs: cpu, gpu or gpu:N (`tuna devices` lists them). On a GPU the
+    /// weights are uploaded once (f32), the key/value cache stays there and only the last
+    /// token's logits come back; sampling is the CPU's, so greedy and seeded runs pick the same
+    /// tokens on every device
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
 }
 
 /// The model directory of `model` (a path or `demo`), the model at `precision` and the adapter.

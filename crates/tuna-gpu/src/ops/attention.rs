@@ -16,9 +16,9 @@ use cubecl::prelude::*;
 use crate::runtime::{Buffer, Gpu, dim, elementwise, grid};
 
 /// Query rows (units) per cube in the forward and dq kernels; key rows per cube in dk/dv.
-const ROWS_PER_CUBE: usize = 32;
+pub(crate) const ROWS_PER_CUBE: usize = 32;
 /// Rows per tile staged in shared memory.
-const TILE: usize = 16;
+pub(crate) const TILE: usize = 16;
 
 /// The sequence boundaries of a packed batch on the device: for each token, where its sequence
 /// starts and ends (exclusive).
@@ -52,7 +52,7 @@ impl<R: Runtime> PackedSeqs<R> {
     }
 }
 
-fn softmax_scale(hd: usize) -> f32 {
+pub(crate) fn softmax_scale(hd: usize) -> f32 {
     // As the CPU engine and HF: `head_dim ** -0.5` as a Python float, applied in f32.
     (1.0 / (hd as f64).sqrt()) as f32
 }
@@ -60,7 +60,7 @@ fn softmax_scale(hd: usize) -> f32 {
 /// Stages rows `first..first+TILE` (those `<= last`) of head `head` of x (bt, heads, hd) in
 /// `tile` (TILE, hd), zero-filling rows past `last`. All units of the cube take part.
 #[cube]
-fn stage_rows<F: Float>(
+pub(crate) fn stage_rows<F: Float>(
     tile: &mut SharedMemory<f32>,
     x: &Array<F>,
     first: u32,
@@ -86,7 +86,7 @@ fn stage_rows<F: Float>(
 
 /// Σ_d a[d] · tile[row·hd + d].
 #[cube]
-fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, row: usize, #[comptime] hd: usize) -> f32 {
+pub(crate) fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, row: usize, #[comptime] hd: usize) -> f32 {
     let mut s = 0.0f32;
     for d in 0..hd {
         s += a[d] * tile[row * hd + d];
@@ -96,7 +96,7 @@ fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, row: usize, #[comptime] hd:
 
 /// Loads row `row`, head `head` of x (bt, heads, hd) into a register array (zeros if invalid).
 #[cube]
-fn load_row<F: Float>(
+pub(crate) fn load_row<F: Float>(
     x: &Array<F>,
     row: u32,
     heads: u32,

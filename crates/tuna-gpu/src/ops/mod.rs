@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_cached;
 pub(crate) mod colsum;
 pub mod elementwise;
 pub mod embedding;
