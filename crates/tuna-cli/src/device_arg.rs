@@ -75,7 +75,9 @@ impl DeviceArg {
             return Ok(Box::new(CpuDecoder::new(model, adapter)));
         };
         let (decoder, label) = tuna_gpu::gpu_decoder(index, model, adapter).with_context(|| {
-            format!("opening gpu:{index}\n---> HINT: `tuna devices` lists the GPUs this machine has")
+            format!(
+                "opening gpu:{index}\n---> HINT: `tuna devices` lists the GPUs this machine has"
+            )
         })?;
         tracing::info!(device = %label, "generating on the device");
         Ok(decoder)

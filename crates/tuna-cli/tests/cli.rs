@@ -463,6 +463,18 @@ fn train_on_the_gpu_follows_the_cpu_loss_curve() {
         assert!(rel < 1e-3, "step {}: gpu {g} cpu {c}", step + 1);
     }
 
+    // The trained adapter answers the same on both devices (applied on the fly on each).
+    let adapter = cache.path().join("run-cpu/checkpoint-3");
+    let adapted = ["--adapter", adapter.to_str().unwrap()];
+    assert_eq!(
+        chat_demo(cache.path(), "cpu", &adapted),
+        chat_demo(cache.path(), "gpu:0", &adapted)
+    );
+    assert_ne!(
+        chat_demo(cache.path(), "cpu", &adapted),
+        chat_demo(cache.path(), "cpu", &[])
+    );
+
     let out = train_demo(
         cache.path(),
         data.to_str().unwrap(),
@@ -481,5 +493,92 @@ fn train_on_the_gpu_follows_the_cpu_loss_curve() {
         text(&out.stderr).contains("not a device"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// `tuna chat --model demo` answering one question greedily (f32 prefill, as on a GPU) on
+/// `device`, with `extra` arguments.
+fn chat_demo(cache: &Path, device: &str, extra: &[&str]) -> String {
+    let args = [
+        &[
+            "chat",
+            "--model",
+            "demo",
+            "--prompt",
+            "Who are you?",
+            "--greedy",
+            "--max-new-tokens",
+            "32",
+            "--precision",
+            "f32",
+            "--device",
+            device,
+        ][..],
+        extra,
+    ]
+    .concat();
+    let out = tuna(cache, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let answer = text(&out.stdout);
+    assert!(
+        !answer.trim().is_empty(),
+        "chat on {device} answered nothing"
+    );
+    answer
+}
+
+/// Generation on the software Vulkan device (lavapipe) answers as the CPU, token for token
+/// (greedy, both f32): `tuna generate` ids and `tuna chat` text on the demo model; a missing GPU
+/// is a clear error. (With an adapter: `train_on_the_gpu_follows_the_cpu_loss_curve`.)
+#[test]
+fn generate_and_chat_on_the_gpu_answer_as_the_cpu() {
+    let cache = tempfile::tempdir().unwrap();
+    let generate = |device: &str| {
+        let out = tuna(
+            cache.path(),
+            &[
+                "generate",
+                "--model",
+                "demo",
+                "--prompt-ids",
+                "1,2,3,4,5,6",
+                "--max-new-tokens",
+                "24",
+                "--greedy",
+                "--precision",
+                "f32",
+                "--device",
+                device,
+                "--json",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["ids"].clone()
+    };
+    let cpu = generate("cpu");
+    assert_eq!(cpu.as_array().map(Vec::len), Some(24), "{cpu}");
+    assert_eq!(generate("gpu:0"), cpu);
+    assert_eq!(
+        chat_demo(cache.path(), "gpu:0", &[]),
+        chat_demo(cache.path(), "cpu", &[])
+    );
+
+    let out = tuna(
+        cache.path(),
+        &[
+            "generate",
+            "--model",
+            "demo",
+            "--prompt-ids",
+            "1",
+            "--device",
+            "gpu:9",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("gpu:9") && stderr.contains("tuna devices"),
+        "{stderr}"
     );
 }

@@ -41,7 +41,10 @@ fn check_cached_attention(past: usize, tq: usize, nh: usize, nkv: usize, hd: usi
     let tag = format!("attention_cached past={past} tq={tq} nh={nh} nkv={nkv} hd={hd}");
     let kc_host = download(&gpu, &kc);
     assert_eq!(&kc_host[..tk * kv], &k[..], "{tag}: kv_append keys");
-    assert!(kc_host[tk * kv..].iter().all(|&x| x == 1e3), "{tag}: kv_append wrote past the end");
+    assert!(
+        kc_host[tk * kv..].iter().all(|&x| x == 1e3),
+        "{tag}: kv_append wrote past the end"
+    );
     let out = gpu.alloc(tq * nh * hd);
     attention_cached(&gpu, &out, &gpu.upload(&q), &kc, &vc, past, tq, nh, nkv, hd);
     check_tensor(&tag, &download(&gpu, &out), &want, F32_REL_TOL);
@@ -75,7 +78,10 @@ fn random_adapter(model: &QwenModel) -> LoraAdapter {
     adapter
 }
 
-fn gpu_decoder(model: &QwenModel, adapter: Option<&LoraAdapter>) -> GpuDecoder<common::TestRuntime> {
+fn gpu_decoder(
+    model: &QwenModel,
+    adapter: Option<&LoraAdapter>,
+) -> GpuDecoder<common::TestRuntime> {
     GpuDecoder::new(GpuModel::upload(device(), "test device".into(), model, adapter).unwrap())
 }
 
@@ -129,7 +135,10 @@ fn check_step_logits(
             F32_REL_TOL,
         ));
     }
-    println!("{tag}: worst relative logit error over {} steps: {worst:.2e}", continuation.len());
+    println!(
+        "{tag}: worst relative logit error over {} steps: {worst:.2e}",
+        continuation.len()
+    );
 }
 
 fn check_generation(name: &str, with_adapter: bool) {
@@ -146,15 +155,30 @@ fn check_generation(name: &str, with_adapter: bool) {
     let mut gpu = gpu_decoder(&model, adapter.as_ref());
 
     let params = greedy(hf_greedy.len());
-    let want = generate_on(&mut cpu, &prompt, &params, eos, |_| std::ops::ControlFlow::Continue(())).unwrap();
-    let got = generate_on(&mut gpu, &prompt, &params, eos, |_| std::ops::ControlFlow::Continue(())).unwrap();
-    println!("{tag} greedy: cpu {:?}\n{tag} greedy: gpu {:?}", want.tokens, got.tokens);
+    let want = generate_on(&mut cpu, &prompt, &params, eos, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let got = generate_on(&mut gpu, &prompt, &params, eos, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    println!(
+        "{tag} greedy: cpu {:?}\n{tag} greedy: gpu {:?}",
+        want.tokens, got.tokens
+    );
     assert_eq!(got, want, "{tag}: greedy generation");
     assert_eq!(got.tokens.len(), hf_greedy.len(), "{tag}: the whole budget");
     if !with_adapter {
-        assert_eq!(got.tokens, hf_greedy, "{tag}: transformers' greedy continuation");
+        assert_eq!(
+            got.tokens, hf_greedy,
+            "{tag}: transformers' greedy continuation"
+        );
     } else {
-        assert_ne!(got.tokens, hf_greedy, "{tag}: the adapter changes nothing, the check is vacuous");
+        assert_ne!(
+            got.tokens, hf_greedy,
+            "{tag}: the adapter changes nothing, the check is vacuous"
+        );
     }
     check_step_logits(&tag, &mut cpu, &mut gpu, &prompt, &want.tokens);
 
@@ -169,10 +193,19 @@ fn check_generation(name: &str, with_adapter: bool) {
         greedy: false,
         ..SamplingParams::default()
     };
-    let want = generate_on(&mut cpu, &prompt, &sampled, eos, |_| std::ops::ControlFlow::Continue(())).unwrap();
-    let got = generate_on(&mut gpu, &prompt, &sampled, eos, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let want = generate_on(&mut cpu, &prompt, &sampled, eos, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let got = generate_on(&mut gpu, &prompt, &sampled, eos, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(got, want, "{tag}: seeded sampling");
-    assert!(!got.tokens.is_empty(), "{tag}: nothing sampled, the check is vacuous");
+    assert!(
+        !got.tokens.is_empty(),
+        "{tag}: nothing sampled, the check is vacuous"
+    );
 }
 
 #[test]

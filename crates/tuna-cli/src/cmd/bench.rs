@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tuna_engine::DType;
-use anyhow::Context;
 use tuna_model::QwenModel;
 
 #[derive(Subcommand, Debug)]

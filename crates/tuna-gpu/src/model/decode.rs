@@ -153,7 +153,16 @@ impl<R: Runtime> GpuDecoder<R> {
             self.linear(l, LoraTarget::OProj, &o, &att, bt)?;
             residual_forward(gpu, &x, &o);
 
-            rmsnorm_forward(gpu, &h, &rstd, &x, &layer.post_attention_layernorm, bt, c, eps);
+            rmsnorm_forward(
+                gpu,
+                &h,
+                &rstd,
+                &x,
+                &layer.post_attention_layernorm,
+                bt,
+                c,
+                eps,
+            );
             self.linear(l, LoraTarget::GateProj, &gate, &h, bt)?;
             self.linear(l, LoraTarget::UpProj, &up, &h, bt)?;
             swiglu_forward(gpu, &act, &gate, &up);
@@ -186,10 +195,8 @@ impl<R: Runtime> Decoder for GpuDecoder<R> {
             self.cache = (0..cfg.num_layers)
                 .map(|_| (gpu.alloc(rows), gpu.alloc(rows)))
                 .collect();
-            self.rope = GpuRopeTable::upload(
-                gpu,
-                &RopeTable::new(cfg.head_dim, cfg.rope_theta, capacity),
-            );
+            self.rope =
+                GpuRopeTable::upload(gpu, &RopeTable::new(cfg.head_dim, cfg.rope_theta, capacity));
             self.capacity = capacity;
         }
         self.len = 0;

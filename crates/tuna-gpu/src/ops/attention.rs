@@ -86,7 +86,12 @@ pub(crate) fn stage_rows<F: Float>(
 
 /// Σ_d a[d] · tile[row·hd + d].
 #[cube]
-pub(crate) fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, row: usize, #[comptime] hd: usize) -> f32 {
+pub(crate) fn dot_row(
+    a: &Array<f32>,
+    tile: &SharedMemory<f32>,
+    row: usize,
+    #[comptime] hd: usize,
+) -> f32 {
     let mut s = 0.0f32;
     for d in 0..hd {
         s += a[d] * tile[row * hd + d];

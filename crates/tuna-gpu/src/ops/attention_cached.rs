@@ -54,8 +54,12 @@ fn attention_cached_kernel<F: Float>(
         let mut vs = SharedMemory::<f32>::new(tile_rows * hd);
         let mut kt = 0u32;
         while kt <= key_last {
-            stage_rows(&mut ks, k_cache, kt, key_last, nkv, kvh, hd, tile_rows, units);
-            stage_rows(&mut vs, v_cache, kt, key_last, nkv, kvh, hd, tile_rows, units);
+            stage_rows(
+                &mut ks, k_cache, kt, key_last, nkv, kvh, hd, tile_rows, units,
+            );
+            stage_rows(
+                &mut vs, v_cache, kt, key_last, nkv, kvh, hd, tile_rows, units,
+            );
             sync_cube();
             if valid {
                 for r in 0..tile_rows {
