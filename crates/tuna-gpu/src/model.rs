@@ -6,6 +6,7 @@
 //! fine-tune re-uploads every weight after a step, which is correct but slow for large models:
 //! the optimizer (AdamW, f32 moments) is the trainer's, on the host.
 
+use tuna_engine::ops::adamw::AdamWConfig;
 use tuna_engine::ops::rope::RopeTable;
 use tuna_model::backend::{Backend, Heads, LinearGrads, RowScale, TrainDevice, backend_error};
 use tuna_model::lora::{LoraAdapter, LoraTarget};
@@ -14,7 +15,8 @@ use tuna_model::{Gradients, Param, ParamLayout, QwenConfig, QwenModel};
 
 use crate::devices::AnyGpu;
 use crate::ops::attention::{PackedSeqs, attention_backward, attention_forward};
-use crate::ops::elementwise::{cast, mul, residual_forward, zeros};
+use crate::ops::adamw::{adamw_update, grad_norm};
+use crate::ops::elementwise::{cast, fill, mul, residual_forward, scale_in_place, zeros};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::lm_head_ce::{
     count_hits, lm_head_ce_backward, lm_head_ce_forward, lm_head_ce_forward_backward,
@@ -68,6 +70,16 @@ pub struct GpuModel<R: Runtime> {
     /// `lora[l][target.index()]`
     lora: Vec<Vec<Option<DeviceLora<R>>>>,
     lora_dropout: f32,
+    /// Set by [`TrainDevice::keep_optimizer`].
+    optimizer: Option<DeviceOptimizer<R>>,
+}
+
+/// The training state besides the weights, per trainable tensor in layout order.
+struct DeviceOptimizer<R: Runtime> {
+    params: Vec<Param>,
+    grads: Vec<Buf<R>>,
+    m: Vec<Buf<R>>,
+    v: Vec<Buf<R>>,
 }
 
 /// A batch on the device.
@@ -128,6 +140,7 @@ impl<R: Runtime> GpuModel<R> {
             lm_head: model.lm_head.as_ref().map(|h| up(&h.to_f32_vec())),
             lora: Vec::new(),
             lora_dropout: 0.0,
+            optimizer: None,
             gpu,
         };
         gm.load_adapter(adapter)?;
@@ -181,6 +194,29 @@ impl<R: Runtime> GpuModel<R> {
         self.lora
             .get(layer)
             .and_then(|l| l[target.index()].as_ref())
+    }
+
+    /// The device buffer of a trainable tensor.
+    fn param(&self, p: Param) -> tuna_model::Result<&Buf<R>> {
+        let missing = || backend_error(&self.label, format!("{p:?} is not on this device"));
+        let layer = |l: usize| self.layers.get(l).ok_or_else(missing);
+        let lora = |l: usize, t: LoraTarget| self.lora_of(l, t).ok_or_else(missing);
+        Ok(match p {
+            Param::EmbedTokens => &self.embed_tokens,
+            Param::InputLayernorm(l) => &layer(l)?.input_layernorm,
+            Param::PostAttentionLayernorm(l) => &layer(l)?.post_attention_layernorm,
+            Param::QNorm(l) => layer(l)?.q_norm.as_ref().ok_or_else(missing)?,
+            Param::KNorm(l) => layer(l)?.k_norm.as_ref().ok_or_else(missing)?,
+            Param::Weight(l, t) => &layer(l)?.linears[t.index()].weight,
+            Param::Bias(l, t) => layer(l)?.linears[t.index()]
+                .bias
+                .as_ref()
+                .ok_or_else(missing)?,
+            Param::Norm => &self.norm,
+            Param::LmHead => self.lm_head.as_ref().ok_or_else(missing)?,
+            Param::LoraA(l, t) => &lora(l, t)?.a,
+            Param::LoraB(l, t) => &lora(l, t)?.b,
+        })
     }
 
     fn norm_weight(&self, p: Param) -> &Buf<R> {
@@ -647,20 +683,27 @@ where
         match adapter {
             Some(_) => self.load_adapter(adapter),
             None => {
+                let optimizer = self.optimizer.take();
                 *self = GpuModel::upload(self.gpu.clone(), self.label.clone(), model, None)?;
+                self.optimizer = optimizer;
                 Ok(())
             }
         }
     }
 
     fn forward_backward(
-        &self,
+        &mut self,
         batch: &TrainBatch,
         layout: &ParamLayout,
         grads: &mut Gradients,
         scale: f32,
         opts: &TrainOptions,
     ) -> tuna_model::Result<BatchStats> {
+        if let Some(mut opt) = self.optimizer.take() {
+            let stats = forward_backward_on(self, batch, layout, &mut opt.grads, scale, opts);
+            self.optimizer = Some(opt);
+            return stats;
+        }
         let mut on_device: Vec<Buf<R>> = layout
             .sizes()
             .into_iter()
@@ -673,6 +716,140 @@ where
 
     fn evaluate(&self, batch: &TrainBatch) -> tuna_model::Result<BatchStats> {
         evaluate_on(self, batch)
+    }
+
+    fn keep_optimizer(
+        &mut self,
+        layout: &ParamLayout,
+        m: &[Vec<f32>],
+        v: &[Vec<f32>],
+    ) -> tuna_model::Result<()> {
+        let specs = layout.specs();
+        if m.len() != specs.len() || v.len() != specs.len() {
+            return Err(backend_error(
+                &self.label,
+                format!(
+                    "{} trainable tensors but {} and {} moments",
+                    specs.len(),
+                    m.len(),
+                    v.len()
+                ),
+            ));
+        }
+        let mut opt = DeviceOptimizer {
+            params: Vec::with_capacity(specs.len()),
+            grads: Vec::with_capacity(specs.len()),
+            m: Vec::with_capacity(specs.len()),
+            v: Vec::with_capacity(specs.len()),
+        };
+        for ((spec, m), v) in specs.iter().zip(m).zip(v) {
+            let n = self.param(spec.param)?.len();
+            if spec.len() != n || m.len() != n || v.len() != n {
+                return Err(backend_error(
+                    &self.label,
+                    format!(
+                        "{:?}: {n} elements on the device, {} in the layout, moments {} and {}",
+                        spec.param,
+                        spec.len(),
+                        m.len(),
+                        v.len()
+                    ),
+                ));
+            }
+            opt.params.push(spec.param);
+            opt.grads.push(zeros(&self.gpu, n));
+            opt.m.push(self.gpu.upload(m));
+            opt.v.push(self.gpu.upload(v));
+        }
+        self.optimizer = Some(opt);
+        Ok(())
+    }
+
+    fn optimizer_step(
+        &mut self,
+        cfgs: &[AdamWConfig],
+        step: u64,
+        max_grad_norm: Option<f32>,
+    ) -> tuna_model::Result<f32> {
+        let opt = self.optimizer.as_ref().ok_or_else(|| {
+            backend_error(&self.label, "optimizer_step before keep_optimizer")
+        })?;
+        if cfgs.len() != opt.params.len() {
+            return Err(backend_error(
+                &self.label,
+                format!(
+                    "{} AdamW settings for {} tensors",
+                    cfgs.len(),
+                    opt.params.len()
+                ),
+            ));
+        }
+        let norm = grad_norm(&self.gpu, &opt.grads.iter().collect::<Vec<_>>()).map_err(gpu_err)?;
+        if norm.is_finite() {
+            // clip_grad_norm_'s coefficient, in f64 as the host's clip_grad_norm.
+            if let Some(max) = max_grad_norm {
+                let coef = max as f64 / (norm as f64 + 1e-6);
+                if coef < 1.0 {
+                    for g in &opt.grads {
+                        scale_in_place(&self.gpu, g, coef as f32);
+                    }
+                }
+            }
+            for (i, &p) in opt.params.iter().enumerate() {
+                let cfg = &cfgs[i];
+                adamw_update(
+                    &self.gpu,
+                    self.param(p)?,
+                    &opt.grads[i],
+                    &opt.m[i],
+                    &opt.v[i],
+                    cfg,
+                    step,
+                );
+            }
+        }
+        for g in &opt.grads {
+            fill(&self.gpu, g, 0.0);
+        }
+        Ok(norm)
+    }
+
+    fn download_state(
+        &self,
+        params: Vec<&mut [f32]>,
+        m: &mut [Vec<f32>],
+        v: &mut [Vec<f32>],
+    ) -> tuna_model::Result<()> {
+        let opt = self.optimizer.as_ref().ok_or_else(|| {
+            backend_error(&self.label, "download_state before keep_optimizer")
+        })?;
+        if params.len() != opt.params.len() || m.len() != opt.m.len() || v.len() != opt.v.len() {
+            return Err(backend_error(
+                &self.label,
+                format!(
+                    "{} tensors on the device, {} on the host",
+                    opt.params.len(),
+                    params.len()
+                ),
+            ));
+        }
+        let copy = |dst: &mut [f32], src: &Buf<R>| -> tuna_model::Result<()> {
+            let host = self.gpu.download(src).map_err(gpu_err)?;
+            if host.len() != dst.len() {
+                return Err(backend_error(
+                    &self.label,
+                    format!("{} elements on the device, {} on the host", host.len(), dst.len()),
+                ));
+            }
+            dst.copy_from_slice(&host);
+            Ok(())
+        };
+        for (i, dst) in params.into_iter().enumerate() {
+            copy(dst, self.param(opt.params[i])?)?;
+            copy(&mut m[i], &opt.m[i])?;
+            copy(&mut v[i], &opt.v[i])?;
+        }
+        Ok(())
     }
 }
 

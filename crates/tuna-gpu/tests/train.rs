@@ -98,7 +98,7 @@ fn check_pass(model: &QwenModel, adapter: Option<&LoraAdapter>, opts: TrainOptio
     let cpu = model
         .forward_backward(&batch, adapter, &mut cpu_grads, scale, &opts)
         .unwrap();
-    let dev = upload(model, adapter);
+    let mut dev = upload(model, adapter);
     let mut gpu_grads = layout.zero_gradients();
     let gpu = dev
         .forward_backward(&batch, &layout, &mut gpu_grads, scale, &opts)
@@ -275,6 +275,88 @@ fn lora_sft_on_the_device_follows_the_cpu_engine_and_resumes() {
         let resumed = read_tensors(&resumed_ckpt.join("adapter_model.safetensors"));
         for (tensor, (_, want)) in &ours {
             check_tensor(tensor, &resumed[tensor].1, want, 1e-6);
+        }
+    }
+}
+
+/// The optimizer step on the device (global norm, clipping, AdamW, gradient accumulation over
+/// micro-batches) against the CPU trainer: `steps` steps of 2 micro-batches with clipping active.
+fn optimizer_config(name: &str, out: &Path, method: Method) -> TrainConfig {
+    let mut cfg = sft_config(name, out, 4);
+    cfg.method = method;
+    cfg.batch_size = BatchSize::Examples(1);
+    cfg.gradient_accumulation_steps = 2;
+    cfg.max_grad_norm = Some(CLIP);
+    cfg
+}
+
+/// Below every step's gradient norm in these runs, so each step is clipped (asserted).
+const CLIP: f32 = 0.05;
+
+/// Every f32 tensor of every `.safetensors` file of checkpoint `want` (weights or adapter, and
+/// AdamW's moments in `optimizer.safetensors`) equals `got`'s within `tol` of its largest value.
+fn check_checkpoint(got: &Path, want: &Path, tol: f64) {
+    let mut files = 0;
+    for entry in std::fs::read_dir(want).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "safetensors") {
+            continue;
+        }
+        let file = path.file_name().unwrap();
+        let theirs = read_tensors(&path);
+        let ours = read_tensors(&got.join(file));
+        assert_eq!(ours.len(), theirs.len(), "{file:?}");
+        for (tensor, (_, w)) in &theirs {
+            check_tensor(&format!("{file:?} {tensor}"), &ours[tensor].1, w, tol);
+        }
+        files += 1;
+    }
+    assert!(files >= 2, "{}: weights and optimizer state", want.display());
+}
+
+fn check_losses(got: &Recorder, want: &Recorder, from: usize) {
+    assert!(!got.steps.is_empty() && got.steps.len() + from <= want.steps.len());
+    for (g, c) in got.steps.iter().zip(&want.steps[from..]) {
+        assert_eq!(g.step, c.step);
+        let rel = (g.loss - c.loss).abs() / c.loss;
+        let norm_rel = f64::from((g.grad_norm - c.grad_norm).abs() / c.grad_norm);
+        println!(
+            "step {}: loss {:.7} vs {:.7} (rel {rel:.2e}), grad norm {:.6} vs {:.6} (rel {norm_rel:.2e})",
+            c.step, g.loss, c.loss, g.grad_norm, c.grad_norm
+        );
+        assert!(rel <= F32_REL_TOL, "step {}: loss rel {rel:.2e}", c.step);
+        assert!(norm_rel <= F32_REL_TOL, "step {}: grad norm rel {norm_rel:.2e}", c.step);
+        assert!(c.grad_norm > CLIP, "step {}: clipping inactive", c.step);
+    }
+}
+
+#[test]
+fn the_optimizer_on_the_device_matches_the_cpu_trainer_and_checkpoints_cross_over() {
+    for (name, method) in [("tiny-qwen2", Method::Lora), ("tiny-qwen3-untied", Method::Full)] {
+        println!("== {name} {method:?}");
+        let dir = |_| tempfile::tempdir().unwrap();
+        let [cpu_dir, gpu_dir, g2c_dir, c2g_dir] = [0, 1, 2, 3].map(dir);
+        let (cpu, cpu_ckpt) = train(&optimizer_config(name, cpu_dir.path(), method), false, None);
+        let (gpu, gpu_ckpt) = train(&optimizer_config(name, gpu_dir.path(), method), true, None);
+        assert_eq!((cpu.steps.len(), gpu.steps.len()), (4, 4));
+        check_losses(&gpu, &cpu, 0);
+        check_checkpoint(&gpu_ckpt, &cpu_ckpt, F32_REL_TOL);
+
+        // Half on one, resumed on the other, ends where the uninterrupted runs ended.
+        for (out, first_on_gpu) in [(&g2c_dir, true), (&c2g_dir, false)] {
+            println!("-- first half on the {}", if first_on_gpu { "gpu" } else { "cpu" });
+            let cfg = optimizer_config(name, out.path(), method);
+            let (half, _) = train(&cfg, first_on_gpu, Some(2));
+            assert_eq!(half.steps.len(), 2);
+            check_losses(&half, &cpu, 0);
+            let cfg = TrainConfig {
+                resume: true,
+                ..cfg
+            };
+            let (rest, ckpt) = train(&cfg, !first_on_gpu, None);
+            assert_eq!(rest.steps.len(), 2);
+            check_losses(&rest, &cpu, 2);
+            check_checkpoint(&ckpt, &cpu_ckpt, F32_REL_TOL);
         }
     }
 }

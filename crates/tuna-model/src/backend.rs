@@ -6,8 +6,10 @@
 //! what it cost before the seam. Weights are named by [`Param`] and linear layers by
 //! `(layer, target)`: each backend holds its own copy (the CPU one borrows the model), so a device
 //! uploads them once. [`TrainDevice`] is the object-safe face a trainer holds: one whole pass per
-//! call, the gradients handed back on the host, where the shared optimizer updates the weights.
+//! call, gradients accumulated on the device, and the optimizer step (global norm, clipping,
+//! AdamW) run there too; the trainer copies the weights and moments back only to save them.
 
+use tuna_engine::ops::adamw::AdamWConfig;
 use tuna_engine::ops::{attention, embedding, lm_head_ce, matmul, residual, rmsnorm, rope, swiglu};
 
 use crate::config::QwenConfig;
@@ -229,9 +231,11 @@ pub struct LinearGrads<'g, B> {
     pub lora: Option<(&'g mut B, &'g mut B)>,
 }
 
-/// Where a trainer's passes run, as an object: the CPU engine, or a device holding its own copy
-/// of the weights. The optimizer stays the trainer's (host, f32); after each update the trainer
-/// calls [`Self::load_trainable`].
+/// Where a trainer's passes run, as an object: a device holding its own copy of the weights and,
+/// once [`Self::keep_optimizer`] is called, the training state too (trainable tensors, their
+/// gradient accumulators, AdamW's f32 moments), so nothing but scalars crosses to the host per
+/// step. The trainer's host copies (weights, `AdamW`) are refreshed by [`Self::download_state`]
+/// when it saves; the arithmetic is the host optimizer's (`torch.optim.AdamW`, `clip_grad_norm_`).
 pub trait TrainDevice: Send {
     /// What it is, for logs and events (e.g. `gpu:0 (llvmpipe …, Vulkan)`).
     fn describe(&self) -> String;
@@ -239,9 +243,10 @@ pub trait TrainDevice: Send {
     fn precision(&self) -> String;
     /// Copies the trainable tensors (the adapter's, or every weight) from the host.
     fn load_trainable(&mut self, model: &QwenModel, adapter: Option<&LoraAdapter>) -> Result<()>;
-    /// [`QwenModel::forward_backward`] on this device; gradients are added into `grads`.
+    /// [`QwenModel::forward_backward`] on this device; gradients are added into `grads` (or, after
+    /// [`Self::keep_optimizer`], into the device's accumulators).
     fn forward_backward(
-        &self,
+        &mut self,
         batch: &TrainBatch,
         layout: &ParamLayout,
         grads: &mut Gradients,
@@ -250,6 +255,28 @@ pub trait TrainDevice: Send {
     ) -> Result<BatchStats>;
     /// [`QwenModel::evaluate`] on this device.
     fn evaluate(&self, batch: &TrainBatch) -> Result<BatchStats>;
+    /// From now on [`Self::forward_backward`] adds into gradient accumulators on the device (its
+    /// `grads` argument is left alone) and [`Self::optimizer_step`] updates the weights there.
+    /// `m` and `v` are AdamW's moments per tensor of `layout` (zeros, or a checkpoint's).
+    fn keep_optimizer(&mut self, layout: &ParamLayout, m: &[Vec<f32>], v: &[Vec<f32>])
+    -> Result<()>;
+    /// One optimizer step over the accumulated gradients, which it then zeroes: their global L2
+    /// norm; when that is finite, clipping to `max_grad_norm` (`clip_grad_norm_`) and AdamW with
+    /// `cfgs[i]` for tensor `i` at step `step` (from 1). Returns the norm before clipping; a
+    /// non-finite norm leaves weights and moments untouched.
+    fn optimizer_step(
+        &mut self,
+        cfgs: &[AdamWConfig],
+        step: u64,
+        max_grad_norm: Option<f32>,
+    ) -> Result<f32>;
+    /// Copies the trainable tensors (in the kept layout's order) and the moments to the host.
+    fn download_state(
+        &self,
+        params: Vec<&mut [f32]>,
+        m: &mut [Vec<f32>],
+        v: &mut [Vec<f32>],
+    ) -> Result<()>;
 }
 
 /// The CPU engine over a model in memory and an optional adapter.

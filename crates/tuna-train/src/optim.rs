@@ -48,6 +48,21 @@ impl AdamW {
         }
     }
 
+    /// The engine's settings for each tensor at learning rate `lr` (decay per the table).
+    pub fn configs(&self, lr: f32) -> Vec<AdamWConfig> {
+        let s = self.settings;
+        self.decay
+            .iter()
+            .map(|&decay| AdamWConfig {
+                lr,
+                beta1: s.beta1,
+                beta2: s.beta2,
+                eps: s.eps,
+                weight_decay: if decay { s.weight_decay } else { 0.0 },
+            })
+            .collect()
+    }
+
     /// One update of every tensor with learning rate `lr`.
     pub fn update(&mut self, mut params: Vec<&mut [f32]>, grads: &Gradients, lr: f32) {
         assert_eq!(
@@ -56,15 +71,7 @@ impl AdamW {
             "AdamW::update: parameter count changed"
         );
         self.step += 1;
-        let s = self.settings;
-        for (i, p) in params.iter_mut().enumerate() {
-            let cfg = AdamWConfig {
-                lr,
-                beta1: s.beta1,
-                beta2: s.beta2,
-                eps: s.eps,
-                weight_decay: if self.decay[i] { s.weight_decay } else { 0.0 },
-            };
+        for ((i, p), cfg) in params.iter_mut().enumerate().zip(self.configs(lr)) {
             adamw_update(
                 p,
                 &grads.tensors[i],

@@ -11,13 +11,14 @@
 //! 1. pack the step's micro-batches (whole examples, block-diagonal attention, no padding; DPO:
 //!    whole pairs);
 //! 2. forward + backward on each (on the CPU engine, or on the device of
-//!    [`Trainer::set_device`], which hands the gradients back), accumulating gradients of
+//!    [`Trainer::set_device`], which keeps the gradients), accumulating gradients of
 //!    `Σ token losses / N`, where `N` is the number of trained tokens of the whole step (so the
 //!    loss is the mean over the step's tokens, not a mean of micro-batch means); DPO: of the mean
 //!    DPO loss over the step's pairs;
 //! 3. stop with [`Error::NonFinite`] if the loss or the gradient norm is NaN/inf, before any update;
 //! 4. clip the global gradient norm (`max_grad_norm`);
-//! 5. AdamW with the schedule's learning rate (f32 moments);
+//! 5. AdamW with the schedule's learning rate (f32 moments); with a device, 3–5 run there and
+//!    only the norm comes back; the host's weights and moments are refreshed before a save;
 //! 6. report [`StepMetrics`] (observer + `metrics.jsonl`), evaluate and checkpoint when due.
 //!
 //! Supported: LoRA (PEFT checkpoints) and full fine-tuning (HF checkpoints), gradient accumulation,
@@ -102,6 +103,8 @@ pub struct Trainer {
     last_lr: f32,
     /// Where the passes run when not on the CPU engine (see [`Trainer::set_device`]).
     device: Option<Box<dyn TrainDevice>>,
+    /// Whether the device's weights and moments moved past the host copies (see `sync_host`).
+    host_stale: bool,
 }
 
 /// What one step's forward and backward passes found.
@@ -286,6 +289,7 @@ impl Trainer {
             last_loss: None,
             last_lr: 0.0,
             device: None,
+            host_stale: false,
         };
         if let Some(dir) = resume {
             trainer.restore(&dir)?;
@@ -397,9 +401,10 @@ impl Trainer {
     }
 
     /// Runs the forward and backward passes on `device` (built over this trainer's model and
-    /// adapter, e.g. by `tuna_gpu::train_device`) instead of the CPU engine. The rest of the run
-    /// (optimizer, schedule, checkpoints, resume, metrics) stays the same. Call it after a resume:
-    /// the device is loaded with the trainer's current weights.
+    /// adapter, e.g. by `tuna_gpu::train_device`) instead of the CPU engine, and the optimizer
+    /// step there too (same arithmetic; see [`TrainDevice`]). Schedule, checkpoints (same files),
+    /// resume and metrics stay the same. Call it after a resume: the device is loaded with the
+    /// trainer's current weights and AdamW moments.
     pub fn set_device(&mut self, mut device: Box<dyn TrainDevice>) -> Result<()> {
         if self.reference.is_some() {
             return Err(Error::Config(format!(
@@ -408,6 +413,7 @@ impl Trainer {
             )));
         }
         device.load_trainable(&self.model, self.adapter.as_ref())?;
+        device.keep_optimizer(&self.layout, &self.optimizer.m, &self.optimizer.v)?;
         tracing::info!("training passes on {}", device.describe());
         self.device = Some(device);
         Ok(())
@@ -497,7 +503,21 @@ impl Trainer {
                     value: loss,
                 });
             }
-            let grad_norm = clip_grad_norm(&mut self.grads, self.cfg.max_grad_norm);
+            // 5. AdamW at the schedule's learning rate (on the device, when there is one).
+            let lr = self.schedule.lr(step);
+            let grad_norm = match &mut self.device {
+                Some(device) => {
+                    let cfgs = self.optimizer.configs(lr);
+                    let norm =
+                        device.optimizer_step(&cfgs, self.optimizer.step + 1, self.cfg.max_grad_norm)?;
+                    if norm.is_finite() {
+                        self.optimizer.step += 1;
+                        self.host_stale = true;
+                    }
+                    norm
+                }
+                None => clip_grad_norm(&mut self.grads, self.cfg.max_grad_norm),
+            };
             if !grad_norm.is_finite() {
                 return Err(Error::NonFinite {
                     step: step + 1,
@@ -505,16 +525,12 @@ impl Trainer {
                     value: grad_norm as f64,
                 });
             }
-
-            // 5. AdamW at the schedule's learning rate.
-            let lr = self.schedule.lr(step);
-            let params = match &mut self.adapter {
-                Some(a) => a.parameters_mut(),
-                None => self.model.full_parameters_mut(),
-            };
-            self.optimizer.update(params, &self.grads, lr);
-            if let Some(device) = &mut self.device {
-                device.load_trainable(&self.model, self.adapter.as_ref())?;
+            if self.device.is_none() {
+                let params = match &mut self.adapter {
+                    Some(a) => a.parameters_mut(),
+                    None => self.model.full_parameters_mut(),
+                };
+                self.optimizer.update(params, &self.grads, lr);
             }
             self.step += 1;
             self.last_loss = Some(loss);
@@ -564,6 +580,7 @@ impl Trainer {
                 summary.eval = Some(e);
             }
             if save {
+                self.sync_host()?;
                 let info = self.save_checkpoint(last || stop, eval_loss)?;
                 metrics.checkpoint(&info)?;
                 observer.on_checkpoint(&info);
@@ -574,10 +591,29 @@ impl Trainer {
                 break;
             }
         }
+        self.sync_host()?;
         summary.steps = self.step;
         summary.train_loss = self.last_loss;
         summary.elapsed_s = start.elapsed().as_secs_f64();
         Ok(summary)
+    }
+
+    /// Copies the device's trainable tensors and AdamW moments into the host's model, adapter and
+    /// optimizer when steps ran since the last copy (before a checkpoint and at the end of a run).
+    fn sync_host(&mut self) -> Result<()> {
+        let Some(device) = &self.device else {
+            return Ok(());
+        };
+        if !self.host_stale {
+            return Ok(());
+        }
+        let params = match &mut self.adapter {
+            Some(a) => a.parameters_mut(),
+            None => self.model.full_parameters_mut(),
+        };
+        device.download_state(params, &mut self.optimizer.m, &mut self.optimizer.v)?;
+        self.host_stale = false;
+        Ok(())
     }
 
     /// Forward + backward over step `step`'s micro-batches into the zeroed gradients: SFT's
@@ -615,7 +651,7 @@ impl Trainer {
         let mut stats = BatchStats::default();
         for (i, batch) in batches.iter().enumerate() {
             let b = batch.as_train_batch();
-            let s = match &self.device {
+            let s = match &mut self.device {
                 Some(d) => {
                     d.forward_backward(&b, &self.layout, &mut self.grads, scale, &opts(i))?
                 }
