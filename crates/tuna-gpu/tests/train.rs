@@ -287,15 +287,27 @@ fn optimizer_config(name: &str, out: &Path, method: Method) -> TrainConfig {
     cfg.batch_size = BatchSize::Examples(1);
     cfg.gradient_accumulation_steps = 2;
     cfg.max_grad_norm = Some(CLIP);
+    // Every step updates (a warmup's first step has lr 0).
+    cfg.warmup_steps = Some(0);
     cfg
 }
 
 /// Below every step's gradient norm in these runs, so each step is clipped (asserted).
 const CLIP: f32 = 0.05;
 
-/// Every f32 tensor of every `.safetensors` file of checkpoint `want` (weights or adapter, and
-/// AdamW's moments in `optimizer.safetensors`) equals `got`'s within `tol` of its largest value.
-fn check_checkpoint(got: &Path, want: &Path, tol: f64) {
+/// Weights and adapter tensors after device steps: max |gpu − cpu| over max |cpu|. Moments,
+/// losses and gradient norms hold [`F32_REL_TOL`] (worst measured on lavapipe: 2.3e-5, 2.5e-7,
+/// 2.5e-7). The weights cannot, for a reason outside the optimizer: a LoRA B starts at zero, so its
+/// values are nothing but AdamW's normalised updates `m̂/(√v̂ + ε)`, which turn the passes' f32
+/// rounding of a gradient element near zero into a relative error of that element's update
+/// (worst measured 6e-4, a LoRA B, over 4 steps; the full fine-tune's weights 2e-5). The
+/// optimizer alone is exact: `kernels::adamw_and_grad_norm_match_cpu`.
+const WEIGHT_TOL: f64 = 1e-3;
+
+/// Every f32 tensor of every `.safetensors` file of checkpoint `want` (weights or adapter within
+/// [`WEIGHT_TOL`], and AdamW's moments in `optimizer.safetensors` within [`F32_REL_TOL`])
+/// equals `got`'s, relative to the tensor's largest value.
+fn check_checkpoint(got: &Path, want: &Path) {
     let mut files = 0;
     for entry in std::fs::read_dir(want).unwrap() {
         let path = entry.unwrap().path();
@@ -306,6 +318,11 @@ fn check_checkpoint(got: &Path, want: &Path, tol: f64) {
         let theirs = read_tensors(&path);
         let ours = read_tensors(&got.join(file));
         assert_eq!(ours.len(), theirs.len(), "{file:?}");
+        let tol = if file == "optimizer.safetensors" {
+            F32_REL_TOL
+        } else {
+            WEIGHT_TOL
+        };
         for (tensor, (_, w)) in &theirs {
             check_tensor(&format!("{file:?} {tensor}"), &ours[tensor].1, w, tol);
         }
@@ -340,7 +357,7 @@ fn the_optimizer_on_the_device_matches_the_cpu_trainer_and_checkpoints_cross_ove
         let (gpu, gpu_ckpt) = train(&optimizer_config(name, gpu_dir.path(), method), true, None);
         assert_eq!((cpu.steps.len(), gpu.steps.len()), (4, 4));
         check_losses(&gpu, &cpu, 0);
-        check_checkpoint(&gpu_ckpt, &cpu_ckpt, F32_REL_TOL);
+        check_checkpoint(&gpu_ckpt, &cpu_ckpt);
 
         // Half on one, resumed on the other, ends where the uninterrupted runs ended.
         for (out, first_on_gpu) in [(&g2c_dir, true), (&c2g_dir, false)] {
@@ -356,7 +373,7 @@ fn the_optimizer_on_the_device_matches_the_cpu_trainer_and_checkpoints_cross_ove
             let (rest, ckpt) = train(&cfg, !first_on_gpu, None);
             assert_eq!(rest.steps.len(), 2);
             check_losses(&rest, &cpu, 2);
-            check_checkpoint(&ckpt, &cpu_ckpt, F32_REL_TOL);
+            check_checkpoint(&ckpt, &cpu_ckpt);
         }
     }
 }
