@@ -1752,3 +1752,56 @@ fn a_gpu_job_is_claimed_by_the_gpu_slot_and_follows_the_cpu_job() {
         "{gpu}"
     );
 }
+
+/// The GPU of a slot is gone when its job starts (here: the Vulkan driver that `tuna serve`
+/// found at start-up is removed, through the loader's `VK_ICD_FILENAMES`, which the job's worker
+/// process inherits). The job fails with `device_unavailable` naming the slot; the server and its
+/// other slot go on: a CPU job queued behind it succeeds.
+#[test]
+fn a_gpu_slot_whose_device_cannot_be_opened_fails_its_job_with_device_unavailable() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let icd = dir.path().join("lvp_icd.json");
+    std::fs::copy("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json", &icd)
+        .expect("lavapipe's Vulkan driver (mesa-vulkan-drivers) is installed");
+    let program = vec![
+        "env".to_string(),
+        format!("VK_ICD_FILENAMES={}", icd.display()),
+        tuna().display().to_string(),
+    ];
+    let server = Server::start_as(
+        program,
+        &dir.path().join("data"),
+        &["--cpu-slots", "1", "--software-gpus"],
+    );
+    let api = server.user("gina");
+    let file = api.upload();
+    let job = |compute: &str| {
+        let mut body = lora_job(&file, 2, 2);
+        body["tuna"]["compute"] = json!(compute);
+        body
+    };
+    // The node offers gpu:0 ...
+    let (status, est) = api.post("/v1/tuna/estimates", &job("gpu"));
+    assert_eq!(status, 200, "{est}");
+    let offered = est["compute_choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["compute"] == "gpu" && c["slots_total"] == 1);
+    assert!(offered, "{est}");
+    // ... whose driver then disappears.
+    std::fs::remove_file(&icd).unwrap();
+    let on_gpu = api.create(&job("gpu"));
+    let failed = api.wait_status(&on_gpu, "failed");
+    let error = &failed["error"];
+    assert_eq!(error["code"], "device_unavailable", "{failed}");
+    assert_eq!(error["param"], "tuna.compute", "{failed}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("slot `gpu:0`") && message.contains("no GPU `gpu:0`"),
+        "{message}"
+    );
+    let on_cpu = api.create(&job("cpu"));
+    api.wait_status(&on_cpu, "succeeded");
+}
