@@ -14,8 +14,8 @@ use tuna_model::train::{BatchStats, TrainBatch, TrainOptions, evaluate_on, forwa
 use tuna_model::{Gradients, Param, ParamLayout, QwenConfig, QwenModel};
 
 use crate::devices::AnyGpu;
-use crate::ops::attention::{PackedSeqs, attention_backward, attention_forward};
 use crate::ops::adamw::{adamw_update, grad_norm};
+use crate::ops::attention::{PackedSeqs, attention_backward, attention_forward};
 use crate::ops::elementwise::{cast, fill, mul, residual_forward, scale_in_place, zeros};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::lm_head_ce::{
@@ -771,9 +771,10 @@ where
         step: u64,
         max_grad_norm: Option<f32>,
     ) -> tuna_model::Result<f32> {
-        let opt = self.optimizer.as_ref().ok_or_else(|| {
-            backend_error(&self.label, "optimizer_step before keep_optimizer")
-        })?;
+        let opt = self
+            .optimizer
+            .as_ref()
+            .ok_or_else(|| backend_error(&self.label, "optimizer_step before keep_optimizer"))?;
         if cfgs.len() != opt.params.len() {
             return Err(backend_error(
                 &self.label,
@@ -820,9 +821,10 @@ where
         m: &mut [Vec<f32>],
         v: &mut [Vec<f32>],
     ) -> tuna_model::Result<()> {
-        let opt = self.optimizer.as_ref().ok_or_else(|| {
-            backend_error(&self.label, "download_state before keep_optimizer")
-        })?;
+        let opt = self
+            .optimizer
+            .as_ref()
+            .ok_or_else(|| backend_error(&self.label, "download_state before keep_optimizer"))?;
         if params.len() != opt.params.len() || m.len() != opt.m.len() || v.len() != opt.v.len() {
             return Err(backend_error(
                 &self.label,
@@ -838,7 +840,11 @@ where
             if host.len() != dst.len() {
                 return Err(backend_error(
                     &self.label,
-                    format!("{} elements on the device, {} on the host", host.len(), dst.len()),
+                    format!(
+                        "{} elements on the device, {} on the host",
+                        host.len(),
+                        dst.len()
+                    ),
                 ));
             }
             dst.copy_from_slice(&host);

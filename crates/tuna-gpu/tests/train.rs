@@ -328,7 +328,11 @@ fn check_checkpoint(got: &Path, want: &Path) {
         }
         files += 1;
     }
-    assert!(files >= 2, "{}: weights and optimizer state", want.display());
+    assert!(
+        files >= 2,
+        "{}: weights and optimizer state",
+        want.display()
+    );
 }
 
 fn check_losses(got: &Recorder, want: &Recorder, from: usize) {
@@ -342,14 +346,21 @@ fn check_losses(got: &Recorder, want: &Recorder, from: usize) {
             c.step, g.loss, c.loss, g.grad_norm, c.grad_norm
         );
         assert!(rel <= F32_REL_TOL, "step {}: loss rel {rel:.2e}", c.step);
-        assert!(norm_rel <= F32_REL_TOL, "step {}: grad norm rel {norm_rel:.2e}", c.step);
+        assert!(
+            norm_rel <= F32_REL_TOL,
+            "step {}: grad norm rel {norm_rel:.2e}",
+            c.step
+        );
         assert!(c.grad_norm > CLIP, "step {}: clipping inactive", c.step);
     }
 }
 
 #[test]
 fn the_optimizer_on_the_device_matches_the_cpu_trainer_and_checkpoints_cross_over() {
-    for (name, method) in [("tiny-qwen2", Method::Lora), ("tiny-qwen3-untied", Method::Full)] {
+    for (name, method) in [
+        ("tiny-qwen2", Method::Lora),
+        ("tiny-qwen3-untied", Method::Full),
+    ] {
         println!("== {name} {method:?}");
         let dir = |_| tempfile::tempdir().unwrap();
         let [cpu_dir, gpu_dir, g2c_dir, c2g_dir] = [0, 1, 2, 3].map(dir);
@@ -361,7 +372,10 @@ fn the_optimizer_on_the_device_matches_the_cpu_trainer_and_checkpoints_cross_ove
 
         // Half on one, resumed on the other, ends where the uninterrupted runs ended.
         for (out, first_on_gpu) in [(&g2c_dir, true), (&c2g_dir, false)] {
-            println!("-- first half on the {}", if first_on_gpu { "gpu" } else { "cpu" });
+            println!(
+                "-- first half on the {}",
+                if first_on_gpu { "gpu" } else { "cpu" }
+            );
             let cfg = optimizer_config(name, out.path(), method);
             let (half, _) = train(&cfg, first_on_gpu, Some(2));
             assert_eq!(half.steps.len(), 2);

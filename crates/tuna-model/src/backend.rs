@@ -258,8 +258,12 @@ pub trait TrainDevice: Send {
     /// From now on [`Self::forward_backward`] adds into gradient accumulators on the device (its
     /// `grads` argument is left alone) and [`Self::optimizer_step`] updates the weights there.
     /// `m` and `v` are AdamW's moments per tensor of `layout` (zeros, or a checkpoint's).
-    fn keep_optimizer(&mut self, layout: &ParamLayout, m: &[Vec<f32>], v: &[Vec<f32>])
-    -> Result<()>;
+    fn keep_optimizer(
+        &mut self,
+        layout: &ParamLayout,
+        m: &[Vec<f32>],
+        v: &[Vec<f32>],
+    ) -> Result<()>;
     /// One optimizer step over the accumulated gradients, which it then zeroes: their global L2
     /// norm; when that is finite, clipping to `max_grad_norm` (`clip_grad_norm_`) and AdamW with
     /// `cfgs[i]` for tensor `i` at step `step` (from 1). Returns the norm before clipping; a

@@ -508,8 +508,11 @@ impl Trainer {
             let grad_norm = match &mut self.device {
                 Some(device) => {
                     let cfgs = self.optimizer.configs(lr);
-                    let norm =
-                        device.optimizer_step(&cfgs, self.optimizer.step + 1, self.cfg.max_grad_norm)?;
+                    let norm = device.optimizer_step(
+                        &cfgs,
+                        self.optimizer.step + 1,
+                        self.cfg.max_grad_norm,
+                    )?;
                     if norm.is_finite() {
                         self.optimizer.step += 1;
                         self.host_stale = true;

@@ -248,6 +248,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         weight_decay: 0.01,
     };
     let mut opt = AdamW::new(settings, &layout.sizes(), layout.decay_flags());
+    let opt_configs = opt.configs(1e-4);
     let build_s = build.elapsed().as_secs_f64();
 
     // One example: random ids; positions from the first label on predict their next token (the
@@ -316,26 +317,34 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
 
     let mut device = match args.device {
         DeviceArg::Cpu => None,
-        DeviceArg::Gpu(index) => Some(tuna_gpu::train_device(index, &model, adapter.as_ref())?),
+        DeviceArg::Gpu(index) => {
+            let mut d = tuna_gpu::train_device(index, &model, adapter.as_ref())?;
+            // As in training: gradients, clipping and AdamW stay on the device.
+            d.keep_optimizer(&layout, &opt.m, &opt.v)?;
+            Some(d)
+        }
     };
 
     // Times warm-up + timed steps of `step` (gradients into `grads`, returning the loss), each
-    // followed by clipping and AdamW; returns the mean step time, the mean CPU seconds of all
-    // threads per step (on a loaded machine the wall time mostly measures the share of the CPUs
-    // this process got; this does not, as idle rayon threads sleep) and the last loss.
-    let mut timed = |step: &mut StepFn| -> anyhow::Result<(f64, f64, f64)> {
+    // followed by clipping and AdamW on the host when `host_optimizer` (else `step` ran them on
+    // its device); returns the mean step time, the mean CPU seconds of all threads per step (on a
+    // loaded machine the wall time mostly measures the share of the CPUs this process got; this
+    // does not, as idle rayon threads sleep) and the last loss.
+    let mut timed = |step: &mut StepFn, host_optimizer: bool| -> anyhow::Result<(f64, f64, f64)> {
         let (mut times, mut cpu_times) = (Vec::new(), Vec::new());
         let mut loss = 0.0;
         for i in 0..args.warmup_steps + args.steps {
             let (t0, c0) = (Instant::now(), process_cpu_s());
             grads.zero();
             loss = step(&mut grads, adapter.as_ref(), &model)?;
-            clip_grad_norm(&mut grads, Some(1.0));
-            let params = match &mut adapter {
-                Some(a) => a.parameters_mut(),
-                None => model.full_parameters_mut(),
-            };
-            opt.update(params, &grads, 1e-4);
+            if host_optimizer {
+                clip_grad_norm(&mut grads, Some(1.0));
+                let params = match &mut adapter {
+                    Some(a) => a.parameters_mut(),
+                    None => model.full_parameters_mut(),
+                };
+                opt.update(params, &grads, 1e-4);
+            }
             if i >= args.warmup_steps {
                 times.push(t0.elapsed().as_secs_f64());
                 cpu_times.push(process_cpu_s() - c0);
@@ -347,37 +356,46 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
 
     let dpo = match &dpo_setup {
         Some((plan, batches, reference, reference_s)) => {
-            let (step_s, _, loss) = timed(&mut |grads, adapter, model| {
-                let sums = dpo::accumulate_step(
-                    model,
-                    adapter,
-                    grads,
-                    plan.step_units(0),
-                    batches,
-                    &reference.train,
-                    0.1,
-                    |_| opts,
-                )?;
-                Ok(sums.mean_loss())
-            })?;
+            let (step_s, _, loss) = timed(
+                &mut |grads, adapter, model| {
+                    let sums = dpo::accumulate_step(
+                        model,
+                        adapter,
+                        grads,
+                        plan.step_units(0),
+                        batches,
+                        &reference.train,
+                        0.1,
+                        |_| opts,
+                    )?;
+                    Ok(sums.mean_loss())
+                },
+                true,
+            )?;
             Some((step_s, loss, *reference_s, super::bench::peak_rss_mb()))
         }
         None => None,
     };
 
     let batch = tuna_train::data::pack_group(&[&chosen]);
-    let (step_s, cpu_s, loss) = timed(&mut |grads, adapter, model| {
-        let (b, scale) = (batch.as_train_batch(), 1.0 / labelled as f32);
-        let stats = match &mut device {
-            // The weights the last step's update changed go to the device first, as in training.
-            Some(d) => {
-                d.load_trainable(model, adapter)?;
-                d.forward_backward(&b, &layout, grads, scale, &opts)?
-            }
-            None => model.forward_backward(&b, adapter, grads, scale, &opts)?,
-        };
-        Ok(stats.loss_sum / stats.tokens.max(1) as f64)
-    })?;
+    let host_optimizer = device.is_none();
+    let mut step_number = 0;
+    let (step_s, cpu_s, loss) = timed(
+        &mut |grads, adapter, model| {
+            let (b, scale) = (batch.as_train_batch(), 1.0 / labelled as f32);
+            let stats = match &mut device {
+                Some(d) => {
+                    let stats = d.forward_backward(&b, &layout, grads, scale, &opts)?;
+                    step_number += 1;
+                    d.optimizer_step(&opt_configs, step_number, Some(1.0))?;
+                    stats
+                }
+                None => model.forward_backward(&b, adapter, grads, scale, &opts)?,
+            };
+            Ok(stats.loss_sum / stats.tokens.max(1) as f64)
+        },
+        host_optimizer,
+    )?;
     let device_name = device
         .as_ref()
         .map_or_else(|| "cpu".into(), |d| d.describe());
@@ -407,7 +425,9 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     let peak = peaks.for_precision(precision).filter(|_| device.is_none());
     // The LoRA products (rank r) and attention stay f32 at every precision.
     let kernels = match (&device, precision) {
-        (Some(_), _) => "f32 on the device (cubek-matmul); optimizer on the host".to_string(),
+        (Some(_), _) => {
+            "f32 on the device (cubek-matmul); gradients and AdamW on the device".to_string()
+        }
         (None, Precision::F32) => "f32 sgemm (gemm crate); GEMV for <= 32 rows".to_string(),
         (None, Precision::Bf16(k)) => format!(
             "{} for linear layers and the LM head (bf16 operands, f32 sums); f32 for LoRA (rank-r kernels) and attention",
