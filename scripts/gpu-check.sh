@@ -12,14 +12,18 @@
 #   3. the kernel parity suite on CUDA: every kernel's forward and backward against the CPU
 #      engine (tests/kernels.rs) and against finite differences (tests/gradcheck.rs), then the
 #      training pass and LoRA SFT runs on the tiny Qwen2/Qwen3 fixtures against the CPU engine
-#      (tests/train.rs: every gradient within 1e-4, loss curves, saved adapters, resume);
+#      (tests/train.rs: every gradient within 1e-4, loss curves, saved adapters, resume; the
+#      optimizer on the device — accumulation, clipping, AdamW — against the CPU trainer, and
+#      checkpoints resumed across CPU and GPU);
 #   4. a training parity check against the CPU engine on the demo model: `tuna train --device
 #      gpu:0` and `--device cpu`, 10 steps, f32 on both, loss curves within 1e-3;
 #   5. `tuna bench train --device gpu:0` on the Qwen2.5-0.5B, 1.5B and 7B shapes (LoRA r=16 on
 #      all projections, 2,048-token batches), next to transformers + PEFT on the same GPU
 #      (scripts/bench/hf_lora_train.py; PyTorch is on the GPU machine's image).
 # The device runs in f32 (weights uploaded as f32; the matmul takes tensor cores, so f32
-# products run in TF32 there, except in the parity tests, which force the plain kernel).
+# products run in TF32 there, except in the parity tests, which force the plain kernel). The
+# training state (trainable tensors, gradients, AdamW moments) stays on the device between steps;
+# bf16 frozen weights are not implemented yet.
 #
 # Environment: TUNA (tuna binary; default target/gpu-check/tuna), PYTHON (with torch,
 # transformers, peft; default python3), GPU_CHECK_OUT (logs; default target/gpu-check/out),

@@ -2,9 +2,10 @@
 //! of `tuna_model::train` runs here, and [`TrainDevice`] for a trainer.
 //!
 //! Weights are uploaded once, in f32 (lavapipe has no bf16; a bf16 copy on CUDA is the next
-//! step). LoRA A/B are f32 and re-uploaded after each optimizer step (they are small); a full
-//! fine-tune re-uploads every weight after a step, which is correct but slow for large models:
-//! the optimizer (AdamW, f32 moments) is the trainer's, on the host.
+//! step). After [`TrainDevice::keep_optimizer`] the training state stays here: the trainable
+//! tensors (LoRA A/B, or every weight of a full fine-tune), their gradient accumulators and
+//! AdamW's f32 moments; a step's gradient norm, clipping and AdamW run on the device and only the
+//! norm is read back. The trainer downloads weights and moments only to save a checkpoint.
 
 use tuna_engine::ops::adamw::AdamWConfig;
 use tuna_engine::ops::rope::RopeTable;
