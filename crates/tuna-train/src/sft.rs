@@ -383,10 +383,13 @@ impl Trainer {
         &self.data
     }
 
+    /// The host's weights. With a device they are as of the last checkpoint (or the end of
+    /// [`Self::run`]): the device holds the current ones between saves.
     pub fn model(&self) -> &QwenModel {
         &self.model
     }
 
+    /// The host's adapter; with a device, as of the last checkpoint, like [`Self::model`].
     pub fn adapter(&self) -> Option<&LoraAdapter> {
         self.adapter.as_ref()
     }
