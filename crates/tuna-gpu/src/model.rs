@@ -232,6 +232,31 @@ impl<R: Runtime> GpuModel<R> {
         }
     }
 
+    /// y = x·Wᵀ (+ bias) through the frozen projection `target` of `layer`, without its LoRA
+    /// branch; returns the projection.
+    fn base_linear_forward(
+        &self,
+        layer: usize,
+        target: LoraTarget,
+        y: &Buf<R>,
+        x: &Buf<R>,
+        bt: usize,
+    ) -> tuna_model::Result<&DeviceLinear<R>> {
+        let lin = &self.layers[layer].linears[target.index()];
+        matmul_forward(
+            &self.gpu,
+            y,
+            x,
+            &lin.weight,
+            lin.bias.as_ref(),
+            bt,
+            lin.in_features,
+            lin.out_features,
+        )
+        .map_err(gpu_err)?;
+        Ok(lin)
+    }
+
     fn lora_dims(&self, lin: &DeviceLinear<R>, lora: &DeviceLora<R>, bt: usize) -> LoraDims {
         LoraDims {
             bt,
@@ -409,18 +434,7 @@ impl<R: Runtime> Backend for GpuModel<R> {
         keep: Option<Vec<f32>>,
         bt: usize,
     ) -> tuna_model::Result<Option<GpuLoraActs<R>>> {
-        let lin = &self.layers[layer].linears[target.index()];
-        matmul_forward(
-            &self.gpu,
-            y,
-            x,
-            &lin.weight,
-            lin.bias.as_ref(),
-            bt,
-            lin.in_features,
-            lin.out_features,
-        )
-        .map_err(gpu_err)?;
+        let lin = self.base_linear_forward(layer, target, y, x, bt)?;
         let Some(lora) = self.lora_of(layer, target) else {
             return Ok(None);
         };

@@ -70,18 +70,7 @@ impl<R: Runtime> GpuDecoder<R> {
         bt: usize,
     ) -> tuna_model::Result<()> {
         let m = &self.model;
-        let lin = &m.layers[layer].linears[target.index()];
-        matmul_forward(
-            &m.gpu,
-            y,
-            x,
-            &lin.weight,
-            lin.bias.as_ref(),
-            bt,
-            lin.in_features,
-            lin.out_features,
-        )
-        .map_err(gpu_err)?;
+        let lin = m.base_linear_forward(layer, target, y, x, bt)?;
         if let Some(lora) = m.lora_of(layer, target) {
             let u = m.gpu.alloc(bt * lora.rank);
             let d = m.lora_dims(lin, lora, bt);
