@@ -53,11 +53,7 @@ impl DeviceArg {
             return Ok(());
         };
         let device = tuna_gpu::train_device(index, trainer.model(), trainer.adapter())
-            .with_context(|| {
-                format!(
-                    "opening gpu:{index}\n---> HINT: `tuna devices` lists the GPUs this machine has"
-                )
-            })?;
+            .with_context(|| opening(index))?;
         trainer
             .set_device(device)
             .context("moving training to the device")?;
@@ -74,14 +70,16 @@ impl DeviceArg {
         let DeviceArg::Gpu(index) = self else {
             return Ok(Box::new(CpuDecoder::new(model, adapter)));
         };
-        let (decoder, label) = tuna_gpu::gpu_decoder(index, model, adapter).with_context(|| {
-            format!(
-                "opening gpu:{index}\n---> HINT: `tuna devices` lists the GPUs this machine has"
-            )
-        })?;
+        let (decoder, label) =
+            tuna_gpu::gpu_decoder(index, model, adapter).with_context(|| opening(index))?;
         tracing::info!(device = %label, "generating on the device");
         Ok(decoder)
     }
+}
+
+/// The context of an error opening `gpu:index`.
+fn opening(index: usize) -> String {
+    format!("opening gpu:{index}\n---> HINT: `tuna devices` lists the GPUs this machine has")
 }
 
 #[cfg(test)]

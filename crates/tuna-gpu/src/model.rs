@@ -880,15 +880,34 @@ pub fn train_device(
     model: &QwenModel,
     adapter: Option<&LoraAdapter>,
 ) -> tuna_model::Result<Box<dyn TrainDevice>> {
+    Ok(match upload_to(index, model, adapter)? {
+        AnyGpuModel::Cuda(m) => Box::new(m),
+        AnyGpuModel::Vulkan(m) => Box::new(m),
+    })
+}
+
+/// A model uploaded to a device, on whichever runtime the device has.
+pub(crate) enum AnyGpuModel {
+    Cuda(GpuModel<CudaRuntime>),
+    Vulkan(GpuModel<WgpuRuntime>),
+}
+
+/// Opens `gpu:index` and uploads `model` (and `adapter`) to it, labelled for logs and events
+/// (e.g. `gpu:0 (llvmpipe …, Vulkan)`).
+pub(crate) fn upload_to(
+    index: usize,
+    model: &QwenModel,
+    adapter: Option<&LoraAdapter>,
+) -> tuna_model::Result<AnyGpuModel> {
     let gpu = crate::devices::open(index).map_err(gpu_err)?;
     Ok(match gpu {
         AnyGpu::Cuda(g) => {
             let label = format!("gpu:{index} ({}, CUDA)", g.name());
-            Box::new(GpuModel::<CudaRuntime>::upload(g, label, model, adapter)?)
+            AnyGpuModel::Cuda(GpuModel::upload(g, label, model, adapter)?)
         }
         AnyGpu::Vulkan(g) => {
             let label = format!("gpu:{index} ({}, Vulkan)", g.name());
-            Box::new(GpuModel::<WgpuRuntime>::upload(g, label, model, adapter)?)
+            AnyGpuModel::Vulkan(GpuModel::upload(g, label, model, adapter)?)
         }
     })
 }

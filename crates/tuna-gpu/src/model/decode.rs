@@ -13,8 +13,8 @@ use tuna_model::generate::Decoder;
 use tuna_model::lora::{LoraAdapter, LoraTarget};
 use tuna_model::{Error, QwenConfig, QwenModel};
 
-use super::{Buf, GpuModel, gpu_err};
-use crate::devices::AnyGpu;
+use super::{AnyGpuModel, Buf, GpuModel, gpu_err, upload_to};
+use crate::Runtime;
 use crate::ops::attention_cached::{attention_cached, kv_append};
 use crate::ops::elementwise::residual_forward;
 use crate::ops::embedding::embedding_forward;
@@ -23,7 +23,6 @@ use crate::ops::matmul::matmul_forward;
 use crate::ops::rmsnorm::rmsnorm_forward;
 use crate::ops::rope::{GpuRopeTable, rope_forward};
 use crate::ops::swiglu::swiglu_forward;
-use crate::{CudaRuntime, Runtime, WgpuRuntime};
 
 /// A model on a device with a key/value cache there: one sequence at a time.
 pub struct GpuDecoder<R: Runtime> {
@@ -229,17 +228,9 @@ pub fn gpu_decoder(
     model: &QwenModel,
     adapter: Option<&LoraAdapter>,
 ) -> tuna_model::Result<(Box<dyn Decoder>, String)> {
-    let gpu = crate::devices::open(index).map_err(gpu_err)?;
-    Ok(match gpu {
-        AnyGpu::Cuda(g) => {
-            let label = format!("gpu:{index} ({}, CUDA)", g.name());
-            let m = GpuModel::<CudaRuntime>::upload(g, label.clone(), model, adapter)?;
-            (Box::new(GpuDecoder::new(m)), label)
-        }
-        AnyGpu::Vulkan(g) => {
-            let label = format!("gpu:{index} ({}, Vulkan)", g.name());
-            let m = GpuModel::<WgpuRuntime>::upload(g, label.clone(), model, adapter)?;
-            (Box::new(GpuDecoder::new(m)), label)
-        }
-    })
+    let (label, decoder): (String, Box<dyn Decoder>) = match upload_to(index, model, adapter)? {
+        AnyGpuModel::Cuda(m) => (m.label.clone(), Box::new(GpuDecoder::new(m))),
+        AnyGpuModel::Vulkan(m) => (m.label.clone(), Box::new(GpuDecoder::new(m))),
+    };
+    Ok((decoder, label))
 }
