@@ -333,6 +333,18 @@ impl LoraAdapter {
     }
 }
 
+/// What a run trains, as mutable f32: the adapter's A and B when there is one (LoRA), else every
+/// weight of the model (full fine-tuning), in the order of the matching layout.
+pub fn trainable_parameters_mut<'a>(
+    model: &'a mut QwenModel,
+    adapter: Option<&'a mut LoraAdapter>,
+) -> Vec<&'a mut [f32]> {
+    match adapter {
+        Some(a) => a.parameters_mut(),
+        None => model.full_parameters_mut(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tuna_data::tokenize::ChatTokenizer;
 use tuna_engine::ops::matmul::Precision;
+use tuna_model::params::trainable_parameters_mut;
 use tuna_model::train::{BatchStats, TrainOptions};
 use tuna_model::{
     GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig, QwenModel, TrainDevice,
@@ -532,10 +533,7 @@ impl Trainer {
                 });
             }
             if self.device.is_none() {
-                let params = match &mut self.adapter {
-                    Some(a) => a.parameters_mut(),
-                    None => self.model.full_parameters_mut(),
-                };
+                let params = trainable_parameters_mut(&mut self.model, self.adapter.as_mut());
                 self.optimizer.update(params, &self.grads, lr);
             }
             self.step += 1;
@@ -613,10 +611,7 @@ impl Trainer {
         if !self.host_stale {
             return Ok(());
         }
-        let params = match &mut self.adapter {
-            Some(a) => a.parameters_mut(),
-            None => self.model.full_parameters_mut(),
-        };
+        let params = trainable_parameters_mut(&mut self.model, self.adapter.as_mut());
         device.download_state(params, &mut self.optimizer.m, &mut self.optimizer.v)?;
         self.host_stale = false;
         Ok(())

@@ -22,6 +22,7 @@ use tuna_data::tokenize::{TokenizedExample, TokenizedPair};
 use tuna_engine::IGNORE_INDEX;
 use tuna_engine::ops::matmul::{Bf16Kernel, Precision, matmul_forward, peak};
 use tuna_engine::{DType, WeightRef};
+use tuna_model::params::trainable_parameters_mut;
 use tuna_model::train::TrainOptions;
 use tuna_model::{Gradients, LoraAdapter, LoraConfig, LoraTarget, QwenConfig, QwenModel};
 use tuna_train::data::{DataStats, Dataset, Plan};
@@ -339,10 +340,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
             loss = step(&mut grads, adapter.as_ref(), &model)?;
             if host_optimizer {
                 clip_grad_norm(&mut grads, Some(1.0));
-                let params = match &mut adapter {
-                    Some(a) => a.parameters_mut(),
-                    None => model.full_parameters_mut(),
-                };
+                let params = trainable_parameters_mut(&mut model, adapter.as_mut());
                 opt.update(params, &grads, 1e-4);
             }
             if i >= args.warmup_steps {
