@@ -113,9 +113,7 @@ pub async fn local_dir(
     if mine && recorded_as(&own, &manifest.prefix) && has_all(&own) {
         return Ok(own);
     }
-    let cache = cache_root.join(&manifest.prefix);
-    manifest::fetch_into(blobs, &manifest, &wanted, &cache).await?;
-    Ok(cache)
+    manifest::cached_copy(blobs, &manifest, &wanted, cache_root).await
 }
 
 /// Removes the optimizer state of `rows` from the blob store (a resume needs only the newest's).

@@ -303,14 +303,12 @@ pub async fn local_base_dir(
         return Ok(PathBuf::from(&row.path));
     };
     let stored = Manifest::parse(json, &format!("model {}", row.name))?;
-    let dir = cache_root.join(&stored.prefix);
     let wanted = stored
         .files
         .iter()
         .filter(|f| with_weights || !f.name.ends_with(".safetensors"))
         .collect::<Vec<_>>();
-    manifest::fetch_into(blobs, &stored, &wanted, &dir).await?;
-    Ok(dir)
+    manifest::cached_copy(blobs, &stored, &wanted, cache_root).await
 }
 
 /// How many jobs started from fine-tuned models one model id may chain back through.

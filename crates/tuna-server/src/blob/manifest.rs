@@ -3,7 +3,7 @@
 //! row is written only after every file went up, so a manifest never names a missing file.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -129,22 +129,23 @@ pub async fn upload(
     Ok(manifest)
 }
 
-/// Puts each of `files` of `manifest` in the folder `dir`, once: a file already there was
-/// verified when it was put in place.
-pub async fn fetch_into(
+/// This node's copy of `files` of `manifest`: the folder `cache_root/<prefix>/`, each file
+/// fetched once (a file already there was verified when it was put in place).
+pub async fn cached_copy(
     blobs: &dyn BlobStore,
     manifest: &Manifest,
     files: &[&ManifestFile],
-    dir: &Path,
-) -> io::Result<()> {
-    crate::perms::private_dir(dir)?;
+    cache_root: &Path,
+) -> io::Result<PathBuf> {
+    let dir = cache_root.join(&manifest.prefix);
+    crate::perms::private_dir(&dir)?;
     for f in files {
         let dest = dir.join(&f.name);
         if !dest.is_file() {
             fetch_verified(blobs, &manifest.key(&f.name), f, &dest).await?;
         }
     }
-    Ok(())
+    Ok(dir)
 }
 
 /// Puts `key` at `dest` through a temporary file, checking its size and hash against
