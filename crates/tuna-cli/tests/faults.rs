@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tuna_server::test_services::free_port;
 
 const T: Duration = Duration::from_secs(300);
 
@@ -42,15 +43,6 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuna-server/tests/fixtures/identity-12.jsonl")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Processes whose command line mentions `needle` (the server's and its workers' data dir).
 /// A new database on the shared throwaway PostgreSQL cluster (started on first use).
 fn fresh_postgres() -> String {
     tokio::runtime::Runtime::new()
@@ -58,6 +50,7 @@ fn fresh_postgres() -> String {
         .block_on(tuna_server::test_services::fresh_postgres_database())
 }
 
+/// Processes whose command line mentions `needle` (the server's and its workers' data dir).
 fn pids_with(needle: &str) -> Vec<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc")

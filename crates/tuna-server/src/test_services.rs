@@ -78,10 +78,17 @@ fn postgres_bin() -> PathBuf {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct ports nobody listens on right now. Every listener is held until all are
+/// bound: released one at a time, the kernel may hand the same port out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| {
+        TcpListener::bind("127.0.0.1:0").expect("a free port on 127.0.0.1")
+    });
+    listeners.map(|l| l.local_addr().expect("a bound address").port())
 }
 
 impl PostgresCluster {
@@ -265,6 +272,8 @@ const WEED_ACCESS_KEY: &str = "tuna-test-access";
 const WEED_SECRET_KEY: &str = "tuna-test-secret-0123456789";
 /// The bucket tests use; each test gets its own prefix (each bucket costs SeaweedFS volumes).
 pub const TEST_BUCKET: &str = "tuna-test";
+/// What weed logs before it exits when a port it was given is taken.
+const PORT_TAKEN: &str = "address already in use";
 
 /// A real S3-compatible server: `weed server -s3` on free 127.0.0.1 ports with a temporary
 /// folder, under the same kind of watchdog as [`PostgresCluster`] (gone when the test process
@@ -286,6 +295,24 @@ impl SeaweedFs {
     /// A server of one's own (fault tests, benches): volumes of `volume_size_limit_mb`, at most
     /// `volume_max` of them. Dropping it stops it and removes its folder.
     pub fn start(volume_size_limit_mb: u32, volume_max: u32) -> SeaweedFs {
+        // Another process may take one of the eight ports between choosing and binding it;
+        // then weed exits and the server is started again on fresh ports.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let server = SeaweedFs::unlaunched(free_ports(), volume_size_limit_mb, volume_max);
+            match server.try_launch() {
+                Ok(()) => return server,
+                Err(WeedStartFailure::PortTaken(_)) if attempt < ATTEMPTS => {
+                    eprintln!("SeaweedFS lost a port to another process; starting it again");
+                }
+                Err(failure) => panic!("SeaweedFS did not start: {failure}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// A server folder with its S3 identities, on `ports`, not started yet.
+    fn unlaunched(ports: [u16; 8], volume_size_limit_mb: u32, volume_max: u32) -> SeaweedFs {
         let dir = tempfile::Builder::new()
             .prefix("tuna-weed-")
             .tempdir()
@@ -295,18 +322,12 @@ impl SeaweedFs {
             r#"{{"identities":[{{"name":"tuna","credentials":[{{"accessKey":"{WEED_ACCESS_KEY}","secretKey":"{WEED_SECRET_KEY}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
         );
         std::fs::write(dir.join("s3.json"), config).expect("writing the S3 identities");
-        let mut ports = [0u16; 8];
-        for p in &mut ports {
-            *p = free_port();
-        }
-        let server = SeaweedFs {
+        SeaweedFs {
             dir,
             ports,
             volume_size_limit_mb,
             volume_max,
-        };
-        server.launch();
-        server
+        }
     }
 
     pub fn s3_port(&self) -> u16 {
@@ -320,6 +341,13 @@ impl SeaweedFs {
 
     /// Starts `weed` under its watchdog and waits until it accepts writes.
     fn launch(&self) {
+        if let Err(failure) = self.try_launch() {
+            panic!("SeaweedFS did not start: {failure}");
+        }
+    }
+
+    /// [`Self::launch`], or why weed did not come up.
+    fn try_launch(&self) -> Result<(), WeedStartFailure> {
         let watchdog = r#"
             prog=$1 dir=$2 parent=$3
             shift 3
@@ -343,6 +371,7 @@ impl SeaweedFs {
         ] = self.ports;
         let data = self.dir.join("data");
         std::fs::create_dir_all(&data).expect("creating the SeaweedFS folder");
+        let log_start = self.log().len();
         let args: Vec<String> = vec![
             "server".into(),
             "-s3".into(),
@@ -380,7 +409,7 @@ impl SeaweedFs {
             .process_group(0)
             .spawn()
             .expect("starting SeaweedFS");
-        self.wait_ready();
+        self.wait_ready(log_start)
     }
 
     fn log(&self) -> String {
@@ -388,20 +417,25 @@ impl SeaweedFs {
     }
 
     /// Ready once the master can assign a file id (a volume server joined) and the S3 port
-    /// answers.
-    fn wait_ready(&self) {
+    /// answers; each failure carries the log written since `log_start`.
+    fn wait_ready(&self, log_start: usize) -> Result<(), WeedStartFailure> {
         let deadline = Instant::now() + Duration::from_secs(90);
         let master = self.ports[2];
         loop {
             let assigned = http_get(master, "/dir/assign").is_some_and(|b| b.contains("\"fid\""));
             if assigned && http_get(self.s3_port(), "/").is_some() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not start: {}",
-                self.log()
-            );
+            let log = self.log();
+            let this_start = log.get(log_start..).unwrap_or(&log);
+            if this_start.contains(PORT_TAKEN) {
+                self.kill();
+                return Err(WeedStartFailure::PortTaken(this_start.to_string()));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(WeedStartFailure::NotReady(this_start.to_string()));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -457,6 +491,24 @@ impl SeaweedFs {
     }
 }
 
+/// Why `weed` did not come up, with its log of that start.
+#[derive(Debug)]
+enum WeedStartFailure {
+    /// It could not bind a port it was given (someone took it after it was chosen).
+    PortTaken(String),
+    /// It did not get ready before the deadline.
+    NotReady(String),
+}
+
+impl std::fmt::Display for WeedStartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PortTaken(log) => write!(f, "a port it was given is taken\n{log}"),
+            Self::NotReady(log) => write!(f, "not ready within its deadline\n{log}"),
+        }
+    }
+}
+
 impl Drop for SeaweedFs {
     /// A server of one's own goes with its folder (the shared one lives until the process ends).
     fn drop(&mut self) {
@@ -482,4 +534,32 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let mut body = String::new();
     conn.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports::<64>();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    }
+
+    /// The CI failure this guards against: weed given a port someone else holds exits at once,
+    /// and the start must see that (and try fresh ports) rather than wait out its deadline.
+    #[test]
+    fn seaweedfs_reports_a_taken_port_from_its_log() {
+        let holder = TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+        let mut ports = free_ports::<8>();
+        ports[4] = holder.local_addr().expect("its address").port(); // the volume server's
+        let server = SeaweedFs::unlaunched(ports, 16, 8);
+        match server.try_launch() {
+            Err(WeedStartFailure::PortTaken(log)) => {
+                assert!(log.contains(&ports[4].to_string()), "{log}")
+            }
+            other => panic!("expected the taken port to be reported, got {other:?}"),
+        }
+    }
 }
