@@ -104,15 +104,7 @@ pub async fn add_model(
             reason: e.to_string(),
         })??;
     let blob_files = match blobs {
-        Some(blobs) => Some(
-            store_model_files(blobs, &dir)
-                .await
-                .map_err(|source| ModelError::Upload {
-                    path: dir.clone(),
-                    source,
-                })?
-                .to_json(),
-        ),
+        Some(blobs) => Some(store_model_files(store, blobs, &dir).await?.to_json()),
         None => None,
     };
     let row = ModelRow {
@@ -148,16 +140,42 @@ pub fn model_files(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Stores the model in `dir` in the blob store under `models/sha256-<content hash>/` (the same
-/// model added twice, under any name, is stored once) and returns its manifest.
-pub async fn store_model_files(blobs: &dyn BlobStore, dir: &Path) -> std::io::Result<Manifest> {
+/// Stores the model in `dir` in the blob store under `models/sha256-<content hash>/` and returns
+/// its manifest. The same model added twice, under any name, is stored once, and uploaded once:
+/// when a row already names these exact files, they are in the store (a row is written only
+/// after its upload, and model blobs are never deleted).
+pub async fn store_model_files(
+    store: &dyn Store,
+    blobs: &dyn BlobStore,
+    dir: &Path,
+) -> Result<Manifest, ModelError> {
+    let upload_error = |source| ModelError::Upload {
+        path: dir.to_path_buf(),
+        source,
+    };
     let owned = dir.to_path_buf();
     let names = tokio::task::spawn_blocking(move || model_files(&owned))
         .await
-        .map_err(std::io::Error::other)??;
-    let files = manifest::describe(dir, names).await?;
-    let prefix = format!("models/sha256-{}", Manifest::content_hash(&files));
-    manifest::upload(blobs, &prefix, dir, files).await
+        .map_err(|e| upload_error(std::io::Error::other(e)))?
+        .map_err(upload_error)?;
+    let files = manifest::describe(dir, names).await.map_err(upload_error)?;
+    let wanted = Manifest {
+        prefix: format!("models/sha256-{}", Manifest::content_hash(&files)),
+        files,
+    };
+    let already_stored = store.list_models().await?.iter().any(|row| {
+        row.blob_files
+            .as_deref()
+            .and_then(|json| Manifest::parse(json, &row.name).ok())
+            .is_some_and(|stored| stored == wanted)
+    });
+    if already_stored {
+        tracing::info!(prefix = %wanted.prefix, "model already in the blob store; nothing uploaded");
+        return Ok(wanted);
+    }
+    manifest::upload(blobs, &wanted.prefix, dir, wanted.files)
+        .await
+        .map_err(upload_error)
 }
 
 /// Writes the demo model (once) under `root` and registers it as `demo`.
@@ -415,5 +433,87 @@ mod tests {
             read_models_file(&p).unwrap()[0].path,
             PathBuf::from("rel/dir")
         );
+    }
+
+    /// Counts what goes up, around a real folder store.
+    struct CountingUploads {
+        inner: std::sync::Arc<dyn BlobStore>,
+        uploads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CountingUploads {
+        fn count(&self) -> usize {
+            self.uploads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for CountingUploads {
+        async fn writer(&self, key: &str) -> std::io::Result<Box<dyn crate::blob::BlobWriter>> {
+            self.uploads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.writer(key).await
+        }
+        async fn open(
+            &self,
+            key: &str,
+        ) -> std::io::Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+            self.inner.open(key).await
+        }
+        async fn delete(&self, key: &str) -> std::io::Result<()> {
+            self.inner.delete(key).await
+        }
+        async fn local_path(&self, key: &str) -> std::io::Result<PathBuf> {
+            self.inner.local_path(key).await
+        }
+        async fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+            self.inner.list(prefix).await
+        }
+        async fn put_immutable_file(&self, key: &str, src: &Path) -> std::io::Result<u64> {
+            self.uploads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.put_immutable_file(key, src).await
+        }
+    }
+
+    /// Re-adding a model whose files are stored already (under another name) uploads nothing;
+    /// a model that differs in one file is stored under a prefix of its own.
+    #[tokio::test]
+    async fn a_model_added_twice_is_uploaded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::SqliteStore::open_in_memory().await.unwrap();
+        let blobs = CountingUploads {
+            inner: crate::blob::BlobStoreUrl::File(dir.path().join("blobs"))
+                .open(&dir.path().join("unused"))
+                .unwrap(),
+            uploads: Default::default(),
+        };
+        let demo = ensure_demo_model(&dir.path().join("models")).unwrap();
+        let first = add_model(&store, Some(&blobs), "one", &demo, "cli")
+            .await
+            .unwrap();
+        let uploaded = blobs.count();
+        assert_eq!(uploaded, model_files(&demo).unwrap().len());
+        let second = add_model(&store, Some(&blobs), "two", &demo, "cli")
+            .await
+            .unwrap();
+        assert_eq!(blobs.count(), uploaded, "nothing uploaded again");
+        assert_eq!(first.blob_files, second.blob_files);
+
+        let changed = dir.path().join("changed");
+        std::fs::create_dir_all(&changed).unwrap();
+        for name in model_files(&demo).unwrap() {
+            std::fs::copy(demo.join(&name), changed.join(&name)).unwrap();
+        }
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(changed.join("generation_config.json")).unwrap())
+                .unwrap_or_else(|_| serde_json::json!({}));
+        config["tuna_test"] = serde_json::json!(1);
+        std::fs::write(changed.join("generation_config.json"), config.to_string()).unwrap();
+        let third = add_model(&store, Some(&blobs), "three", &changed, "cli")
+            .await
+            .unwrap();
+        assert_eq!(blobs.count(), 2 * uploaded, "a changed model goes up whole");
+        assert_ne!(third.blob_files, first.blob_files);
     }
 }
