@@ -120,6 +120,59 @@ pub(crate) fn load_row<F: Float>(
     r
 }
 
+/// One key/value tile `ks`/`vs` (rows `kt..kt+rows`) folded into the online softmax of one
+/// query row `qr`: keys at positions `lo..=hi` count, the others are masked. Rescales `acc` in
+/// place and returns the new running max and sum `(m, l)`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn online_softmax_tile(
+    qr: &Array<f32>,
+    ks: &SharedMemory<f32>,
+    vs: &SharedMemory<f32>,
+    acc: &mut Array<f32>,
+    m: f32,
+    l: f32,
+    kt: u32,
+    lo: u32,
+    hi: u32,
+    scale: f32,
+    #[comptime] hd: usize,
+    #[comptime] rows: usize,
+) -> (f32, f32) {
+    let mut m = m;
+    let mut l = l;
+    for r in 0..rows {
+        let key = kt + r as u32;
+        if key >= lo && key <= hi {
+            let s = dot_row(qr, ks, r, hd) * scale;
+            let m_new = f32::max(m, s);
+            let corr = f32::exp(m - m_new);
+            let p = f32::exp(s - m_new);
+            l = l * corr + p;
+            for d in 0..hd {
+                acc[d] = acc[d] * corr + p * vs[r * hd + d];
+            }
+            m = m_new;
+        }
+    }
+    (m, l)
+}
+
+/// out[base..base+hd] = acc / l: the finished output row of an online softmax.
+#[cube]
+pub(crate) fn write_normalized<F: Float>(
+    out: &mut Array<F>,
+    acc: &Array<f32>,
+    l: f32,
+    base: usize,
+    #[comptime] hd: usize,
+) {
+    let inv = 1.0 / l;
+    for d in 0..hd {
+        out[base + d] = F::cast_from(acc[d] * inv);
+    }
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_forward_kernel<F: Float>(
@@ -171,30 +224,17 @@ fn attention_forward_kernel<F: Float>(
             stage_rows(&mut vs, v, kt, t_last, nkv, kvh, hd, tile_rows, units);
             sync_cube();
             if valid {
-                for r in 0..tile_rows {
-                    let key = kt + r as u32;
-                    if key >= my_start && key <= t {
-                        let s = dot_row(&qr, &ks, r, hd) * scale;
-                        let m_new = f32::max(m, s);
-                        let corr = f32::exp(m - m_new);
-                        let p = f32::exp(s - m_new);
-                        l = l * corr + p;
-                        for d in 0..hd {
-                            acc[d] = acc[d] * corr + p * vs[r * hd + d];
-                        }
-                        m = m_new;
-                    }
-                }
+                let (m_new, l_new) = online_softmax_tile(
+                    &qr, &ks, &vs, &mut acc, m, l, kt, my_start, t, scale, hd, tile_rows,
+                );
+                m = m_new;
+                l = l_new;
             }
             sync_cube();
             kt += tile_rows as u32;
         }
         if valid {
-            let base = ((t * nh + h) as usize) * hd;
-            let inv = 1.0 / l;
-            for d in 0..hd {
-                out[base + d] = F::cast_from(acc[d] * inv);
-            }
+            write_normalized(out, &acc, l, ((t * nh + h) as usize) * hd, hd);
             lse[(t * nh + h) as usize] = m + f32::ln(l);
         }
     }

@@ -10,7 +10,9 @@
 
 use cubecl::prelude::*;
 
-use super::attention::{ROWS_PER_CUBE, TILE, dot_row, load_row, softmax_scale, stage_rows};
+use super::attention::{
+    ROWS_PER_CUBE, TILE, load_row, online_softmax_tile, softmax_scale, stage_rows, write_normalized,
+};
 use crate::runtime::{Buffer, Gpu, dim, elementwise, grid};
 
 #[cube(launch)]
@@ -62,30 +64,28 @@ fn attention_cached_kernel<F: Float>(
             );
             sync_cube();
             if valid {
-                for r in 0..tile_rows {
-                    let key = kt + r as u32;
-                    if key <= past + t {
-                        let s = dot_row(&qr, &ks, r, hd) * scale;
-                        let m_new = f32::max(m, s);
-                        let corr = f32::exp(m - m_new);
-                        let p = f32::exp(s - m_new);
-                        l = l * corr + p;
-                        for d in 0..hd {
-                            acc[d] = acc[d] * corr + p * vs[r * hd + d];
-                        }
-                        m = m_new;
-                    }
-                }
+                let (m_new, l_new) = online_softmax_tile(
+                    &qr,
+                    &ks,
+                    &vs,
+                    &mut acc,
+                    m,
+                    l,
+                    kt,
+                    0u32,
+                    past + t,
+                    scale,
+                    hd,
+                    tile_rows,
+                );
+                m = m_new;
+                l = l_new;
             }
             sync_cube();
             kt += tile_rows as u32;
         }
         if valid {
-            let base = ((t * nh + h) as usize) * hd;
-            let inv = 1.0 / l;
-            for d in 0..hd {
-                out[base + d] = F::cast_from(acc[d] * inv);
-            }
+            write_normalized(out, &acc, l, ((t * nh + h) as usize) * hd, hd);
         }
     }
 }
