@@ -287,6 +287,29 @@ describe("console", { concurrency: false }, () => {
         await dialog.waitFor({ state: "detached" });
       });
 
+      await step("effect test: the model's defaults, arriving late, never overwrite a field being typed in", async () => {
+        // The dialog asks for the model's defaults as it opens; hold that answer back until the
+        // user is in the temperature field, as a slow server would.
+        let release;
+        const held = new Promise((resolve) => (release = resolve));
+        await page.route("**/v1/models/**", async (route) => {
+          await held;
+          await route.continue();
+        });
+        await page.locator('#checkpoints .ckpt[data-step="6"] [data-action="effect-test"]').click();
+        const dialog = page.locator("dialog#effect-test");
+        await dialog.waitFor();
+        await page.click("#et-temperature");
+        release();
+        await page.locator("#et-temperature-default", { hasText: "default" }).waitFor();
+        await page.keyboard.type("0");
+        assert.equal(await page.inputValue("#et-temperature"), "0", "what the user typed, alone");
+        assert.notEqual(await page.inputValue("#et-top-p"), "", "untouched fields still get the defaults");
+        await page.unroute("**/v1/models/**");
+        await page.click("#et-close");
+        await dialog.waitFor({ state: "detached" });
+      });
+
       await step("the task list shows the finished task", async () => {
         await page.click("nav >> text=Tasks");
         const row = page.locator(`#tasks tr[data-job="${mainJobId}"]`);

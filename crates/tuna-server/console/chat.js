@@ -54,6 +54,9 @@ export function openEffectTest({ job, checkpoint, checkpoints = [] }) {
 
   const numberField = (id, label, attrs, help) => {
     const input = h("input", { type: "number", id, ...attrs });
+    // Once the user reaches the field, the model's defaults (which arrive later) leave it alone:
+    // filled in between selecting and typing, a default would join what they type ("0" → "0.70").
+    input.addEventListener("focus", () => (input.dataset.touched = "true"), { once: true });
     return { input, el: h("div.field", h("span.field-label", h("label", { for: id }, label), h("span.default", { id: `${id}-default` })), input, help ? h("span.help", help) : null) };
   };
   const system = h("textarea", { id: "et-system", rows: "4", placeholder: t("You are a helpful assistant.") });
@@ -177,7 +180,7 @@ export function openEffectTest({ job, checkpoint, checkpoints = [] }) {
           f.input.placeholder = t("model default");
           return;
         }
-        if (f.input.value === "") f.input.value = String(v);
+        if (f.input.value === "" && !f.input.dataset.touched) f.input.value = String(v);
         f.el.querySelector(".default").textContent = t("default {value}", { value: v });
       };
       fill(temp, d.temperature);
