@@ -447,6 +447,17 @@ fn train_on_the_gpu_follows_the_cpu_loss_curve() {
             .map(|l| l["loss"].as_f64().unwrap())
             .collect();
         assert!(run.join("checkpoint-3/adapter_model.safetensors").exists());
+        // The checkpoint's sample is generated on the run's device; a failure there would
+        // leave the checkpoint without one (it is logged, not fatal).
+        let sample = std::fs::read_to_string(run.join("checkpoint-3/sample.json"))
+            .unwrap_or_else(|e| panic!("{device}: no sample at the checkpoint: {e}"));
+        let sample: serde_json::Value = serde_json::from_str(&sample).unwrap();
+        assert!(
+            sample[0]["generated"]
+                .as_str()
+                .is_some_and(|g| !g.is_empty()),
+            "{device}: {sample}"
+        );
         (losses, summary_line(&out))
     };
     let (cpu, cpu_summary) = train("cpu");

@@ -830,6 +830,10 @@ where
         Ok(norm)
     }
 
+    fn decoder(&self) -> Box<dyn tuna_model::generate::Decoder + '_> {
+        Box::new(decode::GpuDecoder::new(self))
+    }
+
     fn download_state(
         &self,
         params: Vec<&mut [f32]>,

@@ -14,7 +14,9 @@ use common::{F32_REL_TOL, check_tensor, device};
 use train_common::{Recorder, batch_examples, read_tensors, tiny_model};
 use tuna_data::tokenize::TokenizedExample;
 use tuna_gpu::GpuModel;
-use tuna_model::{LoraAdapter, LoraConfig, QwenModel, TrainBatch, TrainDevice, TrainOptions};
+use tuna_model::{
+    LoraAdapter, LoraConfig, QwenModel, SamplingParams, TrainBatch, TrainDevice, TrainOptions,
+};
 use tuna_train::{BatchSize, Dataset, Method, PrecisionSetting, TrainConfig, Trainer};
 
 fn upload(model: &QwenModel, adapter: Option<&LoraAdapter>) -> Box<dyn TrainDevice> {
@@ -389,5 +391,91 @@ fn the_optimizer_on_the_device_matches_the_cpu_trainer_and_checkpoints_cross_ove
             check_losses(&rest, &cpu, 2);
             check_checkpoint(&ckpt, &cpu_ckpt);
         }
+    }
+}
+
+/// A run on the device generates its checkpoint samples there (`TrainDevice::decoder`), with the
+/// weights as trained there: after optimizer steps the host has not seen, the device's greedy
+/// answer and logits are the CPU engine's over the weights downloaded from it, and not those of
+/// the weights before training.
+#[test]
+fn the_device_samples_with_the_weights_it_trained() {
+    use tuna_engine::ops::adamw::AdamWConfig;
+    use tuna_model::generate::{CpuDecoder, Decoder, generate_on};
+    use tuna_model::params::trainable_parameters_mut;
+
+    for (name, lora) in [("tiny-qwen2", true), ("tiny-qwen3-untied", false)] {
+        println!("== {name} {}", if lora { "LoRA" } else { "full" });
+        let mut model = QwenModel::load(&tiny_model(name)).unwrap();
+        let mut adapter = lora.then(|| random_adapter(&model, 0.0));
+        let layout = match &adapter {
+            Some(a) => a.layout(),
+            None => {
+                let _ = model.full_parameters_mut();
+                model.full_layout()
+            }
+        };
+        let mut dev = upload(&model, adapter.as_ref());
+        let zeros = layout.zero_gradients().tensors;
+        dev.keep_optimizer(&layout, &zeros, &zeros).unwrap();
+        let packed = fixture_batch();
+        let opts = TrainOptions {
+            recompute_activations: false,
+            dropout_seed: 0,
+        };
+        let adamw = vec![
+            AdamWConfig {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            };
+            zeros.len()
+        ];
+        for step in 1..=3 {
+            let mut unused = layout.zero_gradients();
+            dev.forward_backward(&packed.batch(), &layout, &mut unused, 1.0, &opts)
+                .unwrap();
+            dev.optimizer_step(&adamw, step, None).unwrap();
+        }
+
+        let prompt = &packed.ids[..packed.lens[0].min(12)];
+        let greedy = SamplingParams {
+            greedy: true,
+            max_new_tokens: 10,
+            ..SamplingParams::default()
+        };
+        let answer = |decoder: &mut dyn Decoder| {
+            let logits = {
+                decoder.start(prompt.len()).unwrap();
+                decoder.step(prompt).unwrap()
+            };
+            let tokens = generate_on(decoder, prompt, &greedy, &[], |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap()
+            .tokens;
+            (logits, tokens)
+        };
+        let (untrained_logits, _) = answer(&mut CpuDecoder::new(&model, adapter.as_ref()));
+        let (m, v) = (&mut zeros.clone(), &mut zeros.clone());
+        dev.download_state(trainable_parameters_mut(&mut model, adapter.as_mut()), m, v)
+            .unwrap();
+        let (want_logits, want_tokens) = answer(&mut CpuDecoder::new(&model, adapter.as_ref()));
+        let (got_logits, got_tokens) = answer(&mut *dev.decoder());
+        check_tensor("prompt logits", &got_logits, &want_logits, F32_REL_TOL);
+        assert_eq!(got_tokens, want_tokens, "greedy answer");
+        assert_eq!(got_tokens.len(), 10);
+        let moved = check_tensor(
+            "logits before training (must differ)",
+            &untrained_logits,
+            &want_logits,
+            f64::INFINITY,
+        );
+        assert!(
+            moved > 1e-3,
+            "training moved the logits by {moved:.2e} only: the check is vacuous"
+        );
     }
 }

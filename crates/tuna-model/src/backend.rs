@@ -274,6 +274,9 @@ pub trait TrainDevice: Send {
         step: u64,
         max_grad_norm: Option<f32>,
     ) -> Result<f32>;
+    /// A decoder over the weights on this device as they are now (trained so far, whatever the
+    /// host copy holds), so a checkpoint's samples are generated where the training runs.
+    fn decoder(&self) -> Box<dyn crate::generate::Decoder + '_>;
     /// Copies the trainable tensors (in the kept layout's order) and the moments to the host.
     fn download_state(
         &self,

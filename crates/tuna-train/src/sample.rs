@@ -4,16 +4,16 @@
 use std::ops::ControlFlow;
 
 use tuna_data::tokenize::ChatTokenizer;
-use tuna_model::{LoraAdapter, QwenModel, SamplingParams};
+use tuna_model::{Decoder, SamplingParams, generate_on};
 
 use crate::data::SamplePrompt;
 use crate::error::Result;
 use crate::metrics::Sample;
 
-/// Greedy answers (at most `max_new_tokens` each) to every prompt.
+/// Greedy answers (at most `max_new_tokens` each) to every prompt, on `decoder` (the device the
+/// run trains on, with its current weights).
 pub fn generate_samples(
-    model: &QwenModel,
-    adapter: Option<&LoraAdapter>,
+    decoder: &mut dyn Decoder,
     tokenizer: &ChatTokenizer,
     eos_token_ids: &[u32],
     prompts: &[SamplePrompt],
@@ -30,10 +30,9 @@ pub fn generate_samples(
         // Qwen3 templates: `enable_thinking=false` opens the answer with the empty think block that
         // training renders put before every final answer; other templates ignore the flag.
         let prompt = tokenizer.encode_prompt(&p.messages, Some(false))?;
-        let generation =
-            tuna_model::generate(model, adapter, &prompt, &params, eos_token_ids, |_| {
-                ControlFlow::Continue(())
-            })?;
+        let generation = generate_on(decoder, &prompt, &params, eos_token_ids, |_| {
+            ControlFlow::Continue(())
+        })?;
         let generated = tokenizer.decode(&generation.tokens, true)?;
         out.push(Sample {
             messages: p.messages.clone(),

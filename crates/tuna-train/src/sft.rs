@@ -39,7 +39,8 @@ use tuna_engine::ops::matmul::Precision;
 use tuna_model::params::trainable_parameters_mut;
 use tuna_model::train::{BatchStats, TrainOptions};
 use tuna_model::{
-    GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig, QwenModel, TrainDevice,
+    CpuDecoder, Decoder, GenerationConfig, Gradients, LoraAdapter, ParamLayout, QwenConfig,
+    QwenModel, TrainDevice,
 };
 
 use crate::checkpoint::{self, TrainerState};
@@ -723,14 +724,18 @@ impl Trainer {
         })
     }
 
-    /// Greedy answers to the sample prompts with the current weights (empty without a tokenizer).
+    /// Greedy answers to the sample prompts with the current weights, on the device the run
+    /// trains on (empty without a tokenizer).
     pub fn samples(&self) -> Result<Vec<Sample>> {
         let Some(tokenizer) = &self.tokenizer else {
             return Ok(Vec::new());
         };
+        let mut decoder: Box<dyn Decoder + '_> = match &self.device {
+            Some(device) => device.decoder(),
+            None => Box::new(CpuDecoder::new(&self.model, self.adapter.as_ref())),
+        };
         crate::sample::generate_samples(
-            &self.model,
-            self.adapter.as_ref(),
+            &mut *decoder,
             tokenizer,
             &self.eos_token_ids,
             &self.data.samples,

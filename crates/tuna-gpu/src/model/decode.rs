@@ -8,6 +8,8 @@
 //! into the weights: the base weights stay as uploaded and shared with nothing else to undo, and
 //! the arithmetic is the CPU's `tuna chat --adapter` path, which also adds the branch.
 
+use std::borrow::Borrow;
+
 use tuna_engine::ops::rope::RopeTable;
 use tuna_model::generate::Decoder;
 use tuna_model::lora::{LoraAdapter, LoraTarget};
@@ -24,9 +26,10 @@ use crate::ops::rmsnorm::rmsnorm_forward;
 use crate::ops::rope::{GpuRopeTable, rope_forward};
 use crate::ops::swiglu::swiglu_forward;
 
-/// A model on a device with a key/value cache there: one sequence at a time.
-pub struct GpuDecoder<R: Runtime> {
-    model: GpuModel<R>,
+/// A model on a device with a key/value cache there: one sequence at a time. The model is owned
+/// (`tuna chat --device`) or borrowed from a training run (its checkpoint samples).
+pub struct GpuDecoder<R: Runtime, M: Borrow<GpuModel<R>> = GpuModel<R>> {
+    model: M,
     /// Per layer: keys and values, each (capacity, nkv, hd).
     cache: Vec<(Buf<R>, Buf<R>)>,
     rope: GpuRopeTable<R>,
@@ -34,12 +37,13 @@ pub struct GpuDecoder<R: Runtime> {
     len: usize,
 }
 
-impl<R: Runtime> GpuDecoder<R> {
+impl<R: Runtime, M: Borrow<GpuModel<R>>> GpuDecoder<R, M> {
     /// Generation on `model` (weights and adapter already on the device).
-    pub fn new(model: GpuModel<R>) -> Self {
+    pub fn new(model: M) -> Self {
+        let m = model.borrow();
         let rope = GpuRopeTable::upload(
-            &model.gpu,
-            &RopeTable::new(model.config.head_dim, model.config.rope_theta, 1),
+            &m.gpu,
+            &RopeTable::new(m.config.head_dim, m.config.rope_theta, 1),
         );
         GpuDecoder {
             model,
@@ -48,6 +52,10 @@ impl<R: Runtime> GpuDecoder<R> {
             capacity: 0,
             len: 0,
         }
+    }
+
+    fn model(&self) -> &GpuModel<R> {
+        self.model.borrow()
     }
 
     /// Tokens the cache holds.
@@ -68,7 +76,7 @@ impl<R: Runtime> GpuDecoder<R> {
         x: &Buf<R>,
         bt: usize,
     ) -> tuna_model::Result<()> {
-        let m = &self.model;
+        let m = self.model();
         let lin = m.base_linear_forward(layer, target, y, x, bt)?;
         if let Some(lora) = m.lora_of(layer, target) {
             let u = m.gpu.alloc(bt * lora.rank);
@@ -80,7 +88,7 @@ impl<R: Runtime> GpuDecoder<R> {
 
     /// The final-norm hidden states (bt, hidden) of `tokens`, appending their keys and values.
     fn forward_hidden(&mut self, tokens: &[u32]) -> tuna_model::Result<Buf<R>> {
-        let m = &self.model;
+        let m = self.model.borrow();
         let cfg = &m.config;
         let gpu = &m.gpu;
         let (bt, past) = (tokens.len(), self.len);
@@ -163,20 +171,20 @@ impl<R: Runtime> GpuDecoder<R> {
     }
 }
 
-impl<R: Runtime> Decoder for GpuDecoder<R> {
+impl<R: Runtime, M: Borrow<GpuModel<R>>> Decoder for GpuDecoder<R, M> {
     fn config(&self) -> &QwenConfig {
-        &self.model.config
+        &self.model().config
     }
 
     fn start(&mut self, capacity: usize) -> tuna_model::Result<()> {
-        let cfg = &self.model.config;
+        let cfg = &self.model.borrow().config;
         let max = cfg.max_position_embeddings;
         if capacity > max {
             return Err(Error::ContextOverflow { len: capacity, max });
         }
         let capacity = capacity.max(1);
         if capacity > self.capacity {
-            let gpu = &self.model.gpu;
+            let gpu = &self.model.borrow().gpu;
             let rows = capacity * cfg.num_kv_heads * cfg.head_dim;
             // The old cache is dropped first, so its memory is reused.
             self.cache.clear();
@@ -192,7 +200,10 @@ impl<R: Runtime> Decoder for GpuDecoder<R> {
     }
 
     fn step(&mut self, tokens: &[u32]) -> tuna_model::Result<Vec<f32>> {
-        let (c, vocab) = (self.model.config.hidden_size, self.model.config.vocab_size);
+        let (c, vocab) = (
+            self.model().config.hidden_size,
+            self.model().config.vocab_size,
+        );
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::TokenOutOfRange {
                 id,
@@ -210,13 +221,13 @@ impl<R: Runtime> Decoder for GpuDecoder<R> {
             });
         }
         let hidden = self.forward_hidden(tokens)?;
-        let gpu = &self.model.gpu;
+        let gpu = &self.model().gpu;
         // The last row only: the LM head is the largest product of a step.
         let last_row = gpu.upload(&[(tokens.len() - 1) as u32]);
         let last: Buf<R> = gpu.alloc(c);
         embedding_forward(gpu, &last, &last_row, &hidden, c);
         let logits = gpu.alloc(vocab);
-        matmul_forward(gpu, &logits, &last, self.model.head(), None, 1, c, vocab)
+        matmul_forward(gpu, &logits, &last, self.model().head(), None, 1, c, vocab)
             .map_err(gpu_err)?;
         gpu.download(&logits).map_err(gpu_err)
     }
